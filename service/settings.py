@@ -1,0 +1,115 @@
+"""Every environment variable the service reads, read and validated once.
+
+``Settings()`` is built at the edge (the CLI) and passed down; nothing else reads
+``os.environ``. README.md's configuration table mirrors this class.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # --- required for `serve` (dev fills them in) ---
+    database_url: str | None = None
+    s3_bucket: str | None = None
+    wavespeed_api_key: SecretStr | None = None
+    public_base_url: str | None = None
+
+    # --- storage ---
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "outputs/"
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are read by boto3's own chain.
+    s3_presign_seconds: int = Field(3600, ge=60, le=604800)
+    s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_max_threads: int = Field(8, ge=1, le=64)
+
+    # --- provider ---
+    wavespeed_base_url: str = "https://api.wavespeed.ai"
+    wavespeed_webhook_secret: SecretStr | None = None
+    wavespeed_timeout_seconds: float = Field(30.0, gt=0)
+    provider_max_in_flight: int = Field(100, ge=1)
+    provider_max_per_minute: int = Field(600, ge=1)
+    price_flux_dev_lora_usd: str = "0.015"
+    price_flux_krea_dev_lora_usd: str = "0.015"
+
+    # --- receiver ---
+    webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    webhook_tolerance_seconds: int = Field(300, ge=1)
+
+    # --- callbacks to backends ---
+    callback_signing_secret: SecretStr | None = None
+    callback_retry_schedule: str = "0,5,300,1800,7200,18000,36000,86400"
+    callback_timeout_seconds: float = Field(10.0, gt=0)
+    callback_concurrency: int = Field(32, ge=1)
+    allow_private_networks: bool = False
+
+    # --- workers ---
+    reconcile_after_seconds: float = Field(120.0, gt=0)
+    job_deadline_seconds: float = Field(1800.0, gt=0)
+    submit_lost_deadline_seconds: float = Field(600.0, gt=0)
+    lease_seconds: float = Field(30.0, gt=0)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    submit_concurrency: int = Field(8, ge=1)
+    store_concurrency: int = Field(4, ge=1)
+    download_timeout_seconds: float = Field(60.0, gt=0)
+    max_output_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    db_pool_size: int = Field(10, ge=1)
+
+    # --- logs ---
+    log_level: str = "info"
+    log_format: Literal["json", "console"] | None = None
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_slash(cls, value: str) -> str:
+        return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("public_base_url", "wavespeed_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("callback_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [float(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds, e.g. '0,5,300'") from None
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("must list at least one non-negative delay")
+        return value
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [float(p) for p in self.callback_retry_schedule.split(",") if p.strip()]
+
+    @property
+    def effective_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+    def price_usd(self, model: str) -> str:
+        if model.endswith("flux-krea-dev-lora"):
+            return self.price_flux_krea_dev_lora_usd
+        return self.price_flux_dev_lora_usd
+
+    def missing_for_serve(self) -> list[str]:
+        """The required variables that are unset, by their environment names."""
+        required = {
+            "DATABASE_URL": self.database_url,
+            "S3_BUCKET": self.s3_bucket,
+            "WAVESPEED_API_KEY": self.wavespeed_api_key,
+            "PUBLIC_BASE_URL": self.public_base_url,
+        }
+        return [name for name, value in required.items() if not value]
