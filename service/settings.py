@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(3600, ge=60, le=604800)
     s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
     s3_max_threads: int = Field(8, ge=1, le=64)
+    s3_create_bucket: bool = False
 
     # --- provider ---
     wavespeed_base_url: str = "https://api.wavespeed.ai"

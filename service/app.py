@@ -1,0 +1,136 @@
+"""create_app(settings) → the Starlette app. The lifespan opens every resource once
+(engine, HTTP client, S3, provider client, LISTEN connection, workers) and closes them
+in reverse order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import structlog
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from service import db
+from service.api import errors, health, jobs, webhooks
+from service.clients.storage import Storage
+from service.clients.wavespeed import WaveSpeedClient
+from service.errors import ConfigError
+from service.models import ServiceSecret
+from service.notifications import Notifications
+from service.resources import Resources
+from service.settings import Settings
+from service.signing import generate_standard_secret, standard_key
+from service.work.runner import Runner, new_worker_id
+
+log = structlog.get_logger(__name__)
+secrets_t = ServiceSecret.__table__
+CALLBACK_SECRET_NAME = "callback_signing_secret"
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
+    """CALLBACK_SIGNING_SECRET, or the one generated and stored on first start (every
+    process on the database then signs with the same secret)."""
+    if configured:
+        try:
+            standard_key(configured)
+        except ValueError:
+            raise ConfigError("CALLBACK_SIGNING_SECRET must be 'whsec_' followed by base64") from None
+        return configured
+    async with engine.begin() as conn:
+        await conn.execute(
+            pg_insert(secrets_t).values(name=CALLBACK_SECRET_NAME, value=generate_standard_secret())
+            .on_conflict_do_nothing()
+        )
+        row = (await conn.execute(select(secrets_t.c.value).where(secrets_t.c.name == CALLBACK_SECRET_NAME))).one()
+    return str(row.value)
+
+
+def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
+    from service.work.reconciler import Reconciler
+    from service.work.storer import Storer
+    from service.work.submitter import Submitter
+
+    return [Submitter(res), Storer(res), Reconciler(res)]
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    missing = settings.missing_for_serve()
+    if missing:
+        raise ConfigError(f"missing required settings: {', '.join(missing)}")
+    assert settings.database_url and settings.s3_bucket and settings.wavespeed_api_key
+    engine = db.create_engine(settings.database_url, settings.db_pool_size)
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+        headers={"User-Agent": "wavespeed-jobs/0.1"},
+    )
+    storage = Storage(
+        bucket=settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        part_size=settings.s3_part_size_bytes,
+        max_threads=settings.s3_max_threads,
+    )
+    notifications = Notifications(db.asyncpg_dsn(settings.database_url))
+    try:
+        wavespeed = WaveSpeedClient(
+            http, settings.wavespeed_base_url, settings.wavespeed_api_key.get_secret_value(),
+            settings.wavespeed_timeout_seconds,
+        )
+        webhook_secret = _secret(settings.wavespeed_webhook_secret) or await wavespeed.webhook_secret()
+        res = Resources(
+            settings=settings,
+            engine=engine,
+            http=http,
+            storage=storage,
+            wavespeed=wavespeed,
+            notifications=notifications,
+            webhook_secret=webhook_secret,
+            callback_secret=await callback_secret(engine, _secret(settings.callback_signing_secret)),
+            worker_id=new_worker_id(),
+        )
+        if settings.s3_create_bucket:
+            await storage.ensure_bucket()
+        await notifications.start()
+        yield res
+    finally:
+        await notifications.stop()
+        await http.aclose()
+        storage.close()
+        await engine.dispose()
+
+
+def routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = []
+    for module in (health, jobs, webhooks):
+        out += module.routes
+    return out
+
+
+def create_app(settings: Settings, *, run_workers: bool = True) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_resources(settings) as res:
+            app.state.resources = res
+            runner = Runner(res, build_duties(res)) if run_workers else None
+            if runner:
+                await runner.start()
+            try:
+                yield
+            finally:
+                if runner:
+                    await runner.stop(settings.shutdown_grace_seconds)
+
+    return Starlette(routes=routes(), exception_handlers=errors.HANDLERS, lifespan=lifespan)
+

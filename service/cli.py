@@ -1,0 +1,244 @@
+"""``wavespeed-jobs`` (also ``python -m service``): dev, serve, worker, migrate, keys,
+simulator. Settings are read here, once, and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from service.errors import ConfigError
+from service.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and the rule
+        raise SystemExit(f"invalid configuration: {exc}") from None
+
+
+def _configure_logs(settings: Settings) -> None:
+    from service.logs import configure
+
+    configure(settings.log_level, settings.effective_log_format)
+
+
+def _require_database(settings: Settings) -> str:
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set (e.g. postgresql://user:pass@host:5432/db)")
+    return settings.database_url
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.db import migrate
+
+    migrate(_require_database(_settings()))
+    print("database is at the latest revision")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.db import create_engine
+    from service.keys import create_key
+
+    url = _require_database(_settings())
+
+    async def go() -> str:
+        engine = create_engine(url, 1)
+        try:
+            return await create_key(engine, args.owner)
+        finally:
+            await engine.dispose()
+
+    key = asyncio.run(go())
+    print(key)
+    print(f"(API key for owner {args.owner!r}; it is shown only this once)", file=sys.stderr)
+    return 0
+
+
+def _serve(settings: Settings, host: str, port: int, run_workers: bool) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    missing = settings.missing_for_serve()
+    if missing:
+        raise SystemExit(f"missing required settings: {', '.join(missing)} (see README's configuration table)")
+    app = create_app(settings, run_workers=run_workers)
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _configure_logs(settings)
+    _serve(settings, args.host, args.port, not args.no_workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.app import build_duties, open_resources
+    from service.work.runner import Runner
+
+    settings = _settings()
+    _configure_logs(settings)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_resources(settings) as res:
+            runner = Runner(res, build_duties(res))
+            await runner.start()
+            await stop.wait()
+            await runner.stop(settings.shutdown_grace_seconds)
+
+    try:
+        asyncio.run(go())
+    except ConfigError as exc:
+        raise SystemExit(exc.message) from None
+    return 0
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from service.simulator.app import run
+    from service.simulator.config import SimulatorConfig
+
+    config = SimulatorConfig.from_args(args, base=SimulatorConfig.from_env(os.environ))
+    run(config, host=args.host, port=args.port)
+    return 0
+
+
+def _demo(base_url: str, api_key: str) -> None:
+    """Submit one job, wait for it, and show where its image is stored."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    body = {"model": "wavespeed-ai/flux-dev-lora",
+            "input": {"prompt": "a lighthouse at dusk, film photo", "size": "512*512"},
+            "metadata": {"demo": "true"}}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=70) as client:
+        job = client.post("/v1/jobs?wait=60", json=body).json()
+        print(f"\ndemo job {job['id']}: {job['status']}")
+        for output in job.get("outputs", []):
+            print(f"  output {output['index']}: s3 key {output['key']}, {output['size_bytes']} bytes, "
+                  f"sha256 {output['sha256'][:16]}…")
+            print(f"  presigned URL: {output['url']}")
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        print("  events: " + ", ".join(e["type"] for e in events))
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    import threading
+
+    from service.app import create_app
+    from service.db import create_engine, migrate
+    from service.devstack import dev_stack
+    from service.keys import create_key
+    from service.logs import configure
+    from service.serverthread import ServerThread
+
+    data_dir = Path(args.data_dir).resolve()
+    print(f"starting the dev stack (data under {data_dir}) …", file=sys.stderr)
+    with dev_stack(data_dir, completion_delay=args.completion_delay) as stack:
+        os.environ.update(stack.environment(args.port))
+        settings = _settings()
+        configure(settings.log_level, settings.effective_log_format)
+        migrate(stack.database_url)
+
+        async def new_key() -> str:
+            engine = create_engine(stack.database_url, 1)
+            try:
+                return await create_key(engine, "dev")
+            finally:
+                await engine.dispose()
+
+        api_key = asyncio.run(new_key())
+        with ServerThread(create_app(settings), host="127.0.0.1", port=args.port,
+                          timeout_graceful_shutdown=5) as server:
+            base = server.url
+            print(f"""
+wavespeed-jobs dev is running at {base}
+  API key (owner "dev"):  {api_key}
+  simulator (WaveSpeed):  {stack.simulator_url}
+  S3 (moto):              {stack.s3_endpoint_url}  bucket wavespeed-jobs-dev
+  Postgres:               {stack.database_url}
+
+Try it:
+  curl -s -X POST '{base}/v1/jobs?wait=30' -H 'Authorization: Bearer {api_key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"wavespeed-ai/flux-dev-lora","input":{{"prompt":"a red fox in snow"}}}}'
+
+Ctrl-C stops everything.""", flush=True)
+            if args.demo:
+                _demo(base, api_key)
+                if args.exit_after_demo:
+                    return 0
+            stop = threading.Event()
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
+                while not stop.is_set():
+                    time.sleep(0.5)
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavespeed-jobs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="the whole stack on this machine, no setup")
+    dev.add_argument("--demo", action="store_true", help="also submit a job and show it finish")
+    dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo job is shown")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=".wavespeed-jobs")
+    dev.add_argument("--completion-delay", type=float, default=2.0, help="simulated generation time (s)")
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="API + receiver + workers (uvicorn)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-workers", action="store_true", help="API and receiver only")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="background workers only")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="alembic upgrade head on DATABASE_URL")
+    migrate.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--owner", required=True)
+    create.set_defaults(func=cmd_keys_create)
+
+    from service.simulator.config import SimulatorConfig
+
+    simulator = sub.add_parser("simulator", help="the WaveSpeed simulator alone")
+    SimulatorConfig.add_arguments(simulator, listen=True)
+    simulator.set_defaults(func=cmd_simulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""S3 through boto3. boto3 is synchronous, so every network call runs in a bounded
+thread pool and the event loop never blocks on S3.
+
+Large objects stream: bytes arrive from an async iterator and go up as multipart parts
+of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from service.errors import ServiceError
+
+
+class StorageError(ServiceError):
+    """S3 could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+
+
+class Storage:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        endpoint_url: str | None,
+        region: str,
+        part_size: int = 8 * 1024 * 1024,
+        max_threads: int = 8,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.part_size = part_size
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                max_pool_connections=max_threads,
+                s3={"addressing_style": "path"},
+            ),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
+
+    async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, partial(fn, **kwargs))
+        except Exception as exc:  # botocore raises many unrelated types
+            raise StorageError(f"S3 {getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self._run(self._client.head_bucket, Bucket=self.bucket)
+        except StorageError:
+            await self._run(self._client.create_bucket, Bucket=self.bucket)
+
+    async def ping(self) -> None:
+        await self._run(self._client.head_bucket, Bucket=self.bucket)
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], content_type: str) -> StoredObject:
+        """Upload from ``chunks``; one PUT if it all fits in a part, else multipart.
+        Returns the size and sha256 of what was uploaded."""
+        digest = hashlib.sha256()
+        size = 0
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                buffer += chunk
+                if len(buffer) >= self.part_size:
+                    if upload_id is None:
+                        created = await self._run(
+                            self._client.create_multipart_upload, Bucket=self.bucket, Key=key, ContentType=content_type
+                        )
+                        upload_id = created["UploadId"]
+                    body = bytes(buffer[: self.part_size])
+                    del buffer[: self.part_size]
+                    number = len(parts) + 1
+                    answer = await self._run(
+                        self._client.upload_part,
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                    )
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                    del body
+            if upload_id is None:
+                await self._run(
+                    self._client.put_object, Bucket=self.bucket, Key=key, Body=bytes(buffer), ContentType=content_type
+                )
+            else:
+                if buffer:
+                    number = len(parts) + 1
+                    answer = await self._run(
+                        self._client.upload_part,
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(buffer),
+                    )
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                await self._run(
+                    self._client.complete_multipart_upload,
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            if upload_id is not None:
+                # Abandoned parts cost storage; abort is best effort.
+                try:
+                    await self._run(self._client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except StorageError:
+                    pass
+            raise
+        return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest(), content_type=content_type)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(key, one(), content_type)
+
+    async def get_bytes(self, key: str) -> bytes:
+        answer = await self._run(self._client.get_object, Bucket=self.bucket, Key=key)
+        return await self._run(answer["Body"].read)  # type: ignore[no-any-return]
+
+    def presign(self, key: str, expires: int = 3600) -> str:
+        # Signing is local computation: no network call, safe on the event loop.
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+        return url

@@ -1,0 +1,30 @@
+"""What a running process holds: opened once in the app's lifespan (or by the worker
+command) and passed to everything that needs it. No module-level clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.clients.storage import Storage
+from service.clients.wavespeed import WaveSpeedClient
+from service.notifications import Notifications
+from service.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    storage: Storage
+    wavespeed: WaveSpeedClient
+    notifications: Notifications
+    webhook_secret: str
+    callback_secret: str
+    worker_id: str = field(default="")
+
+    def presign(self, key: str) -> str:
+        return self.storage.presign(key, self.settings.s3_presign_seconds)

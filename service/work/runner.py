@@ -1,0 +1,136 @@
+"""Runs the background duties (submit, store, reconcile, deliver) in one process.
+
+Each duty is a small service with a ``claim`` and a ``run``: the runner claims due rows
+up to the duty's concurrency, runs each in its own task, renews the leases of what it
+holds, and sleeps until a NOTIFY or the poll interval. On stop it claims nothing more,
+gives running work a grace period, then hands back whatever it still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+from service import queries
+from service.resources import Resources
+
+log = structlog.get_logger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Duty(Protocol):
+    name: str
+    concurrency: int
+    table: str  # whose leases the runner renews: "jobs" or "deliveries"
+
+    async def claim(self, limit: int) -> list[str]: ...
+
+    async def run(self, row_id: str) -> None: ...
+
+
+class Runner:
+    def __init__(self, res: Resources, duties: Sequence[Duty]) -> None:
+        self.res = res
+        self.duties = list(duties)
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in duties}
+        self._held: dict[str, set[str]] = {"jobs": set(), "deliveries": set()}
+
+    async def start(self) -> None:
+        for duty in self.duties:
+            self._loops.append(asyncio.create_task(self._loop(duty), name=f"duty:{duty.name}"))
+        self._loops.append(asyncio.create_task(self._renew_leases(), name="leases"))
+        log.info("workers.started", worker=self.res.worker_id, duties=[d.name for d in self.duties])
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let running work finish for ``grace`` seconds; release the rest."""
+        self._stopping.set()
+        self.res.notifications.kick()
+        running = [t for tasks in self._running.values() for t in tasks]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._release_all()
+        log.info("workers.stopped", worker=self.res.worker_id)
+
+    async def _release_all(self) -> None:
+        try:
+            async with self.res.engine.begin() as conn:
+                await conn.execute(queries.RELEASE_WORKER_JOBS, {"worker": self.res.worker_id})
+                await conn.execute(queries.RELEASE_WORKER_DELIVERIES, {"worker": self.res.worker_id})
+        except Exception as exc:  # the database may be gone; leases lapse on their own
+            log.warning("workers.release_failed", error=type(exc).__name__)
+
+    async def _loop(self, duty: Duty) -> None:
+        running = self._running[duty.name]
+        poll = self.res.settings.poll_interval_seconds
+        while not self._stopping.is_set():
+            free = duty.concurrency - len(running)
+            claimed: list[str] = []
+            if free > 0:
+                try:
+                    claimed = await duty.claim(free)
+                except Exception as exc:  # database down: wait and try again
+                    log.warning("duty.claim_failed", duty=duty.name, error=type(exc).__name__)
+                    await asyncio.sleep(min(poll * 2, 2.0))
+                    continue
+            for row_id in claimed:
+                task = asyncio.create_task(self._run_one(duty, row_id), name=f"{duty.name}:{row_id}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if claimed and len(claimed) == free:
+                # Full: wait for a slot rather than for news.
+                await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+            elif not claimed:
+                await self.res.notifications.wait_for_work(duty.name, poll)
+
+    async def _run_one(self, duty: Duty, row_id: str) -> None:
+        held = self._held[duty.table]
+        held.add(row_id)
+        try:
+            await duty.run(row_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The duty handles expected failures; this is a bug or an outage. The lease
+            # lapses and the row is retried, so nothing is lost.
+            log.exception("duty.crashed", duty=duty.name, row_id=row_id, error=type(exc).__name__)
+        finally:
+            held.discard(row_id)
+
+    async def _renew_leases(self) -> None:
+        lease = self.res.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                async with self.res.engine.begin() as conn:
+                    if self._held["jobs"]:
+                        await conn.execute(
+                            queries.RENEW_JOB_LEASE,
+                            {"ids": list(self._held["jobs"]), "worker": self.res.worker_id, "lease": lease},
+                        )
+                    if self._held["deliveries"]:
+                        await conn.execute(
+                            queries.RENEW_DELIVERY_LEASE,
+                            {"ids": list(self._held["deliveries"]), "worker": self.res.worker_id, "lease": lease},
+                        )
+            except Exception as exc:
+                log.warning("workers.renew_failed", error=type(exc).__name__)

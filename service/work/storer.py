@@ -1,0 +1,161 @@
+"""storing → completed: copy every output into S3, then complete the job.
+
+Each output streams from the provider straight into S3 (service/clients/storage.py), so
+memory holds about one multipart part whatever the image size. Keys are deterministic
+(``{prefix}{job_id}/{index}.{ext}``): a retry after a crash overwrites the same object,
+so each job and index has exactly one object. Only when every output has its size and
+sha256 recorded does the job become ``completed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import func, update
+
+from service import jobs, queries
+from service.clients.storage import StorageError, StoredObject
+from service.errors import Retry
+from service.netguard import check_public_url
+from service.resources import Resources
+from service.schemas import output_count
+from service.states import JobStatus
+from service.thumbnails import make_thumbnail
+from service.work.submitter import backoff
+
+log = structlog.get_logger(__name__)
+
+EXTENSIONS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}
+CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
+PROVIDER_RETENTION = dt.timedelta(days=7)
+
+
+class Storer:
+    name = "store"
+    table = "jobs"
+
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self.concurrency = res.settings.store_concurrency
+
+    async def claim(self, limit: int) -> list[str]:
+        async with self.res.engine.begin() as conn:
+            rows = await conn.execute(
+                queries.CLAIM_JOBS,
+                {"statuses": [JobStatus.STORING.value], "lease": self.res.settings.lease_seconds,
+                 "worker": self.res.worker_id, "limit": limit},
+            )
+            return [r.id for r in rows]
+
+    async def run(self, job_id: str) -> None:
+        res, worker = self.res, self.res.worker_id
+        async with res.engine.connect() as conn:
+            job = await jobs.get_job(conn, job_id)
+            outputs = (await jobs.get_outputs(conn, [job_id])).get(job_id, [])
+        if job.status != JobStatus.STORING or job.locked_by != worker:
+            return
+        try:
+            for output in outputs:
+                if output.stored_at is None:
+                    await self._store_one(job, output)
+        except (Retry, StorageError, httpx.HTTPError) as exc:
+            await self._retry_later(job, exc)
+            return
+        async with res.engine.begin() as conn:
+            price = res.settings.price_usd(job.model)
+            moved = await jobs.transition(
+                conn, job, JobStatus.COMPLETED, reason="outputs.stored", worker=worker,
+                values={"cost_usd": jobs.cost_for(price, len(outputs) or output_count(job.input))},
+            )
+        if moved:
+            log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
+
+    async def _retry_later(self, job: Any, exc: Exception) -> None:
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        delay = exc.delay if isinstance(exc, Retry) else backoff(job.attempts, base=2.0, cap=300.0)
+        async with self.res.engine.begin() as conn:
+            await jobs.add_event(conn, job.id, "output.store_failed", {"error": message[:500], "retry_in": round(delay, 2)})
+            age = dt.datetime.now(dt.timezone.utc) - (job.last_news_at or job.created_at)
+            if age > PROVIDER_RETENTION - dt.timedelta(days=1):
+                # The provider deletes outputs after 7 days: say so loudly while there is time.
+                await jobs.add_event(conn, job.id, "output.retention_warning", {"age_hours": round(age.total_seconds() / 3600, 1)})
+                log.error("output.retention_warning", job_id=job.id, age_hours=round(age.total_seconds() / 3600, 1))
+            await jobs.reschedule(conn, job.id, self.res.worker_id, delay)
+        log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
+
+    async def _store_one(self, job: Any, output: Any) -> None:
+        res = self.res
+        fmt = job.input.get("output_format", "jpeg")
+        source: str = output.source_url
+        if source.startswith("data:"):
+            content_type, data = jobs.decode_data_url(source)
+            stored = await res.storage.put_bytes(self._key(job.id, output.index, content_type, fmt), data, content_type)
+        else:
+            stored = await self._stream(job, output.index, source, fmt)
+        thumbnail_key = await self._thumbnail(stored)
+        async with res.engine.begin() as conn:
+            await conn.execute(
+                update(jobs.outputs_t)
+                .where(jobs.outputs_t.c.job_id == job.id, jobs.outputs_t.c.index == output.index)
+                .values(key=stored.key, content_type=stored.content_type, size_bytes=stored.size_bytes,
+                        sha256=stored.sha256, thumbnail_key=thumbnail_key, stored_at=func.now())
+            )
+            await jobs.add_event(conn, job.id, "output.stored",
+                                 {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
+                                  "sha256": stored.sha256})
+
+    def _key(self, job_id: str, index: int, content_type: str, fmt: str) -> str:
+        ext = EXTENSIONS.get(content_type, fmt)
+        return f"{self.res.settings.s3_prefix}{job_id}/{index}.{ext}"
+
+    async def _stream(self, job: Any, index: int, url: str, fmt: str) -> StoredObject:
+        settings = self.res.settings
+        if not settings.allow_private_networks:
+            problem = await check_public_url(url)
+            if problem:
+                raise Retry(f"output {index} URL refused: {problem}", delay=3600)
+        timeout = httpx.Timeout(settings.download_timeout_seconds, connect=10.0)
+        async with self.res.http.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise Retry(f"output {index} download answered HTTP {response.status_code}",
+                            delay=backoff(job.attempts))
+            header_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            content_type = header_type if header_type in EXTENSIONS else CONTENT_TYPES.get(fmt, "image/jpeg")
+            limit = settings.max_output_bytes
+
+            async def chunks() -> AsyncIterator[bytes]:
+                seen = 0
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    seen += len(chunk)
+                    if seen > limit:
+                        raise Retry(f"output {index} is larger than MAX_OUTPUT_BYTES ({limit})", delay=3600)
+                    yield chunk
+
+            stored = await self.res.storage.put_stream(self._key(job.id, index, content_type, fmt), chunks(), content_type)
+            expected = response.headers.get("content-length")
+            if expected and expected.isdigit() and int(expected) != stored.size_bytes:
+                raise Retry(f"output {index} was cut short ({stored.size_bytes} of {expected} bytes)",
+                            delay=backoff(job.attempts))
+            return stored
+
+    async def _thumbnail(self, stored: StoredObject) -> str | None:
+        """A small WebP beside the original, for the history page. Best effort: a
+        thumbnail that cannot be made never blocks completion."""
+        if stored.size_bytes > 40 * 1024 * 1024:
+            return None
+        try:
+            data = await self.res.storage.get_bytes(stored.key)
+            thumb = await make_thumbnail(data)
+        except Exception as exc:
+            log.warning("thumbnail.failed", key=stored.key, error=type(exc).__name__)
+            return None
+        if thumb is None:
+            return None
+        key = stored.key.rsplit(".", 1)[0] + ".thumb.webp"
+        await self.res.storage.put_bytes(key, thumb, "image/webp")
+        return key
+

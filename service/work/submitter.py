@@ -1,0 +1,138 @@
+"""queued → submitted: send the job to the provider, exactly once.
+
+The submit is not idempotent upstream. Before sending we commit ``submit_sent_at``; if
+the answer is lost (timeout, dropped connection, or we crash), the job moves on to
+``submitted`` without a task id and is recovered through its own webhook URL or the
+provider's predictions list (service/work/reconciler.py) — never by sending again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import structlog
+from sqlalchemy import func, update
+
+from service import jobs, queries
+from service.errors import ProviderError, SubmitOutcomeUnknown
+from service.resources import Resources
+from service.schemas import upstream_body
+from service.states import JobStatus
+from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
+
+log = structlog.get_logger(__name__)
+
+
+def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to ``base`` seconds)."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, attempt - 1))
+
+
+class Submitter:
+    name = "submit"
+    table = "jobs"
+
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self.concurrency = res.settings.submit_concurrency
+
+    def webhook_url(self, job_id: str) -> str:
+        return f"{self.res.settings.public_base_url}/webhooks/wavespeed/{job_id}"
+
+    async def claim(self, limit: int) -> list[str]:
+        async with self.res.engine.begin() as conn:
+            rows = await conn.execute(
+                queries.CLAIM_JOBS,
+                {"statuses": [JobStatus.QUEUED.value], "lease": self.res.settings.lease_seconds,
+                 "worker": self.res.worker_id, "limit": limit},
+            )
+            return [r.id for r in rows]
+
+    async def _answer_lost(self, job_id: str, why: str) -> None:
+        settings = self.res.settings
+        async with self.res.engine.begin() as conn:
+            job = await jobs.lock_job(conn, job_id)
+            if job is None:
+                return
+            await jobs.add_event(conn, job_id, "submit.answer_lost", {"why": why})
+            await jobs.transition(
+                conn, job, JobStatus.SUBMITTED, reason="submit.answer_lost", worker=self.res.worker_id,
+                # Give the task's own webhook a chance before searching the provider's list.
+                run_after_seconds=min(settings.reconcile_after_seconds, 30.0),
+                values={"submitted_at": func.now(),
+                        "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
+            )
+        log.warning("submit.answer_lost", job_id=job_id, why=why)
+
+    async def run(self, job_id: str) -> None:
+        res, worker = self.res, self.res.worker_id
+        async with res.engine.connect() as conn:
+            job = await jobs.get_job(conn, job_id)
+        if job.status != JobStatus.QUEUED or job.locked_by != worker:
+            return
+        if job.submit_sent_at is not None:
+            # A previous attempt sent the request and then died or lost the answer.
+            await self._answer_lost(job_id, "a previous submit attempt did not record its answer")
+            return
+        async with res.engine.begin() as conn:
+            verdict = await mark_submit_sent(
+                conn, job_id, worker,
+                max_in_flight=res.settings.provider_max_in_flight,
+                max_per_minute=res.settings.provider_max_per_minute,
+            )
+            if verdict == "throttled":
+                # The account's limits are reached: queue instead of collecting 429s.
+                await jobs.reschedule(conn, job_id, worker, THROTTLE_RECHECK_SECONDS)
+        if verdict != "marked":
+            return
+        try:
+            prediction = await res.wavespeed.submit(job.model, upstream_body(job.input), self.webhook_url(job_id))
+        except SubmitOutcomeUnknown as exc:
+            await self._answer_lost(job_id, exc.message)
+            return
+        except ProviderError as exc:
+            await self._refused(job, exc)
+            return
+        await self._accepted(job, prediction)
+
+    async def _refused(self, job: jobs.Row, exc: ProviderError) -> None:  # type: ignore[name-defined]
+        """The provider said no (or could not be reached): no task exists."""
+        worker = self.res.worker_id
+        async with self.res.engine.begin() as conn:
+            # The request never created a task, so sending again later is safe.
+            await conn.execute(
+                update(jobs.jobs_t).where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.locked_by == worker)
+                .values(submit_sent_at=None)
+            )
+            if exc.is_permanent:
+                await jobs.fail(conn, job, f"the provider rejected the job: {exc.message}", reason="submit.rejected",
+                                worker=worker)
+                log.info("submit.rejected", job_id=job.id, http_status=exc.http_status)
+                return
+            delay = exc.retry_after if exc.retry_after is not None else backoff(job.attempts)
+            await jobs.add_event(conn, job.id, "submit.retry",
+                                 {"http_status": exc.http_status, "error": exc.message, "retry_in": round(delay, 2)})
+            await jobs.reschedule(conn, job.id, worker, delay)
+        log.info("submit.retry", job_id=job.id, http_status=exc.http_status, delay=round(delay, 2))
+
+    async def _accepted(self, job: jobs.Row, prediction: dict) -> None:  # type: ignore[name-defined,type-arg]
+        settings = self.res.settings
+        task_id = prediction["id"]
+        async with self.res.engine.begin() as conn:
+            moved = await jobs.transition(
+                conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.res.worker_id,
+                run_after_seconds=settings.reconcile_after_seconds,
+                values={"provider_task_id": task_id, "provider_status": prediction.get("status"),
+                        "submitted_at": func.now(),
+                        "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
+            )
+            if not moved:
+                # The webhook beat the answer and already moved the job on: keep its task id.
+                await conn.execute(
+                    update(jobs.jobs_t)
+                    .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.provider_task_id.is_(None))
+                    .values(provider_task_id=task_id)
+                )
+            await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
+        log.info("submit.accepted", job_id=job.id, task_id=task_id)
