@@ -45,7 +45,7 @@ def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str]
         "outputs": [output_dict(o, presign) for o in stored],
         "has_nsfw_contents": job.has_nsfw_contents,
         "error": job.error,
-        "cost_usd": str(job.cost_usd) if job.cost_usd is not None else None,
+        "cost_usd": format(job.cost_usd.normalize(), "f") if job.cost_usd is not None else None,
         "callback": (
             {"status": job.callback_status, "attempts": job.callback_attempts} if job.callback_url else None
         ),
