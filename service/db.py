@@ -6,7 +6,10 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-ROOT = Path(__file__).resolve().parent.parent
+# alembic.ini and migrations/ sit beside the package in a checkout (editable install);
+# in an image with a regular install they are in the working directory (/app).
+_SOURCE = Path(__file__).resolve().parent.parent
+ROOT = _SOURCE if (_SOURCE / "alembic.ini").exists() else Path.cwd()
 
 
 def async_url(url: str) -> str:
