@@ -1,0 +1,3 @@
+from service.simulator.cli import main
+
+main()

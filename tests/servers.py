@@ -1,0 +1,214 @@
+"""Real HTTP servers for integration tests: an ASGI app under uvicorn in a thread, and a
+webhook catcher that records what it receives.
+
+    with ServerThread(create_simulator_app(config)) as sim:
+        httpx.get(sim.url + "/_sim/stats")
+
+    with WebhookCatcher() as catcher:
+        ...  # give catcher.url("/hook") to the code under test
+        [request] = catcher.wait_for(1)
+
+Each server binds port 0 (the OS picks a free port: no race between "find a free port"
+and "bind it") and runs its own event loop in a daemon thread, so synchronous tests can
+call it with httpx.Client and async tests with httpx.AsyncClient alike.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+
+class ServerThread:
+    """Serve ``app`` with uvicorn on ``host`` in a background thread.
+
+    ``start()`` returns once uvicorn has bound its socket and run the app's lifespan
+    startup; ``stop()`` asks it to exit (lifespan shutdown runs) and joins the thread.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 10.0,
+        **uvicorn_options: Any,
+    ) -> None:
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "on",
+            # Requests still hanging at teardown (a hung submit, a slow download) are
+            # cancelled after this, so a test session never waits on them for long.
+            "timeout_graceful_shutdown": 2,
+        }
+        options.update(uvicorn_options)
+        self.host = host
+        self.startup_timeout = startup_timeout
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
+        self._thread = threading.Thread(target=self.server.run, name=f"uvicorn-{id(self):x}", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("uvicorn exited during startup (see the captured log)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"uvicorn did not start within {self.startup_timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def port(self) -> int:
+        sockets = self.server.servers[0].sockets
+        port: int = sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, without a trailing slash."""
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass
+class CaughtRequest:
+    """One request the catcher received; header names are lower-case."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+    answered: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookCatcher:
+    """A tiny app that records every request to any path and answers ``status``.
+
+    ``statuses`` are answered first, one per request, before falling back to
+    ``status`` (e.g. ``catcher.statuses.extend([500, 503])`` to test retries).
+    """
+
+    status: int = 200
+    statuses: deque[int] = field(default_factory=deque)
+    requests: list[CaughtRequest] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _server: ServerThread | None = None
+
+    def app(self) -> Starlette:
+        async def catch(request: Request) -> Response:
+            body = await request.body()
+            with self._cond:
+                answered = self.statuses.popleft() if self.statuses else self.status
+                self.requests.append(
+                    CaughtRequest(
+                        method=request.method,
+                        path=request.url.path,
+                        query=request.url.query,
+                        headers={k.lower(): v for k, v in request.headers.items()},
+                        body=body,
+                        received_at=time.time(),
+                        answered=answered,
+                    )
+                )
+                self._cond.notify_all()
+            return Response(status_code=answered)
+
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        return Starlette(routes=[Route("/{path:path}", catch, methods=methods)])
+
+    def start(self) -> Self:
+        self._server = ServerThread(self.app()).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def url(self, path: str = "/hook") -> str:
+        if self._server is None:
+            raise RuntimeError("the catcher is not running")
+        return self._server.url + path
+
+    def clear(self) -> None:
+        with self._cond:
+            self.requests.clear()
+            self.statuses.clear()
+            self.status = 200
+
+    def snapshot(self, predicate: Callable[[CaughtRequest], bool] | None = None) -> list[CaughtRequest]:
+        with self._cond:
+            return [r for r in self.requests if predicate is None or predicate(r)]
+
+    def wait_for(
+        self,
+        count: int = 1,
+        timeout: float = 5.0,
+        predicate: Callable[[CaughtRequest], bool] | None = None,
+    ) -> list[CaughtRequest]:
+        """Block until ``count`` matching requests arrived; return them (all so far).
+
+        Raises TimeoutError saying how many did arrive, so a failing test explains itself.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                matching = [r for r in self.requests if predicate is None or predicate(r)]
+                if len(matching) >= count:
+                    return matching
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"expected {count} request(s), got {len(matching)} in {timeout} s")
+                self._cond.wait(left)
+
+    def answer_next(self, statuses: Iterable[int]) -> None:
+        with self._cond:
+            self.statuses.extend(statuses)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
