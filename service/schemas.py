@@ -17,7 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 from service.errors import FieldError, ValidationFailed
@@ -35,7 +36,9 @@ MAX_PROMPT_LENGTH = 10_000
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY_LENGTH = 40
 METADATA_MAX_VALUE_LENGTH = 500
-_SIZE_RE = re.compile(r"^(\d{1,5})\*(\d{1,5})$")
+# \Z, not $: "$" also matches before a trailing newline. No leading zeros: "0256" is not
+# a width the provider documents.
+_SIZE_RE = re.compile(r"^([1-9]\d{0,4})\*([1-9]\d{0,4})\Z")
 SIZE_MIN, SIZE_MAX = 256, 1536
 
 
@@ -94,11 +97,14 @@ class FluxDevLoraInput(_CommonInput):
     num_inference_steps: Annotated[int, Field(ge=1, le=50)] = 28
     num_images: Annotated[int, Field(ge=1, le=4)] = 1
 
-    @model_validator(mode="after")
-    def _mask_needs_image(self) -> FluxDevLoraInput:
-        if self.mask_image is not None and self.image is None:
+    @field_validator("mask_image")
+    @classmethod
+    def _mask_needs_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not a model one) so the error names input.mask_image. ``image``
+        # is declared first, so info.data has it unless it was itself invalid (already reported).
+        if value is not None and "image" in info.data and info.data["image"] is None:
             raise ValueError("mask_image is only allowed together with image")
-        return self
+        return value
 
 
 class FluxKreaDevLoraInput(_CommonInput):
