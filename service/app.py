@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from service import db
-from service.api import errors, health, jobs, webhooks
+from service.api import errors, facade, health, jobs, webhooks
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.errors import ConfigError
@@ -113,7 +113,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (health, jobs, webhooks):
+    for module in (health, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
     return out
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     webhook_tolerance_seconds: int = Field(300, ge=1)
 
+    # --- WaveSpeed-compatible facade: longest hold of an enable_sync_mode submit ---
+    facade_sync_timeout_seconds: float = Field(60.0, gt=0, le=600)
+
     # --- callbacks to backends ---
     callback_signing_secret: SecretStr | None = None
     callback_retry_schedule: str = "0,5,300,1800,7200,18000,36000,86400"
