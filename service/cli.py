@@ -10,10 +10,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from service.errors import ConfigError
 from service.settings import Settings
@@ -66,18 +67,32 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, host: str, port: int, run_workers: bool) -> None:
-    import uvicorn
-
     from service.app import create_app
 
     missing = settings.missing_for_serve()
     if missing:
         raise SystemExit(f"missing required settings: {', '.join(missing)} (see README's configuration table)")
     app = create_app(settings, run_workers=run_workers)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    GracefulServer(config).run()
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server, except that a SIGTERM/SIGINT that led to a clean shutdown ends
+    the process with exit code 0 (uvicorn re-raises the signal afterwards, which
+    orchestrators read as a crash)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
