@@ -56,11 +56,12 @@ async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
 
 
 def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
+    from service.work.notifier import Notifier
     from service.work.reconciler import Reconciler
     from service.work.storer import Storer
     from service.work.submitter import Submitter
 
-    return [Submitter(res), Storer(res), Reconciler(res)]
+    return [Submitter(res), Storer(res), Reconciler(res), Notifier(res)]
 
 
 @contextlib.asynccontextmanager

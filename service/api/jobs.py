@@ -22,6 +22,7 @@ from service.resources import Resources
 from service.schemas import validate_job_create
 from service.serialize import iso, job_dict
 from service.states import TERMINAL, JobStatus
+from service.work import notifier
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_WAIT_SECONDS = 60
@@ -175,7 +176,8 @@ async def redeliver(request: Request) -> JSONResponse:
             raise Conflict("the job has no callback_url", field="callback_url")
         if JobStatus(job.status) not in TERMINAL:
             raise Conflict("the job is not terminal yet; its callback is sent when it is", field="status")
-        delivery_id = await jobs.queue_callback(conn, job.id, JobStatus(job.status), job.callback_url)
+        # The same event again: same webhook-id, a new attempt series, fresh output URLs.
+        delivery_id = await notifier.redeliver(conn, job.id, job.callback_url, JobStatus(job.status))
         await jobs.add_event(conn, job.id, "callback.redeliver_requested", {"delivery_id": delivery_id})
     res.notifications.kick()
     return JSONResponse({"object": "delivery", "id": delivery_id, "status": "pending"}, status_code=202)
