@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import FieldError, ValidationFailed
 from service.models import Job
-from service.schemas import MODELS
+from service.schemas import MODELS, NUL_RULE
 from service.states import JobStatus
 
 jobs_t = Job.__table__
@@ -49,17 +49,25 @@ def decode_cursor(value: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         stamp, job_id = json.loads(raw)
-        return dt.datetime.fromisoformat(stamp), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        if "\x00" in str(job_id):
+            raise ValueError("NUL in a cursor id")  # Postgres text cannot hold it
+        return _utc(dt.datetime.fromisoformat(stamp)), str(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise ValidationFailed([FieldError("cursor", "is not a cursor this API returned")]) from None
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    """``moment`` in UTC (no offset means UTC). Converting here, where OverflowError can be
+    caught, rather than in the database driver: 9999-12-31T23:59:59-05:00 is past year 9999
+    in UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
 
 
 def _parse_time(name: str, value: str) -> dt.datetime:
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return _utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except (ValueError, OverflowError):
         raise ValidationFailed([FieldError(name, "must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")]) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def parse_filter(params: Sequence[tuple[str, str]]) -> HistoryFilter:
@@ -87,9 +95,12 @@ def parse_filter(params: Sequence[tuple[str, str]]) -> HistoryFilter:
             name = key[len("metadata.") :]
             if not name:
                 errors.append(FieldError(key, "must name a metadata key: metadata.<key>=<value>"))
+            elif "\x00" in key or "\x00" in value:
+                errors.append(FieldError(key, NUL_RULE))
             f.metadata[name] = value
         elif key == "limit":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+            # isascii: str.isdigit() is also true for "²", which int() refuses.
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
                 errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
             else:
                 f.limit = int(value)

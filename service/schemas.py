@@ -184,6 +184,25 @@ def validate_input(model: str, raw: Any, prefix: str = "input") -> dict[str, Any
     return parsed.model_dump(mode="json", exclude_none=True)
 
 
+NUL_RULE = "must not contain the NUL character (\\u0000)"
+
+
+def nul_locations(value: Any, loc: str = "") -> list[str]:
+    """Where a JSON value holds a string (or object key) with U+0000. Postgres text and
+    jsonb cannot store it, so it must be refused as bad input before it reaches the DB."""
+    if isinstance(value, str):
+        return [loc or "body"] if "\x00" in value else []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{loc}.{key}" if loc else str(key)
+            found += [where] if "\x00" in str(key) else nul_locations(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += nul_locations(item, f"{loc}.{index}" if loc else str(index))
+    return found
+
+
 def validate_job_create(raw: Any) -> tuple[JobCreate, dict[str, Any]]:
     """Validate a ``POST /v1/jobs`` body; return it and its input with defaults filled."""
     if not isinstance(raw, dict):
@@ -192,7 +211,10 @@ def validate_job_create(raw: Any) -> tuple[JobCreate, dict[str, Any]]:
         job = JobCreate.model_validate(raw)
     except ValidationError as exc:
         raise ValidationFailed(field_errors(exc)) from None
-    return job, validate_input(job.model, job.input)
+    input_ = validate_input(job.model, job.input)
+    if nul := nul_locations(raw):
+        raise ValidationFailed([FieldError(loc, NUL_RULE) for loc in nul])
+    return job, input_
 
 
 def upstream_body(input_: dict[str, Any]) -> dict[str, Any]:
