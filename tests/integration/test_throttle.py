@@ -1,0 +1,66 @@
+"""The provider throttle: the account's concurrency and per-minute limits hold across
+processes, so work queues here instead of collecting 429s upstream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.serverthread import ServerThread
+from tests.conftest import fresh_database, run_service, sim_config
+from tests.integration.helpers import wait_terminal
+
+
+@pytest.fixture
+def own_db(postgres_server: str) -> Iterator[str]:
+    # The limits count every job in the database: a database of its own keeps other
+    # tests' jobs out of the count.
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+def _tasks_for(simulator_url: str, job_ids: set[str]) -> list[dict[str, Any]]:
+    tasks = httpx.get(simulator_url + "/_sim/tasks", timeout=5).json()
+    return [t for t in tasks if (t.get("webhook_url") or "").rsplit("/", 1)[-1] in job_ids]
+
+
+def test_no_more_tasks_in_flight_than_the_limit_across_two_processes(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    sim_config(sim_defaults, completion_delay=0.8)
+    with (
+        run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_in_flight=2) as first,
+        run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_in_flight=2),
+    ):
+        with first.client() as client:
+            ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                                 "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
+                   for i in range(8)]
+            most = 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                tasks = _tasks_for(sim_defaults.url, set(ids))
+                running = [t for t in tasks if t["status"] not in ("completed", "failed")]
+                most = max(most, len(running))
+                if len(tasks) == len(ids) and not running:
+                    break
+                time.sleep(0.05)
+            jobs = [wait_terminal(client, i) for i in ids]
+    assert all(j["status"] == "completed" for j in jobs)
+    assert most == 2, f"at most {most} tasks ran at once; the limit is 2 (and it should be reached)"
+
+
+def test_per_minute_limit_queues_the_rest(own_db: str, s3_endpoint: str, sim_defaults: ServerThread) -> None:
+    with run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_per_minute=3) as svc:
+        with svc.client() as client:
+            ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                                 "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
+                   for i in range(5)]
+            time.sleep(3.0)
+            assert len(_tasks_for(sim_defaults.url, set(ids))) == 3
+            statuses = sorted(client.get(f"/v1/jobs/{i}").json()["status"] for i in ids)
+    assert statuses.count("queued") == 2
