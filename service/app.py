@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 
 from service import db
 from service.api import errors, facade, health, jobs, webhooks
+from service.api import dashboard
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.errors import ConfigError
@@ -116,6 +117,7 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     for module in (health, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
+    out += dashboard.routes  # the web page at / (and /login, /jobs/{id}, /static)
     return out
 
 

@@ -122,6 +122,16 @@ class ApiKey(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
+class DashboardSession(Base):
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner: Mapped[str] = mapped_column(Text)
+    api_key_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("api_keys.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+
+
 class ServiceSecret(Base):
     __tablename__ = "service_secrets"
 

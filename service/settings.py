@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
 
+    # --- dashboard (the web page at /) ---
+    dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)
+
     # --- logs ---
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None

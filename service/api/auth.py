@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from service import sessions
 from service.errors import Unauthorized
 from service.keys import owner_for
 from service.resources import Resources
@@ -23,12 +24,19 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def authenticate(request: Request) -> str:
-    """The owner of the request's API key (from the header, or the dashboard's session
-    cookie), or Unauthorized."""
-    token = bearer_token(request) or request.cookies.get("wsj_session")
-    if not token:
-        raise Unauthorized()
-    owner = await owner_for(resources(request).engine, token)
-    if owner is None:
-        raise Unauthorized("the API key is invalid or revoked")
-    return owner
+    """The owner of the request's API key, or of the dashboard's session cookie, or
+    Unauthorized. The cookie counts only for reads (GET/HEAD): a cookie rides along on
+    requests other sites make, so anything that changes state needs the header."""
+    token = bearer_token(request)
+    if token:
+        owner = await owner_for(resources(request).engine, token)
+        if owner is None:
+            raise Unauthorized("the API key is invalid or revoked")
+        return owner
+    cookie = request.cookies.get(sessions.COOKIE)
+    if cookie and request.method in ("GET", "HEAD"):
+        owner = await sessions.session_owner(resources(request).engine, cookie)
+        if owner is None:
+            raise Unauthorized("the dashboard session has expired; sign in again")
+        return owner
+    raise Unauthorized()
