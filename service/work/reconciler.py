@@ -17,9 +17,10 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
-from service import jobs, queries
+from service import jobs
 from service.errors import Conflict, ProviderError
 from service.resources import Resources
+from service.work.runner import claim_jobs
 from service.schemas import upstream_body
 from service.states import JobStatus
 from service.work.submitter import backoff
@@ -67,13 +68,7 @@ class Reconciler:
         self.res = res
 
     async def claim(self, limit: int) -> list[str]:
-        async with self.res.engine.begin() as conn:
-            rows = await conn.execute(
-                queries.CLAIM_JOBS,
-                {"statuses": [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value],
-                 "lease": self.res.settings.lease_seconds, "worker": self.res.worker_id, "limit": limit},
-            )
-            return [r.id for r in rows]
+        return await claim_jobs(self.res, [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value], limit)
 
     def _next_check(self, attempts: int) -> float:
         base = self.res.settings.reconcile_after_seconds

@@ -23,6 +23,16 @@ from service.resources import Resources
 log = structlog.get_logger(__name__)
 
 
+async def claim_jobs(res: Resources, statuses: Sequence[str], limit: int) -> list[str]:
+    """Claim up to ``limit`` due jobs in ``statuses`` for this worker (queries.CLAIM_JOBS)."""
+    async with res.engine.begin() as conn:
+        rows = await conn.execute(
+            queries.CLAIM_JOBS,
+            {"statuses": list(statuses), "lease": res.settings.lease_seconds, "worker": res.worker_id, "limit": limit},
+        )
+        return [r.id for r in rows]
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 

@@ -17,11 +17,12 @@ import httpx
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, queries
+from service import jobs
 from service.clients.storage import StorageError, StoredObject
 from service.errors import Retry
 from service.netguard import check_public_url
 from service.resources import Resources
+from service.work.runner import claim_jobs
 from service.schemas import output_count
 from service.states import JobStatus
 from service.thumbnails import make_thumbnail
@@ -43,13 +44,7 @@ class Storer:
         self.concurrency = res.settings.store_concurrency
 
     async def claim(self, limit: int) -> list[str]:
-        async with self.res.engine.begin() as conn:
-            rows = await conn.execute(
-                queries.CLAIM_JOBS,
-                {"statuses": [JobStatus.STORING.value], "lease": self.res.settings.lease_seconds,
-                 "worker": self.res.worker_id, "limit": limit},
-            )
-            return [r.id for r in rows]
+        return await claim_jobs(self.res, [JobStatus.STORING.value], limit)
 
     async def run(self, job_id: str) -> None:
         res, worker = self.res, self.res.worker_id

@@ -14,9 +14,10 @@ import random
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, queries
+from service import jobs
 from service.errors import ProviderError, SubmitOutcomeUnknown
 from service.resources import Resources
+from service.work.runner import claim_jobs
 from service.schemas import upstream_body
 from service.states import JobStatus
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
@@ -41,13 +42,7 @@ class Submitter:
         return f"{self.res.settings.public_base_url}/webhooks/wavespeed/{job_id}"
 
     async def claim(self, limit: int) -> list[str]:
-        async with self.res.engine.begin() as conn:
-            rows = await conn.execute(
-                queries.CLAIM_JOBS,
-                {"statuses": [JobStatus.QUEUED.value], "lease": self.res.settings.lease_seconds,
-                 "worker": self.res.worker_id, "limit": limit},
-            )
-            return [r.id for r in rows]
+        return await claim_jobs(self.res, [JobStatus.QUEUED.value], limit)
 
     async def _answer_lost(self, job_id: str, why: str) -> None:
         settings = self.res.settings
