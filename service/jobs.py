@@ -248,6 +248,18 @@ def _nsfw(prediction: dict[str, Any]) -> list[bool] | None:
     return None
 
 
+# How far along each provider status is. News that says less than the job already knows
+# (a reordered event), or anything after the task has ended, is stale: the caller logs it
+# in the job's events and nothing else changes.
+_PROVIDER_PROGRESS = {"created": 0, "processing": 1, "completed": 2, "failed": 2}
+
+
+def _is_stale(known: str | None, incoming: str | None) -> bool:
+    if known in ("completed", "failed"):
+        return True  # a task ends once: a later event can only repeat or contradict that
+    return _PROVIDER_PROGRESS.get(incoming or "", 0) < _PROVIDER_PROGRESS.get(known or "", 0)
+
+
 def _outputs(prediction: dict[str, Any]) -> list[str]:
     value = prediction.get("outputs")
     if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
@@ -264,8 +276,8 @@ async def apply_prediction(
     reconcile_after: float,
 ) -> str:
     """Apply provider news about ``job`` (locked FOR UPDATE by the caller); return what
-    happened: ``advanced``, ``unchanged``, ``late`` (job already terminal) or
-    ``task_mismatch``.
+    happened: ``advanced``, ``unchanged`` (also for stale news), ``late`` (job already
+    terminal: nothing changes, not even the provider fields) or ``task_mismatch``.
 
     Used by the receiver and by the reconciler alike, so a result reaches a job the same
     way whichever of them saw it first; forward-only transitions make the second a no-op.
@@ -275,6 +287,10 @@ async def apply_prediction(
     if task_id and job.provider_task_id and task_id != job.provider_task_id:
         await add_event(conn, job.id, "provider.task_mismatch", {"task_id": task_id, "source": source})
         return "task_mismatch"
+    if JobStatus(job.status) in TERMINAL:
+        return "late"
+    if _is_stale(job.provider_status, provider_status):
+        return "unchanged"
 
     values: dict[str, Any] = {"last_news_at": func.now(), "updated_at": func.now()}
     if task_id and not job.provider_task_id:
@@ -297,9 +313,6 @@ async def apply_prediction(
         # Another job already owns this task id: never let one task complete two jobs.
         raise Conflict("task id already belongs to another job") from None
 
-    status = JobStatus(job.status)
-    if status in TERMINAL:
-        return "late"
     if provider_status == "completed":
         outputs = _outputs(prediction)
         if not outputs:
