@@ -31,9 +31,9 @@ from starlette.staticfiles import StaticFiles
 
 from service import jobs, sessions
 from service.api.auth import resources
-from service.errors import FieldError, NotFound, PayloadTooLarge, ServiceError, Unauthorized, ValidationFailed
+from service.errors import FieldError, PayloadTooLarge, ServiceError, Unauthorized, ValidationFailed
 from service.history import MAX_LIMIT, list_jobs, parse_filter
-from service.models import Delivery, JobEvent
+from service.models import Delivery, Job, JobEvent
 from service.resources import Resources
 from service.schemas import MODELS
 from service.serialize import iso, job_dict
@@ -43,6 +43,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 CSRF_COOKIE = "wsj_csrf"
 MAX_FORM_BYTES = 16 * 1024
 events_t = JobEvent.__table__
+jobs_t = Job.__table__
 deliveries_t = Delivery.__table__
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -61,15 +62,15 @@ class Forbidden(ServiceError):
 def _when(value: str | None) -> str:
     if not value:
         return "—"
-    stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    stamp = dt.datetime.fromisoformat(value)
     return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(start: str | None, end: str | None) -> str:
     if not start or not end:
         return "—"
-    seconds = (dt.datetime.fromisoformat(end.replace("Z", "+00:00"))
-               - dt.datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    seconds = (dt.datetime.fromisoformat(end)
+               - dt.datetime.fromisoformat(start)).total_seconds()
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
@@ -97,11 +98,11 @@ def _datetime_input(value: str) -> str:
     """A filter time as <input type="datetime-local"> shows it (UTC, no zone); a value
     it cannot show is left blank rather than sent back wrong."""
     try:
-        stamp = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        stamp = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         return ""
     if stamp.tzinfo:
-        stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -349,21 +350,14 @@ async def live_list(request: Request) -> JSONResponse:
     owner = await _live_owner(request)
     ids = request.query_params.getlist("id")[:MAX_LIMIT]
     async with res.engine.connect() as conn:
-        found = [await _try_job(conn, job_id, owner) for job_id in ids]
-        rows = [r for r in found if r is not None]
+        # One query for all of them; another owner's ids simply match nothing.
+        rows = (await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))).all()
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
     cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
     return JSONResponse({
         "done": all(c["terminal"] for c in cards),
         "sections": {f"job-{c['id']}": fragment("job_row", c) for c in cards},
     }, headers={"Cache-Control": "no-store"})
-
-
-async def _try_job(conn: Any, job_id: str, owner: str) -> Any:
-    try:
-        return await jobs.get_job(conn, job_id, owner)
-    except NotFound:
-        return None
 
 
 async def _live_owner(request: Request) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from markupsafe import escape
 import psycopg
 import pytest
+from markupsafe import escape
 
 from tests.conftest import Service
 from tests.integration.helpers import eventually, submit, wait_terminal
@@ -312,7 +312,7 @@ def test_pages_load_nothing_from_outside_and_forbid_it(web: httpx.Client, api: h
         assert answer.headers["cache-control"] == "no-store"
         # Every URL the page refers to is this site's own, or the presigned S3 object.
         for url in re.findall(r'(?:src|href|action)="([^"]+)"', answer.text):
-            assert url.startswith("/") or url.startswith(s3_origin + "/"), (path, url)
+            assert url.startswith(("/", s3_origin + "/")), (path, url)
         assert '<meta name="viewport"' in answer.text
     for asset, kind in (("/static/dashboard.css", "text/css"), ("/static/dashboard.js", "javascript")):
         served = web.get(asset)

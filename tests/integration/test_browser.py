@@ -1,0 +1,204 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright
+(``executable_path`` points at the system browser, so nothing is downloaded).
+
+A person signs in, filters the history, opens a job and sees its images load, watches a
+running job turn completed without reloading, and signs out. Screenshots of the list and
+of a job page land in test-output/. Skips, saying why, where Chromium or Playwright is
+missing; .ci/run installs both.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Service, sim_config
+from tests.integration.helpers import submit, wait_terminal
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+
+# Loopback only: no network beyond this machine, no Google services, a fresh profile.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+DESKTOP = {"viewport": {"width": 1200, "height": 820}}
+WAIT_MS = 30_000
+
+ALL_IMAGES_LOADED = """() => {
+  const images = [...document.querySelectorAll('main img')];
+  return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Tab:
+    """A page plus what the browser complained about (console errors, CSP refusals,
+    failed requests): the pages must load cleanly."""
+
+    def __init__(self, context: Any) -> None:
+        self.page = context.new_page()
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.problems.append(str(e)))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"{r.url}: {r.failure}"))
+
+
+@pytest.fixture
+def phone(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(**PHONE)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def desktop(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(**DESKTOP)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def new_key(service: Service) -> str:
+    """service.new_key runs its own event loop; Playwright's sync API keeps one marked
+    running on this thread, so make the key on another."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(service.new_key).result(timeout=30)
+
+
+def sign_in(tab: Tab, service: Service, key: str, path: str = "/") -> None:
+    tab.page.goto(service.url + path)
+    assert "/login" in tab.page.url  # no session yet: sent to the sign-in form
+    tab.page.fill("#api_key", key)
+    tab.page.click("button[type=submit]")
+    tab.page.wait_for_url(service.url + path)
+
+
+def no_horizontal_scroll(tab: Tab) -> bool:
+    return bool(tab.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
+    service: Service, desktop: Any, phone: Any, output_dir: Path, sim_defaults: Any
+) -> None:
+    key = new_key(service)
+    with service.client(key) as api:
+        fox = submit(api, prompt="a red fox in fresh snow, golden hour", metadata={"batch": "winter"},
+                     input={"num_images": 2, "size": "384*256"})
+        owl = submit(api, prompt="a snowy owl on a fence post", metadata={"batch": "winter"},
+                     model="wavespeed-ai/flux-krea-dev-lora", input={"output_format": "png"})
+        xss = submit(api, prompt='<img src=x onerror="window.__pwned = 1">neon city at night',
+                     metadata={"batch": "summer"})
+        done = [wait_terminal(api, job["id"]) for job in (fox, owl, xss)]
+        sim_config(sim_defaults, failure_rate=1.0)
+        failed = wait_terminal(api, submit(api, prompt="an impossible staircase", metadata={"batch": "summer"})["id"])
+        sim_config(sim_defaults, failure_rate=0.0)
+    assert [j["status"] for j in done] == ["completed"] * 3 and failed["status"] == "failed"
+
+    tab = Tab(desktop)
+    page = tab.page
+    sign_in(tab, service, key)
+    assert page.locator(".jobs > li").count() == 4
+    page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)  # each completed job's thumbnail
+    widths = page.eval_on_selector_all(".jobs img", "images => images.map(i => i.naturalWidth)")
+    assert len(widths) == 3 and all(w > 0 for w in widths)
+    # User text stays text: the prompt's markup is visible as characters and never ran.
+    assert page.get_by_text('<img src=x onerror="window.__pwned = 1">neon city at night').count() == 1
+    assert page.evaluate("() => window.__pwned") is None
+    page.click(".filters summary")  # the filters fold away until used
+    page.locator("body").screenshot(path=str(output_dir / "dashboard-history.png"))
+
+    # Filter: completed jobs of batch "winter" only.
+    page.check("input[name=status][value=completed]")
+    page.fill("input[name=meta]", "batch=winter")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**/?*meta=batch*")
+    rows = page.locator(".jobs > li")
+    assert rows.count() == 2
+    assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.section)")) == sorted(
+        [f"job-{fox['id']}", f"job-{owl['id']}"])
+    page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    page.screenshot(path=str(output_dir / "dashboard-history-filtered.png"))
+
+    # Open the fox: its full-size outputs load, its story is told.
+    page.click(f"a[href='/jobs/{fox['id']}']")
+    page.wait_for_url(f"**/jobs/{fox['id']}")
+    page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    sizes = page.eval_on_selector_all(".outputs img", "images => images.map(i => [i.naturalWidth, i.naturalHeight])")
+    assert sizes == [[384, 256], [384, 256]]
+    assert page.inner_text("[data-section=status]").strip() == "completed"
+    events = page.locator(".timeline li").all_inner_texts()
+    assert any("job.created" in e for e in events) and any("output.stored" in e for e in events)
+    assert "batch" in page.inner_text("main") and "winter" in page.inner_text("main")
+    page.screenshot(path=str(output_dir / "dashboard-job.png"), full_page=True)
+    assert tab.problems == []
+
+    # The same pages on a phone: nothing wider than the screen.
+    mobile = Tab(phone)
+    sign_in(mobile, service, key, f"/jobs/{fox['id']}")
+    mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    assert no_horizontal_scroll(mobile)
+    mobile.page.goto(service.url + "/")
+    mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    assert no_horizontal_scroll(mobile)
+    mobile.page.screenshot(path=str(output_dir / "dashboard-history-phone.png"))
+    assert mobile.problems == []
+
+    # Sign out: the session is gone, the history is behind the form again.
+    page.click(".signout button")
+    page.wait_for_url("**/login")
+    page.goto(service.url + "/")
+    assert "/login" in page.url
+
+
+def test_a_running_job_turns_completed_without_a_reload(
+    service: Service, desktop: Any, output_dir: Path, sim_defaults: Any
+) -> None:
+    key = new_key(service)
+    sim_config(sim_defaults, completion_delay=4.0)
+    with service.client(key) as api:
+        job = submit(api, prompt="a paper boat on a rain puddle")
+    history, detail = Tab(desktop), Tab(desktop)
+    sign_in(history, service, key)
+    detail.page.goto(f"{service.url}/jobs/{job['id']}")
+    for tab in (history, detail):
+        # Still running when the page loaded; a marker proves the page is never reloaded.
+        assert tab.page.locator("[data-status=completed]").count() == 0
+        tab.page.evaluate("() => { window.__sameDocument = true; }")
+
+    detail.page.wait_for_selector("[data-section=status] [data-status=completed]", timeout=WAIT_MS)
+    detail.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    history.page.wait_for_selector(f"[data-section='job-{job['id']}'] [data-status=completed]", timeout=WAIT_MS)
+    history.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
+    for tab in (history, detail):
+        assert tab.page.evaluate("() => window.__sameDocument") is True
+        assert tab.page.evaluate("() => document.body.dataset.liveState") == "done"
+        assert tab.problems == []
+    assert "output.stored" in detail.page.inner_text("[data-section=events]")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as api:
+        assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "completed"
+    detail.page.screenshot(path=str(output_dir / "dashboard-job-live.png"), full_page=True)
