@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import jobs, queries
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
+from service.models import Delivery, Job
 from service.netguard import check_public_url
 from service.resources import Resources
 from service.serialize import iso, job_dict
@@ -122,7 +123,7 @@ async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobSta
     if row is None:
         return await jobs.queue_callback(conn, job_id, status, url)
     await conn.execute(
-        update(jobs.jobs_t).where(jobs.jobs_t.c.id == job_id)
+        update(Job).where(Job.id == job_id)
         .values(callback_status="pending", callback_attempts=row.attempts)
     )
     await jobs.notify(conn, queries.CHANNEL_WORK, "deliver")
@@ -179,11 +180,10 @@ class Notifier:
             event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
             body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
             frozen = (await conn.execute(
-                update(deliveries_t)
-                .where(deliveries_t.c.id == row.id, deliveries_t.c.locked_by == res.worker_id,
-                       deliveries_t.c.body == "")
+                update(Delivery)
+                .where(Delivery.id == row.id, Delivery.locked_by == res.worker_id, Delivery.body == "")
                 .values(body=body)
-                .returning(deliveries_t.c.id)
+                .returning(Delivery.id)
             )).first()
         return body if frozen else None
 
@@ -216,9 +216,8 @@ class Notifier:
             detail["retry_after"] = attempt.retry_after
         async with res.engine.begin() as conn:
             moved = (await conn.execute(
-                update(deliveries_t)
-                .where(deliveries_t.c.id == row.id, deliveries_t.c.locked_by == worker,
-                       deliveries_t.c.status == "pending")
+                update(Delivery)
+                .where(Delivery.id == row.id, Delivery.locked_by == worker, Delivery.status == "pending")
                 .values(
                     attempts=number,
                     status=status,
@@ -229,7 +228,7 @@ class Notifier:
                     locked_until=None,
                     locked_by=None,
                 )
-                .returning(deliveries_t.c.id)
+                .returning(Delivery.id)
             )).first()
             if moved is None:
                 # Our lease lapsed and another worker took the row: the attempt still
@@ -239,7 +238,7 @@ class Notifier:
                 return
             await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
             await conn.execute(
-                update(jobs.jobs_t).where(jobs.jobs_t.c.id == row.job_id)
+                update(Job).where(Job.id == row.job_id)
                 .values(callback_status=status, callback_attempts=number)
             )
             if status == "delivered":

@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.serverthread import ServerThread
 from tests.conftest import BUCKET, Service, fresh_database, run_service
 from tests.integration.helpers import eventually, s3_object, sha256, submit, wait_terminal
-from tests.servers import ServerThread
 
 SCHEDULE = [0.0, 0.2, 0.3, 0.4, 0.5]  # five attempts, fast
 CALLBACK_TIMEOUT = 4.0

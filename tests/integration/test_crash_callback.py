@@ -21,10 +21,11 @@ from standardwebhooks.webhooks import Webhook
 from service.db import create_engine
 from service.devstack import free_port
 from service.keys import create_key
+from service.serverthread import ServerThread
 from tests.conftest import fresh_database, make_settings
 from tests.integration.helpers import TERMINAL, eventually
 from tests.processes import ServiceProcess
-from tests.servers import ServerThread, WebhookCatcher
+from tests.servers import WebhookCatcher
 
 # The first attempt waits 2 s after the job ends, so the kill lands before any attempt
 # (the window a crash between "terminal" and "sent" would hit); the rest retry fast.

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from service.devstack import DevStack
+from service.serverthread import ServerThread
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
-from tests.servers import ServerThread, WebhookCatcher
+from tests.servers import WebhookCatcher
 
 REFUSED = [
     "http://127.0.0.1/hook",
