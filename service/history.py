@@ -60,12 +60,12 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     """``moment`` in UTC (no offset means UTC). Converting here, where OverflowError can be
     caught, rather than in the database driver: 9999-12-31T23:59:59-05:00 is past year 9999
     in UTC."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 def _parse_time(name: str, value: str) -> dt.datetime:
     try:
-        return _utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return _utc(dt.datetime.fromisoformat(value))  # 3.11+ reads a trailing Z
     except (ValueError, OverflowError):
         raise ValidationFailed([FieldError(name, "must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")]) from None
 

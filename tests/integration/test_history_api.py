@@ -22,7 +22,7 @@ from service.history import encode_cursor
 from tests.conftest import Service
 
 DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # A fixed past moment, so inserted history never collides with jobs made "now".
 BASE = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -102,7 +103,7 @@ def test_a_body_that_is_not_json_is_400_and_inserts_nothing(
 
 def _huge() -> bytes:
     padding = "x" * (MAX_BODY_BYTES + 1)
-    return ('{"model": "%s", "input": {"prompt": "%s"}}' % (DEV, padding)).encode()
+    return json.dumps({"model": DEV, "input": {"prompt": padding}}).encode()
 
 
 def test_a_huge_body_is_413_and_inserts_nothing(service: Service, client: httpx.Client,

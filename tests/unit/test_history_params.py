@@ -12,7 +12,7 @@ import pytest
 from service.errors import ValidationFailed
 from service.history import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor, parse_filter
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def problems(params: list[tuple[str, str]]) -> list[dict[str, str]]:

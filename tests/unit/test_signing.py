@@ -152,7 +152,7 @@ def test_reference_library_rejects_our_signature_when_anything_differs(change: s
 def test_standard_signature_matches_the_reference_signer_byte_for_byte() -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = '{"test": 2432232314}'
-    moment = dt.datetime.fromtimestamp(1614265330, dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(1614265330, dt.UTC)
     expected = Webhook(secret).sign("msg_p5jXN8AQM9LWM0D4loKWxJek", moment, body)
     assert standard_signature(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body.encode()) == expected
     # And the published Standard Webhooks example value.
