@@ -312,3 +312,19 @@ def test_metadata_at_its_length_limits_is_accepted() -> None:
     key, value = "k" * METADATA_MAX_KEY_LENGTH, "v" * METADATA_MAX_VALUE_LENGTH
     request, _ = validate_job_create(job(metadata={key: value, "empty": ""}))
     assert request.metadata == {key: value, "empty": ""}
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"input": {"prompt": "a\u0000b"}}, "input.prompt"),
+        ({"input": {"prompt": "p", "loras": [{"path": "a\u0000", "scale": 1.0}]}}, "input.loras.0.path"),
+        ({"metadata": {"user": "u\u00001"}}, "metadata.user"),
+        ({"metadata": {"us\u0000er": "u1"}}, "metadata.us\u0000er"),
+        ({"callback_url": "https://b.example/h\u0000"}, "callback_url"),
+    ],
+    ids=["prompt", "lora-path", "metadata-value", "metadata-key", "callback-url"],
+)
+def test_nul_characters_are_refused_where_they_are(fields: dict[str, Any], loc: str) -> None:
+    # Postgres cannot store U+0000 in text or jsonb: it must be a 422, not a database error.
+    assert job_rejected(job(**fields)) == [{"loc": loc, "msg": "must not contain the NUL character (\\u0000)"}]
