@@ -162,6 +162,7 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     sign_in(mobile, service, key, f"/jobs/{fox['id']}")
     mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
     assert no_horizontal_scroll(mobile)
+    mobile.page.screenshot(path=str(output_dir / "dashboard-job-phone.png"))
     mobile.page.goto(service.url + "/")
     mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
     assert no_horizontal_scroll(mobile)
