@@ -88,7 +88,7 @@ def _describe(exc: BaseException, url: str) -> str:
         (TimeoutError, "the whole request took too long"),
     ]
     label = next((text for kind, text in kinds if isinstance(exc, kind)), type(exc).__name__)
-    detail = str(exc).replace(url, "<callback_url>")[:200]
+    detail = str(exc).replace(url, "<callback_url>").replace("\x00", "")[:200]
     return f"{label}: {detail}" if detail else label
 
 
@@ -125,6 +125,8 @@ async def send(
         status_code=status,
         latency_ms=latency_ms,
         error=error,
-        answer=bytes(answer[:ANSWER_KEPT]).decode("utf-8", "replace"),
+        # Postgres text and jsonb cannot hold NUL; whatever the endpoint sent must not
+        # stop the attempt from being recorded.
+        answer=bytes(answer[:ANSWER_KEPT]).decode("utf-8", "replace").replace("\x00", "\ufffd"),
         retry_after=retry_after,
     )

@@ -359,6 +359,15 @@ def test_a_huge_answer_is_read_only_up_to_the_cap(api: httpx.Client, endpoint: E
     assert first["answer"] == "x" * 512  # only the first bytes are kept
 
 
+def test_a_binary_answer_with_nul_bytes_is_still_recorded(api: httpx.Client, endpoint: Endpoint) -> None:
+    endpoint.replies.append(Reply(500, body=b"\x00\xff\xfebinary\x00"))
+    job = ended_job(api, endpoint.url())
+    callback_state(api, job["id"], "delivered")
+    first = events_of(api, job["id"], "callback.attempt")[0]["detail"]
+    assert first["status_code"] == 500
+    assert "binary" in first["answer"] and "\x00" not in first["answer"]
+
+
 def test_many_deliveries_in_flight_at_once(api: httpx.Client, endpoint: Endpoint, secret: str) -> None:
     # Every answer is held until all have arrived: only concurrent delivery can finish.
     count = 6
