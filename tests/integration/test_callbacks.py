@@ -9,6 +9,7 @@ session service's, and workers of every process on a database share its deliveri
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from collections import deque
@@ -187,6 +188,8 @@ def test_completed_job_is_delivered_once_signed_with_the_job_and_week_long_outpu
     [request] = endpoint.wait_for(1)
     event = request.verify(secret)
     assert event["type"] == "job.completed"
+    ended = dt.datetime.fromisoformat(done["completed_at"]).timestamp()
+    print(f"\ncallback arrived {(request.at - ended) * 1000:.0f} ms after the job completed")
     assert event["data"]["id"] == job["id"]
     assert event["data"]["status"] == "completed"
     assert event["data"]["metadata"] == {"user_id": "u_1"}
