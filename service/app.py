@@ -16,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service import db
+from service import db, webhook_store
 from service.api import errors, facade, health, jobs, webhooks
 from service.api import dashboard
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.errors import ConfigError
-from service.models import ServiceSecret
+from service.models import ServiceSecret, table
 from service.notifications import Notifications
 from service.resources import Resources
 from service.settings import Settings
@@ -30,7 +30,7 @@ from service.signing import generate_standard_secret, standard_key
 from service.work.runner import Runner, new_worker_id
 
 log = structlog.get_logger(__name__)
-secrets_t = ServiceSecret.__table__
+secrets_t = table(ServiceSecret)
 CALLBACK_SECRET_NAME = "callback_signing_secret"
 
 
@@ -124,8 +124,9 @@ def routes() -> list[BaseRoute]:
 def create_app(settings: Settings, *, run_workers: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_resources(settings) as res:
+        async with open_resources(settings) as res, webhook_store.open_store(settings) as store:
             app.state.resources = res
+            app.state.webhook_store = store  # the receiver's fast path (service/webhook_store.py)
             runner = Runner(res, build_duties(res)) if run_workers else None
             if runner:
                 await runner.start()

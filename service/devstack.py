@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.serverthread import ServerThread
 
@@ -32,7 +33,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     import pgserver  # dev extra
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield server.get_uri()
     finally:
@@ -54,7 +55,7 @@ def embedded_s3(port: int = 0) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_simulator(**knobs: object) -> Iterator[str]:
+def embedded_simulator(**knobs: Any) -> Iterator[str]:
     """The WaveSpeed simulator in a thread; yields its base URL."""
     from service.simulator.app import create_simulator_app
     from service.simulator.config import SimulatorConfig

@@ -24,13 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queries
 from service.errors import Conflict, NotFound
-from service.models import Delivery, Job, JobEvent, JobOutput
+from service.models import Delivery, Job, JobEvent, JobOutput, table
 from service.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
 
-jobs_t = Job.__table__
-outputs_t = JobOutput.__table__
-events_t = JobEvent.__table__
-deliveries_t = Delivery.__table__
+jobs_t = table(Job)
+outputs_t = table(JobOutput)
+events_t = table(JobEvent)
+deliveries_t = table(Delivery)
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 

@@ -8,9 +8,9 @@ import secrets
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.models import ApiKey
+from service.models import ApiKey, table
 
-keys_t = ApiKey.__table__
+keys_t = table(ApiKey)
 KEY_PREFIX = "wsj_"
 
 

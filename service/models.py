@@ -7,7 +7,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Numeric, Text, func
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Numeric, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -132,9 +132,30 @@ class DashboardSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
 
 
+class JobMetadata(Base):
+    """One row per metadata key of a job, kept by a trigger on jobs (revision 0003), so a
+    ``metadata.<key>=<value>`` filter walks a btree in page order (service/history.py)."""
+
+    __tablename__ = "job_metadata"
+
+    job_id: Mapped[str] = mapped_column(Text, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+
+
 class ServiceSecret(Base):
     __tablename__ = "service_secrets"
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table behind ``model``, typed as a Table (``__table__`` is typed as the
+    broader FromClause, which insert()/update() do not accept under mypy)."""
+    core = model.__table__
+    assert isinstance(core, Table)
+    return core

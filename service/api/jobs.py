@@ -16,7 +16,7 @@ from service import jobs
 from service.api.auth import authenticate, resources
 from service.errors import BadRequest, Conflict, FieldError, NotFound, PayloadTooLarge, ValidationFailed
 from service.history import list_jobs, parse_filter
-from service.models import JobEvent
+from service.models import JobEvent, table
 from service.netguard import check_public_url
 from service.resources import Resources
 from service.schemas import validate_job_create
@@ -27,7 +27,7 @@ from service.work import notifier
 MAX_BODY_BYTES = 256 * 1024
 MAX_WAIT_SECONDS = 60
 MAX_IDEMPOTENCY_KEY = 255
-events_t = JobEvent.__table__
+events_t = table(JobEvent)
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -158,9 +158,10 @@ async def cancel(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
     async with res.engine.begin() as conn:
-        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
-        job = await jobs.lock_job(conn, job.id)
-        assert job is not None
+        found = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        job = await jobs.lock_job(conn, found.id)
+        if job is None:  # deleted between the two reads
+            raise NotFound(f"no job with id {found.id!r}")
         if JobStatus(job.status) in TERMINAL:
             raise Conflict(f"the job is already {job.status} and cannot be canceled", field="status")
         await jobs.transition(conn, job, JobStatus.CANCELED, reason="api.cancel")

@@ -72,7 +72,7 @@ class Reconciler:
 
     def _next_check(self, attempts: int) -> float:
         base = self.res.settings.reconcile_after_seconds
-        return min(base * 2 ** min(max(attempts - 1, 0), 4), 900.0)
+        return min(base * 2.0 ** min(max(attempts - 1, 0), 4), 900.0)
 
     async def run(self, job_id: str) -> None:
         res, worker = self.res, self.res.worker_id

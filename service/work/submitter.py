@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter (attempt 1 → up to ``base`` seconds)."""
-    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, attempt - 1))
+    return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
 class Submitter:
