@@ -18,10 +18,10 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.keys import hash_key
-from service.models import ApiKey, DashboardSession
+from service.models import ApiKey, DashboardSession, table
 
-sessions_t = DashboardSession.__table__
-keys_t = ApiKey.__table__
+sessions_t = table(DashboardSession)
+keys_t = table(ApiKey)
 
 COOKIE = "wsj_session"
 

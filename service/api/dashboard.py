@@ -33,7 +33,7 @@ from service import jobs, sessions
 from service.api.auth import resources
 from service.errors import FieldError, PayloadTooLarge, ServiceError, Unauthorized, ValidationFailed
 from service.history import MAX_LIMIT, list_jobs, parse_filter
-from service.models import Delivery, Job, JobEvent
+from service.models import Delivery, Job, JobEvent, table
 from service.resources import Resources
 from service.schemas import MODELS
 from service.serialize import iso, job_dict
@@ -42,9 +42,9 @@ from service.states import TERMINAL, JobStatus
 PACKAGE = Path(__file__).resolve().parent.parent
 CSRF_COOKIE = "wsj_csrf"
 MAX_FORM_BYTES = 16 * 1024
-events_t = JobEvent.__table__
-jobs_t = Job.__table__
-deliveries_t = Delivery.__table__
+events_t = table(JobEvent)
+jobs_t = table(Job)
+deliveries_t = table(Delivery)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -339,7 +339,7 @@ async def history(request: Request, owner: str) -> Response:
         newest="/?" + urlencode(kept),
         paged=any(k == "cursor" for k, _ in query),
         filtered=any(k != "cursor" and v.strip() for k, v in query),
-        live_url=("/live?" + urlencode([("id", i) for i in running])) if running else None,
+        live_url=live_list_url(running),
         **_chrome(request, owner),
     )
 
@@ -354,10 +354,17 @@ async def live_list(request: Request) -> JSONResponse:
         rows = (await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))).all()
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
     cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
+    running = [c["id"] for c in cards if not c["terminal"]]
     return JSONResponse({
-        "done": all(c["terminal"] for c in cards),
+        "done": not running,
         "sections": {f"job-{c['id']}": fragment("job_row", c) for c in cards},
+        # A row is sent once more when it ends, then no longer asked for.
+        "next_url": live_list_url(running),
     }, headers={"Cache-Control": "no-store"})
+
+
+def live_list_url(job_ids: Sequence[str]) -> str | None:
+    return "/live?" + urlencode([("id", i) for i in job_ids]) if job_ids else None
 
 
 async def _live_owner(request: Request) -> str:

@@ -20,11 +20,16 @@
     body.setAttribute("data-live-state", state);
   }
 
+  // What each section last received: a section is replaced only when the service's
+  // rendering of it changed, so images already on screen are not loaded again.
+  var last = {};
+
   function apply(data) {
     var sections = data.sections || {};
     Object.keys(sections).forEach(function (name) {
       var target = document.querySelector('[data-section="' + name.replace(/["\\]/g, "") + '"]');
-      if (target && target.innerHTML !== sections[name]) {
+      if (target && last[name] !== sections[name]) {
+        last[name] = sections[name];
         target.innerHTML = sections[name];
       }
     });
@@ -53,6 +58,9 @@
       .then(function (data) {
         failures = 0;
         apply(data);
+        if (data.next_url) {
+          url = data.next_url;  // only what is still running
+        }
         if (data.done) {
           setState("done");
         } else {

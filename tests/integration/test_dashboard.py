@@ -404,8 +404,13 @@ def test_a_running_job_is_polled_until_its_fragments_say_done(
 ) -> None:
     from tests.conftest import sim_config
 
+    finished_before = wait_terminal(api, submit(api)["id"])
     sim_config(sim_defaults, completion_delay=1.5)
     job = submit(api)
+    # The list's poll asks only for rows still running; a finished one is sent once more, then dropped.
+    both = web.get("/live", params=[("id", job["id"]), ("id", finished_before["id"])]).json()
+    assert set(both["sections"]) == {f"job-{job['id']}", f"job-{finished_before['id']}"}
+    assert both["done"] is False and both["next_url"] == f"/live?id={job['id']}"
     page = web.get(f"/jobs/{job['id']}").text
     assert f'data-live-url="/jobs/{job["id"]}/live"' in page
     listing = web.get("/").text
@@ -419,6 +424,7 @@ def test_a_running_job_is_polled_until_its_fragments_say_done(
         return live if live["done"] else None
 
     last = eventually(finished, timeout=30, interval=0.3)
+    assert web.get("/live", params={"id": job["id"]}).json()["next_url"] is None
     assert 'data-status="completed"' in last["sections"]["status"]
     assert "<img src=" in last["sections"]["outputs"]
 
