@@ -185,6 +185,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"""
 wavespeed-jobs dev is running at {base}
   API key (owner "dev"):  {api_key}
+  history page:           {base}/  (sign in with the API key)
   simulator (WaveSpeed):  {stack.simulator_url}
   S3 (moto):              {stack.s3_endpoint_url}  bucket wavespeed-jobs-dev
   Postgres:               {stack.database_url}
