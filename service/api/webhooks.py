@@ -4,6 +4,10 @@ Order matters: cap the body, verify the signature over the raw bytes (constant t
 and only then parse JSON. One transaction records the event (deduplicated on
 webhook-id) and advances the job; the answer goes back at once. Downloads happen in
 the storer, never here.
+
+Final events (``completed``/``failed``) and redeliveries first try the one-round-trip
+fast path in service/webhook_store.py; whatever it does not cover, or any trouble it
+has, goes through ``record`` below, the general path.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import time
 from typing import Any
 
+import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,6 +26,7 @@ from service import jobs, queries
 from service.api.auth import resources
 from service.errors import BadRequest, Conflict, PayloadTooLarge
 from service.signing import verify_wavespeed
+from service.webhook_store import WebhookStore, final_news
 
 log = structlog.get_logger(__name__)
 
@@ -45,17 +51,39 @@ async def receive(request: Request) -> JSONResponse:
         res.webhook_secret, request.headers, body, now=time.time(), tolerance=settings.webhook_tolerance_seconds
     )
     try:
-        prediction: Any = json.loads(body)
+        # Decoded first: the body is stored as text, so it must be UTF-8 (json.loads
+        # alone would also accept UTF-16 and leave the decode to fail later as a 500).
+        text = body.decode("utf-8")
+        prediction: Any = json.loads(text)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the webhook body is not JSON") from None
+        raise BadRequest("the webhook body is not UTF-8 JSON") from None
     if not isinstance(prediction, dict):
         raise BadRequest("the webhook body is not a JSON object")
 
     job_id = request.path_params["job_id"]
     task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
-    outcome = await record(res, webhook_id, job_id, task_id, prediction, body)
+    outcome = await record_fast(request, webhook_id, job_id, prediction, text)
+    if outcome is None:
+        outcome = await record(res, webhook_id, job_id, task_id, prediction, body)
     log.info("webhook.received", job_id=job_id, task_id=task_id, webhook_id=webhook_id, outcome=outcome)
     return JSONResponse({"received": True, "outcome": outcome})
+
+
+async def record_fast(
+    request: Request, webhook_id: str, job_id: str, prediction: dict[str, Any], text: str
+) -> str | None:
+    """The fast path's outcome, or None to take the general path (nothing written)."""
+    store: WebhookStore | None = getattr(request.app.state, "webhook_store", None)
+    news = final_news(prediction)
+    if store is None or news is None:
+        return None
+    try:
+        return await store.record_final(webhook_id, job_id, prediction, text, news)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        # One statement, so nothing was committed (or, if the connection broke after the
+        # commit, the general path will see a duplicate): the general path decides.
+        log.warning("webhook.fast_path_failed", job_id=job_id, error=type(exc).__name__)
+        return None
 
 
 async def record(

@@ -1,0 +1,274 @@
+"""The receiver's fast path: a verified ``completed`` or ``failed`` webhook recorded in
+ONE round trip to Postgres, and the wake-ups it causes sent in batches.
+
+Why: the general path (service/api/webhooks.py ``record`` → ``jobs.apply_prediction``)
+makes about fifteen round trips through SQLAlchemy per webhook (pool pre-ping, BEGIN,
+lock, inserts, a savepoint, two updates, NOTIFY, COMMIT), which costs milliseconds of
+CPU each time; and a NOTIFY inside the transaction makes Postgres serialise the commits
+of every transaction that notifies. Here one statement, sent on a plain asyncpg pool
+with a prepared plan, does the whole thing as its own transaction, and the NOTIFYs go
+afterwards, many webhooks' worth in one statement.
+
+It covers only the common cases and defers everything else to the general path: a
+duplicate webhook-id for a job we have, and a new final event for a job that is not
+terminal, has the webhook's task id and has not heard a final provider status yet.
+Otherwise ``RECORD_FINAL_NEWS`` writes nothing and answers ``handled = false`` (or no
+row for an unknown job). Within those cases it must do exactly what ``record`` +
+``apply_prediction`` do; the
+test tests/integration/test_receiver_fast_path.py posts the same scenarios through both
+paths and compares every row they write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from service import db, jobs, queries
+from service.settings import Settings
+from service.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
+
+log = structlog.get_logger(__name__)
+
+FINAL_STATUSES = ("completed", "failed")
+_TERMINAL = sorted(s.value for s in TERMINAL)
+NO_OUTPUTS_ERROR = "provider reported completion without outputs"
+FAILED_ERROR = "the provider reported the task as failed"
+
+# One statement, so one transaction. Parameters:
+#  $1 job id, $2 webhook-id, $3 task id, $4 raw body (JSON text),
+#  $5/$6 detail of the "webhook.received" event when new / when a duplicate,
+#  $7 provider status, $8 inference ms, $9 has_nsfw_contents (JSON text),
+#  $10 target status, $11 statuses the target may be reached from, $12 target is terminal,
+#  $13 error (or NULL), $14 output URLs, $15 delivery id, $16 callback event type,
+#  $17 reason, $18 terminal statuses.
+#
+# Why each part is safe:
+# - job: the row lock serialises news about one job, as lock_job does. `applies` is the
+#   fast path's whole eligibility test; when the job is missing, or the webhook is new
+#   and the job is outside that test, nothing below writes anything (every write reads
+#   `job` and `applies`/`seen`), so the general path can start afresh.
+# - seen: a webhook-id committed before this statement began is a duplicate, whatever
+#   the job's state (the general path also checks duplicates before anything else). One
+#   committed while we waited for the lock is caught by ON CONFLICT in `hook` instead.
+# - news: one UPDATE does both of apply_prediction's updates (provider fields, then the
+#   guarded transition): a row may be updated only once per statement. Every transition
+#   column is guarded by the same `moves` flag, computed from the locked row.
+# - events: one INSERT, ordered, so "webhook.received" gets the lower id as it does when
+#   the general path writes it first.
+RECORD_FINAL_NEWS = """
+WITH job AS (
+    SELECT id, status, callback_url,
+           coalesce(provider_task_id = $3 AND status <> ALL($18::text[])
+                    AND (provider_status IS NULL OR provider_status <> ALL(ARRAY['completed', 'failed'])),
+                    false) AS applies
+    FROM jobs WHERE id = $1
+    FOR UPDATE
+), seen AS (
+    SELECT EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $2) AS dup
+), hook AS (
+    INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
+    SELECT $2, job.id, $3, $4::jsonb, 'received' FROM job, seen WHERE job.applies AND NOT seen.dup
+    ON CONFLICT (webhook_id) DO NOTHING
+    RETURNING id
+), news AS (
+    UPDATE jobs AS j SET
+        last_news_at = now(),
+        updated_at = now(),
+        provider_status = $7,
+        inference_ms = coalesce($8::integer, j.inference_ms),
+        has_nsfw_contents = coalesce($9::jsonb, j.has_nsfw_contents),
+        submitted_at = coalesce(j.submitted_at, now()),
+        status = CASE WHEN m.moves THEN $10 ELSE j.status END,
+        locked_until = CASE WHEN m.moves THEN NULL ELSE j.locked_until END,
+        locked_by = CASE WHEN m.moves THEN NULL ELSE j.locked_by END,
+        run_after = CASE WHEN NOT m.moves THEN j.run_after WHEN $12 THEN NULL ELSE now() END,
+        completed_at = CASE WHEN m.moves AND $12 THEN now() ELSE j.completed_at END,
+        attempts = CASE WHEN m.moves AND NOT $12 THEN 0 ELSE j.attempts END,
+        error = CASE WHEN m.moves AND $13::text IS NOT NULL THEN $13 ELSE j.error END,
+        callback_status = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
+                               THEN 'pending' ELSE j.callback_status END,
+        callback_attempts = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
+                                 THEN 0 ELSE j.callback_attempts END
+    FROM (SELECT job.id, job.status = ANY($11::text[]) AS moves FROM job WHERE EXISTS (SELECT 1 FROM hook)) AS m
+    WHERE j.id = m.id
+    RETURNING m.moves, j.callback_url
+), outputs AS (
+    INSERT INTO job_outputs (job_id, index, source_url)
+    SELECT job.id, o.ord - 1, o.url
+    FROM job, unnest($14::text[]) WITH ORDINALITY AS o(url, ord)
+    WHERE EXISTS (SELECT 1 FROM hook)
+    ON CONFLICT DO NOTHING
+), events AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT e.job_id, e.type, e.detail FROM (
+        SELECT 1 AS ord, job.id AS job_id, 'webhook.received' AS type,
+               CASE WHEN EXISTS (SELECT 1 FROM hook) THEN $5::jsonb ELSE $6::jsonb END AS detail
+        FROM job, seen WHERE job.applies OR seen.dup
+        UNION ALL
+        SELECT 2, job.id, 'status.changed',
+               jsonb_build_object('from', job.status, 'to', $10::text, 'reason', $17::text)
+               || CASE WHEN $13::text <> '' THEN jsonb_build_object('error', $13::text) ELSE '{}'::jsonb END
+        FROM job, news WHERE news.moves
+    ) AS e ORDER BY e.ord
+), delivery AS (
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+    SELECT $15, job.id, $16, news.callback_url, '', 'pending', now()
+    FROM job, news WHERE news.moves AND $12 AND news.callback_url IS NOT NULL
+)
+SELECT job.applies OR seen.dup AS handled,
+       EXISTS (SELECT 1 FROM hook) AS fresh,
+       coalesce((SELECT moves FROM news), false) AS moved,
+       coalesce((SELECT callback_url IS NOT NULL FROM news), false) AS has_callback
+FROM job, seen
+"""
+
+# Why a transaction with synchronous_commit off: a wake-up needs no durability (workers
+# poll anyway), so its commit need not wait for a WAL flush. unnest + pg_notify sends any
+# number of them in one statement, and Postgres drops repeats within a transaction.
+NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
+
+
+@dataclass(frozen=True)
+class FinalNews:
+    """What the general path would do with a ``completed``/``failed`` webhook, worked out
+    from the request alone (the database decides the rest)."""
+
+    provider_status: str
+    target: JobStatus
+    error: str | None
+    outputs: list[str]
+    # apply_prediction answers "advanced" for a completion without outputs even when the
+    # failure could not be applied; mirrored here.
+    always_advanced: bool
+
+
+def final_news(prediction: dict[str, Any]) -> FinalNews | None:
+    """The fast path's plan for ``prediction``, or None when it is not for the fast path.
+
+    Mirrors the ``completed`` and ``failed`` branches of ``jobs.apply_prediction``.
+    """
+    status = prediction.get("status")
+    task_id = prediction.get("id")
+    if status not in FINAL_STATUSES or not isinstance(task_id, str) or not task_id:
+        return None
+    if status == "completed":
+        outputs = jobs._outputs(prediction)
+        if outputs:
+            return FinalNews(status, JobStatus.STORING, None, outputs, always_advanced=False)
+        return FinalNews(status, JobStatus.FAILED, NO_OUTPUTS_ERROR, [], always_advanced=True)
+    error = str(prediction.get("error") or FAILED_ERROR)
+    return FinalNews(status, JobStatus.FAILED, error, [], always_advanced=False)
+
+
+class NotifyBatcher:
+    """Group commit for wake-ups: callers hand in (channel, payload) pairs and wait; the
+    first waiter to get the lock sends everything queued so far in one statement, so
+    under load one NOTIFY transaction serves many webhooks."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._queued: list[tuple[str, str]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lock = asyncio.Lock()
+
+    async def send(self, items: list[tuple[str, str]]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued += items
+        self._waiters.append(done)
+        async with self._lock:
+            if done.done():
+                return  # an earlier leader sent ours too
+            items, self._queued = self._queued, []
+            waiters, self._waiters = self._waiters, []
+            try:
+                unique = sorted(set(items))
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                    await conn.execute(NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
+            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # Only a hint: pollers and waiters' re-checks pick the change up anyway.
+                log.warning("notify.failed", error=type(exc).__name__, count=len(items))
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+
+class WebhookStore:
+    """The fast path's pool and statements; one per process (see ``open_store``)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._notify = NotifyBatcher(pool)
+
+    async def record_final(
+        self, webhook_id: str, job_id: str, prediction: dict[str, Any], raw: str, news: FinalNews
+    ) -> str | None:
+        """Record a verified final webhook; return the outcome the general path would,
+        or None when this one is not for the fast path (nothing was written)."""
+        task_id: str = prediction["id"]
+        detail = {"webhook_id": webhook_id, "task_id": task_id, "status": prediction.get("status")}
+        terminal = news.target in TERMINAL
+        nsfw = jobs._nsfw(prediction)
+        async with self._pool.acquire(timeout=10) as conn:
+            row = await conn.fetchrow(
+                RECORD_FINAL_NEWS,
+                job_id, webhook_id, task_id, raw,
+                json.dumps({**detail, "duplicate": False}), json.dumps({**detail, "duplicate": True}),
+                news.provider_status, jobs._inference_ms(prediction), None if nsfw is None else json.dumps(nsfw),
+                news.target.value, allowed_from(news.target), terminal,
+                news.error, news.outputs, jobs.new_delivery_id(),
+                CALLBACK_EVENT[news.target] if terminal else None, "webhook", _TERMINAL,
+            )
+        if row is None or not row["handled"]:
+            return None  # unknown job, or news the general path must judge
+        if not row["fresh"]:
+            return "duplicate"
+        if row["moved"]:
+            await self._wake(job_id, news.target, row["has_callback"])
+        if news.always_advanced or row["moved"]:
+            return "advanced"
+        return "unchanged"
+
+    async def _wake(self, job_id: str, target: JobStatus, has_callback: bool) -> None:
+        """The NOTIFYs ``jobs.transition`` would send, after the commit."""
+        if target in TERMINAL:
+            items = [(queries.CHANNEL_WORK, "deliver")] if has_callback else []
+            items.append((queries.CHANNEL_DONE, job_id))
+        else:
+            items = [(queries.CHANNEL_WORK, target.value)]
+        await self._notify.send(items)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The fast path leaves no session state behind (single statements, no LISTEN, no
+    SET outside a transaction), so skip asyncpg's reset round trip on release."""
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[WebhookStore]:
+    """The fast path's own small pool: asyncpg directly, no pre-ping round trips. It
+    connects lazily (min_size 0) so a database that is down at start-up does not stop
+    the service; a broken connection makes that one webhook take the general path."""
+    assert settings.database_url
+    pool = asyncpg.create_pool(
+        db.asyncpg_dsn(settings.database_url), min_size=0, max_size=settings.db_pool_size,
+        reset=_no_reset, max_inactive_connection_lifetime=60,
+    )
+    await pool
+    try:
+        yield WebhookStore(pool, settings)
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=5)
+        except Exception:  # noqa: BLE001 - whatever stops a clean close, leave no sockets behind
+            pool.terminate()
