@@ -102,7 +102,10 @@ class Storage:
                             self._client.create_multipart_upload, Bucket=self.bucket, Key=key, ContentType=content_type
                         )
                         upload_id = created["UploadId"]
-                    body = bytes(buffer[: self.part_size])
+                    # One copy, not two: slicing the bytearray itself would copy the
+                    # part once more before bytes() copies it again.
+                    with memoryview(buffer) as view:
+                        body = bytes(view[: self.part_size])
                     del buffer[: self.part_size]
                     number = len(parts) + 1
                     answer = await self._run(

@@ -233,6 +233,34 @@ class CpuMeter:
         return float(times.user + times.system - self.cpu) / (time.perf_counter() - self.wall)
 
 
+class MachineMeter:
+    """The whole machine's busy CPU over a phase, in cores, and Postgres's share of it
+    (every postgres process: other people's queries on this shared server count too)."""
+
+    def __init__(self) -> None:
+        self.busy, self.wall = self._busy(), time.perf_counter()
+        self.pg = self._postgres()
+
+    @staticmethod
+    def _busy() -> float:
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    @staticmethod
+    def _postgres() -> float:
+        total = 0.0
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] == "postgres":
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+        return total
+
+    def cores(self) -> tuple[float, float]:
+        wall = time.perf_counter() - self.wall
+        return (self._busy() - self.busy) / wall, (self._postgres() - self.pg) / wall
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -386,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-wrk", action="store_true")
     parser.add_argument("--skip-rate", action="store_true")
     parser.add_argument("--pool-size", type=int, default=10, help="DB_POOL_SIZE of the service")
+    parser.add_argument("--timeline", action="store_true", help="per-second answers and p99 of the open loop")
     parser.add_argument("--profile", type=Path, help="py-spy the service during the wrk phase; collapsed stacks here")
     args = parser.parse_args(argv)
 
@@ -427,10 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     directory = tmp / "wrk"
                     directory.mkdir()
                     wrk.write_plans(directory, wrk_plans(streams))
-                    meter, before = CpuMeter(proc), children_cpu()
+                    meter, before, machine = CpuMeter(proc), children_cpu(), MachineMeter()
                     with profiling(args.profile, proc.pid, args.duration):
                         result = wrk.run(f"http://{host}", directory, threads=args.connections, duration=args.duration)
                     service_cpu, gen_cpu = meter.share(), (children_cpu() - before) / result.seconds
+                    busy, pg = machine.cores()
                     sent = wrk_sent(streams, result)
                     phases.append(sent)
                     lat = result.latency_ms
@@ -438,8 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"wrk closed loop, {args.connections} connections: {_fmt(result.rps, 0)} webhooks/s "
                           f"over {result.seconds:.1f} s; latency p50 {_fmt(lat['p50'], 2)} / p90 {_fmt(lat['p90'], 2)} / "
                           f"p95 {_fmt(lat['p95'], 2)} / p99 {_fmt(lat['p99'], 2)} / max {_fmt(lat['max'], 2)} ms; "
-                          f"errors {errors} {result.errors}; service CPU {service_cpu:.0%}, wrk CPU {gen_cpu:.0%}",
-                          flush=True)
+                          f"errors {errors} {result.errors}", flush=True)
+                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, postgres {pg:.2f}, "
+                          f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
                     if result.wrapped:
                         print("  note: a wrk thread ran out of pre-signed requests and replayed them "
                               "(raise --max-rate-guess)")
@@ -447,10 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.skip_rate:
                     hooks = plan.stream(rate_len)
                     requests = [raw_request(h, host) for h in hooks]
-                    meter, cpu = CpuMeter(proc), time.process_time()
+                    meter, cpu, machine = CpuMeter(proc), time.process_time(), MachineMeter()
                     res = loadgen.run("127.0.0.1", port, requests, connections=args.python_connections,
                                       duration=args.duration, rate=args.rate)
                     service_cpu, gen_cpu = meter.share(), (time.process_time() - cpu) / res.elapsed
+                    busy, pg = machine.cores()
                     sent = python_sent(hooks, res)
                     phases.append(sent)
                     f = res.figures()
@@ -458,8 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"webhooks/s answered; latency from due time p50 {_fmt(f['p50_ms'], 2)} / p95 "
                           f"{_fmt(f['p95_ms'], 2)} / p99 {_fmt(f['p99_ms'], 2)} / max {_fmt(f['max_ms'], 2)} ms "
                           f"(service time p50 {_fmt(f['service_p50_ms'], 2)}, p99 {_fmt(f['service_p99_ms'], 2)} ms); "
-                          f"errors {f['errors']:,.0f}; service CPU {service_cpu:.0%}, generator CPU {gen_cpu:.0%}",
-                          flush=True)
+                          f"errors {f['errors']:,.0f}", flush=True)
+                    print(f"  CPU in cores: service {service_cpu:.2f}, generator {gen_cpu:.2f}, postgres {pg:.2f}, "
+                          f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
+                    if args.timeline:
+                        print("  second: answers, p99 ms  " + "; ".join(
+                            f"{t:.0f}: {n}, {p99:.0f}" for t, n, p99 in res.timeline()))
             problems = verify(url, phases, n_jobs)
         accepted = sum(len(s.accepted) for s in phases)
         unique = len({h.webhook_id for s in phases for h in s.accepted})

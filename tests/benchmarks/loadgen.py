@@ -130,6 +130,17 @@ class LoadResult:
             "service_p99_ms": percentile(service, 99) * 1000,
         }
 
+    def timeline(self, step: float = 1.0) -> list[tuple[float, int, float]]:
+        """(second, answers, p99 ms) per ``step`` of the run, by due time: shows whether a
+        tail is steady or a few stalls."""
+        buckets: dict[int, list[float]] = {}
+        start = min((self.due[i] for i in self.answered), default=0.0)
+        for i in self.answered:
+            buckets.setdefault(int((self.due[i] - start) / step), []).append(self.done[i] - self.due[i])
+        return [(k * step, len(v), percentile(sorted(v), 99) * 1000) for k, v in sorted(buckets.items())]
+
+
+
 
 async def drive(host: str, port: int, requests: Sequence[bytes], *, connections: int, duration: float,
                 rate: float = 0.0, drain_timeout: float = 10.0) -> LoadResult:
