@@ -130,9 +130,10 @@ SELECT job.applies OR seen.dup AS handled,
 FROM job, seen
 """
 
-# Why a transaction with synchronous_commit off: a wake-up needs no durability (workers
-# poll anyway), so its commit need not wait for a WAL flush. unnest + pg_notify sends any
-# number of them in one statement, and Postgres drops repeats within a transaction.
+# Why one statement: unnest + pg_notify sends any number of wake-ups in one transaction
+# (Postgres drops repeats within it), so under load one serialised NOTIFY commit serves
+# many webhooks. A transaction that only notifies writes no WAL of its own, so its commit
+# does not wait for a flush either.
 NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
 
 
@@ -190,8 +191,7 @@ class NotifyBatcher:
             waiters, self._waiters = self._waiters, []
             try:
                 unique = sorted(set(items))
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit = off")
+                async with self._pool.acquire(timeout=10) as conn:
                     await conn.execute(NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
             except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 # Only a hint: pollers and waiters' re-checks pick the change up anyway.
@@ -250,8 +250,8 @@ class WebhookStore:
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
-    """The fast path leaves no session state behind (single statements, no LISTEN, no
-    SET outside a transaction), so skip asyncpg's reset round trip on release."""
+    """The fast path leaves no session state behind (single statements: no transaction
+    left open, no LISTEN, no SET), so skip asyncpg's reset round trip on release."""
 
 
 @contextlib.asynccontextmanager

@@ -196,3 +196,48 @@ def test_the_fast_path_writes_what_the_general_path_writes(
     assert fast == general
     # Sanity: the comparison saw real writes, not two empty sets.
     assert len(fast["events"]) >= len(scenario.hooks)
+
+
+async def _listen_while(database_url: str, sends: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Record what arrives on the service's channels while ``sends`` go through the fast path."""
+    import asyncpg
+
+    from service.db import asyncpg_dsn
+    from service.queries import CHANNEL_DONE, CHANNEL_WORK
+
+    heard: list[tuple[str, str]] = []
+    listener = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for channel in (CHANNEL_WORK, CHANNEL_DONE):
+            await listener.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+        async with open_store(Settings(database_url=database_url, db_pool_size=2)) as store:
+            for job_id, hook_id, prediction in sends:
+                news = final_news(prediction)
+                assert news is not None
+                text = json.dumps(prediction)
+                assert await store.record_final(hook_id, job_id, prediction, text, news) is not None
+        for _ in range(50):  # notifications arrive asynchronously; bounded wait
+            if len(heard) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # and room for one that should not come
+    finally:
+        await listener.close()
+    return heard
+
+
+def test_the_fast_path_wakes_workers_and_waiters_after_commit(
+    quiet_database: str, quiet_sql: psycopg.Connection[Any]
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    done_job, failed_job = f"job_fp_wake_c_{run}", f"job_fp_wake_f_{run}"
+    seed(quiet_sql, done_job, f"task_wc_{run}", {})
+    seed(quiet_sql, failed_job, f"task_wf_{run}", {})
+    heard = asyncio.run(_listen_while(quiet_database, [
+        (done_job, f"w1_{run}", fill(completed(), f"task_wc_{run}")),
+        (failed_job, f"w2_{run}", fill(failed(), f"task_wf_{run}")),
+        (failed_job, f"w2_{run}", fill(failed(), f"task_wf_{run}")),  # a duplicate wakes nobody
+    ]))
+    # What jobs.transition would NOTIFY: the storer for the stored job, the notifier and
+    # any ?wait= waiter for the failed one; nothing twice.
+    assert sorted(heard) == sorted([("wsj_work", "storing"), ("wsj_work", "deliver"), ("wsj_done", failed_job)])
