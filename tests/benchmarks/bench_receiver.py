@@ -234,31 +234,36 @@ class CpuMeter:
 
 
 class MachineMeter:
-    """The whole machine's busy CPU over a phase, in cores, and Postgres's share of it
-    (every postgres process: other people's queries on this shared server count too)."""
+    """Over a phase, in cores: the whole machine's busy CPU, and the CPU of the Postgres
+    backends serving the benchmark's database (not the server's shared writers, and not
+    other people's queries on this shared server)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
         self.busy, self.wall = self._busy(), time.perf_counter()
-        self.pg = self._postgres()
+        self.pg = self._backends()
 
     @staticmethod
     def _busy() -> float:
         times = psutil.cpu_times()
         return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
-    @staticmethod
-    def _postgres() -> float:
-        total = 0.0
-        for proc in psutil.process_iter(["name"]):
-            if proc.info["name"] == "postgres":
-                with contextlib.suppress(psutil.Error):
-                    t = proc.cpu_times()
-                    total += t.user + t.system
-        return total
+    def _backends(self) -> dict[int, float]:
+        with database.connect(self.database_url) as conn:
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        cpu: dict[int, float] = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                cpu[pid] = t.user + t.system
+        return cpu
 
     def cores(self) -> tuple[float, float]:
         wall = time.perf_counter() - self.wall
-        return (self._busy() - self.busy) / wall, (self._postgres() - self.pg) / wall
+        busy = (self._busy() - self.busy) / wall
+        now = self._backends()
+        return busy, sum(v - self.pg.get(pid, 0.0) for pid, v in now.items()) / wall
 
 
 # --------------------------------------------------------------------------- phases
@@ -334,8 +339,9 @@ def _one(conn: Any, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> list[str]:
-    """Problems found in the database (an empty list means every check passed)."""
+def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str], int]:
+    """Problems found in the database (an empty list means every check passed), and the
+    number of webhook_events rows."""
     accepted = [h for s in phases for h in s.accepted]
     maybe = [h for s in phases for h in s.unknown]
     rejected = [h for s in phases for h, _ in s.rejected]
@@ -392,7 +398,7 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> list[str]:
             problems.append(f"{len(accepted)} accepted webhooks but {received} 'webhook.received' events")
         if received - dup_logged != len(db_ids):
             problems.append(f"{received - dup_logged} first-time 'webhook.received' events for {len(db_ids)} webhook-ids")
-    return problems
+    return problems, len(db_ids)
 
 
 # --------------------------------------------------------------------------- main
@@ -456,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     directory = tmp / "wrk"
                     directory.mkdir()
                     wrk.write_plans(directory, wrk_plans(streams))
-                    meter, before, machine = CpuMeter(proc), children_cpu(), MachineMeter()
+                    meter, before, machine = CpuMeter(proc), children_cpu(), MachineMeter(url)
                     with profiling(args.profile, proc.pid, args.duration):
                         result = wrk.run(f"http://{host}", directory, threads=args.connections, duration=args.duration)
                     service_cpu, gen_cpu = meter.share(), (children_cpu() - before) / result.seconds
@@ -469,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"over {result.seconds:.1f} s; latency p50 {_fmt(lat['p50'], 2)} / p90 {_fmt(lat['p90'], 2)} / "
                           f"p95 {_fmt(lat['p95'], 2)} / p99 {_fmt(lat['p99'], 2)} / max {_fmt(lat['max'], 2)} ms; "
                           f"errors {errors} {result.errors}", flush=True)
-                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, postgres {pg:.2f}, "
+                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, its postgres backends {pg:.2f}, "
                           f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
                     if result.wrapped:
                         print("  note: a wrk thread ran out of pre-signed requests and replayed them "
@@ -478,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.skip_rate:
                     hooks = plan.stream(rate_len)
                     requests = [raw_request(h, host) for h in hooks]
-                    meter, cpu, machine = CpuMeter(proc), time.process_time(), MachineMeter()
+                    meter, cpu, machine = CpuMeter(proc), time.process_time(), MachineMeter(url)
                     res = loadgen.run("127.0.0.1", port, requests, connections=args.python_connections,
                                       duration=args.duration, rate=args.rate)
                     service_cpu, gen_cpu = meter.share(), (time.process_time() - cpu) / res.elapsed
@@ -491,17 +497,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{_fmt(f['p95_ms'], 2)} / p99 {_fmt(f['p99_ms'], 2)} / max {_fmt(f['max_ms'], 2)} ms "
                           f"(service time p50 {_fmt(f['service_p50_ms'], 2)}, p99 {_fmt(f['service_p99_ms'], 2)} ms); "
                           f"errors {f['errors']:,.0f}", flush=True)
-                    print(f"  CPU in cores: service {service_cpu:.2f}, generator {gen_cpu:.2f}, postgres {pg:.2f}, "
+                    print(f"  CPU in cores: service {service_cpu:.2f}, generator {gen_cpu:.2f}, its postgres backends {pg:.2f}, "
                           f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
                     if args.timeline:
                         print("  second: answers, p99 ms  " + "; ".join(
                             f"{t:.0f}: {n}, {p99:.0f}" for t, n, p99 in res.timeline()))
-            problems = verify(url, phases, n_jobs)
+            problems, stored = verify(url, phases, n_jobs)
         accepted = sum(len(s.accepted) for s in phases)
         unique = len({h.webhook_id for s in phases for h in s.accepted})
+        in_flight = len({h.webhook_id for s in phases for h in s.unknown} - {h.webhook_id for s in phases for h in s.accepted})
         rejected = [status for s in phases for _, status in s.rejected]
-        print(f"persisted: {accepted:,} accepted webhooks ({unique:,} unique webhook-ids), "
-              f"{len(rejected)} answered with an error{' ' + str(sorted(set(rejected))) if rejected else ''}")
+        print(f"all phases: {accepted:,} webhooks answered 2xx ({unique:,} unique webhook-ids), "
+              f"{len(rejected)} answered with an error{' ' + str(sorted(set(rejected))) if rejected else ''}, "
+              f"{in_flight} unanswered when a phase ended; webhook_events holds {stored:,} rows")
         if problems:
             print("VERIFY FAILED:\n  " + "\n  ".join(problems))
             print(f"service log: {log_path}")
