@@ -2,8 +2,16 @@
 
 Pages are keyed on ``(created_at, id)`` descending, never on OFFSET: a page 10,000 rows
 deep costs the same as the first, and new jobs arriving meanwhile cannot shift a page
-(they are newer than every cursor). Each filter lands on an index that starts with the
-owner (see migrations/versions/0001_initial.py).
+(they are newer than every cursor).
+
+Every page is an ordered index walk that stops after ``limit + 1`` rows, whatever the
+filter's selectivity: ``(owner, created_at, id)``, ``(owner, status, …)`` and ``(owner,
+model, …)`` on jobs, and for ``metadata.<key>=<value>`` the ``(owner, key, value,
+created_at, job_id)`` index of job_metadata (one row per key, kept by a trigger; see
+migrations/versions/0003_history_indexes.py). A GIN index on the jsonb could find the
+matches but not in order, so a value matching thousands of jobs meant fetching and
+sorting them all. tests/benchmarks/bench_history.py measures every shape at 1,000,000
+jobs of one owner.
 """
 
 from __future__ import annotations
@@ -16,17 +24,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, select, tuple_
+from sqlalchemy import FromClause, Row, Select, and_, select, text, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import FieldError, ValidationFailed
-from service.models import Job
+from service.models import Job, JobMetadata, table
 from service.schemas import MODELS, NUL_RULE
 from service.states import JobStatus
 
-jobs_t = Job.__table__
+jobs_t = table(Job)
+metadata_t = table(JobMetadata)
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
+# Metadata filters beyond this many are checked on the job row (jsonb @>) rather than
+# joined: each join adds a table the planner must order, and three keys already narrow
+# a page to a handful of rows.
+MAX_JOINED_KEYS = 3
+ALL_STATUSES = frozenset(s.value for s in JobStatus)
+# For the rest of the caller's transaction (set_config(..., true) is SET LOCAL):
+# - custom plans: the statement is prepared and cached per connection, and after five
+#   runs Postgres may switch to a generic plan blind to the values, yet the best plan
+#   for a rare metadata value is the worst for a common one (measured: 2 ms → 500 ms);
+# - no JIT and no parallel workers: a page reads about a hundred rows, and compiling
+#   (≈ 280 ms) or starting workers only pays off for scans of millions.
+PAGE_SETTINGS = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true),"
+    " set_config('max_parallel_workers_per_gather', '0', true)"
+)
 
 
 @dataclass
@@ -116,32 +140,86 @@ def parse_filter(params: Sequence[tuple[str, str]]) -> HistoryFilter:
     return f
 
 
-def history_query(owner: str, f: HistoryFilter) -> Select[Any]:
+def _branch(owner: str, f: HistoryFilter, status: str | None) -> Select[Any]:
+    """One ordered, limited walk: jobs of ``owner`` (in one ``status``, if given) that
+    pass every other filter, newest first from the cursor on."""
     conditions = [jobs_t.c.owner == owner]
-    if f.statuses:
-        conditions.append(jobs_t.c.status.in_(f.statuses))
     if f.model:
         conditions.append(jobs_t.c.model == f.model)
+    items = list(f.metadata.items())
+    source: FromClause
+    if not items:
+        # (owner[, status | model], created_at DESC, id DESC): the walk starts at the cursor.
+        stamp, tiebreak, source = jobs_t.c.created_at, jobs_t.c.id, jobs_t
+        if status is not None:
+            conditions.append(jobs_t.c.status == status)
+    else:
+        # The first metadata key leads: its job_metadata rows carry the job's owner,
+        # created_at and status, so its index yields the page's order, the cursor is an
+        # index bound, and the status is checked on index entries. Those conditions go
+        # on that side only: repeated on jobs, the planner would count them twice and
+        # underestimate the rows (then plan for a full scan instead of a short walk).
+        (key, value), *others = items
+        lead = metadata_t.alias("m0")
+        stamp, tiebreak = lead.c.created_at, lead.c.job_id
+        conditions += [lead.c.owner == owner, lead.c.key == key, lead.c.value == value]
+        if status is not None:
+            conditions.append(lead.c.status == status)
+        source = lead.join(jobs_t, jobs_t.c.id == lead.c.job_id)
+        for n, (key, value) in enumerate(others[: MAX_JOINED_KEYS - 1], start=1):
+            # Joined on the whole ordering key, so every key's index is in page order
+            # too: the planner merges two walks in step, or walks the rarer key and
+            # probes the other's index, whichever key the user happened to name first.
+            other = metadata_t.alias(f"m{n}")
+            source = source.join(other, and_(
+                other.c.owner == lead.c.owner, other.c.created_at == lead.c.created_at,
+                other.c.job_id == lead.c.job_id,
+            ))
+            conditions += [other.c.key == key, other.c.value == value]
+        if rest := dict(others[MAX_JOINED_KEYS - 1 :]):
+            conditions.append(jobs_t.c.metadata.contains(rest))
     if f.created_after:
-        conditions.append(jobs_t.c.created_at > f.created_after)
+        conditions.append(stamp > f.created_after)
     if f.created_before:
-        conditions.append(jobs_t.c.created_at < f.created_before)
-    if f.metadata:
-        # @> uses the GIN (jsonb_path_ops) index.
-        conditions.append(jobs_t.c.metadata.contains(f.metadata))
+        conditions.append(stamp < f.created_before)
     if f.cursor:
-        created_at, job_id = f.cursor
-        conditions.append(tuple_(jobs_t.c.created_at, jobs_t.c.id) < tuple_(created_at, job_id))
+        conditions.append(tuple_(stamp, tiebreak) < tuple_(*f.cursor))
     return (
         select(jobs_t)
+        .select_from(source)
         .where(and_(*conditions))
-        .order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc())
+        .order_by(stamp.desc(), tiebreak.desc())
         .limit(f.limit + 1)
     )
 
 
+def history_query(owner: str, f: HistoryFilter) -> Select[Any]:
+    """The page (plus one row, to know whether another follows) as one statement.
+
+    Several statuses become one branch per status, merged: each branch walks
+    ``(owner, status, created_at, id)`` from the cursor and stops after a page, so a
+    page costs the same whether the statuses are common or rare (``status IN (...)``
+    would have to fetch every match of the rare ones and sort them).
+    """
+    statuses = list(dict.fromkeys(f.statuses))
+    if set(statuses) == ALL_STATUSES:
+        statuses = []
+    if len(statuses) <= 1:
+        return _branch(owner, f, statuses[0] if statuses else None)
+    merged = union_all(*(_branch(owner, f, s) for s in statuses)).subquery("page")
+    return select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(f.limit + 1)
+
+
+async def page_query(conn: AsyncConnection, owner: str, f: HistoryFilter) -> Select[Any]:
+    """The statement ``list_jobs`` runs, with the settings it runs under applied to the
+    transaction (tests/benchmarks/bench_history.py explains this very statement)."""
+    await conn.execute(PAGE_SETTINGS)
+    return history_query(owner, f)
+
+
 async def list_jobs(conn: AsyncConnection, owner: str, f: HistoryFilter) -> tuple[list[Row[Any]], str | None]:
-    rows = list((await conn.execute(history_query(owner, f))).all())
+    """One page of ``owner``'s jobs and the cursor of the next, if there is one."""
+    rows = list((await conn.execute(await page_query(conn, owner, f))).all())
     next_cursor = None
     if len(rows) > f.limit:
         rows = rows[: f.limit]

@@ -143,6 +143,7 @@ class JobMetadata(Base):
     value: Mapped[str] = mapped_column(Text)
     owner: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    status: Mapped[str] = mapped_column(Text)
 
 
 class ServiceSecret(Base):
