@@ -66,6 +66,27 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_callback_secret(args: argparse.Namespace) -> int:
+    """Print the secret backends verify callbacks with (configured, or generated once
+    and stored in the database)."""
+    from service.app import callback_secret
+    from service.db import create_engine
+
+    settings = _settings()
+    url = _require_database(settings)
+    configured = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+
+    async def go() -> str:
+        engine = create_engine(url, 1)
+        try:
+            return await callback_secret(engine, configured)
+        finally:
+            await engine.dispose()
+
+    print(asyncio.run(go()))
+    return 0
+
+
 def _serve(settings: Settings, host: str, port: int, run_workers: bool) -> None:
     from service.app import create_app
 
@@ -238,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     create.add_argument("--owner", required=True)
     create.set_defaults(func=cmd_keys_create)
+
+    secret = sub.add_parser("callback-secret", help="print the secret backends verify callbacks with")
+    secret.set_defaults(func=cmd_callback_secret)
 
     from service.simulator.config import SimulatorConfig
 
