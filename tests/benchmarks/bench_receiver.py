@@ -145,7 +145,8 @@ INSERT INTO jobs (id, owner, model, status, input, metadata, callback_url, provi
                   provider_status, submit_sent_at, submitted_at, run_after, created_at, updated_at)
 SELECT 'job_bench_' || lpad(n::text, 7, '0'), 'bench', %(model)s, 'submitted',
        jsonb_build_object('prompt', 'a lighthouse at dusk, film photo', 'size', '1024*1024', 'seed', n),
-       '{}'::jsonb, 'http://127.0.0.1:9/bench-callback', 'task_bench_' || lpad(n::text, 7, '0'),
+       jsonb_build_object('tenant', 't_' || n %% 20, 'user_id', 'u_' || n %% 5000),
+       'http://127.0.0.1:9/bench-callback', 'task_bench_' || lpad(n::text, 7, '0'),
        'created', now(), now(), now() + interval '1 hour', now(), now()
 FROM generate_series(%(first)s::integer, %(last)s::integer) AS n
 """
@@ -398,6 +399,16 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str
             problems.append(f"{len(accepted)} accepted webhooks but {received} 'webhook.received' events")
         if received - dup_logged != len(db_ids):
             problems.append(f"{received - dup_logged} first-time 'webhook.received' events for {len(db_ids)} webhook-ids")
+        # Rows that triggers keep beside the jobs (migrations 0003 and 0004) followed every move.
+        stale_metadata = _one(conn, "SELECT count(*) FROM job_metadata m JOIN jobs j ON j.id = m.job_id "
+                                    "WHERE m.status <> j.status")[0]
+        if stale_metadata:
+            problems.append(f"{stale_metadata} job_metadata rows disagree with their job's status")
+        conn.execute("SELECT fold_job_count_deltas()")
+        counted = dict(conn.execute("SELECT status, sum(n)::bigint FROM job_counts GROUP BY status HAVING sum(n) <> 0"))
+        actual = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"))
+        if counted != actual:
+            problems.append(f"job_counts {counted} differ from the jobs table {actual}")
     return problems, len(db_ids)
 
 
@@ -515,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"service log: {log_path}")
             return 1
         print("verified with SQL: every accepted webhook-id is stored once, each job moved once and forward, "
-              "failed jobs have exactly one callback queued")
+              "failed jobs have exactly one callback queued, trigger-kept metadata and counts in step")
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
     return 0

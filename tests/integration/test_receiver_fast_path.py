@@ -4,8 +4,9 @@ the general path (``record`` + ``jobs.apply_prediction``) writes.
 Each scenario seeds two identical jobs, sends the same webhooks to one through the fast
 path (falling back as the receiver does) and to the other through the general path
 alone, and compares every row either wrote: the job, its outputs, its events, the raw
-webhook log and queued callbacks. Ids, task ids and webhook-ids of the twins differ only by
-the job id in them, and timestamps are compared as "unset / as seeded / set just now".
+webhook log, queued callbacks and the rows triggers keep beside the job. Ids, task ids
+and webhook-ids of the twins differ only by the job id in them, and timestamps are
+compared as "unset / as seeded / set just now".
 Each scenario also says whether the fast path must have handled it, so a fast path that
 quietly deferred everything could not pass.
 """
@@ -108,7 +109,8 @@ def quiet_sql(quiet_database: str) -> Iterator[psycopg.Connection[Any]]:
 def seed(sql: psycopg.Connection[Any], job_id: str, task_id: str, overrides: dict[str, Any]) -> None:
     row: dict[str, Any] = {
         "id": job_id, "owner": "fast_path_test", "model": DEV, "status": "submitted",
-        "input": Jsonb({"prompt": "a fox", "size": "256*256"}), "callback_url": "https://backend.example/hook",
+        "input": Jsonb({"prompt": "a fox", "size": "256*256"}), "metadata": Jsonb({"tenant": "t_1"}),
+        "callback_url": "https://backend.example/hook",
         "provider_task_id": task_id, "provider_status": "created", "run_after": SEEDED_AT,
         "submit_sent_at": SEEDED_AT, "submitted_at": SEEDED_AT, "deadline_at": SEEDED_AT,
         "created_at": SEEDED_AT, "updated_at": SEEDED_AT,
@@ -144,9 +146,12 @@ def rows(sql: psycopg.Connection[Any], job_id: str, task_id: str) -> dict[str, A
         events = cur.execute("SELECT type, detail FROM job_events WHERE job_id = %s ORDER BY id", (job_id,)).fetchall()
         hooks = cur.execute("SELECT webhook_id, task_id, body, outcome FROM webhook_events WHERE job_id = %s "
                             "ORDER BY id", (job_id,)).fetchall()
+        # Kept by triggers on jobs (migrations 0003, 0004): they must fire the same way.
+        metadata = cur.execute("SELECT key, value, status FROM job_metadata WHERE job_id = %s", (job_id,)).fetchall()
         deliveries = cur.execute("SELECT job_id, event_type, url, body, status, attempts, next_attempt_at IS NOT NULL "
                                  "AS due FROM deliveries WHERE job_id = %s", (job_id,)).fetchall()
-    return norm({"job": job, "outputs": outputs, "events": events, "hooks": hooks, "deliveries": deliveries})
+    return norm({"job": job, "outputs": outputs, "events": events, "hooks": hooks, "deliveries": deliveries,
+                 "metadata": metadata})
 
 
 async def play(database_url: str, scenario: Scenario, twins: dict[str, tuple[str, str]]) -> dict[str, list[Any]]:
