@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import jobs, queries
+from service import jobs, metrics, queries
 from service.api.auth import resources
-from service.errors import BadRequest, Conflict, PayloadTooLarge
+from service.errors import BadRequest, Conflict, PayloadTooLarge, SignatureInvalid
 from service.signing import verify_wavespeed
 from service.webhook_store import WebhookStore, final_news
 
@@ -47,9 +47,13 @@ async def receive(request: Request) -> JSONResponse:
     res = resources(request)
     settings = res.settings
     body = await _read_capped(request, settings.webhook_max_body_bytes)
-    webhook_id = verify_wavespeed(
-        res.webhook_secret, request.headers, body, now=time.time(), tolerance=settings.webhook_tolerance_seconds
-    )
+    try:
+        webhook_id = verify_wavespeed(
+            res.webhook_secret, request.headers, body, now=time.time(), tolerance=settings.webhook_tolerance_seconds
+        )
+    except SignatureInvalid:
+        metrics.webhook_received("invalid_signature")
+        raise
     try:
         # Decoded first: the body is stored as text, so it must be UTF-8 (json.loads
         # alone would also accept UTF-16 and leave the decode to fail later as a 500).
@@ -65,6 +69,7 @@ async def receive(request: Request) -> JSONResponse:
     outcome = await record_fast(request, webhook_id, job_id, prediction, text)
     if outcome is None:
         outcome = await record(res, webhook_id, job_id, task_id, prediction, body)
+    metrics.webhook_received(outcome)
     log.info("webhook.received", job_id=job_id, task_id=task_id, webhook_id=webhook_id, outcome=outcome)
     return JSONResponse({"received": True, "outcome": outcome})
 

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from service import metrics
 from service.errors import ProviderError, SubmitOutcomeUnknown
 
 # Errors raised before any byte of the request could reach the provider.
@@ -53,10 +54,13 @@ class WaveSpeedClient:
                 method, self._base + path, headers=self._headers, timeout=self._timeout, **kwargs
             )
         except httpx.HTTPError as exc:
+            metrics.provider_failure(path, metrics.transport_code(exc))
             raise ProviderError(f"{type(exc).__name__} talking to the provider") from exc
         return self._envelope(response)
 
     def _envelope(self, response: httpx.Response) -> dict[str, Any]:
+        path = response.request.url.path
+        metrics.provider_answer(path, response.status_code, response.elapsed.total_seconds())
         if response.status_code != 200:
             raise ProviderError(
                 _message(response), http_status=response.status_code, retry_after=_retry_after(response)
@@ -64,9 +68,11 @@ class WaveSpeedClient:
         try:
             body = response.json()
         except ValueError:
+            metrics.provider_failure(path, "invalid_answer")
             raise ProviderError("the provider answered with something that is not JSON", http_status=200) from None
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
+            metrics.provider_failure(path, "invalid_answer")
             raise ProviderError("the provider's answer has no data object", http_status=200)
         return data
 
@@ -77,8 +83,10 @@ class WaveSpeedClient:
         try:
             response = await self._http.post(url, json=body, headers=self._headers, timeout=self._timeout)
         except _NOT_SENT as exc:
+            metrics.provider_failure(f"/api/v3/{model}", metrics.transport_code(exc))
             raise ProviderError(f"could not reach the provider ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
+            metrics.provider_failure(f"/api/v3/{model}", metrics.transport_code(exc))
             raise SubmitOutcomeUnknown(f"submit sent but no answer ({type(exc).__name__})") from exc
         data = self._envelope(response)
         if not isinstance(data.get("id"), str):

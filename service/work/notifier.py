@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import jobs, queries
+from service import jobs, metrics, queries
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
 from service.models import Delivery, Job
@@ -248,5 +248,6 @@ class Notifier:
                 await jobs.add_event(conn, row.job_id, "callback.failed",
                                      {"delivery_id": row.id, "event_type": row.event_type, "attempts": number,
                                       "reason": failure, "last_error": attempt.error})
+        metrics.callback_attempt(detail["outcome"])
         log.info("callback.attempt", delivery_id=row.id, job_id=row.job_id, attempt=number,
                  http_status=attempt.status_code, latency_ms=attempt.latency_ms, outcome=detail["outcome"])

@@ -17,7 +17,7 @@ import httpx
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs
+from service import jobs, metrics
 from service.clients.storage import StorageError, StoredObject
 from service.errors import Retry
 from service.netguard import check_public_url
@@ -67,6 +67,7 @@ class Storer:
                 values={"cost_usd": jobs.cost_for(price, len(outputs) or output_count(job.input))},
             )
         if moved:
+            metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
 
     async def _retry_later(self, job: Any, exc: Exception) -> None:
@@ -102,6 +103,7 @@ class Storer:
             await jobs.add_event(conn, job.id, "output.stored",
                                  {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
                                   "sha256": stored.sha256})
+        metrics.observe_output(job.model, stored.size_bytes)
 
     def _key(self, job_id: str, index: int, content_type: str, fmt: str) -> str:
         ext = EXTENSIONS.get(content_type, fmt)

@@ -14,7 +14,7 @@ import random
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs
+from service import jobs, metrics
 from service.errors import ProviderError, SubmitOutcomeUnknown
 from service.resources import Resources
 from service.work.runner import claim_jobs
@@ -130,4 +130,5 @@ class Submitter:
                     .values(provider_task_id=task_id)
                 )
             await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
+        metrics.observe_submit(job.model, job.created_at)
         log.info("submit.accepted", job_id=job.id, task_id=task_id)
