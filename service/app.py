@@ -5,6 +5,7 @@ in reverse order."""
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from service import db, webhook_store
-from service.api import errors, facade, health, jobs, metrics, webhooks
+from service.api import errors, facade, health, jobs, metrics, openapi, webhooks
 from service.api import dashboard
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
@@ -115,7 +116,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (health, metrics, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
+    for module in (health, metrics, openapi, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
     out += dashboard.routes  # the web page at / (and /login, /jobs/{id}, /static)
     return out
@@ -127,6 +128,11 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> Starlette:
         async with open_resources(settings) as res, webhook_store.open_store(settings) as store:
             app.state.resources = res
             app.state.webhook_store = store  # the receiver's fast path (service/webhook_store.py)
+            # What start-up built (modules, botocore's service models, SQLAlchemy metadata:
+            # ~140,000 objects) lives as long as the process. Freezing it keeps the
+            # garbage collector's full passes from rescanning it: each took ~70 ms and
+            # stalled every request in flight (tests/benchmarks/bench_receiver.py).
+            gc.freeze()
             runner = Runner(res, build_duties(res)) if run_workers else None
             if runner:
                 await runner.start()

@@ -181,9 +181,13 @@ def serve_env(database_url: str, s3_endpoint: str, port: int, pool_size: int) ->
 
 
 @contextlib.contextmanager
-def serve(database_url: str, s3_endpoint: str, pool_size: int, log_path: Path) -> Iterator[tuple[int, psutil.Process]]:
+def serve(database_url: str, s3_endpoint: str, pool_size: int, log_path: Path,
+          gc_report: Path | None = None) -> Iterator[tuple[int, psutil.Process]]:
+    """``wavespeed-jobs serve --no-workers`` (as ``python -m service``), optionally under
+    gcwatch, which records every garbage-collector pause into ``gc_report``."""
     port = free_port()
-    argv = [procs.PYTHON, "-m", "service", "serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
+    watch = ["-m", "tests.benchmarks.gcwatch", str(gc_report)] if gc_report else ["-m"]
+    argv = [procs.PYTHON, *watch, "service", "serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
     env = serve_env(database_url, s3_endpoint, port, pool_size)
     with procs.running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path) as proc:
         yield port, psutil.Process(proc.pid)
@@ -432,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-rate", action="store_true")
     parser.add_argument("--pool-size", type=int, default=10, help="DB_POOL_SIZE of the service")
     parser.add_argument("--timeline", action="store_true", help="per-second answers and p99 of the open loop")
+    parser.add_argument("--gc-report", action="store_true", help="record the service's garbage-collector pauses")
     parser.add_argument("--profile", type=Path, help="py-spy the service during the wrk phase; collapsed stacks here")
     args = parser.parse_args(argv)
 
@@ -459,8 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with database.fresh_database("wsj_bench_receiver") as url, embedded_s3() as s3_endpoint:
             seconds = seed_jobs(url, n_jobs)
             print(f"seeded {n_jobs:,} jobs in 'submitted' in {seconds:.1f} s", flush=True)
-            with serve(url, s3_endpoint, args.pool_size, log_path) as (port, proc):
+            gc_path = tmp / "gc.json" if args.gc_report else None
+            with serve(url, s3_endpoint, args.pool_size, log_path, gc_path) as (port, proc):
                 host = f"127.0.0.1:{port}"
+                load_started = time.time()
                 # Warm-up: imports, pool connections, prepared statements. Not measured.
                 warm = plan.stream(warm_len)
                 res = loadgen.run("127.0.0.1", port, [raw_request(h, host) for h in warm],
@@ -513,6 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.timeline:
                         print("  second: answers, p99 ms  " + "; ".join(
                             f"{t:.0f}: {n}, {p99:.0f}" for t, n, p99 in res.timeline()))
+            if gc_path is not None and gc_path.exists():
+                report = json.loads(gc_path.read_text())
+                during = [(gen, ms) for at, gen, ms in report["long"] if at >= load_started]
+                print("service GC: " + ", ".join(f"gen {g} {r['passes']} passes ({r['total_ms']:.0f} ms)"
+                                                 for g, r in sorted(report["generations"].items()))
+                      + f"; pauses of 5 ms or more under load: {len(during)}"
+                      + (f", longest {max(ms for _, ms in during):.1f} ms" if during else ""))
             problems, stored = verify(url, phases, n_jobs)
         accepted = sum(len(s.accepted) for s in phases)
         unique = len({h.webhook_id for s in phases for h in s.accepted})
