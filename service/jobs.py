@@ -281,6 +281,10 @@ async def apply_prediction(
 
     Used by the receiver and by the reconciler alike, so a result reaches a job the same
     way whichever of them saw it first; forward-only transitions make the second a no-op.
+
+    The receiver's fast path (service/webhook_store.py) does the ``completed``/``failed``
+    cases in one SQL statement: change them together (tests/integration/
+    test_receiver_fast_path.py compares the two).
     """
     task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
     provider_status = prediction.get("status") if isinstance(prediction.get("status"), str) else None
