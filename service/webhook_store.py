@@ -12,7 +12,7 @@ afterwards, many webhooks' worth in one statement.
 It covers only the common cases and defers everything else to the general path: a
 duplicate webhook-id for a job we have, and a new final event for a job that is not
 terminal, has the webhook's task id and has not heard a final provider status yet.
-Otherwise ``RECORD_FINAL_NEWS`` writes nothing and answers ``handled = false`` (or no
+Otherwise ``queries.RECORD_FINAL_NEWS`` writes nothing and answers ``handled = false`` (or no
 row for an unknown job). Within those cases it must do exactly what ``record`` +
 ``apply_prediction`` do; the
 test tests/integration/test_receiver_fast_path.py posts the same scenarios through both
@@ -42,99 +42,6 @@ _TERMINAL = sorted(s.value for s in TERMINAL)
 NO_OUTPUTS_ERROR = "provider reported completion without outputs"
 FAILED_ERROR = "the provider reported the task as failed"
 
-# One statement, so one transaction. Parameters:
-#  $1 job id, $2 webhook-id, $3 task id, $4 raw body (JSON text),
-#  $5/$6 detail of the "webhook.received" event when new / when a duplicate,
-#  $7 provider status, $8 inference ms, $9 has_nsfw_contents (JSON text),
-#  $10 target status, $11 statuses the target may be reached from, $12 target is terminal,
-#  $13 error (or NULL), $14 output URLs, $15 delivery id, $16 callback event type,
-#  $17 reason, $18 terminal statuses.
-#
-# Why each part is safe:
-# - job: the row lock serialises news about one job, as lock_job does. `applies` is the
-#   fast path's whole eligibility test; when the job is missing, or the webhook is new
-#   and the job is outside that test, nothing below writes anything (every write reads
-#   `job` and `applies`/`seen`), so the general path can start afresh.
-# - seen: a webhook-id committed before this statement began is a duplicate, whatever
-#   the job's state (the general path also checks duplicates before anything else). One
-#   committed while we waited for the lock is caught by ON CONFLICT in `hook` instead.
-# - news: one UPDATE does both of apply_prediction's updates (provider fields, then the
-#   guarded transition): a row may be updated only once per statement. Every transition
-#   column is guarded by the same `moves` flag, computed from the locked row.
-# - events: one INSERT, ordered, so "webhook.received" gets the lower id as it does when
-#   the general path writes it first.
-RECORD_FINAL_NEWS = """
-WITH job AS (
-    SELECT id, status, callback_url,
-           coalesce(provider_task_id = $3 AND status <> ALL($18::text[])
-                    AND (provider_status IS NULL OR provider_status <> ALL(ARRAY['completed', 'failed'])),
-                    false) AS applies
-    FROM jobs WHERE id = $1
-    FOR UPDATE
-), seen AS (
-    SELECT EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $2) AS dup
-), hook AS (
-    INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
-    SELECT $2, job.id, $3, $4::jsonb, 'received' FROM job, seen WHERE job.applies AND NOT seen.dup
-    ON CONFLICT (webhook_id) DO NOTHING
-    RETURNING id
-), news AS (
-    UPDATE jobs AS j SET
-        last_news_at = now(),
-        updated_at = now(),
-        provider_status = $7,
-        inference_ms = coalesce($8::integer, j.inference_ms),
-        has_nsfw_contents = coalesce($9::jsonb, j.has_nsfw_contents),
-        submitted_at = coalesce(j.submitted_at, now()),
-        status = CASE WHEN m.moves THEN $10 ELSE j.status END,
-        locked_until = CASE WHEN m.moves THEN NULL ELSE j.locked_until END,
-        locked_by = CASE WHEN m.moves THEN NULL ELSE j.locked_by END,
-        run_after = CASE WHEN NOT m.moves THEN j.run_after WHEN $12 THEN NULL ELSE now() END,
-        completed_at = CASE WHEN m.moves AND $12 THEN now() ELSE j.completed_at END,
-        attempts = CASE WHEN m.moves AND NOT $12 THEN 0 ELSE j.attempts END,
-        error = CASE WHEN m.moves AND $13::text IS NOT NULL THEN $13 ELSE j.error END,
-        callback_status = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
-                               THEN 'pending' ELSE j.callback_status END,
-        callback_attempts = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
-                                 THEN 0 ELSE j.callback_attempts END
-    FROM (SELECT job.id, job.status = ANY($11::text[]) AS moves FROM job WHERE EXISTS (SELECT 1 FROM hook)) AS m
-    WHERE j.id = m.id
-    RETURNING m.moves, j.callback_url
-), outputs AS (
-    INSERT INTO job_outputs (job_id, index, source_url)
-    SELECT job.id, o.ord - 1, o.url
-    FROM job, unnest($14::text[]) WITH ORDINALITY AS o(url, ord)
-    WHERE EXISTS (SELECT 1 FROM hook)
-    ON CONFLICT DO NOTHING
-), events AS (
-    INSERT INTO job_events (job_id, type, detail)
-    SELECT e.job_id, e.type, e.detail FROM (
-        SELECT 1 AS ord, job.id AS job_id, 'webhook.received' AS type,
-               CASE WHEN EXISTS (SELECT 1 FROM hook) THEN $5::jsonb ELSE $6::jsonb END AS detail
-        FROM job, seen WHERE job.applies OR seen.dup
-        UNION ALL
-        SELECT 2, job.id, 'status.changed',
-               jsonb_build_object('from', job.status, 'to', $10::text, 'reason', $17::text)
-               || CASE WHEN $13::text <> '' THEN jsonb_build_object('error', $13::text) ELSE '{}'::jsonb END
-        FROM job, news WHERE news.moves
-    ) AS e ORDER BY e.ord
-), delivery AS (
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT $15, job.id, $16, news.callback_url, '', 'pending', now()
-    FROM job, news WHERE news.moves AND $12 AND news.callback_url IS NOT NULL
-)
-SELECT job.applies OR seen.dup AS handled,
-       EXISTS (SELECT 1 FROM hook) AS fresh,
-       coalesce((SELECT moves FROM news), false) AS moved,
-       coalesce((SELECT callback_url IS NOT NULL FROM news), false) AS has_callback
-FROM job, seen
-"""
-
-# Why one statement: unnest + pg_notify sends any number of wake-ups in one transaction
-# (Postgres drops repeats within it), so under load one serialised NOTIFY commit serves
-# many webhooks. A transaction that only notifies writes no WAL of its own, so its commit
-# does not wait for a flush either.
-NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
 
 
 @dataclass(frozen=True)
@@ -192,7 +99,7 @@ class NotifyBatcher:
             try:
                 unique = sorted(set(items))
                 async with self._pool.acquire(timeout=10) as conn:
-                    await conn.execute(NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
+                    await conn.execute(queries.NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
             except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 # Only a hint: pollers and waiters' re-checks pick the change up anyway.
                 log.warning("notify.failed", error=type(exc).__name__, count=len(items))
@@ -221,7 +128,7 @@ class WebhookStore:
         nsfw = jobs._nsfw(prediction)
         async with self._pool.acquire(timeout=10) as conn:
             row = await conn.fetchrow(
-                RECORD_FINAL_NEWS,
+                queries.RECORD_FINAL_NEWS,
                 job_id, webhook_id, task_id, raw,
                 json.dumps({**detail, "duplicate": False}), json.dumps({**detail, "duplicate": True}),
                 news.provider_status, jobs._inference_ms(prediction), None if nsfw is None else json.dumps(nsfw),
