@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from service import db, webhook_store
-from service.api import errors, facade, health, jobs, metrics, webhooks
+from service.api import errors, facade, health, jobs, metrics, openapi, webhooks
 from service.api import dashboard
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
@@ -116,7 +116,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (health, metrics, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
+    for module in (health, metrics, openapi, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
     out += dashboard.routes  # the web page at / (and /login, /jobs/{id}, /static)
     return out
