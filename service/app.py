@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service import db, webhook_store
+from service import db, logs, webhook_store
 from service.api import errors, facade, health, jobs, metrics, openapi, webhooks
 from service.api import dashboard
 from service.clients.storage import Storage
@@ -103,6 +103,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             callback_secret=await callback_secret(engine, _secret(settings.callback_signing_secret)),
             worker_id=new_worker_id(),
         )
+        logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:
             await storage.ensure_bucket()
         await notifications.start()

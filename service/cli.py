@@ -96,6 +96,7 @@ def _serve(settings: Settings, host: str, port: int, run_workers: bool) -> None:
     app = create_app(settings, run_workers=run_workers)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
+        log_config=None,  # keep service/logs.py's handler: uvicorn's lines in the same format
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     GracefulServer(config).run()

@@ -23,10 +23,16 @@ def error_body(exc: ServiceError) -> dict[str, Any]:
     return {"error": error}
 
 
+def job_fields(request: Request) -> dict[str, Any]:
+    """The job a failed request was about, for the log line."""
+    job_id = request.path_params.get("job_id")
+    return {"job_id": job_id} if job_id else {}
+
+
 async def service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
-        log.error("request.failed", path=request.url.path, error=exc.message)
+        log.error("request.failed", path=request.url.path, error=exc.message, **job_fields(request))
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
 
@@ -40,7 +46,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log the type only: an exception's text may carry secrets or user data.
-    log.exception("request.crashed", path=request.url.path, error=type(exc).__name__)
+    log.exception("request.crashed", path=request.url.path, error=type(exc).__name__, **job_fields(request))
     return JSONResponse({"error": {"type": "internal_error", "message": "internal error"}}, status_code=500)
 
 

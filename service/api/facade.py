@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.auth import authenticate, resources
+from service.api.errors import job_fields
 from service.api.jobs import read_json, render, submit_job, wait_terminal
 from service.errors import ServiceError, ValidationFailed
 from service.resources import Resources
@@ -147,12 +148,12 @@ def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except ServiceError as exc:
             if exc.status_code >= 500:
-                log.error("facade.failed", path=request.url.path, error=exc.message)
+                log.error("facade.failed", path=request.url.path, error=exc.message, **job_fields(request))
             headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
             return error_response(exc.status_code, error_message(exc), headers)
         except Exception as exc:
             # The type only: an exception's text may carry secrets or user data.
-            log.exception("facade.crashed", path=request.url.path, error=type(exc).__name__)
+            log.exception("facade.crashed", path=request.url.path, error=type(exc).__name__, **job_fields(request))
             return error_response(500, "internal error")
 
     return wrapper

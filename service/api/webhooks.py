@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import jobs, metrics, queries
+from service import jobs, logs, metrics, queries
 from service.api.auth import resources
 from service.errors import BadRequest, Conflict, PayloadTooLarge, SignatureInvalid
 from service.signing import verify_wavespeed
@@ -66,6 +66,7 @@ async def receive(request: Request) -> JSONResponse:
 
     job_id = request.path_params["job_id"]
     task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
+    logs.bind_job(job_id, task_id)
     outcome = await record_fast(request, webhook_id, job_id, prediction, text)
     if outcome is None:
         outcome = await record(res, webhook_id, job_id, task_id, prediction, body)

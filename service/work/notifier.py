@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import jobs, metrics, queries
+from service import jobs, logs, metrics, queries
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
 from service.models import Delivery, Job
@@ -151,9 +151,13 @@ class Notifier:
         res, worker = self.res, self.res.worker_id
         delays = res.settings.retry_delays
         async with res.engine.connect() as conn:
-            row = (await conn.execute(select(deliveries_t).where(deliveries_t.c.id == delivery_id))).first()
+            row = (await conn.execute(
+                select(deliveries_t, Job.provider_task_id.label("task_id"))  # task_id: for the log lines
+                .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
+            )).first()
         if row is None or row.status != "pending" or row.locked_by != worker:
             return
+        logs.bind_job(row.job_id, row.task_id)
         if row.attempts == 0 and delays[0] > 0:
             async with res.engine.begin() as conn:
                 deferred = (await conn.execute(

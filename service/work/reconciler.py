@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
-from service import jobs
+from service import jobs, logs
 from service.errors import Conflict, ProviderError
 from service.resources import Resources
 from service.work.runner import claim_jobs
@@ -78,6 +78,7 @@ class Reconciler:
         res, worker = self.res, self.res.worker_id
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
+        logs.bind_job(job_id, job.provider_task_id)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.PROCESSING) or job.locked_by != worker:
             return
         now = dt.datetime.now(dt.timezone.utc)

@@ -113,6 +113,9 @@ class Runner:
                 await self.res.notifications.wait_for_work(duty.name, poll)
 
     async def _run_one(self, duty: Duty, row_id: str) -> None:
+        # This runs in a task of its own: every line logged while the row is worked on names it.
+        key = "job_id" if duty.table == "jobs" else "delivery_id"
+        structlog.contextvars.bind_contextvars(duty=duty.name, **{key: row_id})
         held = self._held[duty.table]
         held.add(row_id)
         try:

@@ -17,7 +17,7 @@ import httpx
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, metrics
+from service import jobs, logs, metrics
 from service.clients.storage import StorageError, StoredObject
 from service.errors import Retry
 from service.netguard import check_public_url
@@ -51,6 +51,7 @@ class Storer:
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
             outputs = (await jobs.get_outputs(conn, [job_id])).get(job_id, [])
+        logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
         try:

@@ -14,7 +14,7 @@ import random
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, metrics
+from service import jobs, logs, metrics
 from service.errors import ProviderError, SubmitOutcomeUnknown
 from service.resources import Resources
 from service.work.runner import claim_jobs
@@ -114,6 +114,7 @@ class Submitter:
     async def _accepted(self, job: jobs.Row, prediction: dict) -> None:  # type: ignore[name-defined,type-arg]
         settings = self.res.settings
         task_id = prediction["id"]
+        logs.bind_job(job.id, task_id)
         async with self.res.engine.begin() as conn:
             moved = await jobs.transition(
                 conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.res.worker_id,
