@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float = Field(120.0, gt=0)
     job_deadline_seconds: float = Field(1800.0, gt=0)
     submit_lost_deadline_seconds: float = Field(600.0, gt=0)
-    lease_seconds: float = Field(30.0, gt=0)
+    lease_seconds: float = Field(15.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)
     submit_concurrency: int = Field(8, ge=1)
     store_concurrency: int = Field(4, ge=1)
