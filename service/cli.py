@@ -223,10 +223,12 @@ Ctrl-C stops everything.""", flush=True)
                 if args.exit_after_demo:
                     return 0
             stop = threading.Event()
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.signal(signal.SIGTERM, lambda *_: stop.set())
-                while not stop.is_set():
-                    time.sleep(0.5)
+            # Explicit handlers: a process started in the background may inherit an
+            # ignored SIGINT, and Ctrl-C must stop everything all the same.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.is_set():
+                time.sleep(0.5)
     print("stopped", file=sys.stderr)
     return 0
 

