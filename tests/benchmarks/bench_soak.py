@@ -22,6 +22,7 @@ import httpx
 from service.app import create_app
 from service.db import migrate
 from service.devstack import dev_stack, free_port
+from service.logs import configure
 from service.serverthread import ServerThread
 from service.settings import Settings
 from tests.integration.audit import audit, submit_many, wait_all_terminal, wait_callbacks
@@ -40,11 +41,12 @@ FAULTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("SOAK_JOBS", "2000")))
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
+    configure("warning", "console")
 
     with tempfile.TemporaryDirectory(prefix="wsj-soak-") as tmp, WebhookCatcher() as catcher:
         with dev_stack(Path(tmp), completion_delay=0.5) as stack:
@@ -73,11 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"soak: {args.jobs} jobs with faults {FAULTS}")
     print(f"  submitted in {submitted:.1f} s; all terminal after {finished:.1f} s "
           f"→ {args.jobs / finished:.1f} jobs/s end to end")
-    print("  lost: 0, duplicated: 0 (the audit passed: every job terminal, one task and one completed "
-          "callback id per job, every output in S3 with matching sha256)")
-    print(f"  audit: {report}")
+    print(f"  lost: {report.lost}, duplicated: {report.duplicated}")
+    print(f"  audit (every job terminal, one task and one completed callback id per job, every output in S3 "
+          f"with matching sha256): {report}")
     print(f"  simulator: {stats}")
+    return 0 if report.lost == 0 and report.duplicated == 0 else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -33,9 +33,12 @@ class AuditReport:
     by_status: dict[str, int]
     upstream_tasks: int
     callbacks: int
+    lost: int  # not terminal, or completed without every output stored
+    duplicated: int  # extra upstream tasks + extra completed-callback ids, over all jobs
 
     def __str__(self) -> str:
-        return f"{self.jobs} jobs {self.by_status}, {self.upstream_tasks} upstream tasks, {self.callbacks} callbacks"
+        return (f"{self.jobs} jobs {self.by_status}, {self.upstream_tasks} upstream tasks, "
+                f"{self.callbacks} callbacks, lost {self.lost}, duplicated {self.duplicated}")
 
 
 def submit_many(base_url: str, key: str, n: int, callback_url: str | None, seed: int = 1) -> list[str]:
@@ -107,6 +110,9 @@ def audit(
             outputs[row[0]].append(row)
     assert set(jobs) == set(ids), "a submitted job is missing from the database"
     not_terminal = {i: j[1] for i, j in jobs.items() if j[1] not in TERMINAL}
+    unstored = [i for i, j in jobs.items()
+                if j[1] == "completed" and (not outputs[i] or any(r[5] is None for r in outputs[i]))]
+    lost = len(set(ids) - set(jobs)) + len(not_terminal) + len(unstored)
     assert not not_terminal, f"jobs not terminal: {not_terminal}"
 
     # S3: exactly one object per output index (thumbnails aside), matching the row.
@@ -132,6 +138,7 @@ def audit(
         if job_id in jobs:
             per_job[job_id] += 1
     doubled = {j: c for j, c in per_job.items() if c > 1}
+    duplicated = sum(c - 1 for c in doubled.values())
     assert not doubled, f"jobs submitted more than once: {doubled}"
     for job_id, job in jobs.items():
         if job[1] == "completed":
@@ -145,6 +152,7 @@ def audit(
             callbacks += 1
             if event["type"] == "job.completed":
                 completed_ids[event["data"]["id"]].add(request.headers["webhook-id"])
+        duplicated += sum(max(0, len(v) - 1) for v in completed_ids.values())
         for job_id, job in jobs.items():
             if job[3] is None:
                 continue
@@ -155,4 +163,4 @@ def audit(
 
     by_status = Counter(j[1] for j in jobs.values())
     return AuditReport(jobs=len(jobs), by_status=dict(by_status), upstream_tasks=sum(per_job.values()),
-                       callbacks=callbacks)
+                       callbacks=callbacks, lost=lost, duplicated=duplicated)
