@@ -140,6 +140,18 @@ def parse_filter(params: Sequence[tuple[str, str]]) -> HistoryFilter:
     return f
 
 
+def _bounds(f: HistoryFilter, stamp: Any, tiebreak: Any) -> list[Any]:
+    """The time range and the cursor, on one pair of (created_at, id) columns."""
+    out = []
+    if f.created_after:
+        out.append(stamp > f.created_after)
+    if f.created_before:
+        out.append(stamp < f.created_before)
+    if f.cursor:
+        out.append(tuple_(stamp, tiebreak) < tuple_(*f.cursor))
+    return out
+
+
 def _branch(owner: str, f: HistoryFilter, status: str | None) -> Select[Any]:
     """One ordered, limited walk: jobs of ``owner`` (in one ``status``, if given) that
     pass every other filter, newest first from the cursor on."""
@@ -176,14 +188,12 @@ def _branch(owner: str, f: HistoryFilter, status: str | None) -> Select[Any]:
                 other.c.job_id == lead.c.job_id,
             ))
             conditions += [other.c.key == key, other.c.value == value]
+            # The same bounds as the lead's (equal by the join): whichever walk the
+            # planner picks starts at the cursor instead of at the newest job.
+            conditions += _bounds(f, other.c.created_at, other.c.job_id)
         if rest := dict(others[MAX_JOINED_KEYS - 1 :]):
             conditions.append(jobs_t.c.metadata.contains(rest))
-    if f.created_after:
-        conditions.append(stamp > f.created_after)
-    if f.created_before:
-        conditions.append(stamp < f.created_before)
-    if f.cursor:
-        conditions.append(tuple_(stamp, tiebreak) < tuple_(*f.cursor))
+    conditions += _bounds(f, stamp, tiebreak)
     return (
         select(jobs_t)
         .select_from(source)

@@ -45,7 +45,9 @@ if __package__ in (None, ""):  # run as a script: make `service` and `tests` imp
 
 import httpx
 import psycopg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
@@ -62,6 +64,7 @@ OWNER = "bench_owner"
 DEEP_ROWS = 10_000
 PAGE = 50
 GOAL_P99_MS = 20.0
+STATEMENT_TIMEOUT_MS = 10_000.0
 FLUX = "wavespeed-ai/flux-dev-lora"
 KREA = "wavespeed-ai/flux-krea-dev-lora"
 
@@ -352,26 +355,37 @@ def build_cases(url: str, end: dt.datetime, wanted: Sequence[str]) -> list[Case]
 
 async def measure_sql(engine: AsyncEngine, cases: list[Case], runs: int) -> None:
     async with engine.connect() as conn:
-        for case in cases:
+        for n, case in enumerate(cases, start=1):
             if case.error:
                 continue
-            stmt = await page_query(conn, OWNER, case.f)  # and its settings, for this transaction
-            plan = (await conn.execute(Explain(stmt, "FORMAT JSON"))).scalar_one()[0]
-            case.plan = plan_summary(plan)
-            rows, _ = await list_jobs(conn, OWNER, case.f)
-            got = [r.id for r in rows]
-            if got != case.expected_ids:
-                case.error = f"WRONG PAGE: {len(got)} rows, {len(set(got) ^ set(case.expected_ids))} differ"
-            for _ in range(runs):
-                analyzed = (await conn.execute(Explain(stmt, "ANALYZE, BUFFERS, FORMAT JSON"))).scalar_one()[0]
-                case.server_ms.append(analyzed["Planning Time"] + analyzed["Execution Time"])
-                case.buffers = max(case.buffers, analyzed["Plan"].get("Shared Hit Blocks", 0)
-                                   + analyzed["Plan"].get("Shared Read Blocks", 0))
-            for _ in range(runs):
-                started = time.perf_counter()
-                await list_jobs(conn, OWNER, case.f)
-                case.app_ms.append((time.perf_counter() - started) * 1000)
+            print(f"  [{n}/{len(cases)}] {case.shape} ({case.page})", flush=True)
+            try:
+                await _measure_case(conn, case, runs)
+            except DBAPIError as exc:
+                case.error = f"FAILED: {type(exc.orig).__name__} (statement timeout {STATEMENT_TIMEOUT_MS:.0f} ms?)"
             await conn.rollback()
+
+
+async def _measure_case(conn: AsyncConnection, case: Case, runs: int) -> None:
+    stmt = await page_query(conn, OWNER, case.f)  # and its settings, for this transaction
+    # A plan gone wrong shows up as a failed case, not as a run that never ends.
+    await conn.execute(text(f"SET LOCAL statement_timeout = '{int(STATEMENT_TIMEOUT_MS)}ms'"))
+    plan = (await conn.execute(Explain(stmt, "FORMAT JSON"))).scalar_one()[0]
+    case.plan = plan_summary(plan)
+    rows, _ = await list_jobs(conn, OWNER, case.f)
+    got = [r.id for r in rows]
+    if got != case.expected_ids:
+        case.error = f"WRONG PAGE: {len(got)} rows, {len(set(got) ^ set(case.expected_ids))} differ"
+        return
+    for _ in range(runs):
+        analyzed = (await conn.execute(Explain(stmt, "ANALYZE, BUFFERS, FORMAT JSON"))).scalar_one()[0]
+        case.server_ms.append(analyzed["Planning Time"] + analyzed["Execution Time"])
+        case.buffers = max(case.buffers, analyzed["Plan"].get("Shared Hit Blocks", 0)
+                           + analyzed["Plan"].get("Shared Read Blocks", 0))
+    for _ in range(runs):
+        started = time.perf_counter()
+        await list_jobs(conn, OWNER, case.f)
+        case.app_ms.append((time.perf_counter() - started) * 1000)
 
 
 def _query_string(case: Case) -> list[tuple[str, str | int | float | bool | None]]:
@@ -466,7 +480,7 @@ def report(cases: list[Case], runs: int, writes: list[str]) -> bool:
     for case in cases:
         if case.error:
             print(f"{case.shape:<48} {case.page:<6} {case.error}")
-            if case.error.startswith("WRONG"):
+            if case.error.startswith(("WRONG", "FAILED")):
                 ok = False
             continue
 
@@ -505,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     end, owned = row
     print(f"{owned:,} jobs of {OWNER} among ~{total[0]:,}")
     wanted = [w.strip() for w in args.shapes.split(",") if w.strip()]
+    print("reference pages (plain ORDER BY … OFFSET queries; metadata ones scan the table)...", flush=True)
     cases = build_cases(url, end, wanted)
+    print("timing each shape's query...", flush=True)
 
     async def sql_phase() -> None:
         engine = create_engine(url, 1)
@@ -516,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     asyncio.run(sql_phase())
     if not args.no_api:
+        print("timing GET /v1/jobs through the app...", flush=True)
         measure_api(url, cases, args.runs)
     writes = measure_writes(url) if not wanted else []
     return 0 if report(cases, args.runs, writes) else 1
