@@ -11,6 +11,8 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
+
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -45,9 +47,19 @@ SIZE_MIN, SIZE_MAX = 256, 1536
 def _http_url(value: str) -> str:
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    if "\x00" in value:
+        raise ValueError(NUL_RULE)  # the same words as for every other field
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        # Spaces and control characters are not valid in a URL, and HTTP clients refuse
+        # them later, far from the request that brought them in.
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http(s) URL with a host")
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ValueError("is not a valid URL") from None
     return value
 
 

@@ -114,7 +114,7 @@ async def send(
                     answer += chunk
                     if len(answer) >= ANSWER_CAP:
                         break  # closing the stream drops the rest
-    except (httpx.HTTPError, TimeoutError, OSError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, OSError) as exc:
         error = _describe(exc, url)
         if status is not None:
             error = f"answer cut short ({error})"

@@ -328,3 +328,13 @@ def test_metadata_at_its_length_limits_is_accepted() -> None:
 def test_nul_characters_are_refused_where_they_are(fields: dict[str, Any], loc: str) -> None:
     # Postgres cannot store U+0000 in text or jsonb: it must be a 422, not a database error.
     assert job_rejected(job(**fields)) == [{"loc": loc, "msg": "must not contain the NUL character (\\u0000)"}]
+
+
+@pytest.mark.parametrize("url", ["https://backend.example/hook\x0e", "https://backend.example/a b",
+                                 "https://backend.example/\x7f", "https://backend.example/\t"])
+def test_callback_urls_with_spaces_or_control_characters_are_refused_at_the_door(url: str) -> None:
+    # They used to pass validation and then fail every delivery attempt in the notifier.
+    with pytest.raises(ValidationFailed) as caught:
+        validate_job_create({"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "p"}, "callback_url": url})
+    assert [f["loc"] for f in caught.value.fields] == ["callback_url"]
+    assert "control characters" in caught.value.fields[0]["msg"]
