@@ -18,8 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from service import db, logs, webhook_store
-from service.api import errors, facade, health, jobs, metrics, openapi, webhooks
-from service.api import dashboard
+from service.api import dashboard, errors, facade, health, jobs, metrics, openapi, webhooks
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.errors import ConfigError

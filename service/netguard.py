@@ -46,7 +46,7 @@ async def check_public_url(url: str) -> str | None:
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM), timeout=5
         )
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return "host name does not resolve"
     for info in infos:
         problem = address_problem(str(info[4][0]))

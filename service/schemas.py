@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-
 from pydantic import (
     AfterValidator,
     BaseModel,

