@@ -341,18 +341,24 @@ async def apply_prediction(
     return "unchanged"
 
 
-async def reschedule(conn: AsyncConnection, job_id: str, worker: str, delay: float) -> None:
-    """Hand a claimed job back, due again in ``delay`` seconds (fenced on our lease)."""
-    await conn.execute(
-        update(jobs_t)
-        .where(jobs_t.c.id == job_id, jobs_t.c.locked_by == worker)
-        .values(
-            run_after=func.now() + dt.timedelta(seconds=delay),
-            locked_until=None,
-            locked_by=None,
-            updated_at=func.now(),
-        )
-    )
+async def reschedule(
+    conn: AsyncConnection, job_id: str, worker: str, delay: float, *, was_attempt: bool = True
+) -> None:
+    """Hand a claimed job back, due again in ``delay`` seconds (fenced on our lease).
+
+    ``was_attempt=False`` takes back the attempt the claim counted: waiting our turn
+    (the provider throttle) is not a failed try, and must not inflate the backoff of the
+    tries that follow.
+    """
+    values: dict[str, Any] = {
+        "run_after": func.now() + dt.timedelta(seconds=delay),
+        "locked_until": None,
+        "locked_by": None,
+        "updated_at": func.now(),
+    }
+    if not was_attempt:
+        values["attempts"] = func.greatest(jobs_t.c.attempts - 1, 0)
+    await conn.execute(update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.locked_by == worker).values(**values))
 
 
 def decode_data_url(url: str) -> tuple[str, bytes]:

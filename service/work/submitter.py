@@ -78,7 +78,7 @@ class Submitter:
             )
             if verdict == "throttled":
                 # The account's limits are reached: queue instead of collecting 429s.
-                await jobs.reschedule(conn, job_id, worker, THROTTLE_RECHECK_SECONDS)
+                await jobs.reschedule(conn, job_id, worker, THROTTLE_RECHECK_SECONDS, was_attempt=False)
         if verdict != "marked":
             return
         try:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from service.serverthread import ServerThread
@@ -64,3 +65,22 @@ def test_per_minute_limit_queues_the_rest(own_db: str, s3_endpoint: str, sim_def
             assert len(_tasks_for(sim_defaults.url, set(ids))) == 3
             statuses = sorted(client.get(f"/v1/jobs/{i}").json()["status"] for i in ids)
     assert statuses.count("queued") == 2
+
+
+def test_waiting_for_the_throttle_does_not_count_as_failed_attempts(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    """Rechecks while throttled must not inflate the backoff of later real retries."""
+    sim_config(sim_defaults, completion_delay=3.0)
+    with run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_in_flight=1) as svc, svc.client() as client:
+        ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                             "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
+               for i in range(2)]
+        time.sleep(2.5)  # the second job is rechecked about twice a second meanwhile
+        with psycopg.connect(own_db, autocommit=True) as conn:
+            waiting = conn.execute(
+                "SELECT attempts FROM jobs WHERE id = ANY(%s) AND status = 'queued'", (ids,)
+            ).fetchall()
+        assert len(waiting) == 1, "one job should be waiting for the in-flight slot"
+        assert waiting[0][0] <= 1
+        assert all(wait_terminal(client, i)["status"] == "completed" for i in ids)
