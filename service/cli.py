@@ -48,19 +48,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from service.db import create_engine
-    from service.keys import create_key
+    from service.keys import create_key_blocking
 
-    url = _require_database(_settings())
-
-    async def go() -> str:
-        engine = create_engine(url, 1)
-        try:
-            return await create_key(engine, args.owner)
-        finally:
-            await engine.dispose()
-
-    key = asyncio.run(go())
+    key = create_key_blocking(_require_database(_settings()), args.owner)
     print(key)
     print(f"(API key for owner {args.owner!r}; it is shown only this once)", file=sys.stderr)
     return 0
@@ -179,9 +169,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     import threading
 
     from service.app import create_app
-    from service.db import create_engine, migrate
+    from service.db import migrate
     from service.devstack import dev_stack
-    from service.keys import create_key
+    from service.keys import create_key_blocking
     from service.logs import configure
     from service.serverthread import ServerThread
 
@@ -193,14 +183,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         configure(settings.log_level, settings.effective_log_format)
         migrate(stack.database_url)
 
-        async def new_key() -> str:
-            engine = create_engine(stack.database_url, 1)
-            try:
-                return await create_key(engine, "dev")
-            finally:
-                await engine.dispose()
-
-        api_key = asyncio.run(new_key())
+        api_key = create_key_blocking(stack.database_url, "dev")
         with ServerThread(create_app(settings), host="127.0.0.1", port=args.port,
                           timeout_graceful_shutdown=5) as server:
             base = server.url

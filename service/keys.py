@@ -27,6 +27,23 @@ async def create_key(engine: AsyncEngine, owner: str) -> str:
     return key
 
 
+def create_key_blocking(database_url: str, owner: str) -> str:
+    """``create_key`` from synchronous code (the CLI, tests, benchmarks): its own
+    short-lived engine and event loop."""
+    import asyncio
+
+    from service.db import create_engine
+
+    async def go() -> str:
+        engine = create_engine(database_url, 1)
+        try:
+            return await create_key(engine, owner)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
 async def owner_for(engine: AsyncEngine, key: str) -> str | None:
     """The owner of a live key, or None. The lookup is by hash: an index probe, and the
     database never sees the key itself."""

@@ -9,7 +9,6 @@ invisible to the others even though they share one database and one service.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -24,9 +23,9 @@ import psycopg
 import pytest
 
 from service.app import create_app
-from service.db import create_engine, migrate
+from service.db import migrate
 from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_postgres, embedded_s3, free_port
-from service.keys import create_key
+from service.keys import create_key_blocking
 from service.serverthread import ServerThread
 from service.settings import Settings
 from service.simulator.app import create_simulator_app
@@ -163,14 +162,7 @@ class Service:
     def new_key(self, owner: str | None = None) -> str:
         owner = owner or f"owner_{uuid.uuid4().hex[:8]}"
 
-        async def go() -> str:
-            engine = create_engine(self.settings.database_url or "", 1)
-            try:
-                return await create_key(engine, owner)
-            finally:
-                await engine.dispose()
-
-        key = asyncio.run(go())
+        key = create_key_blocking(self.settings.database_url or "", owner)
         self.keys[key] = owner
         return key
 

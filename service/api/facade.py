@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from service.api.auth import authenticate, resources
 from service.api.errors import job_fields
 from service.api.jobs import read_json, render, submit_job, wait_terminal
+from service.disconnect import unless_disconnected
 from service.errors import ServiceError, ValidationFailed
 from service.resources import Resources
 from service.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA, MODELS
@@ -159,31 +159,6 @@ def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
     return wrapper
 
 
-async def unless_hung_up(request: Request, work: Awaitable[T]) -> T | None:
-    """``work``'s result, or None if the client hangs up first.
-
-    A sync-mode hold is long; when its caller goes away the wait should end with it (the
-    job itself carries on). Call only once the body has been read: after that, the only
-    message ``receive`` can still deliver is the disconnect.
-    """
-
-    async def hung_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work_task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(hung_up())
-    try:
-        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work_task, watcher):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-    if work_task.done() and not work_task.cancelled():
-        return work_task.result()
-    return None
 
 
 async def output_refs(res: Resources, job: dict[str, Any]) -> list[str]:
@@ -226,10 +201,10 @@ def submit_endpoint(model: str) -> Endpoint:
         job, _ = await submit_job(res, owner, body, request.headers.get("idempotency-key"))
         timed_out = False
         if job["input"].get("enable_sync_mode") and job["status"] not in TERMINAL:
-            held = await unless_hung_up(
-                request, wait_terminal(res, job["id"], owner, res.settings.facade_sync_timeout_seconds)
+            finished, held = await unless_disconnected(
+                request.receive, wait_terminal(res, job["id"], owner, res.settings.facade_sync_timeout_seconds)
             )
-            if held is None:
+            if not finished or held is None:
                 return Response(status_code=499)  # the client is gone; nobody reads this
             job = held
             timed_out = job["status"] not in TERMINAL

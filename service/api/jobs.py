@@ -14,7 +14,8 @@ from starlette.routing import Route
 
 from service import jobs
 from service.api.auth import authenticate, resources
-from service.errors import BadRequest, Conflict, FieldError, NotFound, PayloadTooLarge, ValidationFailed
+from service.api.body import read_capped
+from service.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
 from service.history import list_jobs, parse_filter
 from service.models import JobEvent, table
 from service.netguard import check_public_url
@@ -31,14 +32,7 @@ events_t = table(JobEvent)
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body must be at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+    body = await read_capped(request, limit)
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -24,29 +24,18 @@ from starlette.routing import Route
 
 from service import jobs, logs, metrics, queries
 from service.api.auth import resources
-from service.errors import BadRequest, Conflict, PayloadTooLarge, SignatureInvalid
+from service.api.body import read_capped
+from service.errors import BadRequest, Conflict, SignatureInvalid
 from service.signing import verify_wavespeed
 from service.webhook_store import WebhookStore, final_news
 
 log = structlog.get_logger(__name__)
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"webhook bodies are capped at {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"webhook bodies are capped at {limit} bytes")
-    return bytes(body)
-
-
 async def receive(request: Request) -> JSONResponse:
     res = resources(request)
     settings = res.settings
-    body = await _read_capped(request, settings.webhook_max_body_bytes)
+    body = await read_capped(request, settings.webhook_max_body_bytes)
     try:
         webhook_id = verify_wavespeed(
             res.webhook_secret, request.headers, body, now=time.time(), tolerance=settings.webhook_tolerance_seconds

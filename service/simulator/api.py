@@ -14,10 +14,11 @@ from urllib.parse import quote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.disconnect import unless_disconnected
 from service.errors import ValidationFailed
 from service.schemas import MODELS, validate_input
 from service.simulator.lifecycle import run_task
-from service.simulator.responses import PacedResponse, chunks_of, error, ok, unless_disconnected
+from service.simulator.responses import PacedResponse, chunks_of, error, ok
 from service.simulator.state import (
     COMPLETED,
     CREATED,

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+
+from service.disconnect import until_disconnect
 
 T = TypeVar("T")
 
@@ -45,32 +47,6 @@ def error(code: int, message: str, headers: dict[str, str] | None = None) -> JSO
     return JSONResponse(envelope(None, code, message), status_code=code, headers=headers)
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> tuple[bool, T | None]:
-    """Await ``work`` unless the client goes away first: (finished, result).
-
-    Long waits (a hung submit, a sync-mode submit) must end when their client gives up,
-    or uvicorn would wait for them at shutdown. Call only after the body has been read.
-    """
-    work_task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(receive))
-    try:
-        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work_task, watcher):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-    if work_task.done() and not work_task.cancelled():
-        return True, work_task.result()
-    return False, None
 
 
 class PacedResponse(Response):
@@ -103,7 +79,7 @@ class PacedResponse(Response):
         disconnected = asyncio.Event()
 
         async def watch() -> None:
-            await _until_disconnect(receive)
+            await until_disconnect(receive)
             disconnected.set()
 
         watcher = asyncio.ensure_future(watch())

@@ -398,21 +398,14 @@ def _query_string(case: Case) -> list[tuple[str, str | int | float | bool | None
 def measure_api(url: str, cases: list[Case], runs: int) -> None:
     """The whole ``GET /v1/jobs`` through the real app (no workers) under uvicorn."""
     from service.app import create_app
-    from service.keys import create_key
+    from service.keys import create_key_blocking
     from service.serverthread import ServerThread
     from service.settings import Settings
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 
-    async def new_key() -> str:
-        engine = create_engine(url, 1)
-        try:
-            return await create_key(engine, OWNER)
-        finally:
-            await engine.dispose()
-
-    key = asyncio.run(new_key())
+    key = create_key_blocking(url, OWNER)
     settings = Settings(
         database_url=url, s3_bucket="bench", s3_endpoint_url="http://127.0.0.1:9",  # presigning is local
         wavespeed_api_key="unused", wavespeed_base_url="http://127.0.0.1:9",

@@ -8,7 +8,6 @@ after the job turns terminal, and the endpoint only comes up after the restart.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.db import create_engine
 from service.devstack import free_port
-from service.keys import create_key
+from service.keys import create_key_blocking
 from service.serverthread import ServerThread
 from tests.conftest import fresh_database, make_settings
 from tests.integration.helpers import TERMINAL, eventually
@@ -33,14 +31,7 @@ SCHEDULE = "2," + ",".join(["0.5"] * 30)
 
 
 def new_key(database_url: str) -> str:
-    async def go() -> str:
-        engine = create_engine(database_url, 1)
-        try:
-            return await create_key(engine, "crash")
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return create_key_blocking(database_url, "crash")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ with the same audit (tests/integration/audit.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -17,9 +16,9 @@ import httpx
 import psycopg
 import pytest
 
-from service.db import create_engine, migrate
+from service.db import migrate
 from service.devstack import embedded_postgres, free_port
-from service.keys import create_key
+from service.keys import create_key_blocking
 from service.serverthread import ServerThread
 from tests.conftest import BUCKET, fresh_database, make_settings, run_service, sim_config
 from tests.integration.audit import audit, submit_many, wait_all_terminal, wait_callbacks
@@ -32,14 +31,7 @@ PREFIX = "outputs/"
 
 
 def new_key(database_url: str, owner: str = "faults") -> str:
-    async def go() -> str:
-        engine = create_engine(database_url, 1)
-        try:
-            return await create_key(engine, owner)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return create_key_blocking(database_url, owner)
 
 
 @pytest.fixture

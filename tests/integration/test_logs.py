@@ -7,7 +7,6 @@ nor API keys sent with requests (valid or not), nor a forged signature's secret.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -17,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from service.db import create_engine
 from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
-from service.keys import create_key
+from service.keys import create_key_blocking
 from service.serverthread import ServerThread
 from service.signing import generate_standard_secret, wavespeed_signature
 from service.simulator.app import create_simulator_app
@@ -38,14 +36,7 @@ JOB_EVENTS = ("submit.", "webhook.", "job.", "output.", "callback.", "reconcile.
 
 
 def new_key(database_url: str) -> str:
-    async def go() -> str:
-        engine = create_engine(database_url, 1)
-        try:
-            return await create_key(engine, "owner_logs")
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return create_key_blocking(database_url, "owner_logs")
 
 
 def serve_env(database_url: str, s3_endpoint: str, simulator_url: str, port: int) -> dict[str, str]:
