@@ -47,11 +47,14 @@ RELEASE_WORKER_JOBS = text(
 
 # Why: the submit is not idempotent upstream, so we record that it is about to go out
 # *before* sending it, in a committed row. If we crash or lose the answer, the next
-# claimer sees submit_sent_at and recovers the task instead of sending again.
+# claimer sees submit_sent_at and recovers the task instead of sending again. (A
+# submitted job without a task id gets here again only once the reconciler has verified
+# that the provider never created its task, and cleared submit_sent_at.)
 MARK_SUBMIT_SENT = text(
     """
     UPDATE jobs SET submit_sent_at = now(), updated_at = now()
-    WHERE id = :id AND locked_by = :worker AND status = 'queued' AND submit_sent_at IS NULL
+    WHERE id = :id AND locked_by = :worker AND submit_sent_at IS NULL
+      AND (status = 'queued' OR (status = 'submitted' AND provider_task_id IS NULL))
     RETURNING id
     """
 )

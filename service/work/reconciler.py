@@ -5,17 +5,21 @@
 * A job whose submit answer was lost (no task id): look for its task in the provider's
   predictions list (same model, same input, created around our send time, not owned by
   another job). Exactly one candidate is adopted; none or several → wait for the job's
-  own webhook, and fail with a clear error once SUBMIT_LOST_DEADLINE_SECONDS pass.
+  own webhook. Once SUBMIT_LOST_DEADLINE_SECONDS pass: if the provider's list covered
+  the whole window, showed every task's input and none matched, the task provably never
+  existed (we died before the request left) and the job is sent now; otherwise it fails
+  with a clear error rather than risk paying twice.
 * A job past its deadline becomes ``timed_out`` (after one last look at its result).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service import jobs, logs
 from service.errors import Conflict, ProviderError
@@ -23,7 +27,7 @@ from service.resources import Resources
 from service.schemas import upstream_body
 from service.states import JobStatus
 from service.work.runner import claim_jobs
-from service.work.submitter import backoff
+from service.work.submitter import Submitter, backoff
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +63,14 @@ def matches(job: Any, item: dict[str, Any]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LostSearch:
+    """What the provider's list says about a job whose submit answer was lost."""
+
+    match: dict[str, Any] | None
+    verified_absent: bool  # the whole window was listed, with inputs, and nothing matched
+
+
 class Reconciler:
     name = "reconcile"
     table = "jobs"
@@ -85,18 +97,12 @@ class Reconciler:
         deadline = job.deadline_at or (job.created_at + dt.timedelta(seconds=res.settings.job_deadline_seconds))
         try:
             if job.provider_task_id is None:
-                prediction = await self._find_lost_task(job)
-                if prediction is None:
-                    lost_for = now - (job.submit_sent_at or job.created_at)
-                    if lost_for.total_seconds() > res.settings.submit_lost_deadline_seconds:
-                        async with res.engine.begin() as conn:
-                            await jobs.fail(
-                                conn, job,
-                                "the submit answer was lost and no matching task was found at the provider; "
-                                "the job was not sent again to avoid paying twice",
-                                reason="reconcile.lost_submit", worker=worker,
-                            )
-                        return
+                search = await self._find_lost_task(job)
+                prediction = search.match
+                lost_for = now - (job.submit_sent_at or job.created_at)
+                if prediction is None and lost_for.total_seconds() > res.settings.submit_lost_deadline_seconds:
+                    await self._give_up_or_resend(job, search)
+                    return
             else:
                 prediction = await res.wavespeed.result(job.provider_task_id)
         except ProviderError as exc:
@@ -134,19 +140,57 @@ class Reconciler:
                 return
             await jobs.reschedule(conn, job_id, worker, self._next_check(locked.attempts))
 
-    async def _find_lost_task(self, job: Any) -> dict[str, Any] | None:
+    async def _give_up_or_resend(self, job: Any, search: LostSearch) -> None:
+        """The lost submit's deadline passed with no task found. If the provider's own
+        record proves the task was never created (the request died with us before it
+        went out), send the job now: that is not a blind re-send. Otherwise fail it
+        rather than risk paying twice."""
+        worker = self.res.worker_id
+        async with self.res.engine.begin() as conn:
+            if not search.verified_absent:
+                await jobs.fail(
+                    conn, job,
+                    "the submit answer was lost and no matching task was found at the provider; "
+                    "the job was not sent again to avoid paying twice",
+                    reason="reconcile.lost_submit", worker=worker,
+                )
+                return
+            cleared = (
+                await conn.execute(
+                    update(jobs.jobs_t)
+                    .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.locked_by == worker,
+                           jobs.jobs_t.c.provider_task_id.is_(None))
+                    .values(submit_sent_at=None)
+                    .returning(jobs.jobs_t.c.id)
+                )
+            ).first()
+            if cleared is None:
+                return
+            await jobs.add_event(conn, job.id, "submit.resend", {
+                "why": "the provider's complete list of tasks since the lost submit shows none for this job"})
+        log.warning("submit.resend", job_id=job.id)
+        async with self.res.engine.connect() as conn:
+            fresh = await jobs.get_job(conn, job.id)
+        await Submitter(self.res).send(fresh)
+
+    async def _find_lost_task(self, job: Any) -> LostSearch:
         """Search the provider's recent predictions for this job's task."""
         sent = job.submit_sent_at or job.created_at
         after = (sent - SEARCH_WINDOW).isoformat()
         candidates: list[dict[str, Any]] = []
+        complete = False
+        inputs_shown = True
         for page in range(1, LIST_PAGES + 1):
             data = await self.res.wavespeed.predictions(page=page, page_size=100, model=job.model, created_after=after)
-            items = data.get("items") or []
-            candidates += [i for i in items if isinstance(i, dict) and isinstance(i.get("id"), str) and matches(job, i)]
+            items = [i for i in (data.get("items") or []) if isinstance(i, dict)]
+            inputs_shown = inputs_shown and all(isinstance(i.get("input"), dict) for i in items)
+            candidates += [i for i in items if isinstance(i.get("id"), str) and matches(job, i)]
             if len(items) < 100:
+                complete = True
                 break
         if not candidates:
-            return None
+            # Absence is proof only if we saw the whole window and could compare inputs.
+            return LostSearch(match=None, verified_absent=complete and inputs_shown)
         async with self.res.engine.connect() as conn:
             owned = {
                 r.provider_task_id
@@ -160,5 +204,5 @@ class Reconciler:
         if len(free) != 1:
             # Two identical jobs sent in the same minutes cannot be told apart: wait for
             # the webhook (it names the job in its URL) rather than guess.
-            return None
-        return free[0]
+            return LostSearch(match=None, verified_absent=False)
+        return LostSearch(match=free[0], verified_absent=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 import structlog
 from sqlalchemy import func, update
@@ -51,13 +52,16 @@ class Submitter:
             if job is None:
                 return
             await jobs.add_event(conn, job_id, "submit.answer_lost", {"why": why})
-            await jobs.transition(
+            # Give the task's own webhook a chance before searching the provider's list.
+            recover_in = min(settings.reconcile_after_seconds, 30.0)
+            moved = await jobs.transition(
                 conn, job, JobStatus.SUBMITTED, reason="submit.answer_lost", worker=self.res.worker_id,
-                # Give the task's own webhook a chance before searching the provider's list.
-                run_after_seconds=min(settings.reconcile_after_seconds, 30.0),
+                run_after_seconds=recover_in,
                 values={"submitted_at": func.now(),
                         "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
             )
+            if not moved:  # already submitted (a verified re-send): the reconciler looks again
+                await jobs.reschedule(conn, job_id, self.res.worker_id, recover_in)
         log.warning("submit.answer_lost", job_id=job_id, why=why)
 
     async def run(self, job_id: str) -> None:
@@ -70,6 +74,13 @@ class Submitter:
             # A previous attempt sent the request and then died or lost the answer.
             await self._answer_lost(job_id, "a previous submit attempt did not record its answer")
             return
+        await self.send(job)
+
+    async def send(self, job: Any) -> None:
+        """Mark the job as being sent (within the provider limits), POST it, and record
+        the outcome. The caller holds the job's lease. Used for queued jobs, and by the
+        reconciler for a submitted job whose task the provider verifiably never created."""
+        res, worker, job_id = self.res, self.res.worker_id, job.id
         async with res.engine.begin() as conn:
             verdict = await mark_submit_sent(
                 conn, job_id, worker,
@@ -124,12 +135,14 @@ class Submitter:
                         "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
             )
             if not moved:
-                # The webhook beat the answer and already moved the job on: keep its task id.
+                # The webhook beat the answer and already moved the job on, or this was a
+                # re-send of a submitted job: keep its task id, and (re-send) hand it back.
                 await conn.execute(
                     update(jobs.jobs_t)
                     .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.provider_task_id.is_(None))
-                    .values(provider_task_id=task_id)
+                    .values(provider_task_id=task_id, provider_status=prediction.get("status"))
                 )
+                await jobs.reschedule(conn, job.id, self.res.worker_id, settings.reconcile_after_seconds)
             await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
         metrics.observe_submit(job.model, job.created_at)
         log.info("submit.accepted", job_id=job.id, task_id=task_id)

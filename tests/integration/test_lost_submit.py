@@ -1,0 +1,99 @@
+"""A submit whose answer was lost is recovered, never blindly sent twice: adopted from
+the provider's list when the webhook is lost too, and sent again only when the
+provider's complete list proves the task never existed (a crash before the request
+left)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from service.jobs import new_job_id
+from service.schemas import validate_input
+from service.serverthread import ServerThread
+from tests.conftest import fresh_database, run_service, sim_config
+from tests.integration.helpers import wait_terminal
+
+
+@pytest.fixture
+def own_db(postgres_server: str) -> Iterator[str]:
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+def tasks_for(simulator_url: str, job_id: str) -> list[dict[str, object]]:
+    tasks = httpx.get(simulator_url + "/_sim/tasks", timeout=5).json()
+    return [t for t in tasks if str(t.get("webhook_url") or "").endswith("/" + job_id)]
+
+
+def events(client: httpx.Client, job_id: str) -> list[str]:
+    return [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+
+
+def test_lost_answer_and_lost_webhook_are_recovered_from_the_provider_list(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    sim_config(sim_defaults, submit_hang_rate=1.0, submit_hang_seconds=5.0, webhook_drop_rate=1.0)
+    with run_service(own_db, s3_endpoint, sim_defaults.url, wavespeed_timeout_seconds=1.0) as svc, \
+            svc.client() as client:
+        job = client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                            "input": {"prompt": "lost twice", "size": "256*256"}}).json()
+        done = wait_terminal(client, job["id"], timeout=40)
+        seen = events(client, job["id"])
+    assert done["status"] == "completed"
+    assert len(tasks_for(sim_defaults.url, job["id"])) == 1
+    assert "submit.answer_lost" in seen and "provider.task_adopted" in seen
+    assert "webhook.received" not in seen  # every webhook was dropped: the list found it
+    assert "submit.resend" not in seen
+
+
+def stage_lost_submit(database_url: str, owner: str, model: str, prompt: str, sent_ago_seconds: float) -> str:
+    """A job in the state a kill -9 between "about to send" and "answer recorded" leaves:
+    submitted, submit_sent_at set, no task id. Inserted directly, so no worker races it."""
+    job_id = new_job_id()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, owner, model, input, status, submit_sent_at, submitted_at, run_after, deadline_at) "
+            "VALUES (%s, %s, %s, %s, 'submitted', now() - make_interval(secs => %s), now(), now(), "
+            "now() + interval '30 minutes')",
+            (job_id, owner, model, Jsonb(validate_input(model, {"prompt": prompt, "size": "256*256"})),
+             sent_ago_seconds),
+        )
+    return job_id
+
+
+def test_a_submit_that_never_left_is_sent_once_after_the_list_proves_it_absent(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    with run_service(own_db, s3_endpoint, sim_defaults.url, submit_lost_deadline_seconds=1.0) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(own_db, svc.keys[key], "wavespeed-ai/flux-krea-dev-lora", "never left", 60)
+        with svc.client(key) as client:
+            done = wait_terminal(client, job_id, timeout=40)
+            seen = events(client, job_id)
+    assert done["status"] == "completed"
+    assert len(tasks_for(sim_defaults.url, job_id)) == 1
+    assert seen.count("submit.resend") == 1
+
+
+def test_when_absence_cannot_be_proved_a_lost_submit_fails_instead_of_risking_a_second_task(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    with run_service(own_db, s3_endpoint, sim_defaults.url, submit_lost_deadline_seconds=1.0) as svc:
+        key = svc.new_key()
+        with svc.client(key) as client:
+            # A completed job whose task has exactly the input of the lost one below.
+            first = client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                                  "input": {"prompt": "twin", "size": "256*256"}}).json()
+            wait_terminal(client, first["id"])
+            twin = stage_lost_submit(own_db, svc.keys[key], "wavespeed-ai/flux-dev-lora", "twin", 0)
+            done = wait_terminal(client, twin, timeout=40)
+    # The listed task matches the twin's input but belongs to the first job: nothing to
+    # adopt and no proof of absence, so the twin fails rather than being sent again.
+    assert done["status"] == "failed"
+    assert "not sent again" in done["error"]
+    assert tasks_for(sim_defaults.url, twin) == []
