@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 EXTENSIONS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}
 CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
 PROVIDER_RETENTION = dt.timedelta(days=7)
+KEEP_FOR_THUMBNAIL_BYTES = 16 * 1024 * 1024
 
 
 class Storer:
@@ -88,12 +89,13 @@ class Storer:
         res = self.res
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
+        data: bytes | None
         if source.startswith("data:"):
             content_type, data = jobs.decode_data_url(source)
             stored = await res.storage.put_bytes(self._key(job.id, output.index, content_type, fmt), data, content_type)
         else:
-            stored = await self._stream(job, output.index, source, fmt)
-        thumbnail_key = await self._thumbnail(stored)
+            stored, data = await self._stream(job, output.index, source, fmt)
+        thumbnail_key = await self._thumbnail(stored, data)
         async with res.engine.begin() as conn:
             await conn.execute(
                 update(jobs.outputs_t)
@@ -110,7 +112,10 @@ class Storer:
         ext = EXTENSIONS.get(content_type, fmt)
         return f"{self.res.settings.s3_prefix}{job_id}/{index}.{ext}"
 
-    async def _stream(self, job: Any, index: int, url: str, fmt: str) -> StoredObject:
+    async def _stream(self, job: Any, index: int, url: str, fmt: str) -> tuple[StoredObject, bytes | None]:
+        """Stream one output into S3. Also returns its bytes when its declared size is
+        at most KEEP_FOR_THUMBNAIL_BYTES (every real Flux image), so the thumbnail needs
+        no second read from S3; larger or unsized outputs are never held in memory."""
         settings = self.res.settings
         if not settings.allow_private_networks:
             problem = await check_public_url(url)
@@ -124,6 +129,9 @@ class Storer:
             header_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             content_type = header_type if header_type in EXTENSIONS else CONTENT_TYPES.get(fmt, "image/jpeg")
             limit = settings.max_output_bytes
+            expected = response.headers.get("content-length")
+            declared = int(expected) if expected and expected.isdigit() else None
+            kept = bytearray() if declared is not None and declared <= KEEP_FOR_THUMBNAIL_BYTES else None
 
             async def chunks() -> AsyncIterator[bytes]:
                 seen = 0
@@ -131,22 +139,25 @@ class Storer:
                     seen += len(chunk)
                     if seen > limit:
                         raise Retry(f"output {index} is larger than MAX_OUTPUT_BYTES ({limit})", delay=3600)
+                    if kept is not None and seen <= KEEP_FOR_THUMBNAIL_BYTES:
+                        kept.extend(chunk)
                     yield chunk
 
             stored = await self.res.storage.put_stream(self._key(job.id, index, content_type, fmt), chunks(), content_type)
-            expected = response.headers.get("content-length")
-            if expected and expected.isdigit() and int(expected) != stored.size_bytes:
-                raise Retry(f"output {index} was cut short ({stored.size_bytes} of {expected} bytes)",
+            if declared is not None and declared != stored.size_bytes:
+                raise Retry(f"output {index} was cut short ({stored.size_bytes} of {declared} bytes)",
                             delay=backoff(job.attempts))
-            return stored
+            return stored, (bytes(kept) if kept is not None and len(kept) == stored.size_bytes else None)
 
-    async def _thumbnail(self, stored: StoredObject) -> str | None:
-        """A small WebP beside the original, for the history page. Best effort: a
-        thumbnail that cannot be made never blocks completion."""
+    async def _thumbnail(self, stored: StoredObject, data: bytes | None) -> str | None:
+        """A small WebP beside the original, for the history page, from the bytes we
+        already hold or else read back from S3. Best effort: a thumbnail that cannot be
+        made never blocks completion."""
         if stored.size_bytes > 40 * 1024 * 1024:
             return None
         try:
-            data = await self.res.storage.get_bytes(stored.key)
+            if data is None:
+                data = await self.res.storage.get_bytes(stored.key)
             thumb = await make_thumbnail(data)
         except Exception as exc:
             log.warning("thumbnail.failed", key=stored.key, error=type(exc).__name__)

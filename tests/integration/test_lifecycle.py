@@ -43,6 +43,9 @@ def test_job_completes_with_every_output_in_s3(
             assert image.size == (width, height)
         # The presigned URL serves the same bytes.
         assert httpx.get(output["url"]).content == data
+        # A thumbnail beside it, at most 256 px, made once at store time.
+        with Image.open(io.BytesIO(httpx.get(output["thumbnail_url"]).content)) as thumb:
+            assert thumb.format == "WEBP" and max(thumb.size) == 256
     assert Decimal(done["cost_usd"]) == Decimal("0.015") * count
     assert done["provider"]["task_id"]
     assert done["completed_at"] and done["submitted_at"]
