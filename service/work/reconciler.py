@@ -31,8 +31,12 @@ from service.work.submitter import Submitter, backoff
 
 log = structlog.get_logger(__name__)
 
-SEARCH_WINDOW = dt.timedelta(minutes=5)
-LIST_PAGES = 5
+# A lost task was created between our "about to send" mark and the request's timeout;
+# the margins cover clock skew between us and the provider. A narrow window keeps the
+# listing short enough to be read completely even on a busy account.
+SEARCH_BEFORE = dt.timedelta(minutes=1)
+SEARCH_AFTER = dt.timedelta(minutes=3)
+LIST_PAGES = 20
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -51,7 +55,7 @@ def matches(job: Any, item: dict[str, Any]) -> bool:
         return False
     created = _parse_time(item.get("created_at"))
     sent = job.submit_sent_at
-    if created is None or sent is None or not (sent - SEARCH_WINDOW <= created <= sent + SEARCH_WINDOW):
+    if created is None or sent is None or not (sent - SEARCH_BEFORE <= created <= sent + SEARCH_AFTER):
         return False
     item_input = item.get("input")
     if isinstance(item_input, dict):
@@ -176,12 +180,15 @@ class Reconciler:
     async def _find_lost_task(self, job: Any) -> LostSearch:
         """Search the provider's recent predictions for this job's task."""
         sent = job.submit_sent_at or job.created_at
-        after = (sent - SEARCH_WINDOW).isoformat()
+        after = (sent - SEARCH_BEFORE).isoformat()
+        before = (sent + SEARCH_AFTER).isoformat()
         candidates: list[dict[str, Any]] = []
         complete = False
         inputs_shown = True
         for page in range(1, LIST_PAGES + 1):
-            data = await self.res.wavespeed.predictions(page=page, page_size=100, model=job.model, created_after=after)
+            data = await self.res.wavespeed.predictions(
+                page=page, page_size=100, model=job.model, created_after=after, created_before=before
+            )
             items = [i for i in (data.get("items") or []) if isinstance(i, dict)]
             inputs_shown = inputs_shown and all(isinstance(i.get("input"), dict) for i in items)
             candidates += [i for i in items if isinstance(i.get("id"), str) and matches(job, i)]

@@ -26,6 +26,9 @@ from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 log = structlog.get_logger(__name__)
 
 
+SUBMIT_BACKOFF_CAP = 120.0  # a provider outage is retried at least every two minutes
+
+
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter (attempt 1 → up to ``base`` seconds)."""
     return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** max(0, attempt - 1))
@@ -116,10 +119,13 @@ class Submitter:
                                 worker=worker)
                 log.info("submit.rejected", job_id=job.id, http_status=exc.http_status)
                 return
-            delay = exc.retry_after if exc.retry_after is not None else backoff(job.attempts)
+            told_when = exc.retry_after is not None
+            delay = exc.retry_after if exc.retry_after is not None else backoff(job.attempts, cap=SUBMIT_BACKOFF_CAP)
             await jobs.add_event(conn, job.id, "submit.retry",
                                  {"http_status": exc.http_status, "error": exc.message, "retry_in": round(delay, 2)})
-            await jobs.reschedule(conn, job.id, worker, delay)
+            # A refusal that says when to come back (429 + Retry-After) is waiting our
+            # turn, not a failure: it must not grow the backoff of later 5xx retries.
+            await jobs.reschedule(conn, job.id, worker, delay, was_attempt=not told_when)
         log.info("submit.retry", job_id=job.id, http_status=exc.http_status, delay=round(delay, 2))
 
     async def _accepted(self, job: jobs.Row, prediction: dict) -> None:  # type: ignore[name-defined,type-arg]

@@ -15,7 +15,9 @@ from psycopg.types.json import Jsonb
 from service.jobs import new_job_id
 from service.schemas import validate_input
 from service.serverthread import ServerThread
-from tests.conftest import fresh_database, run_service, sim_config
+from service.simulator.app import create_simulator_app
+from service.simulator.config import SimulatorConfig
+from tests.conftest import SIM_SECRET, fresh_database, run_service, sim_config
 from tests.integration.helpers import wait_terminal
 
 
@@ -23,6 +25,14 @@ from tests.integration.helpers import wait_terminal
 def own_db(postgres_server: str) -> Iterator[str]:
     with fresh_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture
+def own_sim() -> Iterator[ServerThread]:
+    """A provider of its own: what its task list shows is this test's doing alone."""
+    config = SimulatorConfig(completion_delay=0.3, processing_delay=0.05, webhook_secret=SIM_SECRET, seed=11)
+    with ServerThread(create_simulator_app(config)) as server:
+        yield server
 
 
 def tasks_for(simulator_url: str, job_id: str) -> list[dict[str, object]]:
@@ -35,17 +45,17 @@ def events(client: httpx.Client, job_id: str) -> list[str]:
 
 
 def test_lost_answer_and_lost_webhook_are_recovered_from_the_provider_list(
-    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+    own_db: str, s3_endpoint: str, own_sim: ServerThread
 ) -> None:
-    sim_config(sim_defaults, submit_hang_rate=1.0, submit_hang_seconds=5.0, webhook_drop_rate=1.0)
-    with run_service(own_db, s3_endpoint, sim_defaults.url, wavespeed_timeout_seconds=1.0) as svc, \
+    sim_config(own_sim, submit_hang_rate=1.0, submit_hang_seconds=5.0, webhook_drop_rate=1.0)
+    with run_service(own_db, s3_endpoint, own_sim.url, wavespeed_timeout_seconds=1.0) as svc, \
             svc.client() as client:
         job = client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
                                             "input": {"prompt": "lost twice", "size": "256*256"}}).json()
         done = wait_terminal(client, job["id"], timeout=40)
         seen = events(client, job["id"])
     assert done["status"] == "completed"
-    assert len(tasks_for(sim_defaults.url, job["id"])) == 1
+    assert len(tasks_for(own_sim.url, job["id"])) == 1
     assert "submit.answer_lost" in seen and "provider.task_adopted" in seen
     assert "webhook.received" not in seen  # every webhook was dropped: the list found it
     assert "submit.resend" not in seen
@@ -67,23 +77,23 @@ def stage_lost_submit(database_url: str, owner: str, model: str, prompt: str, se
 
 
 def test_a_submit_that_never_left_is_sent_once_after_the_list_proves_it_absent(
-    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+    own_db: str, s3_endpoint: str, own_sim: ServerThread
 ) -> None:
-    with run_service(own_db, s3_endpoint, sim_defaults.url, submit_lost_deadline_seconds=1.0) as svc:
+    with run_service(own_db, s3_endpoint, own_sim.url, submit_lost_deadline_seconds=1.0) as svc:
         key = svc.new_key()
         job_id = stage_lost_submit(own_db, svc.keys[key], "wavespeed-ai/flux-krea-dev-lora", "never left", 60)
         with svc.client(key) as client:
             done = wait_terminal(client, job_id, timeout=40)
             seen = events(client, job_id)
     assert done["status"] == "completed"
-    assert len(tasks_for(sim_defaults.url, job_id)) == 1
+    assert len(tasks_for(own_sim.url, job_id)) == 1
     assert seen.count("submit.resend") == 1
 
 
 def test_when_absence_cannot_be_proved_a_lost_submit_fails_instead_of_risking_a_second_task(
-    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+    own_db: str, s3_endpoint: str, own_sim: ServerThread
 ) -> None:
-    with run_service(own_db, s3_endpoint, sim_defaults.url, submit_lost_deadline_seconds=1.0) as svc:
+    with run_service(own_db, s3_endpoint, own_sim.url, submit_lost_deadline_seconds=1.0) as svc:
         key = svc.new_key()
         with svc.client(key) as client:
             # A completed job whose task has exactly the input of the lost one below.
@@ -96,4 +106,4 @@ def test_when_absence_cannot_be_proved_a_lost_submit_fails_instead_of_risking_a_
     # adopt and no proof of absence, so the twin fails rather than being sent again.
     assert done["status"] == "failed"
     assert "not sent again" in done["error"]
-    assert tasks_for(sim_defaults.url, twin) == []
+    assert tasks_for(own_sim.url, twin) == []
