@@ -84,3 +84,23 @@ def test_waiting_for_the_throttle_does_not_count_as_failed_attempts(
         assert len(waiting) == 1, "one job should be waiting for the in-flight slot"
         assert waiting[0][0] <= 1
         assert all(wait_terminal(client, i)["status"] == "completed" for i in ids)
+
+
+def test_429_with_retry_after_is_waiting_not_a_failed_attempt(
+    own_db: str, s3_endpoint: str, sim_defaults: ServerThread
+) -> None:
+    """Refusals that say when to come back must not grow the backoff of a later 5xx."""
+    sim_config(sim_defaults, submit_429_rate=1.0, retry_after_seconds=1)
+    with run_service(own_db, s3_endpoint, sim_defaults.url) as svc, svc.client() as client:
+        job = client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                            "input": {"prompt": "patient", "size": "256*256"}}).json()
+        time.sleep(3.5)  # about three refusals, each with Retry-After: 1
+        with psycopg.connect(own_db, autocommit=True) as conn:
+            attempts, retries = conn.execute(
+                "SELECT attempts, (SELECT count(*) FROM job_events WHERE job_id = jobs.id AND type = 'submit.retry') "
+                "FROM jobs WHERE id = %s", (job["id"],)).fetchone() or (None, None)
+        sim_config(sim_defaults, submit_429_rate=0.0)
+        done = wait_terminal(client, job["id"])
+    assert retries is not None and retries >= 2
+    assert attempts is not None and attempts <= 1
+    assert done["status"] == "completed"
