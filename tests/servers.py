@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +30,27 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.serverthread import ServerThread
+
+R = TypeVar("R")
+
+
+def wait_for_requests(
+    cond: threading.Condition, requests: list[R], count: int, timeout: float,
+    predicate: Callable[[R], bool] | None = None,
+) -> list[R]:
+    """Block on ``cond`` until ``requests`` holds ``count`` matching entries; return the
+    matching ones. Raises TimeoutError saying how many arrived, so a failing test
+    explains itself. Shared by every recording endpoint the tests run."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            matching = [r for r in requests if predicate is None or predicate(r)]
+            if len(matching) >= count:
+                return matching
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"expected {count} request(s), got {len(matching)} in {timeout} s")
+            cond.wait(left)
 
 
 @dataclass
@@ -118,16 +139,7 @@ class WebhookCatcher:
 
         Raises TimeoutError saying how many did arrive, so a failing test explains itself.
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                matching = [r for r in self.requests if predicate is None or predicate(r)]
-                if len(matching) >= count:
-                    return matching
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"expected {count} request(s), got {len(matching)} in {timeout} s")
-                self._cond.wait(left)
+        return wait_for_requests(self._cond, self.requests, count, timeout, predicate)
 
     def answer_next(self, statuses: Iterable[int]) -> None:
         with self._cond:

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from service.serverthread import ServerThread
 from tests.conftest import BUCKET, Service, fresh_database, run_service
 from tests.integration.helpers import eventually, s3_object, sha256, submit, wait_terminal
+from tests.servers import wait_for_requests
 
 SCHEDULE = [0.0, 0.2, 0.3, 0.4, 0.5]  # five attempts, fast
 CALLBACK_TIMEOUT = 4.0
@@ -94,16 +95,7 @@ class Endpoint:
 
     def wait_for(self, count: int, timeout: float = 15.0,
                  predicate: Callable[[Received], bool] | None = None) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                matching = [r for r in self.requests if predicate is None or predicate(r)]
-                if len(matching) >= count:
-                    return matching
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"expected {count} request(s), got {len(matching)} in {timeout} s")
-                self._cond.wait(left)
+        return wait_for_requests(self._cond, self.requests, count, timeout, predicate)
 
     def __enter__(self) -> Self:
         self._server = ServerThread(self.app()).start()
