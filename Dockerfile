@@ -13,7 +13,7 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home /app app
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
-# Migrations run from the working directory (service/db.py looks here in an image).
+# Migrations run from the working directory (service/db/engine.py looks here in an image).
 COPY alembic.ini ./
 COPY migrations ./migrations
 USER app

@@ -10,8 +10,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db import async_url
-from service.models import Base
+from service.db.engine import async_url
+from service.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,16 +17,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service import db, logs, webhook_store
-from service.api import dashboard, errors, facade, health, jobs, metrics, openapi, webhooks
+from service.api import dashboard, facade, health, webhooks
+from service.api import error_responses as errors
+from service.api import job_routes as jobs
+from service.api import metrics_route as metrics
+from service.api import openapi_route as openapi
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
-from service.errors import ConfigError
-from service.models import ServiceSecret, table
-from service.notifications import Notifications
+from service.db import engine as db
+from service.db import webhook_store
+from service.db.listen import Notifications
+from service.db.models import ServiceSecret, table
+from service.domain.errors import ConfigError
+from service.domain.signing import generate_standard_secret, standard_key
+from service.observability import logs
 from service.resources import Resources
 from service.settings import Settings
-from service.signing import generate_standard_secret, standard_key
 from service.work.runner import Runner, new_worker_id
 
 log = structlog.get_logger(__name__)
@@ -57,12 +63,12 @@ async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
 
 
 def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
-    from service.work.notifier import Notifier
+    from service.work.deliverer import Deliverer
     from service.work.reconciler import Reconciler
     from service.work.storer import Storer
     from service.work.submitter import Submitter
 
-    return [Submitter(res), Storer(res), Reconciler(res), Notifier(res)]
+    return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res)]
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from service.errors import ConfigError
+from service.domain.errors import ConfigError
 from service.settings import Settings
 
 
@@ -28,7 +28,7 @@ def _settings() -> Settings:
 
 
 def _configure_logs(settings: Settings) -> None:
-    from service.logs import configure
+    from service.observability.logs import configure
 
     configure(settings.log_level, settings.effective_log_format)
 
@@ -40,7 +40,7 @@ def _require_database(settings: Settings) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from service.db import migrate
+    from service.db.engine import migrate
 
     migrate(_require_database(_settings()))
     print("database is at the latest revision")
@@ -48,7 +48,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from service.keys import create_key_blocking
+    from service.db.keys import create_key_blocking
 
     key = create_key_blocking(_require_database(_settings()), args.owner)
     print(key)
@@ -60,7 +60,7 @@ def cmd_callback_secret(args: argparse.Namespace) -> int:
     """Print the secret backends verify callbacks with (configured, or generated once
     and stored in the database)."""
     from service.app import callback_secret
-    from service.db import create_engine
+    from service.db.engine import create_engine
 
     settings = _settings()
     url = _require_database(settings)
@@ -140,8 +140,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from service.simulator.app import run
-    from service.simulator.config import SimulatorConfig
+    from devtools.simulator.app import run
+    from devtools.simulator.config import SimulatorConfig
 
     config = SimulatorConfig.from_args(args, base=SimulatorConfig.from_env(os.environ))
     run(config, host=args.host, port=args.port)
@@ -168,12 +168,12 @@ def _demo(base_url: str, api_key: str) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     import threading
 
+    from devtools.devstack import dev_stack
+    from devtools.serverthread import ServerThread
     from service.app import create_app
-    from service.db import migrate
-    from service.devstack import dev_stack
-    from service.keys import create_key_blocking
-    from service.logs import configure
-    from service.serverthread import ServerThread
+    from service.db.engine import migrate
+    from service.db.keys import create_key_blocking
+    from service.observability.logs import configure
 
     data_dir = Path(args.data_dir).resolve()
     print(f"starting the dev stack (data under {data_dir}) …", file=sys.stderr)
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret = sub.add_parser("callback-secret", help="print the secret backends verify callbacks with")
     secret.set_defaults(func=cmd_callback_secret)
 
-    from service.simulator.config import SimulatorConfig
+    from devtools.simulator.config import SimulatorConfig
 
     simulator = sub.add_parser("simulator", help="the WaveSpeed simulator alone")
     SimulatorConfig.add_arguments(simulator, listen=True)

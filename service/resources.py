@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
-from service.notifications import Notifications
+from service.db.listen import Notifications
 from service.settings import Settings
 
 

@@ -22,14 +22,14 @@ import httpx
 import psycopg
 import pytest
 
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_postgres, embedded_s3, free_port
+from devtools.serverthread import ServerThread
+from devtools.simulator.app import create_simulator_app
+from devtools.simulator.config import SimulatorConfig
 from service.app import create_app
-from service.db import migrate
-from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_postgres, embedded_s3, free_port
-from service.keys import create_key_blocking
-from service.serverthread import ServerThread
+from service.db.engine import migrate
+from service.db.keys import create_key_blocking
 from service.settings import Settings
-from service.simulator.app import create_simulator_app
-from service.simulator.config import SimulatorConfig
 
 SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SIM_SECRET = "whsec_simulator_0123456789abcdef"

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 
 R = TypeVar("R")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service import sessions
-from service.errors import Unauthorized
-from service.keys import owner_for
+from service.db import dashboard_sessions as sessions
+from service.db.keys import owner_for
+from service.domain.errors import Unauthorized
 from service.resources import Resources
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.errors import PayloadTooLarge
+from service.domain.errors import PayloadTooLarge
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

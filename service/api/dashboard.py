@@ -29,17 +29,18 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service import jobs, sessions
 from service.api.auth import resources
-from service.errors import FieldError, PayloadTooLarge, ServiceError, Unauthorized, ValidationFailed
-from service.history import MAX_LIMIT, list_jobs, parse_filter
-from service.models import Delivery, Job, JobEvent, table
+from service.db import dashboard_sessions as sessions
+from service.db import jobs
+from service.db.history import MAX_LIMIT, list_jobs, parse_filter
+from service.db.models import Delivery, Job, JobEvent, table
+from service.domain.errors import FieldError, PayloadTooLarge, ServiceError, Unauthorized, ValidationFailed
+from service.domain.schemas import MODELS
+from service.domain.serialize import iso, job_dict
+from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
-from service.schemas import MODELS
-from service.serialize import iso, job_dict
-from service.states import TERMINAL, JobStatus
 
-PACKAGE = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent.parent  # service/
 CSRF_COOKIE = "wsj_csrf"
 MAX_FORM_BYTES = 16 * 1024
 events_t = table(JobEvent)

@@ -23,13 +23,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.auth import authenticate, resources
-from service.api.errors import job_fields
-from service.api.jobs import read_json, render, submit_job, wait_terminal
-from service.disconnect import unless_disconnected
-from service.errors import ServiceError, ValidationFailed
+from service.api.disconnect import unless_disconnected
+from service.api.error_responses import job_fields
+from service.api.job_routes import read_json, render, submit_job, wait_terminal
+from service.domain.errors import ServiceError, ValidationFailed
+from service.domain.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA, MODELS
+from service.domain.states import TERMINAL, JobStatus, wavespeed_status
 from service.resources import Resources
-from service.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA, MODELS
-from service.states import TERMINAL, JobStatus, wavespeed_status
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

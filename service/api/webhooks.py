@@ -22,12 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import jobs, logs, metrics, queries
 from service.api.auth import resources
 from service.api.body import read_capped
-from service.errors import BadRequest, Conflict, SignatureInvalid
-from service.signing import verify_wavespeed
-from service.webhook_store import WebhookStore, final_news
+from service.db import jobs, queries
+from service.db.webhook_store import WebhookStore, final_news
+from service.domain.errors import BadRequest, Conflict, SignatureInvalid
+from service.domain.signing import verify_wavespeed
+from service.observability import logs, metrics
 
 log = structlog.get_logger(__name__)
 

@@ -5,7 +5,7 @@ write and read timeouts plus an overall deadline (a server that trickles its ans
 byte at a time cannot hold a delivery slot), no redirects followed (a 3xx is a failed
 attempt, not an invitation to post the signed body somewhere else), and at most
 ``ANSWER_CAP`` bytes of the answer read. Nothing here raises for a bad endpoint: every
-outcome comes back as an ``Attempt`` for the notifier to record.
+outcome comes back as an ``Attempt`` for the deliverer to record.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.signing import standard_signature
+from service.domain.signing import standard_signature
 
 # Enough to show a backend's error message in the job's events, small enough that a
 # hostile endpoint answering gigabytes costs us nothing.

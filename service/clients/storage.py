@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from service.errors import ServiceError
+from service.domain.errors import ServiceError
 
 PRESIGN_CACHE_SIZE = 50_000
 

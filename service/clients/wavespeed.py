@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import httpx
 
-from service import metrics
-from service.errors import ProviderError, SubmitOutcomeUnknown
+from service.domain.errors import ProviderError, SubmitOutcomeUnknown
+from service.observability import metrics
 
 # Errors raised before any byte of the request could reach the provider.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)

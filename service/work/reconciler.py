@@ -21,11 +21,12 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
-from service import jobs, logs
-from service.errors import Conflict, ProviderError
+from service.db import jobs
+from service.domain.errors import Conflict, ProviderError
+from service.domain.schemas import upstream_body
+from service.domain.states import JobStatus
+from service.observability import logs
 from service.resources import Resources
-from service.schemas import upstream_body
-from service.states import JobStatus
 from service.work.runner import claim_jobs
 from service.work.submitter import Submitter, backoff
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from service import queries
+from service.db import queries
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)

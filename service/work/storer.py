@@ -17,16 +17,17 @@ import httpx
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, logs, metrics
+from service.clients.egress import check_public_url
 from service.clients.storage import StorageError, StoredObject
-from service.errors import Retry
-from service.netguard import check_public_url
+from service.db import jobs
+from service.domain.errors import Retry
+from service.domain.schemas import output_count
+from service.domain.states import JobStatus
+from service.observability import logs, metrics
 from service.resources import Resources
-from service.schemas import output_count
-from service.states import JobStatus
-from service.thumbnails import make_thumbnail
 from service.work.runner import claim_jobs
 from service.work.submitter import backoff
+from service.work.thumbnails import make_thumbnail
 
 log = structlog.get_logger(__name__)
 

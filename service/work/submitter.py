@@ -15,11 +15,12 @@ from typing import Any
 import structlog
 from sqlalchemy import func, update
 
-from service import jobs, logs, metrics
-from service.errors import ProviderError, SubmitOutcomeUnknown
+from service.db import jobs
+from service.domain.errors import ProviderError, SubmitOutcomeUnknown
+from service.domain.schemas import upstream_body
+from service.domain.states import JobStatus
+from service.observability import logs, metrics
 from service.resources import Resources
-from service.schemas import upstream_body
-from service.states import JobStatus
 from service.work.runner import claim_jobs
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 

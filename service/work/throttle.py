@@ -12,7 +12,7 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import queries
+from service.db import queries
 
 THROTTLE_RECHECK_SECONDS = 1.0
 _LOCK_KEY = 0x7773_6A01  # arbitrary, constant: "wsj" submit throttle

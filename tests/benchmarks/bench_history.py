@@ -12,7 +12,7 @@ on a page 10,000 rows deep through the cursor.
    env: prod 95 % / staging 5 %; tenant: 50 values; campaign: on 30 % of jobs, 200
    skewed values). Every completed job of the owner has a stored output. Then
    ``alembic upgrade head`` (so new index revisions are measured too) and ANALYZE.
-2. For each shape, the exact statement ``service.history`` builds (the API's own query):
+2. For each shape, the exact statement ``service.db.history`` builds (the API's own query):
    the plan's index use (EXPLAIN), then ``--runs`` timings of planning + execution as
    the server reports them (EXPLAIN ANALYZE), of ``list_jobs`` from Python (the query
    with its round trip and row decoding), and of the whole ``GET /v1/jobs`` through the
@@ -51,8 +51,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from service.db import create_engine, migrate
-from service.history import HistoryFilter, encode_cursor, list_jobs, page_query, parse_filter
+from service.db.engine import create_engine, migrate
+from service.db.history import HistoryFilter, encode_cursor, list_jobs, page_query, parse_filter
 
 POSTGRES = os.environ.get(
     "BENCH_POSTGRES_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -397,9 +397,9 @@ def _query_string(case: Case) -> list[tuple[str, str | int | float | bool | None
 
 def measure_api(url: str, cases: list[Case], runs: int) -> None:
     """The whole ``GET /v1/jobs`` through the real app (no workers) under uvicorn."""
+    from devtools.serverthread import ServerThread
     from service.app import create_app
-    from service.keys import create_key_blocking
-    from service.serverthread import ServerThread
+    from service.db.keys import create_key_blocking
     from service.settings import Settings
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")

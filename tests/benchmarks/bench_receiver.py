@@ -38,8 +38,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # comes with the dev extra
 
-from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, free_port
-from service.signing import wavespeed_signature
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, free_port
+from service.domain.signing import wavespeed_signature
 from tests.benchmarks import database, loadgen, procs, wrk
 
 SECRET = "whsec_bench_receiver_0123456789abcdef"

@@ -18,11 +18,11 @@ from pathlib import Path
 import boto3
 import httpx
 
+from devtools.devstack import dev_stack, free_port
+from devtools.serverthread import ServerThread
 from service.app import create_app
-from service.db import migrate
-from service.devstack import dev_stack, free_port
-from service.logs import configure
-from service.serverthread import ServerThread
+from service.db.engine import migrate
+from service.observability.logs import configure
 from service.settings import Settings
 from tests.integration.audit import audit, submit_many, wait_all_terminal, wait_callbacks
 from tests.servers import WebhookCatcher

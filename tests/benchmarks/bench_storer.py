@@ -36,7 +36,7 @@ from typing import Any
 import boto3
 import httpx
 
-from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, embedded_simulator
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, embedded_simulator
 from tests.benchmarks import database, procs
 
 BUCKET = "wavespeed-jobs-bench"

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from service.db import migrate
+from service.db.engine import migrate
 
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))

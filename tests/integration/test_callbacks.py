@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 from tests.conftest import BUCKET, Service, fresh_database, run_service
 from tests.integration.helpers import eventually, s3_object, sha256, submit, wait_terminal
 from tests.servers import wait_for_requests
@@ -321,7 +321,7 @@ def test_a_hanging_endpoint_does_not_delay_a_healthy_one_and_its_timeout_is_retr
 
 
 def test_connection_refused_is_retried_then_failed(api: httpx.Client) -> None:
-    from service.devstack import free_port
+    from devtools.devstack import free_port
 
     closed = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     job = ended_job(api, closed)

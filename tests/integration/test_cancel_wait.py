@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 from tests.conftest import Service, fresh_database, run_service, sim_config
 from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
 from tests.servers import WebhookCatcher

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from service.keys import hash_key
+from service.db.keys import hash_key
 from tests.conftest import fresh_database
 
 

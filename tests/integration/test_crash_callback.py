@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.devstack import free_port
-from service.keys import create_key_blocking
-from service.serverthread import ServerThread
+from devtools.devstack import free_port
+from devtools.serverthread import ServerThread
+from service.db.keys import create_key_blocking
 from tests.conftest import fresh_database, make_settings
 from tests.integration.helpers import TERMINAL, eventually
 from tests.processes import ServiceProcess

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 from tests.conftest import sim_config
 from tests.integration.helpers import eventually, submit, wait_terminal
 from tests.servers import WebhookCatcher

@@ -15,7 +15,7 @@ import pytest
 import standardwebhooks
 import wavespeed  # type: ignore[import-untyped]  # the SDK ships no type information
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 from tests.conftest import BUCKET, Service, run_service, sim_config
 from tests.integration.helpers import eventually, s3_object, sha256
 from tests.servers import WebhookCatcher

@@ -16,10 +16,10 @@ import httpx
 import psycopg
 import pytest
 
-from service.db import migrate
-from service.devstack import embedded_postgres, free_port
-from service.keys import create_key_blocking
-from service.serverthread import ServerThread
+from devtools.devstack import embedded_postgres, free_port
+from devtools.serverthread import ServerThread
+from service.db.engine import migrate
+from service.db.keys import create_key_blocking
 from tests.conftest import BUCKET, fresh_database, make_settings, run_service, sim_config
 from tests.integration.audit import audit, submit_many, wait_all_terminal, wait_callbacks
 from tests.processes import ServiceProcess

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from service.history import encode_cursor
+from service.db.history import encode_cursor
 from tests.conftest import Service
 
 DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"
@@ -56,7 +56,7 @@ def newest_first(rows: list[Row]) -> list[str]:
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def ids(client: httpx.Client, params: Any) -> list[str]:

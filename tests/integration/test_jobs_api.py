@@ -14,14 +14,14 @@ import httpx
 import psycopg
 import pytest
 
-from service.api.jobs import MAX_BODY_BYTES
+from service.api.job_routes import MAX_BODY_BYTES
 from tests.conftest import Service, run_service
 
 DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def job_rows(sql: psycopg.Connection[Any], owner: str) -> int:

@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 
-from service.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
-from service.keys import create_key_blocking
-from service.serverthread import ServerThread
-from service.signing import generate_standard_secret, wavespeed_signature
-from service.simulator.app import create_simulator_app
-from service.simulator.config import SimulatorConfig
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
+from devtools.serverthread import ServerThread
+from devtools.simulator.app import create_simulator_app
+from devtools.simulator.config import SimulatorConfig
+from service.db.keys import create_key_blocking
+from service.domain.signing import generate_standard_secret, wavespeed_signature
 from tests.benchmarks import procs
 from tests.conftest import BUCKET, FAST_SETTINGS, fresh_database
 from tests.integration.helpers import eventually

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from service.jobs import new_job_id
-from service.schemas import validate_input
-from service.serverthread import ServerThread
-from service.simulator.app import create_simulator_app
-from service.simulator.config import SimulatorConfig
+from devtools.serverthread import ServerThread
+from devtools.simulator.app import create_simulator_app
+from devtools.simulator.config import SimulatorConfig
+from service.db.jobs import new_job_id
+from service.domain.schemas import validate_input
 from tests.conftest import SIM_SECRET, fresh_database, run_service, sim_config
 from tests.integration.helpers import wait_terminal
 

@@ -20,9 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
-from service import metrics
-from service.db import create_engine
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
+from service.db.engine import create_engine
+from service.observability import metrics
 from tests.conftest import Service, fresh_database, run_service, sim_config
 from tests.integration.helpers import eventually, submit, wait_terminal
 from tests.servers import WebhookCatcher

@@ -21,11 +21,11 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from service import openapi
+from devtools.serverthread import ServerThread
+from service.api import openapi_doc as openapi
 from service.app import routes
-from service.errors import ValidationFailed
-from service.schemas import validate_job_create
-from service.serverthread import ServerThread
+from service.domain.errors import ValidationFailed
+from service.domain.schemas import validate_job_create
 from tests.conftest import Service, fresh_database, run_service
 
 ST = Path(sys.executable).with_name("st")

@@ -28,9 +28,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from service.api.webhooks import record
-from service.db import create_engine
+from service.db.engine import create_engine
+from service.db.webhook_store import final_news, open_store
 from service.settings import Settings
-from service.webhook_store import final_news, open_store
 from tests.conftest import fresh_database
 
 SEEDED_AT = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
@@ -207,8 +207,8 @@ async def _listen_while(database_url: str, sends: list[tuple[str, str, dict[str,
     """Record what arrives on the service's channels while ``sends`` go through the fast path."""
     import asyncpg
 
-    from service.db import asyncpg_dsn
-    from service.queries import CHANNEL_DONE, CHANNEL_WORK
+    from service.db.engine import asyncpg_dsn
+    from service.db.queries import CHANNEL_DONE, CHANNEL_WORK
 
     heard: list[tuple[str, str]] = []
     listener = await asyncpg.connect(asyncpg_dsn(database_url))

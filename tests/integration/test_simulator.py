@@ -13,11 +13,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.errors import SignatureInvalid
-from service.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA
-from service.signing import verify_wavespeed
-from service.simulator.app import create_simulator_app
-from service.simulator.config import SimulatorConfig
+from devtools.simulator.app import create_simulator_app
+from devtools.simulator.config import SimulatorConfig
+from service.domain.errors import SignatureInvalid
+from service.domain.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA
+from service.domain.signing import verify_wavespeed
 from tests.servers import CaughtRequest, ServerThread, WebhookCatcher
 
 CONFIG = SimulatorConfig(

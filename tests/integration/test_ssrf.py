@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.devstack import DevStack
-from service.serverthread import ServerThread
+from devtools.devstack import DevStack
+from devtools.serverthread import ServerThread
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
 from tests.servers import WebhookCatcher

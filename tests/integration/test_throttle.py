@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from service.serverthread import ServerThread
+from devtools.serverthread import ServerThread
 from tests.conftest import fresh_database, run_service, sim_config
 from tests.integration.helpers import wait_terminal
 

@@ -22,7 +22,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from service.signing import wavespeed_signature
+from service.domain.signing import wavespeed_signature
 from tests.conftest import BUCKET, SIM_SECRET, Service, sim_config
 from tests.integration.helpers import eventually, s3_object, sha256, submit, wait_terminal
 
@@ -34,7 +34,7 @@ INPUT = {"prompt": "a red fox", "size": "256*256", "num_images": 2, "output_form
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def submitted_job(sql: psycopg.Connection[Any], owner: str, task_id: str | None = None) -> str:

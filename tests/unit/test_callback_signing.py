@@ -18,8 +18,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.clients.callbacks import Attempt, parse_retry_after, signed_headers
-from service.signing import generate_standard_secret, standard_signature
-from service.work.notifier import JITTER, RETRY_AFTER_CAP, next_delay, outcome_of
+from service.domain.signing import generate_standard_secret, standard_signature
+from service.work.deliverer import JITTER, RETRY_AFTER_CAP, next_delay, outcome_of
 
 # The Standard Webhooks specification's test vector.
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

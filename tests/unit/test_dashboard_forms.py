@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from service.api.dashboard import _datetime_input, _duration, _size, history_params, safe_next
-from service.errors import FieldError
-from service.sessions import form_token, tokens_match
+from service.db.dashboard_sessions import form_token, tokens_match
+from service.domain.errors import FieldError
 
 
 @pytest.mark.parametrize(

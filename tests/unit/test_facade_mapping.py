@@ -17,7 +17,7 @@ from service.api.facade import (
     sync_timed_out,
     wavespeed_loc,
 )
-from service.errors import (
+from service.domain.errors import (
     BadRequest,
     Conflict,
     FieldError,
@@ -26,7 +26,7 @@ from service.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from service.states import JobStatus
+from service.domain.states import JobStatus
 
 RESULT_URL = "http://svc.test/api/v3/predictions/job_1/result"
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from service.errors import ValidationFailed
-from service.history import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor, parse_filter
+from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor, parse_filter
+from service.domain.errors import ValidationFailed
 
 UTC = dt.UTC
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from service import logs
+from service.observability import logs
 
 API_KEY = "wsj_" + "Q" * 43
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTAxMjM0NTY3"

@@ -8,8 +8,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from service import openapi
-from service.schemas import SIZE_MAX, SIZE_MIN, FluxDevLoraInput
+from service.api import openapi_doc as openapi
+from service.domain.schemas import SIZE_MAX, SIZE_MIN, FluxDevLoraInput
 
 
 def test_size_side_pattern_is_exactly_the_allowed_range() -> None:

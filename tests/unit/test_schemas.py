@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import ValidationFailed
-from service.schemas import (
+from service.domain.errors import ValidationFailed
+from service.domain.schemas import (
     FLUX_DEV_LORA,
     FLUX_KREA_DEV_LORA,
     MAX_PROMPT_LENGTH,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from service.errors import SignatureInvalid
-from service.signing import (
+from service.domain.errors import SignatureInvalid
+from service.domain.signing import (
     WAVESPEED_TOLERANCE_SECONDS,
     generate_standard_secret,
     standard_key,

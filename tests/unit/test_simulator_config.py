@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from service.simulator.config import SimulatorConfig
+from devtools.simulator.config import SimulatorConfig
 
 
 def test_defaults() -> None:
@@ -133,7 +133,7 @@ def test_updated_rejects_bad_changes(changes: dict[str, object]) -> None:
 
 
 def test_cli_parse_layers_flags_over_env_over_defaults() -> None:
-    from service.simulator.cli import parse
+    from devtools.simulator.cli import parse
 
     config, host, port = parse(
         ["--port", "9100", "--completion-delay", "0.2"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.simulator.state import Dice
+from devtools.simulator.state import Dice
 
 
 def test_rate_zero_never_fires_and_one_always_fires() -> None:

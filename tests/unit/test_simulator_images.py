@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from service.simulator.images import FORMATS, ImageCache, ImageSpec, content_type, parse_size, render
+from devtools.simulator.images import FORMATS, ImageCache, ImageSpec, content_type, parse_size, render
 
 PIL_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 

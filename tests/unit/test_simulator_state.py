@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from service.errors import SignatureInvalid
-from service.signing import verify_wavespeed
-from service.simulator.api import InvalidField, parse_history_query
-from service.simulator.state import COMPLETED, FAILED, PROCESSING, SimTask, iso
-from service.simulator.webhooks import WRONG_SECRET, encode, signed_headers
+from devtools.simulator.api import InvalidField, parse_history_query
+from devtools.simulator.state import COMPLETED, FAILED, PROCESSING, SimTask, iso
+from devtools.simulator.webhooks import WRONG_SECRET, encode, signed_headers
+from service.domain.errors import SignatureInvalid
+from service.domain.signing import verify_wavespeed
 
 PREDICTION_FIELDS = {
     "id",

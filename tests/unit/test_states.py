@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from service.states import (
+from service.domain.states import (
     ACTIVE,
     CALLBACK_EVENT,
     TERMINAL,

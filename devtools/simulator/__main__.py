@@ -1,0 +1,3 @@
+from devtools.simulator.cli import main
+
+main()

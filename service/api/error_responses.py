@@ -1,0 +1,57 @@
+"""Exceptions become JSON answers here, and only here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service.domain.errors import ServiceError, ValidationFailed
+
+log = structlog.get_logger(__name__)
+
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": exc.error_type, "message": exc.message}
+    if isinstance(exc, ValidationFailed):
+        error["fields"] = list(exc.fields)
+    elif "field" in exc.context:
+        error["fields"] = [{"loc": exc.context["field"], "msg": exc.message}]
+    return {"error": error}
+
+
+def job_fields(request: Request) -> dict[str, Any]:
+    """The job a failed request was about, for the log line."""
+    job_id = request.path_params.get("job_id")
+    return {"job_id": job_id} if job_id else {}
+
+
+async def service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        log.error("request.failed", path=request.url.path, error=exc.message, **job_fields(request))
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    body = {"error": {"type": kinds.get(exc.status_code, "http_error"), "message": str(exc.detail)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Log the type only: an exception's text may carry secrets or user data.
+    log.exception("request.crashed", path=request.url.path, error=type(exc).__name__, **job_fields(request))
+    return JSONResponse({"error": {"type": "internal_error", "message": "internal error"}}, status_code=500)
+
+
+HANDLERS: dict[Any, Any] = {
+    ServiceError: service_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,202 @@
+"""The job API: /v1/jobs and its sub-resources. Every query is scoped to the caller's
+owner; another owner's job is a 404, never a 403, so ids leak nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from service.api.auth import authenticate, resources
+from service.api.body import read_capped
+from service.clients.egress import check_public_url
+from service.db import jobs
+from service.db.history import list_jobs, parse_filter
+from service.db.models import JobEvent, table
+from service.domain.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
+from service.domain.schemas import validate_job_create
+from service.domain.serialize import iso, job_dict
+from service.domain.states import TERMINAL, JobStatus
+from service.resources import Resources
+from service.work import deliverer
+
+MAX_BODY_BYTES = 256 * 1024
+MAX_WAIT_SECONDS = 60
+MAX_IDEMPOTENCY_KEY = 255
+events_t = table(JobEvent)
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    body = await read_capped(request, limit)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be valid JSON", field="body") from None
+
+
+def parse_wait(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ValidationFailed([FieldError("wait", f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS}")])
+    return value
+
+
+async def render(res: Resources, job_id: str, owner: str | None = None) -> dict[str, Any]:
+    async with res.engine.connect() as conn:
+        job = await jobs.get_job(conn, job_id, owner)
+        outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+    return job_dict(job, outputs, res.presign)
+
+
+async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float) -> dict[str, Any]:
+    """The job once it is terminal, or as it stands after ``seconds``. Woken by NOTIFY;
+    the waiter is registered before the re-read so no notification slips between."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        event = res.notifications.done_waiter(job_id)
+        try:
+            job = await render(res, job_id, owner)
+            remaining = deadline - loop.time()
+            if job["status"] in TERMINAL or remaining <= 0:
+                return job
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
+            except TimeoutError:
+                pass  # re-read anyway: covers a NOTIFY lost to a reconnect
+        finally:
+            res.notifications.forget(job_id, event)
+
+
+async def submit_job(
+    res: Resources, owner: str, body: Any, idempotency_key: str | None
+) -> tuple[dict[str, Any], bool]:
+    """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade)."""
+    request, input_ = validate_job_create(body)
+    fields: list[FieldError] = []
+    if not res.settings.allow_private_networks:
+        for loc, url in (("callback_url", request.callback_url), ("input.image", input_.get("image")),
+                         ("input.mask_image", input_.get("mask_image"))):
+            if url:
+                problem = await check_public_url(url)
+                if problem:
+                    fields.append(FieldError(loc, problem))
+    if fields:
+        raise ValidationFailed(fields)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")])
+    row, created = await jobs.create_job(
+        res.engine,
+        owner=owner,
+        model=request.model,
+        input_=input_,
+        metadata=request.metadata,
+        callback_url=request.callback_url,
+        idempotency_key=idempotency_key,
+        body_hash=jobs.request_hash(body) if idempotency_key else None,
+    )
+    if created:
+        res.notifications.kick()
+    return await render(res, row.id, owner), created
+
+
+async def create(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    res = resources(request)
+    wait = parse_wait(request)
+    body = await read_json(request)
+    job, created = await submit_job(res, owner, body, request.headers.get("idempotency-key"))
+    if wait and job["status"] not in TERMINAL:
+        job = await wait_terminal(res, job["id"], owner, wait)
+    return JSONResponse(job, status_code=202 if created else 200)
+
+
+async def retrieve(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    return JSONResponse(await render(resources(request), request.path_params["job_id"], owner))
+
+
+async def index(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    res = resources(request)
+    f = parse_filter(list(request.query_params.multi_items()))
+    async with res.engine.connect() as conn:
+        rows, next_cursor = await list_jobs(conn, owner, f)
+        outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+    data = [job_dict(r, outputs.get(r.id, []), res.presign) for r in rows]
+    return JSONResponse({"object": "list", "data": data, "next_cursor": next_cursor})
+
+
+async def events(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    res = resources(request)
+    async with res.engine.connect() as conn:
+        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        rows = (await conn.execute(select(events_t).where(events_t.c.job_id == job.id).order_by(events_t.c.id))).all()
+    data = [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def cancel(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    res = resources(request)
+    async with res.engine.begin() as conn:
+        found = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        job = await jobs.lock_job(conn, found.id)
+        if job is None:  # deleted between the two reads
+            raise NotFound(f"no job with id {found.id!r}")
+        if JobStatus(job.status) in TERMINAL:
+            raise Conflict(f"the job is already {job.status} and cannot be canceled", field="status")
+        await jobs.transition(conn, job, JobStatus.CANCELED, reason="api.cancel")
+    return JSONResponse(await render(res, job.id, owner))
+
+
+async def redeliver(request: Request) -> JSONResponse:
+    owner = await authenticate(request)
+    res = resources(request)
+    async with res.engine.begin() as conn:
+        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        if not job.callback_url:
+            raise Conflict("the job has no callback_url", field="callback_url")
+        if JobStatus(job.status) not in TERMINAL:
+            raise Conflict("the job is not terminal yet; its callback is sent when it is", field="status")
+        # The same event again: same webhook-id, a new attempt series, fresh output URLs.
+        delivery_id = await deliverer.redeliver(conn, job.id, job.callback_url, JobStatus(job.status))
+        await jobs.add_event(conn, job.id, "callback.redeliver_requested", {"delivery_id": delivery_id})
+    res.notifications.kick()
+    return JSONResponse({"object": "delivery", "id": delivery_id, "status": "pending"}, status_code=202)
+
+
+async def output(request: Request) -> Response:
+    owner = await authenticate(request)
+    res = resources(request)
+    raw_index = request.path_params["index"]
+    async with res.engine.connect() as conn:
+        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+    for row in outputs:
+        if str(row.index) == raw_index and row.key:
+            return RedirectResponse(res.presign(row.key), status_code=302)
+    raise NotFound(f"job {job.id} has no stored output {raw_index}")
+
+
+routes = [
+    Route("/v1/jobs", create, methods=["POST"]),
+    Route("/v1/jobs", index, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", retrieve, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/events", events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/callback/redeliver", redeliver, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/outputs/{index}", output, methods=["GET"]),
+]

@@ -1,0 +1,372 @@
+"""Operations on jobs, each one short transaction (or a step inside the caller's).
+
+This is where the state machine meets the database: ``transition`` is the one guarded
+UPDATE every status change goes through, and ``apply_prediction`` is the one path by
+which provider news (a webhook, or a result the reconciler fetched) changes a job.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.db import queries
+from service.db.models import Delivery, Job, JobEvent, JobOutput, table
+from service.domain.errors import Conflict, NotFound
+from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
+
+jobs_t = table(Job)
+outputs_t = table(JobOutput)
+events_t = table(JobEvent)
+deliveries_t = table(Delivery)
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _sortable_id(prefix: str) -> str:
+    """``prefix_`` + 26 base32 chars: 48 bits of milliseconds then 80 random bits, so
+    ids sort by creation time (handy in logs and as the keyset tie-breaker)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "_" + "".join(reversed(chars))
+
+
+def new_job_id() -> str:
+    return _sortable_id("job")
+
+
+def new_delivery_id() -> str:
+    return _sortable_id("msg")
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+async def add_event(conn: AsyncConnection, job_id: str, type_: str, detail: dict[str, Any] | None = None) -> None:
+    await conn.execute(insert(events_t).values(job_id=job_id, type=type_, detail=detail or {}))
+
+
+async def notify(conn: AsyncConnection, channel: str, payload: str) -> None:
+    await conn.execute(queries.NOTIFY, {"channel": channel, "payload": payload})
+
+
+# --------------------------------------------------------------------------- create
+
+
+async def create_job(
+    engine: AsyncEngine,
+    *,
+    owner: str,
+    model: str,
+    input_: dict[str, Any],
+    metadata: dict[str, str],
+    callback_url: str | None,
+    idempotency_key: str | None,
+    body_hash: str | None,
+) -> tuple[Row[Any], bool]:
+    """Insert a queued job; with an Idempotency-Key, return the first job instead.
+
+    Returns (job row, created). Raises Conflict when the key was used with another body.
+    """
+    job_id = new_job_id()
+    async with engine.begin() as conn:
+        stmt = (
+            pg_insert(jobs_t)
+            .values(
+                id=job_id,
+                owner=owner,
+                model=model,
+                input=input_,
+                metadata=metadata,
+                callback_url=callback_url,
+                idempotency_key=idempotency_key,
+                request_hash=body_hash,
+                status=JobStatus.QUEUED.value,
+                run_after=func.now(),
+            )
+            .on_conflict_do_nothing(
+                index_elements=["owner", "idempotency_key"],
+                index_where=jobs_t.c.idempotency_key.isnot(None),
+            )
+            .returning(jobs_t)
+        )
+        row = (await conn.execute(stmt)).first()
+        if row is not None:
+            await add_event(conn, job_id, "job.created", {"model": model})
+            await notify(conn, queries.CHANNEL_WORK, "submit")
+            return row, True
+        existing = (
+            await conn.execute(
+                select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == idempotency_key)
+            )
+        ).one()
+        if existing.request_hash != body_hash:
+            raise Conflict(
+                "Idempotency-Key was already used with a different request body",
+                field="Idempotency-Key",
+            )
+        return existing, False
+
+
+# --------------------------------------------------------------------------- read
+
+
+async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None) -> Row[Any]:
+    stmt = select(jobs_t).where(jobs_t.c.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(jobs_t.c.owner == owner)
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return row
+
+
+async def lock_job(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
+    return (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id).with_for_update())).first()
+
+
+async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[Row[Any]]]:
+    if not job_ids:
+        return {}
+    rows = (
+        await conn.execute(
+            select(outputs_t).where(outputs_t.c.job_id.in_(list(job_ids))).order_by(outputs_t.c.job_id, outputs_t.c.index)
+        )
+    ).all()
+    out: dict[str, list[Row[Any]]] = {}
+    for row in rows:
+        out.setdefault(row.job_id, []).append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+async def transition(
+    conn: AsyncConnection,
+    job: Row[Any],
+    target: JobStatus,
+    *,
+    reason: str,
+    worker: str | None = None,
+    run_after_seconds: float | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move ``job`` to ``target`` if the state machine allows it; False if not.
+
+    The guard is in the WHERE clause (``status = ANY(allowed_from)``), so a concurrent
+    writer can never move a job backwards. With ``worker``, the write is also fenced on
+    the worker's lease. Terminal moves clear scheduling, stamp completed_at, queue the
+    backend callback in the same transaction (so a crash cannot lose it) and NOTIFY
+    waiters.
+    """
+    now = func.now()
+    sets: dict[str, Any] = {"status": target.value, "updated_at": now, "locked_until": None, "locked_by": None}
+    if target in TERMINAL:
+        sets.update(run_after=None, completed_at=now)
+    else:
+        sets.update(attempts=0, run_after=func.now() + dt.timedelta(seconds=run_after_seconds or 0))
+    if values:
+        sets.update(values)
+    stmt = update(jobs_t).where(jobs_t.c.id == job.id, jobs_t.c.status.in_(allowed_from(target)))
+    if worker is not None:
+        stmt = stmt.where(jobs_t.c.locked_by == worker)
+    result = (await conn.execute(stmt.values(**sets).returning(jobs_t.c.callback_url))).first()
+    if result is None:
+        return False
+    detail: dict[str, Any] = {"from": job.status, "to": target.value, "reason": reason}
+    if values and values.get("error"):
+        detail["error"] = values["error"]
+    await add_event(conn, job.id, "status.changed", detail)
+    if target in TERMINAL:
+        if result.callback_url:
+            await queue_callback(conn, job.id, target, result.callback_url)
+        await notify(conn, queries.CHANNEL_DONE, job.id)
+    else:
+        await notify(conn, queries.CHANNEL_WORK, target.value)
+    return True
+
+
+async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, url: str) -> str:
+    """A pending delivery of the terminal event; its id is the stable webhook-id. The
+    body is built (and frozen) by the deliverer on the first attempt."""
+    delivery_id = new_delivery_id()
+    await conn.execute(
+        insert(deliveries_t).values(
+            id=delivery_id,
+            job_id=job_id,
+            event_type=CALLBACK_EVENT[status],
+            url=url,
+            body="",
+            status="pending",
+            next_attempt_at=func.now(),
+        )
+    )
+    await conn.execute(
+        update(jobs_t).where(jobs_t.c.id == job_id).values(callback_status="pending", callback_attempts=0)
+    )
+    await notify(conn, queries.CHANNEL_WORK, "deliver")
+    return delivery_id
+
+
+async def fail(conn: AsyncConnection, job: Row[Any], error: str, *, reason: str, worker: str | None = None) -> bool:
+    return await transition(conn, job, JobStatus.FAILED, reason=reason, worker=worker, values={"error": error})
+
+
+# --------------------------------------------------------------------------- provider news
+
+
+def _inference_ms(prediction: dict[str, Any]) -> int | None:
+    timings = prediction.get("timings")
+    if isinstance(timings, dict):
+        value = timings.get("inference")
+        if isinstance(value, (int, float)):
+            return int(value)
+    return None
+
+
+def _nsfw(prediction: dict[str, Any]) -> list[bool] | None:
+    value = prediction.get("has_nsfw_contents")
+    if isinstance(value, list) and all(isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+# How far along each provider status is. News that says less than the job already knows
+# (a reordered event), or anything after the task has ended, is stale: the caller logs it
+# in the job's events and nothing else changes.
+_PROVIDER_PROGRESS = {"created": 0, "processing": 1, "completed": 2, "failed": 2}
+
+
+def _is_stale(known: str | None, incoming: str | None) -> bool:
+    if known in ("completed", "failed"):
+        return True  # a task ends once: a later event can only repeat or contradict that
+    return _PROVIDER_PROGRESS.get(incoming or "", 0) < _PROVIDER_PROGRESS.get(known or "", 0)
+
+
+def _outputs(prediction: dict[str, Any]) -> list[str]:
+    value = prediction.get("outputs")
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return value
+    return []
+
+
+async def apply_prediction(
+    conn: AsyncConnection,
+    job: Row[Any],
+    prediction: dict[str, Any],
+    *,
+    source: str,
+    reconcile_after: float,
+) -> str:
+    """Apply provider news about ``job`` (locked FOR UPDATE by the caller); return what
+    happened: ``advanced``, ``unchanged`` (also for stale news), ``late`` (job already
+    terminal: nothing changes, not even the provider fields) or ``task_mismatch``.
+
+    Used by the receiver and by the reconciler alike, so a result reaches a job the same
+    way whichever of them saw it first; forward-only transitions make the second a no-op.
+
+    The receiver's fast path (service/webhook_store.py) does the ``completed``/``failed``
+    cases in one SQL statement: change them together (tests/integration/
+    test_receiver_fast_path.py compares the two).
+    """
+    task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
+    provider_status = prediction.get("status") if isinstance(prediction.get("status"), str) else None
+    if task_id and job.provider_task_id and task_id != job.provider_task_id:
+        await add_event(conn, job.id, "provider.task_mismatch", {"task_id": task_id, "source": source})
+        return "task_mismatch"
+    if JobStatus(job.status) in TERMINAL:
+        return "late"
+    if _is_stale(job.provider_status, provider_status):
+        return "unchanged"
+
+    values: dict[str, Any] = {"last_news_at": func.now(), "updated_at": func.now()}
+    if task_id and not job.provider_task_id:
+        # The submit answer was lost (or has not been recorded yet): the task announces itself.
+        values["provider_task_id"] = task_id
+        await add_event(conn, job.id, "provider.task_adopted", {"task_id": task_id, "source": source})
+    if provider_status:
+        values["provider_status"] = provider_status
+    if (ms := _inference_ms(prediction)) is not None:
+        values["inference_ms"] = ms
+    if (nsfw := _nsfw(prediction)) is not None:
+        values["has_nsfw_contents"] = nsfw
+    if job.submitted_at is None:
+        values["submitted_at"] = func.now()
+    try:
+        # A savepoint, so a unique violation leaves the caller's transaction usable.
+        async with conn.begin_nested():
+            await conn.execute(update(jobs_t).where(jobs_t.c.id == job.id).values(**values))
+    except IntegrityError:
+        # Another job already owns this task id: never let one task complete two jobs.
+        raise Conflict("task id already belongs to another job") from None
+
+    if provider_status == "completed":
+        outputs = _outputs(prediction)
+        if not outputs:
+            await fail(conn, job, "provider reported completion without outputs", reason=source)
+            return "advanced"
+        await conn.execute(
+            pg_insert(outputs_t)
+            .values([{"job_id": job.id, "index": i, "source_url": url} for i, url in enumerate(outputs)])
+            .on_conflict_do_nothing()
+        )
+        moved = await transition(conn, job, JobStatus.STORING, reason=source)
+        return "advanced" if moved else "unchanged"
+    if provider_status == "failed":
+        error = prediction.get("error") or "the provider reported the task as failed"
+        moved = await fail(conn, job, str(error), reason=source)
+        return "advanced" if moved else "unchanged"
+    if provider_status == "processing":
+        moved = await transition(
+            conn, job, JobStatus.PROCESSING, reason=source, run_after_seconds=reconcile_after
+        )
+        return "advanced" if moved else "unchanged"
+    return "unchanged"
+
+
+async def reschedule(
+    conn: AsyncConnection, job_id: str, worker: str, delay: float, *, was_attempt: bool = True
+) -> None:
+    """Hand a claimed job back, due again in ``delay`` seconds (fenced on our lease).
+
+    ``was_attempt=False`` takes back the attempt the claim counted: waiting our turn
+    (the provider throttle) is not a failed try, and must not inflate the backoff of the
+    tries that follow.
+    """
+    values: dict[str, Any] = {
+        "run_after": func.now() + dt.timedelta(seconds=delay),
+        "locked_until": None,
+        "locked_by": None,
+        "updated_at": func.now(),
+    }
+    if not was_attempt:
+        values["attempts"] = func.greatest(jobs_t.c.attempts - 1, 0)
+    await conn.execute(update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.locked_by == worker).values(**values))
+
+
+def decode_data_url(url: str) -> tuple[str, bytes]:
+    """``data:image/png;base64,...`` → (content type, bytes)."""
+    header, _, payload = url.partition(",")
+    content_type = header[5:].split(";")[0] or "application/octet-stream"
+    return content_type, base64.b64decode(payload)
+
+
+def cost_for(price_usd: str, outputs: int) -> Decimal:
+    return Decimal(price_usd) * outputs

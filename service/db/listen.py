@@ -1,0 +1,105 @@
+"""LISTEN/NOTIFY on one dedicated asyncpg connection per process.
+
+Workers wake on ``wsj_work`` and waiters (``?wait=N``) on ``wsj_done``. Notifications
+are only a hint: workers also poll, so a notification lost while the connection was
+down (a Postgres restart) only delays work. The connection reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+import structlog
+
+from service.db.queries import CHANNEL_DONE, CHANNEL_WORK
+
+log = structlog.get_logger(__name__)
+
+
+class Notifications:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._work: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._done: dict[str, list[asyncio.Event]] = defaultdict(list)
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notifications")
+        # Do not block start-up forever on a down database: polling covers the gap.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == CHANNEL_WORK:
+            self.kick()
+        elif channel == CHANNEL_DONE:
+            for event in self._done.pop(payload, []):
+                event.set()
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=5)
+                await conn.add_listener(CHANNEL_WORK, self._on_notify)
+                await conn.add_listener(CHANNEL_DONE, self._on_notify)
+                self._connected.set()
+                delay = 0.5
+                self.kick()  # we may have missed news while away: look now
+                for event_list in list(self._done.values()):
+                    for event in event_list:
+                        event.set()  # waiters re-check the row themselves
+                while not conn.is_closed():
+                    await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+                raise
+            except Exception as exc:
+                log.warning("notifications.disconnected", error=type(exc).__name__)
+            self._connected.clear()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def wait_for_work(self, duty: str, timeout: float) -> None:
+        """Sleep until any work notification or ``timeout``; each duty has its own
+        event so one duty waking does not swallow the wake-up of another."""
+        event = self._work[duty]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
+
+    def kick(self) -> None:
+        """Wake every local duty (also used after in-process changes)."""
+        for event in self._work.values():
+            event.set()
+
+    def done_waiter(self, job_id: str) -> asyncio.Event:
+        """An Event set when ``job_id`` becomes terminal. Register before re-reading the
+        row, so a NOTIFY between the read and the wait is not missed."""
+        event = asyncio.Event()
+        self._done[job_id].append(event)
+        return event
+
+    def forget(self, job_id: str, event: asyncio.Event) -> None:
+        waiters = self._done.get(job_id)
+        if waiters and event in waiters:
+            waiters.remove(event)
+            if not waiters:
+                del self._done[job_id]

@@ -1,0 +1,292 @@
+"""Prometheus metrics: what ``GET /metrics`` shows (docs/operations.md lists them).
+
+Two kinds, because they answer different questions:
+
+* The state of the work, read from Postgres at scrape time, so every process shows the
+  same truth whichever of them did the work: jobs by status and model (exact, from the
+  trigger-kept ``job_counts``, migrations/versions/0004_job_counts.py), and per duty the
+  work that is due but not taken, the age of the oldest such row, and the rows leased
+  now. Each query reads a dozen rows or walks a partial index of the active set only.
+* What this process did, counted as it happens: submit latency, provider calls and
+  errors by code, webhooks by outcome, webhook-to-stored latency, bytes stored, callback
+  attempts by outcome. These are per process, as Prometheus expects (it sums them).
+
+The process-local metrics live in one registry per process (``REGISTRY``), like
+prometheus_client's own default one, so a one-line call at the place an event happens
+is all the instrumentation there is; the database-derived families are built per scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.domain.schemas import MODELS
+from service.domain.states import JobStatus
+
+log = structlog.get_logger(__name__)
+PREFIX = "wavespeed_jobs"
+SCRAPE_TIMEOUT_SECONDS = 5.0
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# Seconds: sub-second for the fast paths, up to hours for work that waits on the
+# provider's limits or on an outage.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 14400)
+
+SUBMIT_LATENCY = Histogram(
+    f"{PREFIX}_submit_latency_seconds",
+    "From a job's creation to the provider accepting its task (queueing, throttling and the call).",
+    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+WEBHOOK_TO_STORED = Histogram(
+    f"{PREFIX}_webhook_to_stored_seconds",
+    "From the provider's final news about a job (its webhook, or a result the reconciler fetched) "
+    "to every output stored in S3 and the job completed.",
+    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+PROVIDER_REQUESTS = Histogram(
+    f"{PREFIX}_provider_request_seconds",
+    "Duration of the provider API calls that got an HTTP answer, by operation and HTTP status.",
+    ["operation", "code"], buckets=_LATENCY_BUCKETS[:9], registry=REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    f"{PREFIX}_provider_errors",
+    "Provider API calls that failed, by operation and code: the HTTP status, or timeout, connect, "
+    "transport (no answer) or invalid_answer (HTTP 200 without a usable body).",
+    ["operation", "code"], registry=REGISTRY,
+)
+WEBHOOKS = Counter(
+    f"{PREFIX}_webhooks_received",
+    "Provider webhooks by outcome: advanced, unchanged, duplicate, late, task_mismatch, unknown_job, "
+    "or invalid_signature (answered 401, nothing recorded).",
+    ["outcome"], registry=REGISTRY,
+)
+STORED_BYTES = Counter(
+    f"{PREFIX}_stored_bytes", "Bytes of outputs written to S3 by the storer.", ["model"], registry=REGISTRY,
+)
+STORED_OUTPUTS = Counter(
+    f"{PREFIX}_stored_outputs", "Outputs written to S3 by the storer.", ["model"], registry=REGISTRY,
+)
+CALLBACK_ATTEMPTS = Counter(
+    f"{PREFIX}_callback_attempts",
+    "Callback delivery attempts to backends, by outcome: delivered, retrying, or failed (the last one).",
+    ["outcome"], registry=REGISTRY,
+)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _seconds_since(moment: dt.datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return max(0.0, (dt.datetime.now(dt.UTC) - moment).total_seconds())
+
+
+def observe_submit(model: str, created_at: dt.datetime) -> None:
+    if (seconds := _seconds_since(created_at)) is not None:
+        SUBMIT_LATENCY.labels(model).observe(seconds)
+
+
+def observe_stored_job(model: str, news_at: dt.datetime | None) -> None:
+    if (seconds := _seconds_since(news_at)) is not None:
+        WEBHOOK_TO_STORED.labels(model).observe(seconds)
+
+
+def observe_output(model: str, size_bytes: int) -> None:
+    STORED_BYTES.labels(model).inc(size_bytes)
+    STORED_OUTPUTS.labels(model).inc()
+
+
+def provider_operation(path: str) -> str:
+    """The provider call a URL path belongs to (a bounded label, never the task id)."""
+    if path.endswith("/result"):
+        return "result"
+    if path.endswith("/webhook/secret"):
+        return "webhook_secret"
+    if path.endswith("/predictions"):
+        return "predictions"
+    if "/api/v3/wavespeed-ai/" in path:
+        return "submit"
+    return "other"
+
+
+def provider_answer(path: str, status_code: int, seconds: float) -> None:
+    """One provider call that got an HTTP answer; non-200 answers also count as errors."""
+    operation = provider_operation(path)
+    PROVIDER_REQUESTS.labels(operation, str(status_code)).observe(seconds)
+    if status_code != 200:
+        PROVIDER_ERRORS.labels(operation, str(status_code)).inc()
+
+
+def provider_failure(path: str, code: str) -> None:
+    """A provider call without a usable answer: ``timeout``, ``connect``, ``transport``
+    or ``invalid_answer``."""
+    PROVIDER_ERRORS.labels(provider_operation(path), code).inc()
+
+
+def transport_code(exc: BaseException) -> str:
+    import httpx  # here, so this module stays importable without the HTTP stack
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    return "transport"
+
+
+def webhook_received(outcome: str) -> None:
+    WEBHOOKS.labels(outcome).inc()
+
+
+def callback_attempt(outcome: str) -> None:
+    CALLBACK_ATTEMPTS.labels(outcome).inc()
+
+
+# --------------------------------------------------------------------------- database
+
+
+# Why: fold first, then read the counts plus whatever deltas are still pending (a fold
+# running elsewhere holds the lock; ours was then skipped, never waited for).
+FOLD_COUNTS = text("SELECT fold_job_count_deltas()")
+JOB_COUNTS = text(
+    """
+    SELECT status, model, sum(n)::bigint AS n
+    FROM (SELECT status, model, n FROM job_counts
+          UNION ALL SELECT status, model, delta FROM job_count_deltas) c
+    GROUP BY status, model
+    """
+)
+# Why: only active jobs carry run_after, so this walks the small partial index jobs_due,
+# never the history. "Due" is exactly what a claim would take now (queries.CLAIM_JOBS).
+JOB_WORK = text(
+    """
+    SELECT CASE status WHEN 'queued' THEN 'submit' WHEN 'storing' THEN 'store' ELSE 'reconcile' END AS duty,
+           count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
+           count(*) FILTER (WHERE locked_until >= now()) AS leased,
+           extract(epoch FROM now() - min(run_after) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
+             AS oldest
+    FROM jobs
+    WHERE run_after IS NOT NULL AND run_after <= now()
+      AND status IN ('queued', 'submitted', 'processing', 'storing')
+    GROUP BY 1
+    """
+)
+# Why: the partial index deliveries_due holds pending deliveries only.
+DELIVERY_WORK = text(
+    """
+    SELECT 'deliver' AS duty,
+           count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
+           count(*) FILTER (WHERE locked_until >= now()) AS leased,
+           extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
+             AS oldest
+    FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    """
+)
+DUTIES = ("submit", "store", "reconcile", "deliver")
+
+
+@dataclass
+class DatabaseSnapshot:
+    """What the database says at one scrape."""
+
+    ok: bool = True
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    due: dict[str, int] = field(default_factory=dict)
+    leased: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
+
+
+async def read_database(engine: AsyncEngine) -> DatabaseSnapshot:
+    snap = DatabaseSnapshot()
+    async with engine.begin() as conn:
+        await conn.execute(FOLD_COUNTS)
+        for row in await conn.execute(JOB_COUNTS):
+            snap.jobs[(row.status, row.model)] = int(row.n)
+        for statement in (JOB_WORK, DELIVERY_WORK):
+            for row in await conn.execute(statement):
+                snap.due[row.duty] = int(row.due)
+                snap.leased[row.duty] = int(row.leased)
+                snap.oldest[row.duty] = float(row.oldest or 0.0)
+    return snap
+
+
+class DatabaseCollector(Collector):
+    """The database-derived families of one scrape, every label combination present
+    (zeros included), so dashboards and alerts never see a series vanish."""
+
+    def __init__(self, snap: DatabaseSnapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{PREFIX}_database_up",
+                               "1 if the database answered this scrape's queries in time, else 0.")
+        up.add_metric([], 1.0 if self.snap.ok else 0.0)
+        yield up
+        if not self.snap.ok:
+            return
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the database by status and model (all owners).",
+                                 labels=["status", "model"])
+        models = sorted(set(MODELS) | {m for _, m in self.snap.jobs})
+        for status in JobStatus:
+            for model in models:
+                jobs.add_metric([status.value, model], float(self.snap.jobs.get((status.value, model), 0)))
+        yield jobs
+        for name, doc, values in (
+            ("work_due", "Rows due for a duty and not leased by any worker: work waiting to be picked up.",
+             self.snap.due),
+            ("work_oldest_due_seconds", "How long the oldest due, unleased row of a duty has been due (0 if none).",
+             self.snap.oldest),
+            ("work_leased", "Due rows of a duty that a worker holds right now.", self.snap.leased),
+        ):
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["duty"])
+            for duty in DUTIES:
+                family.add_metric([duty], float(values.get(duty, 0)))
+            yield family
+
+
+class _ProcessCollector(Collector):
+    """This process's registry, as one collector of a scrape's registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+async def exposition(engine: AsyncEngine, accept: str | None = None) -> tuple[bytes, str]:
+    """The whole /metrics body and its content type: this process's metrics, then the
+    database's, in the format the scraper's Accept header asks for (Prometheus text
+    0.0.4 by default, OpenMetrics on request). A database that does not answer within
+    SCRAPE_TIMEOUT_SECONDS gives ``database_up 0`` rather than a failed scrape, so the
+    process metrics still arrive during an outage."""
+    try:
+        snap = await asyncio.wait_for(read_database(engine), timeout=SCRAPE_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - an outage is reported as a metric, not raised
+        log.warning("metrics.database_failed", error=type(exc).__name__)
+        snap = DatabaseSnapshot(ok=False)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_ProcessCollector())
+    scrape.register(DatabaseCollector(snap))
+    encode, content_type = choose_encoder(accept or "")
+    return encode(scrape), content_type

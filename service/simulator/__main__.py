@@ -1,3 +1,0 @@
-from service.simulator.cli import main
-
-main()

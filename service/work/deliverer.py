@@ -1,0 +1,258 @@
+"""terminal job → callback delivered: sign, POST, retry on a schedule, record every try.
+
+A delivery row is created by ``jobs.transition`` in the same transaction that makes the
+job terminal, so a crash cannot lose it; this duty claims due rows (``FOR UPDATE SKIP
+LOCKED`` + a lease, like jobs) and sends them, each in its own task, so one slow
+endpoint holds only its own row.
+
+* The body is built once, on the first attempt of a series, and frozen in the row: every
+  retry sends the same bytes under the same ``webhook-id``. Output URLs in it are
+  presigned for ``CALLBACK_URL_SECONDS`` (S3's maximum, 7 days) so they outlive the
+  whole retry schedule.
+* Only the signature's timestamp is fresh on each attempt (receivers reject old ones).
+* Any 2xx is success. 410 Gone stops at once. Otherwise the next attempt waits the next
+  entry of CALLBACK_RETRY_SCHEDULE (with jitter, so a backend coming back up is not hit
+  by every delivery in the same second), or longer if a 429/503 says Retry-After; after
+  the last entry the delivery is ``failed``.
+* Every attempt becomes a ``callback.attempt`` job event; the job row mirrors the
+  delivery's state and attempt count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.clients import callbacks
+from service.clients.callbacks import Attempt
+from service.clients.egress import check_public_url
+from service.db import jobs, queries
+from service.db.models import Delivery, Job
+from service.domain.serialize import iso, job_dict
+from service.domain.states import JobStatus
+from service.observability import logs, metrics
+from service.resources import Resources
+
+log = structlog.get_logger(__name__)
+
+deliveries_t = jobs.deliveries_t
+
+CALLBACK_URL_SECONDS = 604800  # S3's longest presigned URL: 7 days
+JITTER = 0.2  # each delay is scaled by a random factor in [1 - JITTER, 1 + JITTER]
+RETRY_AFTER_CAP = 86400.0  # a Retry-After longer than a day is read as a day
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+# Why: a non-zero first entry of the schedule delays the first attempt. Counted from
+# the delivery's creation (the terminal transition), fenced on our lease, and a no-op
+# once that moment has passed.
+DEFER_FIRST_ATTEMPT = text(
+    """
+    UPDATE deliveries
+    SET next_attempt_at = created_at + make_interval(secs => :delay), locked_until = NULL, locked_by = NULL
+    WHERE id = :id AND locked_by = :worker AND attempts = 0
+      AND created_at + make_interval(secs => :delay) > now()
+    RETURNING id
+    """
+)
+
+# Why: a redelivery is the same event again, so it keeps its webhook-id (a backend that
+# did process it can recognise it) and starts a new attempt series with a fresh body
+# (fresh presigned URLs). A delivery still pending is only brought forward, never reset
+# under a worker that may be sending it right now.
+REDELIVER = text(
+    """
+    UPDATE deliveries
+    SET status = 'pending',
+        attempts = CASE WHEN status = 'pending' THEN attempts ELSE 0 END,
+        body = CASE WHEN status = 'pending' THEN body ELSE '' END,
+        next_attempt_at = now(), delivered_at = NULL
+    WHERE id = (SELECT id FROM deliveries WHERE job_id = :job_id ORDER BY created_at DESC, id DESC LIMIT 1)
+    RETURNING id, attempts
+    """
+)
+
+
+def next_delay(
+    attempts_done: int,
+    delays: Sequence[float],
+    *,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds until the next attempt after ``attempts_done`` failed ones; None when the
+    schedule is used up.
+
+    ``delays[k]`` is the wait before attempt ``k + 1`` (``delays[0]`` before the first),
+    so a schedule of n entries allows n attempts. ``retry_after`` (from a 429/503) can
+    only push an attempt later, never earlier, and is capped at ``RETRY_AFTER_CAP``.
+    """
+    if attempts_done >= len(delays):
+        return None
+    factor = (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    delay = delays[attempts_done] * factor
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+    return delay
+
+
+def outcome_of(attempt: Attempt, attempts_done: int, delays: Sequence[float], rng: random.Random | None = None
+               ) -> tuple[str, float | None, str | None]:
+    """(delivery status after this attempt, seconds to the next one, why it failed)."""
+    if attempt.ok:
+        return "delivered", None, None
+    if attempt.status_code == 410:
+        return "failed", None, "the endpoint answered 410 Gone: no more attempts"
+    retry_after = attempt.retry_after if attempt.status_code in RETRY_AFTER_STATUSES else None
+    delay = next_delay(attempts_done, delays, retry_after=retry_after, rng=rng)
+    if delay is None:
+        return "failed", None, f"no 2xx after {attempts_done} attempts (the retry schedule is used up)"
+    return "pending", delay, None
+
+
+async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobStatus) -> str:
+    """Send a terminal job's event again (``POST /v1/jobs/{id}/callback/redeliver``);
+    returns the delivery id (the webhook-id). Creates the delivery if the job has none."""
+    row = (await conn.execute(REDELIVER, {"job_id": job_id})).first()
+    if row is None:
+        return await jobs.queue_callback(conn, job_id, status, url)
+    await conn.execute(
+        update(Job).where(Job.id == job_id)
+        .values(callback_status="pending", callback_attempts=row.attempts)
+    )
+    await jobs.notify(conn, queries.CHANNEL_WORK, "deliver")
+    return str(row.id)
+
+
+class Deliverer:
+    name = "deliver"
+    table = "deliveries"
+
+    def __init__(self, res: Resources, rng: random.Random | None = None) -> None:
+        self.res = res
+        self.concurrency = res.settings.callback_concurrency
+        self._rng = rng or random.Random()
+
+    async def claim(self, limit: int) -> list[str]:
+        async with self.res.engine.begin() as conn:
+            rows = await conn.execute(
+                queries.CLAIM_DELIVERIES,
+                {"lease": self.res.settings.lease_seconds, "worker": self.res.worker_id, "limit": limit},
+            )
+            return [r.id for r in rows]
+
+    async def run(self, delivery_id: str) -> None:
+        res, worker = self.res, self.res.worker_id
+        delays = res.settings.retry_delays
+        async with res.engine.connect() as conn:
+            row = (await conn.execute(
+                select(deliveries_t, Job.provider_task_id.label("task_id"))  # task_id: for the log lines
+                .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
+            )).first()
+        if row is None or row.status != "pending" or row.locked_by != worker:
+            return
+        logs.bind_job(row.job_id, row.task_id)
+        if row.attempts == 0 and delays[0] > 0:
+            async with res.engine.begin() as conn:
+                deferred = (await conn.execute(
+                    DEFER_FIRST_ATTEMPT, {"id": row.id, "worker": worker, "delay": delays[0]})).first()
+            if deferred:
+                return
+        body = row.body or await self._freeze(row)
+        if body is None:
+            return  # our lease was taken over while we built the body
+        attempt = await self._attempt(row, body.encode("utf-8"))
+        await self._record(row, attempt, delays)
+
+    async def _freeze(self, row: Row[Any]) -> str | None:
+        """Build the event body from the job as it is now and store it, so every retry
+        of this series sends the same bytes."""
+        res = self.res
+
+        def presign(key: str) -> str:
+            return res.storage.presign(key, CALLBACK_URL_SECONDS)
+
+        async with res.engine.begin() as conn:
+            job = await jobs.get_job(conn, row.job_id)
+            outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+            event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
+            body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            frozen = (await conn.execute(
+                update(Delivery)
+                .where(Delivery.id == row.id, Delivery.locked_by == res.worker_id, Delivery.body == "")
+                .values(body=body)
+                .returning(Delivery.id)
+            )).first()
+        return body if frozen else None
+
+    async def _attempt(self, row: Row[Any], body: bytes) -> Attempt:
+        settings = self.res.settings
+        if not settings.allow_private_networks:
+            # Checked at creation too; again now because DNS may have changed since.
+            problem = await check_public_url(row.url)
+            if problem:
+                return Attempt(None, 0, f"callback_url refused at send time: {problem}", "", None)
+        headers = callbacks.signed_headers(self.res.callback_secret, row.id, int(time.time()), body)
+        return await callbacks.send(self.res.http, row.url, body, headers, settings.callback_timeout_seconds)
+
+    async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> None:
+        res, worker = self.res, self.res.worker_id
+        number = row.attempts + 1
+        status, delay, failure = outcome_of(attempt, number, delays, self._rng)
+        detail: dict[str, Any] = {
+            "delivery_id": row.id,
+            "event_type": row.event_type,
+            "attempt": number,
+            "status_code": attempt.status_code,
+            "latency_ms": attempt.latency_ms,
+            "error": attempt.error,
+            "answer": attempt.answer,
+            "outcome": "retrying" if status == "pending" else status,
+            "next_attempt_in": round(delay, 3) if delay is not None else None,
+        }
+        if attempt.retry_after is not None:
+            detail["retry_after"] = attempt.retry_after
+        async with res.engine.begin() as conn:
+            moved = (await conn.execute(
+                update(Delivery)
+                .where(Delivery.id == row.id, Delivery.locked_by == worker, Delivery.status == "pending")
+                .values(
+                    attempts=number,
+                    status=status,
+                    last_status_code=attempt.status_code,
+                    last_error=attempt.error,
+                    next_attempt_at=(func.now() + dt.timedelta(seconds=delay)) if delay is not None else None,
+                    delivered_at=func.now() if status == "delivered" else None,
+                    locked_until=None,
+                    locked_by=None,
+                )
+                .returning(Delivery.id)
+            )).first()
+            if moved is None:
+                # Our lease lapsed and another worker took the row: the attempt still
+                # happened, so it is recorded, but the row is theirs to move.
+                detail["outcome"] = "lease_lost"
+                await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
+                return
+            await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
+            await conn.execute(
+                update(Job).where(Job.id == row.job_id)
+                .values(callback_status=status, callback_attempts=number)
+            )
+            if status == "delivered":
+                await jobs.add_event(conn, row.job_id, "callback.delivered",
+                                     {"delivery_id": row.id, "event_type": row.event_type, "attempts": number})
+            elif status == "failed":
+                await jobs.add_event(conn, row.job_id, "callback.failed",
+                                     {"delivery_id": row.id, "event_type": row.event_type, "attempts": number,
+                                      "reason": failure, "last_error": attempt.error})
+        metrics.callback_attempt(detail["outcome"])
+        log.info("callback.attempt", delivery_id=row.id, job_id=row.job_id, attempt=number,
+                 http_status=attempt.status_code, latency_ms=attempt.latency_ms, outcome=detail["outcome"])
