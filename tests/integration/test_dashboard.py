@@ -117,11 +117,11 @@ def test_sign_in_sets_an_httponly_samesite_cookie_holding_a_session_not_the_key(
         # Only the token's hash is stored, tied to the owner.
         rows = sql.execute("SELECT token_hash, owner FROM dashboard_sessions WHERE token_hash = %s",
                            (hashlib.sha256(token.encode()).hexdigest(),)).fetchall()
-        assert rows == [(hashlib.sha256(token.encode()).hexdigest(), service.db.keys[owner_key])]
+        assert rows == [(hashlib.sha256(token.encode()).hexdigest(), service.keys[owner_key])]
         assert sql.execute("SELECT count(*) FROM dashboard_sessions WHERE token_hash = %s", (token,)).fetchone() == (0,)
         page = web.get("/")
         assert page.status_code == 200
-        assert service.db.keys[owner_key] in page.text  # the header names who is signed in
+        assert service.keys[owner_key] in page.text  # the header names who is signed in
 
 
 def test_cookies_are_secure_when_the_request_came_over_https(service: Service, owner_key: str) -> None:

@@ -56,7 +56,7 @@ def newest_first(rows: list[Row]) -> list[str]:
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def ids(client: httpx.Client, params: Any) -> list[str]:

@@ -118,7 +118,7 @@ def history(service: Service, database_url: str) -> Iterator[tuple[httpx.Client,
     jobs share a timestamp and only the id orders them."""
     rng = random.Random(6)
     key = service.new_key()
-    owner = service.db.keys[key]
+    owner = service.keys[key]
     rows: list[dict[str, Any]] = []
     with psycopg.connect(database_url, autocommit=True) as sql:
         for n in range(400):

@@ -21,7 +21,7 @@ DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def job_rows(sql: psycopg.Connection[Any], owner: str) -> int:

@@ -34,7 +34,7 @@ INPUT = {"prompt": "a red fox", "size": "256*256", "num_images": 2, "output_form
 
 
 def owner_of(service: Service, client: httpx.Client) -> str:
-    return service.db.keys[client.headers["authorization"].split(" ", 1)[1]]
+    return service.keys[client.headers["authorization"].split(" ", 1)[1]]
 
 
 def submitted_job(sql: psycopg.Connection[Any], owner: str, task_id: str | None = None) -> str:
