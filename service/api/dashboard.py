@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -304,7 +304,7 @@ def history_params(query: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, st
     return params, errors
 
 
-def card(job: dict[str, Any]) -> dict[str, Any]:
+def card(job: Mapping[str, Any]) -> dict[str, Any]:
     """A job as the history list shows it."""
     first = job["outputs"][0] if job["outputs"] else None
     return {**job, "thumb": (first["thumbnail_url"] or first["url"]) if first else None,
@@ -418,12 +418,12 @@ async def live_job(request: Request) -> JSONResponse:
 
 
 routes: list[BaseRoute] = [
-    Route("/", signed_in(history), methods=["GET"]),
-    Route("/login", login_page, methods=["GET"]),
-    Route("/login", login, methods=["POST"]),
-    Route("/logout", logout, methods=["POST"]),
-    Route("/live", live_list, methods=["GET"]),
-    Route("/jobs/{job_id}", signed_in(job_page), methods=["GET"]),
-    Route("/jobs/{job_id}/live", live_job, methods=["GET"]),
+    Route("/", signed_in(history), methods=["GET"], include_in_schema=False),
+    Route("/login", login_page, methods=["GET"], include_in_schema=False),
+    Route("/login", login, methods=["POST"], include_in_schema=False),
+    Route("/logout", logout, methods=["POST"], include_in_schema=False),
+    Route("/live", live_list, methods=["GET"], include_in_schema=False),
+    Route("/jobs/{job_id}", signed_in(job_page), methods=["GET"], include_in_schema=False),
+    Route("/jobs/{job_id}/live", live_job, methods=["GET"], include_in_schema=False),
     Mount("/static", app=StaticFiles(directory=PACKAGE / "static"), name="static"),
 ]

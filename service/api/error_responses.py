@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
 import structlog
+from pydantic import Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
 from service.domain.errors import ServiceError, ValidationFailed
 
 log = structlog.get_logger(__name__)
 
 
-def error_body(exc: ServiceError) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": exc.error_type, "message": exc.message}
+class FieldProblem(TypedDict):
+    loc: Annotated[str, Field(description="The field or parameter, e.g. `input.size`, `limit`, `Idempotency-Key`.")]
+    msg: Annotated[str, Field(description="The rule it broke.")]
+
+
+class ErrorDetail(TypedDict):
+    type: Annotated[str, Field(description="invalid_request, bad_request, unauthorized, invalid_signature, "
+                                           "not_found, conflict, payload_too_large, method_not_allowed, …")]
+    message: str
+    fields: NotRequired[Annotated[list[FieldProblem], Field(description="Present when fields are at fault.")]]
+
+
+class ErrorBody(TypedDict):
+    """Every 4xx of the job API and the receiver."""
+
+    error: ErrorDetail
+
+
+def error_body(exc: ServiceError) -> ErrorBody:
+    error: ErrorDetail = {"type": exc.error_type, "message": exc.message}
     if isinstance(exc, ValidationFailed):
-        error["fields"] = list(exc.fields)
+        error["fields"] = [{"loc": f["loc"], "msg": f["msg"]} for f in exc.fields]
     elif "field" in exc.context:
-        error["fields"] = [{"loc": exc.context["field"], "msg": exc.message}]
+        error["fields"] = [{"loc": str(exc.context["field"]), "msg": exc.message}]
     return {"error": error}
 
 

@@ -15,20 +15,24 @@ import base64
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, NotRequired, TypeVar
 
 import structlog
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
 from service.api.auth import authenticate, resources
 from service.api.disconnect import unless_disconnected
 from service.api.error_responses import job_fields
 from service.api.job_routes import read_json, render, submit_job, wait_terminal
+from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.domain.errors import ServiceError, ValidationFailed
-from service.domain.schemas import FLUX_DEV_LORA, FLUX_KREA_DEV_LORA, MODELS
-from service.domain.states import TERMINAL, JobStatus, wavespeed_status
+from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA
+from service.domain.serialize import Job, Timestamp
+from service.domain.states import TERMINAL, JobStatus, WavespeedStatus, wavespeed_status
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -55,6 +59,45 @@ ENDED_WITHOUT_RESULT = {
 
 
 # --------------------------------------------------------------------------- shapes
+
+
+class PredictionUrls(TypedDict):
+    get: str
+
+
+class PredictionTimings(TypedDict):
+    inference: int
+
+
+class Prediction(TypedDict):
+    """A job as WaveSpeed's prediction object; ``id`` is the job id."""
+
+    id: str
+    model: str
+    input: dict[str, Any]
+    outputs: Annotated[list[str], Field(description="Presigned URLs (or data: URIs with enable_base64_output) of "
+                                                    "the stored outputs, once completed.")]
+    urls: PredictionUrls
+    has_nsfw_contents: list[bool]
+    status: WavespeedStatus
+    created_at: Timestamp
+    error: str
+    timings: PredictionTimings
+    code: NotRequired[Annotated[int, Field(description="5004 when an enable_sync_mode hold ended first.")]]
+
+
+class PredictionEnvelope(TypedDict):
+    code: int
+    message: str
+    data: Prediction
+
+
+class ErrorEnvelope(TypedDict):
+    """Every error of the facade, in WaveSpeed's envelope; ``message`` names the field."""
+
+    code: int
+    message: str
+    data: None
 
 
 def envelope(data: Any, code: int = 200, message: str = "success") -> dict[str, Any]:
@@ -86,19 +129,19 @@ def error_message(exc: ServiceError) -> str:
     return exc.message
 
 
-def error_text(job: dict[str, Any]) -> str:
+def error_text(job: Job) -> str:
     """WaveSpeed's ``error``: empty unless the job ended without a result."""
     status = JobStatus(job["status"])
     if status not in ENDED_WITHOUT_RESULT:
         return ""
     if status is JobStatus.FAILED:
-        return str(job.get("error") or ENDED_WITHOUT_RESULT[status])
+        return job["error"] or ENDED_WITHOUT_RESULT[status]
     # canceled / timed_out both show as "failed" upstream-style; say which it was.
-    detail = job.get("error")
+    detail = job["error"]
     return ENDED_WITHOUT_RESULT[status] + (f": {detail}" if detail else "")
 
 
-def prediction(job: dict[str, Any], outputs: list[str], result_url: str) -> dict[str, Any]:
+def prediction(job: Job, outputs: list[str], result_url: str) -> Prediction:
     """The job (as ``job_dict`` renders it) as WaveSpeed's prediction object.
 
     ``outputs`` are what the caller gets for the stored outputs (presigned URLs or
@@ -106,15 +149,15 @@ def prediction(job: dict[str, Any], outputs: list[str], result_url: str) -> dict
     """
     status = wavespeed_status(JobStatus(job["status"]))
     completed = status == "completed"
-    nsfw = job.get("has_nsfw_contents") if completed else None
-    inference_ms = (job.get("provider") or {}).get("inference_ms")
+    nsfw = job["has_nsfw_contents"] if completed else None
+    inference_ms = job["provider"]["inference_ms"]
     return {
         "id": job["id"],
         "model": job["model"],
         "input": job["input"],
         "outputs": list(outputs) if completed else [],
         "urls": {"get": result_url},
-        "has_nsfw_contents": list(nsfw) if isinstance(nsfw, list) else [],
+        "has_nsfw_contents": list(nsfw) if nsfw else [],
         "status": status,
         "created_at": job["created_at"],
         "error": error_text(job),
@@ -122,7 +165,7 @@ def prediction(job: dict[str, Any], outputs: list[str], result_url: str) -> dict
     }
 
 
-def sync_timed_out(data: dict[str, Any]) -> dict[str, Any]:
+def sync_timed_out(data: Prediction) -> Prediction:
     """A prediction answered when the sync hold ended before the job did."""
     return {**data, "code": SYNC_TIMEOUT_CODE, "error": SYNC_TIMEOUT_MESSAGE.format(url=data["urls"]["get"])}
 
@@ -161,17 +204,17 @@ def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
 
 
 
-async def output_refs(res: Resources, job: dict[str, Any]) -> list[str]:
+async def output_refs(res: Resources, job: Job) -> list[str]:
     """What the caller gets for each stored output: a presigned URL, or, when the job
     asked for ``enable_base64_output``, the stored bytes as a ``data:`` URI."""
     if job["status"] != JobStatus.COMPLETED:
         return []
-    outputs = [o for o in job["outputs"] if o.get("key")]
+    outputs = [o for o in job["outputs"] if o["key"]]
     if not job["input"].get("enable_base64_output"):
         return [str(o["url"]) for o in outputs]
-    blobs = await asyncio.gather(*(res.storage.get_bytes(o["key"]) for o in outputs))
+    blobs = await asyncio.gather(*(res.storage.get_bytes(str(o["key"])) for o in outputs))
     return [
-        f"data:{o.get('content_type') or 'application/octet-stream'};base64,{base64.b64encode(b).decode('ascii')}"
+        f"data:{o['content_type'] or 'application/octet-stream'};base64,{base64.b64encode(b).decode('ascii')}"
         for o, b in zip(outputs, blobs, strict=True)
     ]
 
@@ -180,7 +223,7 @@ def result_url(request: Request, job_id: str) -> str:
     return str(request.url_for("wavespeed_result", job_id=job_id))
 
 
-async def present(request: Request, res: Resources, job: dict[str, Any]) -> dict[str, Any]:
+async def present(request: Request, res: Resources, job: Job) -> Prediction:
     return prediction(job, await output_refs(res, job), result_url(request, job["id"]))
 
 
@@ -190,6 +233,17 @@ async def present(request: Request, res: Resources, job: dict[str, Any]) -> dict
 def submit_endpoint(model: str) -> Endpoint:
     """``POST /api/v3/<model>[?webhook=<url>]`` for one model."""
 
+    @documented(
+        operationId="wavespeedSubmit" + "".join(p.capitalize() for p in model.rsplit("/", 1)[-1].split("-")),
+        tags=["wavespeed-compatible"], summary=f"Submit a `{model}` task as WaveSpeed's API does", security=BEARER,
+        description="The body is the model's input; `webhook` becomes the job's callback URL. With "
+                    "`enable_sync_mode` the answer waits for the job (up to FACADE_SYNC_TIMEOUT_SECONDS).",
+        parameters=[{"name": "webhook", "in": "query", "required": False, "description": "Becomes the job's callback_url.",
+                     "schema": {k: v for k, v in URL_JSON_SCHEMA.items() if k != "description"}}],
+        requestBody=json_body(INPUT_MODELS[model]),
+        responses={"200": answer(PredictionEnvelope, "The prediction (its id is the job id)."),
+                   **errors(400, 401, 409, 413, 422, shape=ErrorEnvelope)},
+    )
     @wavespeed_errors
     async def submit(request: Request) -> Response:
         owner = await authenticate(request)
@@ -216,6 +270,10 @@ def submit_endpoint(model: str) -> Endpoint:
     return submit
 
 
+@documented(operationId="wavespeedResult", tags=["wavespeed-compatible"], security=BEARER,
+            summary="A job as WaveSpeed's prediction result", parameters=[JOB_ID],
+            responses={"200": answer(PredictionEnvelope, "The prediction."),
+                       **errors(401, 404, shape=ErrorEnvelope)})
 @wavespeed_errors
 async def result(request: Request) -> Response:
     """``GET /api/v3/predictions/{id}/result``: the job as a prediction."""
@@ -245,8 +303,7 @@ async def unknown(request: Request) -> Response:
 
 # The catch-all comes last: the router takes the first full match.
 routes: list[BaseRoute] = [
-    Route(PREFIX + FLUX_DEV_LORA, submit_endpoint(FLUX_DEV_LORA), methods=["POST"]),
-    Route(PREFIX + FLUX_KREA_DEV_LORA, submit_endpoint(FLUX_KREA_DEV_LORA), methods=["POST"]),
+    *(Route(PREFIX + model, submit_endpoint(model), methods=["POST"]) for model in MODELS),
     Route(PREFIX + "predictions/{job_id}/result", result, methods=["GET"], name="wavespeed_result"),
-    Route(PREFIX + "{path:path}", unknown, methods=ALL_METHODS),
+    Route(PREFIX + "{path:path}", unknown, methods=ALL_METHODS, include_in_schema=False),
 ]

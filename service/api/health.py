@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from typing_extensions import TypedDict
 
 from service.api.auth import resources
+from service.api.openapi_doc import answer, documented
 
 
+class Health(TypedDict):
+    status: Literal["ok"]
+
+
+class Readiness(TypedDict):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+@documented(operationId="healthz", tags=["operations"], summary="The process is alive",
+            responses={"200": answer(Health, "Alive.")})
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    alive: Health = {"status": "ok"}
+    return JSONResponse(alive)
 
 
+@documented(operationId="readyz", tags=["operations"], summary="Postgres and S3 answer",
+            responses={"200": answer(Readiness, "Ready."), "503": answer(Readiness, "Not ready: see checks.")})
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database and S3 both answer; each check is bounded in time."""
     res = resources(request)
@@ -32,7 +49,8 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # report, never raise: this is a probe
             checks[name] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+    readiness: Readiness = {"status": "ok" if ok else "unavailable", "checks": checks}
+    return JSONResponse(readiness, status_code=200 if ok else 503)
 
 
 routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, Field, create_model
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from typing_extensions import TypedDict
 
 from service.api.auth import authenticate, resources
 from service.api.body import read_capped
+from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.clients.egress import check_public_url
 from service.db import jobs
-from service.db.history import list_jobs, parse_filter
-from service.db.models import JobEvent, table
+from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
+from service.db.models import JobEvent as JobEventRow
+from service.db.models import table
 from service.domain.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
-from service.domain.schemas import validate_job_create
-from service.domain.serialize import iso, job_dict
+from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, validate_job_create
+from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
 from service.work import deliverer
@@ -28,7 +32,51 @@ from service.work import deliverer
 MAX_BODY_BYTES = 256 * 1024
 MAX_WAIT_SECONDS = 60
 MAX_IDEMPOTENCY_KEY = 255
-events_t = table(JobEvent)
+events_t = table(JobEventRow)
+
+
+class JobList(TypedDict):
+    object: Literal["list"]
+    data: list[Job]
+    next_cursor: Annotated[str | None, Field(description="Pass as `cursor` for the next page; null on the last.")]
+
+
+class JobEvent(TypedDict):
+    at: Timestamp
+    type: Annotated[str, Field(description="status.changed, webhook.received (detail.duplicate), output.stored, "
+                                           "callback.attempt, …")]
+    detail: dict[str, Any]
+
+
+class JobEventList(TypedDict):
+    object: Literal["list"]
+    data: list[JobEvent]
+
+
+class Delivery(TypedDict):
+    object: Literal["delivery"]
+    id: Annotated[str, Field(description="The delivery's webhook-id, the same on every retry.")]
+    status: Literal["pending"]
+
+
+def _create_bodies() -> dict[str, type[BaseModel]]:
+    """POST /v1/jobs bodies, one per model: JobCreate with ``model`` fixed and ``input``
+    that model's input class (what validate_job_create applies in two steps)."""
+    return {
+        name: create_model(
+            "JobCreate" + "".join(part.capitalize() for part in name.rsplit("/", 1)[-1].split("-")),
+            __base__=JobCreate,
+            __doc__=f"Body of POST /v1/jobs for `{name}`.",
+            model=(Literal[name], ...),  # type: ignore[arg-type]  # a Literal built from a value
+            input=(input_model, ...),
+        )
+        for name, input_model in INPUT_MODELS.items()
+    }
+
+
+_BODIES = _create_bodies()
+_JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+              for name, op in (("GetJob", "getJob"), ("GetJobEvents", "getJobEvents"), ("CancelJob", "cancelJob"))}
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -52,14 +100,14 @@ def parse_wait(request: Request) -> float:
     return value
 
 
-async def render(res: Resources, job_id: str, owner: str | None = None) -> dict[str, Any]:
+async def render(res: Resources, job_id: str, owner: str | None = None) -> Job:
     async with res.engine.connect() as conn:
         job = await jobs.get_job(conn, job_id, owner)
         outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
     return job_dict(job, outputs, res.presign)
 
 
-async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float) -> dict[str, Any]:
+async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float) -> Job:
     """The job once it is terminal, or as it stands after ``seconds``. Woken by NOTIFY;
     the waiter is registered before the re-read so no notification slips between."""
     loop = asyncio.get_running_loop()
@@ -81,7 +129,7 @@ async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float)
 
 async def submit_job(
     res: Resources, owner: str, body: Any, idempotency_key: str | None
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[Job, bool]:
     """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade)."""
     request, input_ = validate_job_create(body)
     fields: list[FieldError] = []
@@ -111,6 +159,25 @@ async def submit_job(
     return await render(res, row.id, owner), created
 
 
+@documented(
+    operationId="createJob", tags=["jobs"], summary="Submit a job", security=BEARER,
+    description="Validates the input against the model's table, fills in every default, records the job and "
+                "queues its submission to WaveSpeed. With `wait`, holds the answer until the job is terminal "
+                "or the seconds pass.",
+    parameters=[
+        {"name": "wait", "in": "query", "required": False,
+         "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+         "description": "Seconds to hold the answer until the job is terminal."},
+        {"name": "Idempotency-Key", "in": "header", "required": False,
+         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+         "description": "The same key and body from the same owner return the first job (200)."},
+    ],
+    requestBody=json_body({"oneOf": list(_BODIES.values()),
+                           "discriminator": {"propertyName": "model", "mapping": _BODIES}}),
+    responses={"202": answer(Job, "The job, as recorded (queued).", links=_JOB_LINKS),
+               "200": answer(Job, "The job first created with this Idempotency-Key and body.", links=_JOB_LINKS),
+               **errors(400, 401, 409, 413, 422)},
+)
 async def create(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
@@ -122,11 +189,33 @@ async def create(request: Request) -> JSONResponse:
     return JSONResponse(job, status_code=202 if created else 200)
 
 
+@documented(operationId="getJob", tags=["jobs"], summary="Get a job", security=BEARER, parameters=[JOB_ID],
+            responses={"200": answer(Job, "The job."), **errors(401, 404)})
 async def retrieve(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     return JSONResponse(await render(resources(request), request.path_params["job_id"], owner))
 
 
+def _query(name: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, **extra}
+
+
+@documented(
+    operationId="listJobs", tags=["jobs"], summary="List jobs, newest first", security=BEARER,
+    description="Keyset pages: pass `next_cursor` back as `cursor`. Metadata filters are `metadata.<key>=<value>` "
+                "query parameters (any number, all must match); OpenAPI cannot name parameters by pattern, so "
+                "they are described here only.",
+    parameters=[
+        _query("status", {"type": "array", "items": {"type": "string", "enum": [s.value for s in JobStatus]}},
+               style="form", explode=True, description="Repeatable, or comma-separated: any of the statuses."),
+        _query("model", {"type": "string", "enum": list(MODELS)}),
+        _query("created_after", {"type": "string", "format": "date-time"}),
+        _query("created_before", {"type": "string", "format": "date-time"}),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+        _query("cursor", {"type": "string"}),
+    ],
+    responses={"200": answer(JobList, "One page of jobs."), **errors(401, 422)},
+)
 async def index(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
@@ -134,20 +223,27 @@ async def index(request: Request) -> JSONResponse:
     async with res.engine.connect() as conn:
         rows, next_cursor = await list_jobs(conn, owner, f)
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
-    data = [job_dict(r, outputs.get(r.id, []), res.presign) for r in rows]
-    return JSONResponse({"object": "list", "data": data, "next_cursor": next_cursor})
+    page: JobList = {"object": "list", "data": [job_dict(r, outputs.get(r.id, []), res.presign) for r in rows],
+                     "next_cursor": next_cursor}
+    return JSONResponse(page)
 
 
+@documented(operationId="getJobEvents", tags=["jobs"], summary="A job's events, oldest first", security=BEARER,
+            description="Every state change, webhook received (duplicates marked), output stored and callback attempt.",
+            parameters=[JOB_ID], responses={"200": answer(JobEventList, "The events."), **errors(401, 404)})
 async def events(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
     async with res.engine.connect() as conn:
         job = await jobs.get_job(conn, request.path_params["job_id"], owner)
         rows = (await conn.execute(select(events_t).where(events_t.c.job_id == job.id).order_by(events_t.c.id))).all()
-    data = [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]
-    return JSONResponse({"object": "list", "data": data})
+    listing: JobEventList = {"object": "list",
+                            "data": [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]}
+    return JSONResponse(listing)
 
 
+@documented(operationId="cancelJob", tags=["jobs"], summary="Cancel a job that is not terminal", security=BEARER,
+            parameters=[JOB_ID], responses={"200": answer(Job, "The canceled job."), **errors(401, 404, 409)})
 async def cancel(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
@@ -162,6 +258,9 @@ async def cancel(request: Request) -> JSONResponse:
     return JSONResponse(await render(res, job.id, owner))
 
 
+@documented(operationId="redeliverCallback", tags=["jobs"], summary="Send the terminal callback again",
+            security=BEARER, parameters=[JOB_ID],
+            responses={"202": answer(Delivery, "Queued."), **errors(401, 404, 409)})
 async def redeliver(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
@@ -175,9 +274,17 @@ async def redeliver(request: Request) -> JSONResponse:
         delivery_id = await deliverer.redeliver(conn, job.id, job.callback_url, JobStatus(job.status))
         await jobs.add_event(conn, job.id, "callback.redeliver_requested", {"delivery_id": delivery_id})
     res.notifications.kick()
-    return JSONResponse({"object": "delivery", "id": delivery_id, "status": "pending"}, status_code=202)
+    queued: Delivery = {"object": "delivery", "id": delivery_id, "status": "pending"}
+    return JSONResponse(queued, status_code=202)
 
 
+@documented(
+    operationId="getJobOutput", tags=["jobs"], summary="Redirect to a stored output", security=BEARER,
+    parameters=[JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
+    responses={"302": {"description": "To a presigned S3 URL.",
+                       "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+               **errors(401, 404)},
+)
 async def output(request: Request) -> Response:
     owner = await authenticate(request)
     res = resources(request)

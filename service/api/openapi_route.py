@@ -1,5 +1,6 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the routes this app serves
-(service/openapi.py builds it from the route table and the validating models)."""
+(service/api/openapi_doc.py builds it from the route table: each API module declares
+its own operations)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.api import openapi_doc as openapi
+from service.api.openapi_doc import documented
 
 
 def _version() -> str:
@@ -19,6 +21,9 @@ def _version() -> str:
         return "0.0.0"
 
 
+@documented(operationId="openapi", tags=["operations"], summary="This document",
+            responses={"200": {"description": "OpenAPI 3.1.",
+                               "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def document(request: Request) -> JSONResponse:
     # Built once per app: the routes and models do not change while it runs.
     cached = getattr(request.app.state, "openapi_document", None)

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import structlog
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from typing_extensions import TypedDict
 
 from service.api.auth import resources
 from service.api.body import read_capped
+from service.api.error_responses import ErrorBody
+from service.api.openapi_doc import JOB_ID, answer, documented
 from service.db import jobs, queries
 from service.db.webhook_store import WebhookStore, final_news
 from service.domain.errors import BadRequest, Conflict, SignatureInvalid
@@ -32,6 +36,28 @@ from service.observability import logs, metrics
 
 log = structlog.get_logger(__name__)
 
+
+class WebhookAck(TypedDict):
+    received: bool
+    outcome: Annotated[str, Field(description="advanced, unchanged, duplicate, late, task_mismatch or unknown_job.")]
+
+
+@documented(
+    operationId="receiveWavespeedWebhook", tags=["receiver"],
+    summary="WaveSpeed's completion webhook (the URL given to WaveSpeed for each job)",
+    description="Verified (HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, constant time, timestamp "
+                "tolerance) before anything else is read; idempotent on webhook-id.",
+    parameters=[JOB_ID] + [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                           for name in ("webhook-id", "webhook-timestamp", "webhook-signature")],
+    requestBody={"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "WaveSpeed's prediction object (id, status, outputs, ...)."}}}},
+    responses={
+        "200": answer(WebhookAck, "Recorded (or recognised as a duplicate)."),
+        "400": answer(ErrorBody, "Verified, but not a JSON object."),
+        "401": answer(ErrorBody, "Missing, wrong, tampered or stale signature: nothing recorded."),
+        "413": answer(ErrorBody, "The body is over WEBHOOK_MAX_BODY_BYTES."),
+    },
+)
 
 async def receive(request: Request) -> JSONResponse:
     res = resources(request)
@@ -62,7 +88,8 @@ async def receive(request: Request) -> JSONResponse:
         outcome = await record(res, webhook_id, job_id, task_id, prediction, body)
     metrics.webhook_received(outcome)
     log.info("webhook.received", job_id=job_id, task_id=task_id, webhook_id=webhook_id, outcome=outcome)
-    return JSONResponse({"received": True, "outcome": outcome})
+    ack: WebhookAck = {"received": True, "outcome": outcome}
+    return JSONResponse(ack)
 
 
 async def record_fast(

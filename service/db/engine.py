@@ -1,10 +1,10 @@
-"""Engine and session factory, plus running migrations. Opened in the app's lifespan."""
+"""The engine, plus running migrations. Opened in the app's lifespan."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # alembic.ini and migrations/ sit beside the package in a checkout (editable install);
 # in an image with a regular install they are in the working directory (/app).
@@ -35,10 +35,6 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def migrate(url: str, revision: str = "head") -> None:

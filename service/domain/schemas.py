@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -27,10 +28,6 @@ from service.domain.errors import FieldError, ValidationFailed
 FLUX_DEV_LORA = "wavespeed-ai/flux-dev-lora"
 FLUX_KREA_DEV_LORA = "wavespeed-ai/flux-krea-dev-lora"
 MODELS = (FLUX_DEV_LORA, FLUX_KREA_DEV_LORA)
-
-# USD per output image, from the providers' model pages. Krea's page names no price;
-# we assume the same as Flux Dev LoRA until told otherwise (PRICE_* settings override).
-DEFAULT_PRICES_USD = {FLUX_DEV_LORA: "0.015", FLUX_KREA_DEV_LORA: "0.015"}
 
 MAX_URL_LENGTH = 4096
 MAX_PROMPT_LENGTH = 10_000
@@ -72,8 +69,21 @@ def _size(value: str) -> str:
     return value
 
 
-HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
-SizeStr = Annotated[str, AfterValidator(_size)]
+# What the validators above enforce, said in JSON Schema for /openapi.json (pydantic
+# cannot read a validator function). One side of a size, SIZE_MIN to SIZE_MAX written
+# without leading zeros; tests/unit/test_openapi_rules.py checks it number by number.
+SIZE_SIDE = r"(?:25[6-9]|2[6-9][0-9]|[3-9][0-9]{2}|1[0-4][0-9]{2}|15[0-2][0-9]|153[0-6])"
+URL_JSON_SCHEMA: dict[str, Any] = {
+    "type": "string", "format": "uri", "pattern": r"^https?://[^/?#@\s]+([/?#].*)?$", "maxLength": MAX_URL_LENGTH,
+    "description": "An http(s) URL with a host.",
+}
+SIZE_JSON_SCHEMA: dict[str, Any] = {
+    "type": "string", "pattern": rf"^{SIZE_SIDE}\*{SIZE_SIDE}$",
+    "description": f"`W*H`; width and height each from {SIZE_MIN} to {SIZE_MAX}.",
+}
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url), WithJsonSchema(URL_JSON_SCHEMA)]
+SizeStr = Annotated[str, AfterValidator(_size), WithJsonSchema(SIZE_JSON_SCHEMA)]
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_LENGTH)]
 
 
@@ -103,7 +113,10 @@ class _CommonInput(_Strict):
 class FluxDevLoraInput(_CommonInput):
     """Input of ``wavespeed-ai/flux-dev-lora``."""
 
-    mask_image: HttpUrlStr | None = None
+    # _mask_needs_image, in JSON Schema.
+    model_config = ConfigDict(json_schema_extra={"dependentRequired": {"mask_image": ["image"]}})
+
+    mask_image: Annotated[HttpUrlStr | None, Field(description="An http(s) URL; only together with `image`.")] = None
     loras: Annotated[list[Lora], Field(max_length=4)] = []
     num_inference_steps: Annotated[int, Field(ge=1, le=50)] = 28
     num_images: Annotated[int, Field(ge=1, le=4)] = 1
@@ -141,7 +154,12 @@ def _metadata(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata), WithJsonSchema({
+    "type": "object", "maxProperties": METADATA_MAX_KEYS,
+    "propertyNames": {"minLength": 1, "maxLength": METADATA_MAX_KEY_LENGTH},
+    "additionalProperties": {"type": "string", "maxLength": METADATA_MAX_VALUE_LENGTH},
+    "description": "String keys and values, filterable with `metadata.<key>=<value>`.",
+})]
 
 
 class JobCreate(_Strict):
@@ -149,7 +167,8 @@ class JobCreate(_Strict):
 
     model: Literal["wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"]
     input: dict[str, Any]
-    callback_url: HttpUrlStr | None = None
+    callback_url: Annotated[HttpUrlStr | None, Field(
+        description="Where the signed terminal event is POSTed (Standard Webhooks).")] = None
     metadata: Metadata = {}
 
 

@@ -1,23 +1,84 @@
-"""The job object as the API, callbacks and the dashboard show it (contract.md)."""
+"""The job object as the API, callbacks and the dashboard show it (contract.md).
+
+The TypedDicts below are the answer's one description: ``job_dict`` must build exactly
+them (mypy checks it) and /openapi.json documents them as they are (service/api/
+openapi_doc.py turns them into JSON Schema), so a field added here is documented too.
+Answers may gain fields; a client ignores the ones it does not know.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, overload
 
+from pydantic import Field
 from sqlalchemy import Row
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
+
+from service.domain.schemas import MODELS
+from service.domain.states import JobStatus
+
+# ISO 8601 in UTC with a ``Z``, as ``iso`` writes it.
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
+class ProviderInfo(TypedDict):
+    task_id: str | None
+    status: str | None
+    inference_ms: int | None
+
+
+class StoredOutput(TypedDict):
+    index: int
+    url: Annotated[str | None, Field(description="A presigned GET URL of the object in S3.")]
+    key: str | None
+    content_type: str | None
+    size_bytes: int | None
+    sha256: str | None
+    thumbnail_url: Annotated[str | None, Field(description="A presigned URL of a 256 px WebP thumbnail.")]
+
+
+class CallbackInfo(TypedDict):
+    status: Literal["pending", "delivered", "failed"] | None
+    attempts: int
+
+
+class Job(TypedDict):
+    """A job: what `GET /v1/jobs/{id}` answers and a callback's `data` carries."""
+
+    id: str
+    object: Literal["job"]
+    model: Annotated[str, Field(json_schema_extra={"enum": list(MODELS)})]
+    status: JobStatus
+    input: Annotated[dict[str, Any], Field(description="The validated input with every default filled in.")]
+    metadata: dict[str, str]
+    callback_url: str | None
+    provider: ProviderInfo
+    outputs: Annotated[list[StoredOutput], Field(description="Stored outputs only; a completed job has all of them.")]
+    has_nsfw_contents: list[bool] | None
+    error: str | None
+    cost_usd: Annotated[str | None, Field(description='Decimal string, e.g. "0.015".')]
+    callback: Annotated[CallbackInfo | None, Field(description="Null when the job has no callback_url.")]
+    created_at: Timestamp
+    updated_at: Timestamp
+    submitted_at: Timestamp | None
+    completed_at: Timestamp | None
+
+
+@overload
+def iso(value: dt.datetime) -> str: ...
+@overload
+def iso(value: dt.datetime | None) -> str | None: ...
 def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def output_dict(row: Row[Any], presign: Callable[[str], str]) -> dict[str, Any]:
+def output_dict(row: Row[Any], presign: Callable[[str], str]) -> StoredOutput:
     return {
-        "index": row.index,
+        "index": row._mapping["index"],  # ``row.index`` is the tuple method
         "url": presign(row.key) if row.key else None,
         "key": row.key,
         "content_type": row.content_type,
@@ -27,13 +88,13 @@ def output_dict(row: Row[Any], presign: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
-def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str], str]) -> dict[str, Any]:
+def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str], str]) -> Job:
     stored = [o for o in outputs if o.stored_at is not None]
     return {
         "id": job.id,
         "object": "job",
         "model": job.model,
-        "status": job.status,
+        "status": JobStatus(job.status),
         "input": job.input,
         "metadata": job.metadata,
         "callback_url": job.callback_url,

@@ -2,13 +2,15 @@
 
 queued → submitted → processing → storing → completed, and from any non-terminal state
 failed, canceled or timed_out. Moves only go forward, so a late, duplicate or
-out-of-order event can never undo progress. The SQL guard in service/queries.py
-(``TRANSITION``) encodes the same rule with ``status = ANY(:allowed_from)``.
+out-of-order event can never undo progress. The guarded UPDATE in
+service/db/jobs.py (``transition``) applies this rule as ``status = ANY(:allowed_from)``,
+with ``allowed_from`` computed here.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 
 class JobStatus(enum.StrEnum):
@@ -65,7 +67,10 @@ def allowed_from(target: JobStatus) -> list[str]:
     return [s.value for s in JobStatus if can_transition(s, target)]
 
 
-def wavespeed_status(status: JobStatus) -> str:
+WavespeedStatus = Literal["created", "processing", "completed", "failed"]
+
+
+def wavespeed_status(status: JobStatus) -> WavespeedStatus:
     """Our status as one of WaveSpeed's four (for the compatible facade)."""
     if status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
         return "created"
