@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service.api import dashboard, facade, health, webhooks
+from service.api import dashboard, facade, health, job_lifecycle, job_stream, webhooks
 from service.api import error_responses as errors
 from service.api import job_routes as jobs
 from service.api import metrics_route as metrics
@@ -64,11 +64,13 @@ async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
 
 def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
     from service.work.deliverer import Deliverer
+    from service.work.eraser import Eraser
     from service.work.reconciler import Reconciler
+    from service.work.retention import Retention
     from service.work.storer import Storer
     from service.work.submitter import Submitter
 
-    return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res)]
+    return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res), Eraser(res), Retention(res)]
 
 
 @contextlib.asynccontextmanager
@@ -122,7 +124,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (health, metrics, openapi, jobs, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
+    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
     out += dashboard.routes  # the web page at / (and /login, /jobs/{id}, /static)
     return out

@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     secret = sub.add_parser("callback-secret", help="print the secret backends verify callbacks with")
     secret.set_defaults(func=cmd_callback_secret)
 
+    from service import cli_bulk
+
+    cli_bulk.add_parser(sub)
+
     from devtools.simulator.config import SimulatorConfig
 
     simulator = sub.add_parser("simulator", help="the WaveSpeed simulator alone")

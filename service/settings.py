@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
 
+    # --- data lifecycle: erasure, retention, bulk actions (service/work/eraser.py, retention.py) ---
+    output_retention_days: int | None = Field(None, ge=1, le=36500)
+    retention_interval_seconds: float = Field(60.0, gt=0)
+    retention_batch_size: int = Field(1000, ge=1, le=10000)
+    erase_batch_size: int = Field(500, ge=1, le=5000)
+    erase_concurrency: int = Field(2, ge=1, le=32)
+    bulk_batch_size: int = Field(500, ge=1, le=5000)
+    stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+
     # --- dashboard (the web page at /) ---
     dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)
 

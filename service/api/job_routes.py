@@ -213,6 +213,8 @@ def _query(name: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
         _query("created_before", {"type": "string", "format": "date-time"}),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
         _query("cursor", {"type": "string"}),
+        _query("include_deleted", {"type": "boolean", "default": False},
+               description="Also list deleted jobs (tombstones)."),
     ],
     responses={"200": answer(JobList, "One page of jobs."), **errors(401, 422)},
 )
@@ -292,6 +294,8 @@ async def output(request: Request) -> Response:
     async with res.engine.connect() as conn:
         job = await jobs.get_job(conn, request.path_params["job_id"], owner)
         outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+    if job.deleted_at is not None:
+        raise NotFound(f"job {job.id} was deleted; its outputs are gone")
     for row in outputs:
         if str(row.index) == raw_index and row.key:
             return RedirectResponse(res.presign(row.key), status_code=302)

@@ -125,7 +125,9 @@ async def record(
         inserted = (
             await conn.execute(
                 queries.INSERT_WEBHOOK_EVENT,
-                {"webhook_id": webhook_id, "job_id": job_id, "task_id": task_id, "body": raw.decode(), "outcome": "received"},
+                # A deleted job's erased data must not come back with a late webhook.
+                {"webhook_id": webhook_id, "job_id": job_id, "task_id": task_id,
+                 "body": "{}" if job.deleted_at else raw.decode(), "outcome": "received"},
             )
         ).first()
         detail = {"webhook_id": webhook_id, "task_id": task_id, "status": prediction.get("status")}

@@ -22,6 +22,7 @@ from botocore.config import Config
 from service.domain.errors import ServiceError
 
 PRESIGN_CACHE_SIZE = 50_000
+DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
 
 
 class StorageError(ServiceError):
@@ -153,6 +154,25 @@ class Storage:
     async def get_bytes(self, key: str) -> bytes:
         answer = await self._run(self._client.get_object, Bucket=self.bucket, Key=key)
         return await self._run(answer["Body"].read)  # type: ignore[no-any-return]
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        """Delete ``keys`` with DeleteObjects, up to DELETE_BATCH per call; returns the
+        number of calls made. A key already gone counts as deleted (S3 answers so), so a
+        repeated erasure is harmless. Raises StorageError if any key could not be deleted."""
+        calls = 0
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start : start + DELETE_BATCH]
+            answer = await self._run(
+                self._client.delete_objects,
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+            )
+            calls += 1
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(f"S3 could not delete {len(errors)} objects, e.g. {first.get('Key')!r}: "
+                                   f"{first.get('Code')}")
+        return calls
 
     def presign(self, key: str, expires: int = 3600) -> str:
         """A presigned GET URL valid for at least ``expires * 5/6`` seconds from now.

@@ -62,6 +62,7 @@ class HistoryFilter:
     metadata: dict[str, str] = field(default_factory=dict)
     limit: int = DEFAULT_LIMIT
     cursor: tuple[dt.datetime, str] | None = None
+    include_deleted: bool = False  # deleted jobs (tombstones) are left out unless asked for
 
 
 def encode_cursor(created_at: dt.datetime, job_id: str) -> str:
@@ -128,6 +129,10 @@ def parse_filter(params: Sequence[tuple[str, str]]) -> HistoryFilter:
                 errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
             else:
                 f.limit = int(value)
+        elif key == "include_deleted":
+            if value not in ("true", "false"):
+                errors.append(FieldError(key, "must be true or false"))
+            f.include_deleted = value == "true"
         elif key == "cursor":
             try:
                 f.cursor = decode_cursor(value)
@@ -156,6 +161,8 @@ def _branch(owner: str, f: HistoryFilter, status: str | None) -> Select[Any]:
     """One ordered, limited walk: jobs of ``owner`` (in one ``status``, if given) that
     pass every other filter, newest first from the cursor on."""
     conditions = [jobs_t.c.owner == owner]
+    if not f.include_deleted:
+        conditions.append(jobs_t.c.deleted_at.is_(None))
     if f.model:
         conditions.append(jobs_t.c.model == f.model)
     items = list(f.metadata.items())

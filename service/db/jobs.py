@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -141,6 +141,15 @@ async def lock_job(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
     return (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id).with_for_update())).first()
 
 
+async def is_deleted(conn: AsyncConnection, job_id: str) -> bool:
+    """Whether ``job_id`` is deleted (or gone), read under a share lock on its row so a
+    deletion cannot commit between this check and the caller's commit."""
+    row = (await conn.execute(
+        select(jobs_t.c.deleted_at).where(jobs_t.c.id == job_id).with_for_update(read=True)
+    )).first()
+    return row is None or row.deleted_at is not None
+
+
 async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[Row[Any]]]:
     if not job_ids:
         return {}
@@ -200,7 +209,66 @@ async def transition(
         await notify(conn, queries.CHANNEL_DONE, job.id)
     else:
         await notify(conn, queries.CHANNEL_WORK, target.value)
+        await notify(conn, queries.CHANNEL_JOB, job.id)  # live streams (GET /v1/jobs/{id}/stream)
     return True
+
+
+# Why: the batch form of a terminal ``transition`` (bulk cancel and delete). Rows are
+# locked in id order and the guard is re-checked on the locked row (EvalPlanQual), so a
+# job that became terminal meanwhile is left alone; the owner is in the query.
+_FINISH_MANY = text(
+    """
+    WITH locked AS (
+        SELECT id, status FROM jobs
+        WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:allowed)
+        ORDER BY id FOR UPDATE)
+    UPDATE jobs j SET status = :target, updated_at = now(), locked_until = NULL, locked_by = NULL,
+                      run_after = NULL, completed_at = now(),
+                      callback_status = CASE WHEN j.callback_url IS NULL THEN j.callback_status ELSE 'pending' END,
+                      callback_attempts = CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
+    FROM locked WHERE j.id = locked.id
+    RETURNING j.id, locked.status AS old, j.callback_url
+    """
+)
+_EVENTS_MANY = text(
+    """
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT id, 'status.changed', jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
+    FROM unnest(CAST(:ids AS text[]), CAST(:olds AS text[])) AS t(id, old)
+    """
+)
+_DELIVERIES_MANY = text(
+    """
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+    SELECT d, j, :event, u, '', 'pending', now()
+    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:ids AS text[]), CAST(:urls AS text[])) AS t(d, j, u)
+    """
+)
+_NOTIFY_EACH = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS t(id)")
+
+
+async def finish_many(conn: AsyncConnection, owner: str, ids: Sequence[str], target: JobStatus, *, reason: str) -> list[str]:
+    """Move ``owner``'s jobs among ``ids`` to the terminal ``target`` where the state
+    machine allows it, with what ``transition`` does for each (event, callback, NOTIFY)
+    in a fixed number of statements; returns the ids moved."""
+    assert target in TERMINAL
+    rows = (await conn.execute(_FINISH_MANY, {
+        "ids": list(ids), "owner": owner, "allowed": allowed_from(target), "target": target.value,
+    })).all()
+    if not rows:
+        return []
+    moved = [r.id for r in rows]
+    await conn.execute(_EVENTS_MANY, {"ids": moved, "olds": [r.old for r in rows], "target": target.value,
+                                      "reason": reason})
+    with_callback = [r for r in rows if r.callback_url]
+    if with_callback:
+        await conn.execute(_DELIVERIES_MANY, {
+            "delivery_ids": [new_delivery_id() for _ in with_callback], "ids": [r.id for r in with_callback],
+            "urls": [r.callback_url for r in with_callback], "event": CALLBACK_EVENT[target],
+        })
+        await notify(conn, queries.CHANNEL_WORK, "deliver")
+    await conn.execute(_NOTIFY_EACH, {"channel": queries.CHANNEL_DONE, "ids": moved})
+    return moved
 
 
 async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, url: str) -> str:

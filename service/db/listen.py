@@ -1,6 +1,8 @@
 """LISTEN/NOTIFY on one dedicated asyncpg connection per process.
 
-Workers wake on ``wsj_work`` and waiters (``?wait=N``) on ``wsj_done``. Notifications
+Workers wake on ``wsj_work``, waiters (``?wait=N``) on ``wsj_done``, and live streams
+(``GET /v1/jobs/{id}/stream``) on ``wsj_job`` and ``wsj_done`` (payload: the job id), so
+a thousand open streams cost one listening connection, not a poll each. Notifications
 are only a hint: workers also poll, so a notification lost while the connection was
 down (a Postgres restart) only delays work. The connection reconnects by itself.
 """
@@ -15,7 +17,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from service.db.queries import CHANNEL_DONE, CHANNEL_WORK
+from service.db.queries import CHANNEL_DONE, CHANNEL_JOB, CHANNEL_WORK
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +27,7 @@ class Notifications:
         self._dsn = dsn
         self._work: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._done: dict[str, list[asyncio.Event]] = defaultdict(list)
+        self._watchers: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
@@ -46,6 +49,9 @@ class Notifications:
         elif channel == CHANNEL_DONE:
             for event in self._done.pop(payload, []):
                 event.set()
+        if channel in (CHANNEL_JOB, CHANNEL_DONE):
+            for event in self._watchers.get(payload, ()):
+                event.set()
 
     async def _run(self) -> None:
         delay = 0.5
@@ -55,12 +61,13 @@ class Notifications:
                 conn = await asyncpg.connect(self._dsn, timeout=5)
                 await conn.add_listener(CHANNEL_WORK, self._on_notify)
                 await conn.add_listener(CHANNEL_DONE, self._on_notify)
+                await conn.add_listener(CHANNEL_JOB, self._on_notify)
                 self._connected.set()
                 delay = 0.5
                 self.kick()  # we may have missed news while away: look now
-                for event_list in list(self._done.values()):
+                for event_list in [*self._done.values(), *self._watchers.values()]:
                     for event in event_list:
-                        event.set()  # waiters re-check the row themselves
+                        event.set()  # waiters and streams re-check the row themselves
                 while not conn.is_closed():
                     await asyncio.sleep(1)
             except asyncio.CancelledError:
@@ -103,3 +110,21 @@ class Notifications:
             waiters.remove(event)
             if not waiters:
                 del self._done[job_id]
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        """An Event set on every status change of ``job_id`` (cleared by the watcher)
+        until ``unwatch``. Register before reading the row, as for ``done_waiter``."""
+        event = asyncio.Event()
+        self._watchers.setdefault(job_id, set()).add(event)
+        return event
+
+    def unwatch(self, job_id: str, event: asyncio.Event) -> None:
+        watchers = self._watchers.get(job_id)
+        if watchers is not None:
+            watchers.discard(event)
+            if not watchers:
+                del self._watchers[job_id]
+
+    @property
+    def watching(self) -> int:
+        return sum(len(w) for w in self._watchers.values())

@@ -55,6 +55,11 @@ class Job(Base):
     submitted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     completed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
+    # Data lifecycle (revision 0007): a deleted job is a tombstone; see service/work/eraser.py.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    deleted_reason: Mapped[str | None] = mapped_column(Text)
+    retry_of: Mapped[str | None] = mapped_column(Text)
+
 
 class JobOutput(Base):
     __tablename__ = "job_outputs"
@@ -109,6 +114,21 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
     delivered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class Erasure(Base):
+    """A job whose data must still be erased: the eraser's duty row (revision 0007)."""
+
+    __tablename__ = "erasures"
+
+    job_id: Mapped[str] = mapped_column(Text, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    run_after: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    locked_by: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class ApiKey(Base):

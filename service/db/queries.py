@@ -196,6 +196,113 @@ NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c
 
 NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
-# LISTEN/NOTIFY channels: work became due / a job became terminal.
+# --- Data lifecycle (service/work/eraser.py, service/work/retention.py, service/db/bulk.py)
+
+# Why: the tombstone mark and the erasure duty row are written by one statement, so a
+# deleted job always has its erasure due until the erasure itself removes the row. Only
+# terminal jobs are marked (callers cancel first, in the same transaction); the owner is
+# in the query (NULL only for the retention sweep, which works across owners).
+MARK_DELETED = text(
+    """
+    WITH marked AS (
+        UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now()
+        WHERE id = ANY(:ids) AND deleted_at IS NULL AND status = ANY(:terminal)
+          AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+        RETURNING id),
+    logged AS (
+        INSERT INTO job_events (job_id, type, detail)
+        SELECT id, 'job.deleted', jsonb_build_object('reason', CAST(:reason AS text)) FROM marked)
+    INSERT INTO erasures (job_id, reason) SELECT id, :reason FROM marked
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id
+    """
+)
+
+# Why: retention picks its batch on the partial index jobs_retention (terminal, not yet
+# deleted, oldest first); SKIP LOCKED so a job a worker or the API holds right now is
+# simply taken by a later sweep. The owner's retention_days wins over the default when
+# an owners table provides one (see service/work/retention.py).
+RETENTION_BATCH = text(
+    """
+    SELECT id FROM jobs
+    WHERE deleted_at IS NULL AND completed_at IS NOT NULL
+      AND completed_at < now() - make_interval(days => :days)
+      AND status = ANY(:terminal)
+    ORDER BY completed_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# Why: erasures are claimed in batches (one DeleteObjects call serves up to 1,000 keys);
+# the claim token is unique per batch, so every later statement works on exactly the
+# rows this batch holds, and a lapsed lease only means a second, harmless erasure.
+CLAIM_ERASURES = text(
+    """
+    UPDATE erasures SET locked_until = now() + make_interval(secs => :lease),
+                        locked_by = :token, attempts = attempts + 1
+    WHERE job_id IN (
+        SELECT job_id FROM erasures
+        WHERE run_after <= now() AND (locked_until IS NULL OR locked_until < now())
+        ORDER BY run_after
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING job_id
+    """
+)
+
+ERASURE_OBJECTS = text(
+    """
+    SELECT o.job_id, o.key, o.thumbnail_key, coalesce(o.size_bytes, 0) AS size_bytes
+    FROM erasures e JOIN job_outputs o ON o.job_id = e.job_id
+    WHERE e.locked_by = :token
+    """
+)
+
+# Why: the erasure of a batch is one transaction that takes row locks in the documented
+# order (jobs, then deliveries, then the rest) and ends by removing the duty rows: the
+# data is either all erased with no duty left, or untouched with the duty still due.
+ERASE_LOCK_JOBS = text(
+    """
+    SELECT j.id FROM jobs j JOIN erasures e ON e.job_id = j.id
+    WHERE e.locked_by = :token ORDER BY j.id FOR UPDATE OF j
+    """
+)
+ERASE_STATEMENTS = (
+    text("""UPDATE jobs SET input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
+                request_hash = NULL, has_nsfw_contents = NULL, updated_at = now()
+            WHERE id = ANY(:ids)"""),
+    text("UPDATE deliveries SET body = '' WHERE job_id = ANY(:ids) AND body <> ''"),
+    text("DELETE FROM job_outputs WHERE job_id = ANY(:ids)"),
+    text("UPDATE webhook_events SET body = '{}'::jsonb WHERE job_id = ANY(:ids) AND body <> '{}'::jsonb"),
+    # Event details may hold a prompt, a key or an output URL: only a status change's
+    # from/to/reason survive.
+    text("""UPDATE job_events SET detail = CASE WHEN type = 'status.changed'
+                THEN jsonb_strip_nulls(jsonb_build_object('from', detail->'from', 'to', detail->'to',
+                                                          'reason', detail->'reason'))
+                ELSE '{}'::jsonb END
+            WHERE job_id = ANY(:ids) AND detail <> '{}'::jsonb"""),
+)
+FINISH_ERASURES = text(
+    """
+    WITH done AS (DELETE FROM erasures WHERE locked_by = :token AND job_id = ANY(:ids) RETURNING job_id, reason)
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT job_id, 'job.erased', jsonb_build_object('reason', reason) FROM done
+    RETURNING job_id
+    """
+)
+
+# Why: a batch that failed (S3 down) is handed back with a delay, fenced on its token.
+RETRY_ERASURES = text(
+    """
+    UPDATE erasures SET locked_until = NULL, locked_by = NULL, last_error = :error,
+                        run_after = now() + make_interval(secs => :delay)
+    WHERE locked_by = :token
+    """
+)
+
+# LISTEN/NOTIFY channels: work became due / a job became terminal / a job's status
+# changed (streams: the payload is the job id).
 CHANNEL_WORK = "wsj_work"
 CHANNEL_DONE = "wsj_done"
+CHANNEL_JOB = "wsj_job"

@@ -153,7 +153,7 @@ class WebhookStore:
             items = [(queries.CHANNEL_WORK, "deliver")] if has_callback else []
             items.append((queries.CHANNEL_DONE, job_id))
         else:
-            items = [(queries.CHANNEL_WORK, target.value)]
+            items = [(queries.CHANNEL_WORK, target.value), (queries.CHANNEL_JOB, job_id)]
         await self._notify.send(items)
 
 

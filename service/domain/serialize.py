@@ -64,6 +64,10 @@ class Job(TypedDict):
     updated_at: Timestamp
     submitted_at: Timestamp | None
     completed_at: Timestamp | None
+    deleted_at: Annotated[Timestamp | None, Field(description="Set once the job is deleted: it is then a tombstone "
+                                                             "(input {}, metadata {}, outputs []).")]
+    deleted_reason: Literal["request", "retention"] | None
+    retry_of: Annotated[str | None, Field(description="The job this one retries (bulk retry).")]
 
 
 @overload
@@ -89,14 +93,17 @@ def output_dict(row: Row[Any], presign: Callable[[str], str]) -> StoredOutput:
 
 
 def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str], str]) -> Job:
-    stored = [o for o in outputs if o.stored_at is not None]
+    deleted = job.deleted_at is not None
+    # A deleted job is a tombstone from the moment it is marked, even before the eraser
+    # has run: its input, metadata and outputs are never shown again.
+    stored = [] if deleted else [o for o in outputs if o.stored_at is not None]
     return {
         "id": job.id,
         "object": "job",
         "model": job.model,
         "status": JobStatus(job.status),
-        "input": job.input,
-        "metadata": job.metadata,
+        "input": {} if deleted else job.input,
+        "metadata": {} if deleted else job.metadata,
         "callback_url": job.callback_url,
         "provider": {
             "task_id": job.provider_task_id,
@@ -104,7 +111,7 @@ def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str]
             "inference_ms": job.inference_ms,
         },
         "outputs": [output_dict(o, presign) for o in stored],
-        "has_nsfw_contents": job.has_nsfw_contents,
+        "has_nsfw_contents": None if deleted else job.has_nsfw_contents,
         "error": job.error,
         "cost_usd": format(job.cost_usd.normalize(), "f") if job.cost_usd is not None else None,
         "callback": (
@@ -114,4 +121,7 @@ def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str]
         "updated_at": iso(job.updated_at),
         "submitted_at": iso(job.submitted_at),
         "completed_at": iso(job.completed_at),
+        "deleted_at": iso(job.deleted_at),
+        "deleted_reason": job.deleted_reason,
+        "retry_of": job.retry_of,
     }

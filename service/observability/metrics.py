@@ -94,6 +94,20 @@ CALLBACK_ATTEMPTS = Counter(
     ["outcome"], registry=REGISTRY,
 )
 
+ERASED_JOBS = Counter(
+    f"{PREFIX}_erased_jobs", "Jobs whose data was erased (deletions and retention), leaving a tombstone.",
+    registry=REGISTRY,
+)
+ERASED_BYTES = Counter(
+    f"{PREFIX}_erased_bytes", "Bytes of outputs deleted from S3 by erasures.", registry=REGISTRY,
+)
+ERASED_OBJECTS = Counter(
+    f"{PREFIX}_erased_objects", "S3 objects (outputs and thumbnails) deleted by erasures.", registry=REGISTRY,
+)
+RETENTION_DELETED = Counter(
+    f"{PREFIX}_retention_deleted_jobs", "Jobs the retention sweep marked deleted.", registry=REGISTRY,
+)
+
 
 # --------------------------------------------------------------------------- events
 
@@ -158,6 +172,12 @@ def transport_code(exc: BaseException) -> str:
 
 def webhook_received(outcome: str) -> None:
     WEBHOOKS.labels(outcome).inc()
+
+
+def observe_erasure(jobs: int, size_bytes: int, objects: int) -> None:
+    ERASED_JOBS.inc(jobs)
+    ERASED_BYTES.inc(size_bytes)
+    ERASED_OBJECTS.inc(objects)
 
 
 def callback_attempt(outcome: str) -> None:

@@ -115,9 +115,10 @@ class Runner:
 
     async def _run_one(self, duty: Duty, row_id: str) -> None:
         # This runs in a task of its own: every line logged while the row is worked on names it.
-        key = "job_id" if duty.table == "jobs" else "delivery_id"
+        key = {"jobs": "job_id", "deliveries": "delivery_id"}.get(duty.table, "batch")
         structlog.contextvars.bind_contextvars(duty=duty.name, **{key: row_id})
-        held = self._held[duty.table]
+        # Duties on other tables (erasures, the retention sweep) hold no renewable lease.
+        held = self._held.setdefault(duty.table, set())
         held.add(row_id)
         try:
             await duty.run(row_id)

@@ -58,8 +58,8 @@ class Storer:
             return
         try:
             for output in outputs:
-                if output.stored_at is None:
-                    await self._store_one(job, output)
+                if output.stored_at is None and not await self._store_one(job, output):
+                    return  # the job was deleted meanwhile
         except (Retry, StorageError, httpx.HTTPError) as exc:
             await self._retry_later(job, exc)
             return
@@ -86,7 +86,8 @@ class Storer:
             await jobs.reschedule(conn, job.id, self.res.worker_id, delay)
         log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
 
-    async def _store_one(self, job: Any, output: Any) -> None:
+    async def _store_one(self, job: Any, output: Any) -> bool:
+        """Store one output; False (and nothing kept) when the job was deleted meanwhile."""
         res = self.res
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
@@ -98,6 +99,11 @@ class Storer:
             stored, data = await self._stream(job, output.index, source, fmt)
         thumbnail_key = await self._thumbnail(stored, data)
         async with res.engine.begin() as conn:
+            # Under the job's row lock: once a deletion has committed, no object is recorded
+            # (service/work/eraser.py relies on this), so what we just uploaded goes again.
+            if await jobs.is_deleted(conn, job.id):
+                await res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
+                return False
             await conn.execute(
                 update(jobs.outputs_t)
                 .where(jobs.outputs_t.c.job_id == job.id, jobs.outputs_t.c.index == output.index)
@@ -108,6 +114,7 @@ class Storer:
                                  {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
                                   "sha256": stored.sha256})
         metrics.observe_output(job.model, stored.size_bytes)
+        return True
 
     def _key(self, job_id: str, index: int, content_type: str, fmt: str) -> str:
         ext = EXTENSIONS.get(content_type, fmt)

@@ -1,0 +1,214 @@
+"""Bulk actions on an owner's jobs chosen by the history filters: cancel, retry,
+redeliver, delete (``POST /v1/jobs/bulk`` and ``wavespeed-jobs bulk``).
+
+The filter means exactly what ``GET /v1/jobs`` means by it: it is parsed by
+service/db/history.py's ``parse_filter`` and selected by its ``history_query``. The
+matching ids (at most ``MAX_MATCHES``) are read first, then acted on in batches of
+``BULK_BATCH_SIZE``, each its own transaction, so no row lock is held for longer than one
+batch and the API keeps answering while 10,000 jobs are canceled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from typing_extensions import NotRequired, TypedDict
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.db import jobs, queries
+from service.db.history import HistoryFilter, page_query, parse_filter
+from service.domain.errors import FieldError, ValidationFailed
+from service.domain.schemas import MODELS
+from service.domain.states import TERMINAL, JobStatus
+from service.work import deliverer
+from service.work.eraser import mark_deleted
+
+ACTIONS = ("cancel", "retry", "redeliver", "delete")
+MAX_MATCHES = 10_000
+COUNT_CAP = 1_000_000  # an over-broad filter is counted up to here, to name the count
+MAX_METADATA_FILTERS = 16
+FILTER_KEYS = ("status", "model", "created_after", "created_before", "metadata")
+RETRYABLE = [JobStatus.FAILED.value, JobStatus.TIMED_OUT.value]
+
+
+class BulkFilter(TypedDict, total=False):
+    """The history filters of GET /v1/jobs, as JSON; at least one is required."""
+
+    status: Annotated[list[JobStatus], Field(min_length=1, max_length=8)]
+    model: Annotated[str, Field(json_schema_extra={"enum": list(MODELS)})]
+    created_after: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    created_before: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA_FILTERS)]
+
+
+class BulkBody(TypedDict):
+    """The body of POST /v1/jobs/bulk (checked by ``parse_bulk``)."""
+
+    action: Literal["cancel", "retry", "redeliver", "delete"]
+    filter: BulkFilter
+    dry_run: NotRequired[bool]
+
+
+class BulkResult(TypedDict):
+    object: Literal["bulk_result"]
+    action: str
+    matched: Annotated[int, Field(description="Jobs the filter matched (at most 10,000).")]
+    affected: Annotated[int, Field(description="Jobs the action changed (0 on a dry run).")]
+    dry_run: bool
+    started_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+@dataclass
+class BulkRequest:
+    action: str
+    filter: HistoryFilter
+    dry_run: bool
+
+
+def _filter_params(raw: Any, errors: list[FieldError]) -> list[tuple[str, str]]:
+    """The JSON filter as the query parameters of GET /v1/jobs."""
+    if not isinstance(raw, dict):
+        errors.append(FieldError("filter", "must be an object"))
+        return []
+    params: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        loc = f"filter.{key}"
+        if key == "status":
+            values = value if isinstance(value, list) else [value]
+            if not values or len(values) > 8 or not all(isinstance(v, str) for v in values):
+                errors.append(FieldError(loc, "must be a status or a list of 1 to 8 statuses"))
+                continue
+            params += [("status", v) for v in values]
+        elif key in ("model", "created_after", "created_before"):
+            if not isinstance(value, str) or not value or len(value) > 100:
+                errors.append(FieldError(loc, "must be a non-empty string of at most 100 characters"))
+                continue
+            params.append((key, value))
+        elif key == "metadata":
+            if (not isinstance(value, dict) or len(value) > MAX_METADATA_FILTERS
+                    or not all(isinstance(k, str) and isinstance(v, str) and k and len(k) <= 64 and len(v) <= 512
+                               for k, v in value.items())):
+                errors.append(FieldError(loc, f"must be an object of at most {MAX_METADATA_FILTERS} string keys "
+                                              "(1-64 characters) with string values (at most 512)"))
+                continue
+            params += [(f"metadata.{k}", v) for k, v in value.items()]
+        else:
+            errors.append(FieldError(loc, f"unknown filter; use {', '.join(FILTER_KEYS)}"))
+    return params
+
+
+def parse_bulk(body: Any) -> BulkRequest:
+    """The body of POST /v1/jobs/bulk (or the CLI's arguments in the same shape)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed([FieldError("body", "must be a JSON object")])
+    errors: list[FieldError] = []
+    for key in body:
+        if key not in ("action", "filter", "dry_run"):
+            errors.append(FieldError(str(key)[:64], "unknown field; use action, filter, dry_run"))
+    action = body.get("action")
+    if action not in ACTIONS:
+        errors.append(FieldError("action", f"must be one of {', '.join(ACTIONS)}"))
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        errors.append(FieldError("dry_run", "must be true or false"))
+    params = _filter_params(body.get("filter", {}), errors)
+    if not params and not any(e["loc"].startswith("filter") for e in errors):
+        errors.append(FieldError("filter", "must name at least one condition (an empty filter would act on "
+                                           "every job)"))
+    f = HistoryFilter()
+    try:
+        f = parse_filter(params)
+    except ValidationFailed as exc:
+        errors += [FieldError("filter." + e["loc"], e["msg"]) for e in exc.fields]
+    if errors:
+        raise ValidationFailed(errors)
+    return BulkRequest(action=str(action), filter=f, dry_run=bool(dry_run))
+
+
+async def matching_ids(conn: AsyncConnection, owner: str, f: HistoryFilter, limit: int) -> list[str]:
+    """Up to ``limit`` ids of ``owner``'s (undeleted) jobs matching ``f``, newest first:
+    the very statement GET /v1/jobs runs, only longer."""
+    f.limit, f.cursor = limit - 1, None  # history_query fetches limit + 1
+    page = (await page_query(conn, owner, f)).subquery("page")
+    return [r.id for r in await conn.execute(select(page.c.id))]
+
+
+async def _count(conn: AsyncConnection, owner: str, f: HistoryFilter) -> int:
+    f.limit, f.cursor = COUNT_CAP - 1, None
+    page = (await page_query(conn, owner, f)).subquery("page")
+    return int((await conn.execute(select(func.count()).select_from(page))).scalar_one())
+
+
+# Why: a retry is a new job with the old one's model, input, metadata and callback URL;
+# only failed or timed-out jobs of the owner qualify, and a job already retried is not
+# retried again (a repeated bulk retry must not pay twice).
+RETRY_MANY = text(
+    """
+    WITH made AS (
+        INSERT INTO jobs (id, owner, model, input, metadata, callback_url, status, run_after, retry_of)
+        SELECT n.new_id, j.owner, j.model, j.input, j.metadata, j.callback_url, 'queued', now(), j.id
+        FROM unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS n(old_id, new_id)
+        JOIN jobs j ON j.id = n.old_id
+        WHERE j.owner = :owner AND j.status = ANY(:retryable) AND j.deleted_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
+        RETURNING id, model, retry_of)
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT id, 'job.created', jsonb_build_object('model', model, 'retry_of', retry_of) FROM made
+    RETURNING job_id
+    """
+)
+
+REDELIVERABLE = text(
+    """
+    SELECT id, status, callback_url FROM jobs
+    WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:terminal) AND callback_url IS NOT NULL
+      AND deleted_at IS NULL
+    ORDER BY id FOR UPDATE
+    """
+)
+
+
+async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) -> int:
+    if action in ("cancel", "delete"):
+        canceled = await jobs.finish_many(conn, owner, batch, JobStatus.CANCELED, reason=f"bulk.{action}")
+        if action == "cancel":
+            return len(canceled)
+        return len(await mark_deleted(conn, batch, "request", owner))
+    if action == "retry":
+        made = await conn.execute(RETRY_MANY, {
+            "old": batch, "new": [jobs.new_job_id() for _ in batch], "owner": owner, "retryable": RETRYABLE,
+        })
+        count = len(made.all())
+        if count:
+            await jobs.notify(conn, queries.CHANNEL_WORK, "submit")
+        return count
+    rows = (await conn.execute(REDELIVERABLE, {
+        "ids": batch, "owner": owner, "terminal": sorted(s.value for s in TERMINAL)})).all()
+    for row in rows:
+        delivery_id = await deliverer.redeliver(conn, row.id, row.callback_url, JobStatus(row.status))
+        await jobs.add_event(conn, row.id, "callback.redeliver_requested", {"delivery_id": delivery_id, "bulk": True})
+    return len(rows)
+
+
+async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int) -> BulkResult:
+    """Match, check the bound, then act batch by batch; the answer of POST /v1/jobs/bulk."""
+    started = dt.datetime.now(dt.UTC)
+    async with engine.begin() as conn:
+        ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
+        if len(ids) > MAX_MATCHES:
+            count = await _count(conn, owner, request.filter)
+            shown = f"{count:,}" if count < COUNT_CAP else f"at least {COUNT_CAP:,}"
+            raise ValidationFailed([FieldError(
+                "filter", f"matches {shown} jobs; a bulk action takes at most {MAX_MATCHES:,}: narrow the filter")])
+    affected = 0
+    if not request.dry_run:
+        for start in range(0, len(ids), batch_size):
+            async with engine.begin() as conn:
+                affected += await _act(conn, request.action, owner, ids[start : start + batch_size])
+    return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
+            "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

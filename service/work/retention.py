@@ -1,0 +1,73 @@
+"""The retention sweep: jobs completed longer ago than the retention period are deleted
+like a ``DELETE`` (``deleted_reason`` "retention"); the eraser then erases them in
+batches.
+
+The period is ``OUTPUT_RETENTION_DAYS`` (unset: keep forever). An owner's own
+``retention_days`` wins over it once the owners table provides one:
+``owner_retention_days`` is the hook for that (see the README's lifecycle section).
+Each sweep marks at most ``RETENTION_BATCH_SIZE`` jobs per transaction and stops after
+a bounded number of batches, so it never holds many row locks or runs long.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from service.db import queries
+from service.observability import metrics
+from service.resources import Resources
+from service.work.eraser import TERMINAL_VALUES, mark_deleted
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCHES_PER_SWEEP = 20
+
+
+class Retention:
+    """A periodic duty: ``claim`` yields one sweep token when a sweep is due."""
+
+    name = "retention"
+    table = "sweeps"
+    concurrency = 1
+
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self._last = float("-inf")
+
+    async def claim(self, limit: int) -> list[str]:
+        days = self.res.settings.output_retention_days
+        if days is None or time.monotonic() - self._last < self.res.settings.retention_interval_seconds:
+            return []
+        self._last = time.monotonic()
+        return ["sweep"]
+
+    async def run(self, _token: str) -> None:
+        total = await self.sweep()
+        if total >= MAX_BATCHES_PER_SWEEP * self.res.settings.retention_batch_size:
+            self._last = float("-inf")  # more is due: sweep again at once, in fresh transactions
+        if total:
+            log.info("retention.swept", jobs=total)
+
+    async def sweep(self) -> int:
+        """Mark every job past retention deleted, batch by batch; returns how many."""
+        days = self.res.settings.output_retention_days
+        if days is None:
+            return 0
+        limit = self.res.settings.retention_batch_size
+        total = 0
+        for _ in range(MAX_BATCHES_PER_SWEEP):
+            async with self.res.engine.begin() as conn:
+                rows = await conn.execute(
+                    queries.RETENTION_BATCH, {"days": days, "terminal": TERMINAL_VALUES, "limit": limit}
+                )
+                ids = [r.id for r in rows]
+                marked = await mark_deleted(conn, ids, "retention", None)
+            total += len(marked)
+            metrics.RETENTION_DELETED.inc(len(marked))
+            if len(ids) < limit:
+                break
+        if total:
+            self.res.notifications.kick()
+        return total

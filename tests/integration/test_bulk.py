@@ -1,0 +1,179 @@
+"""POST /v1/jobs/bulk and `wavespeed-jobs bulk` on the real database: the filter means
+what GET /v1/jobs means, bounds answer 422 and change nothing, dry runs change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from devtools.serverthread import ServerThread
+from tests.conftest import Service, run_service
+from tests.integration.helpers import eventually, submit
+from tests.processes import ROOT
+
+
+@pytest.fixture(scope="module")
+def api_only(database_url: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
+    """No workers: queued jobs stay queued until a bulk action moves them."""
+    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False) as svc:
+        yield svc
+
+
+def statuses(sql: psycopg.Connection[Any], ids: list[str]) -> dict[str, str]:
+    return dict(sql.execute("SELECT id, status FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
+
+
+def test_bulk_cancel_acts_on_the_filter_only_and_dry_run_changes_nothing(
+    api_only: Service, sql: psycopg.Connection[Any]
+) -> None:
+    with api_only.client() as client:
+        tagged = [submit(client, metadata={"batch": "b1"})["id"] for _ in range(5)]
+        other = [submit(client, metadata={"batch": "b2"})["id"] for _ in range(2)]
+        body = {"action": "cancel", "filter": {"status": ["queued"], "metadata": {"batch": "b1"}}}
+        dry = client.post("/v1/jobs/bulk", json={**body, "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        assert dry.json() | {"started_at": None} == {"object": "bulk_result", "action": "cancel", "matched": 5,
+                                                    "affected": 0, "dry_run": True, "started_at": None}
+        assert set(statuses(sql, tagged).values()) == {"queued"}
+        done = client.post("/v1/jobs/bulk", json=body).json()
+        assert (done["matched"], done["affected"]) == (5, 5)
+    assert set(statuses(sql, tagged).values()) == {"canceled"}
+    assert set(statuses(sql, other).values()) == {"queued"}
+    events = sql.execute("SELECT detail->>'reason' FROM job_events WHERE job_id = %s AND type = 'status.changed'",
+                         (tagged[0],)).fetchall()
+    assert events == [("bulk.cancel",)]
+
+
+def test_bulk_never_touches_another_owners_jobs(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+    with api_only.client() as mine, api_only.client() as theirs:
+        their_job = submit(theirs, metadata={"batch": "shared"})["id"]
+        result = mine.post("/v1/jobs/bulk", json={"action": "delete", "filter": {"metadata": {"batch": "shared"}}})
+        assert result.json()["matched"] == 0
+    assert sql.execute("SELECT deleted_at, status FROM jobs WHERE id = %s", (their_job,)).fetchone() == (None, "queued")
+
+
+def test_bulk_retry_makes_one_new_job_per_failed_job_and_never_two(
+    api_only: Service, sql: psycopg.Connection[Any]
+) -> None:
+    with api_only.client() as client:
+        failed = [submit(client, prompt=f"a storm {i}", metadata={"run": "r"},
+                         callback_url="http://127.0.0.1:9/hook")["id"] for i in range(3)]
+        sql.execute("UPDATE jobs SET status = 'failed', run_after = NULL, completed_at = now() WHERE id = ANY(%s)",
+                    (failed,))
+        body = {"action": "retry", "filter": {"status": ["failed", "timed_out"], "metadata": {"run": "r"}}}
+        first = client.post("/v1/jobs/bulk", json=body).json()
+        second = client.post("/v1/jobs/bulk", json=body).json()
+    assert (first["affected"], second["affected"]) == (3, 0)
+    rows = sql.execute("SELECT retry_of, status, input->>'prompt', metadata, callback_url FROM jobs"
+                       " WHERE retry_of = ANY(%s)", (failed,)).fetchall()
+    assert sorted(r[0] for r in rows) == sorted(failed)
+    assert all(r[1] == "queued" and r[3] == {"run": "r"} and r[4] == "http://127.0.0.1:9/hook" for r in rows)
+    assert sorted(r[2] for r in rows) == ["a storm 0", "a storm 1", "a storm 2"]
+
+
+def test_bulk_redeliver_queues_the_terminal_event_again(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+    with api_only.client() as client:
+        ids = [submit(client, metadata={"rd": "1"}, callback_url="http://127.0.0.1:9/hook")["id"] for _ in range(2)]
+        no_callback = submit(client, metadata={"rd": "1"})["id"]
+        client.post("/v1/jobs/bulk", json={"action": "cancel", "filter": {"metadata": {"rd": "1"}}})
+        sql.execute("UPDATE deliveries SET status = 'failed' WHERE job_id = ANY(%s)", (ids,))
+        result = client.post("/v1/jobs/bulk", json={"action": "redeliver", "filter": {"metadata": {"rd": "1"}}}).json()
+    assert (result["matched"], result["affected"]) == (3, 2)
+    rows = sql.execute("SELECT status, event_type FROM deliveries WHERE job_id = ANY(%s)", (ids,)).fetchall()
+    assert rows == [("pending", "job.canceled")] * 2
+    assert sql.execute("SELECT count(*) FROM deliveries WHERE job_id = %s", (no_callback,)).fetchone() == (0,)
+
+
+def test_bulk_delete_tombstones_and_queues_the_erasure(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+    with api_only.client() as client:
+        ids = [submit(client, metadata={"gone": "yes"})["id"] for _ in range(3)]
+        result = client.post("/v1/jobs/bulk", json={"action": "delete", "filter": {"metadata": {"gone": "yes"}}})
+        assert result.json()["affected"] == 3
+        assert client.get("/v1/jobs", params={"metadata.gone": "yes"}).json()["data"] == []
+    rows = sql.execute("SELECT status, deleted_reason FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall()
+    assert rows == [("canceled", "request")] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"action": "cancel", "filter": {}}, "filter"),
+        ({"action": "cancel"}, "filter"),
+        ({"action": "explode", "filter": {"status": ["queued"]}}, "action"),
+        ({"action": "cancel", "filter": {"status": ["queued"]}, "dry_run": "yes"}, "dry_run"),
+        ({"action": "cancel", "filter": {"status": ["nope"]}}, "filter.status"),
+        ({"action": "cancel", "filter": {"status": "queued" * 100}}, "filter.status"),
+        ({"action": "cancel", "filter": {"model": "evil/model"}}, "filter.model"),
+        ({"action": "cancel", "filter": {"created_after": "yesterday"}}, "filter.created_after"),
+        ({"action": "cancel", "filter": {"created_after": "9999-12-31T23:59:59-05:00"}}, "filter.created_after"),
+        ({"action": "cancel", "filter": {"metadata": {"k": 5}}}, "filter.metadata"),
+        ({"action": "cancel", "filter": {"metadata": {"k": "\u0000"}}}, "filter.metadata.k"),
+        ({"action": "cancel", "filter": {"metadata": {f"k{i}": "v" for i in range(17)}}}, "filter.metadata"),
+        ({"action": "cancel", "filter": {"owner": "someone-else"}}, "filter.owner"),
+        ({"action": "cancel", "filter": {"status": ["queued"]}, "extra": 1}, "extra"),
+        ([1, 2], "body"),
+    ],
+)
+def test_hostile_bulk_bodies_get_a_422_naming_the_field(api_only: Service, body: Any, loc: str) -> None:
+    with api_only.client() as client:
+        job = submit(client)
+        answer = client.post("/v1/jobs/bulk", json=body)
+        assert answer.status_code == 422, answer.text
+        assert loc in [f["loc"] for f in answer.json()["error"]["fields"]]
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_bulk_body_that_is_not_json_or_too_large_is_refused(api_only: Service) -> None:
+    with api_only.client() as client:
+        assert client.post("/v1/jobs/bulk", content=b"{nope").status_code == 400
+        assert client.post("/v1/jobs/bulk", content=b"[" + b"1," * 20000 + b"1]").status_code == 413
+
+
+def test_more_than_ten_thousand_matches_is_a_422_naming_the_count(
+    api_only: Service, sql: psycopg.Connection[Any]
+) -> None:
+    owner = f"many_{uuid.uuid4().hex[:8]}"
+    key = api_only.new_key(owner)
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_many_' || %s || '_' || g, %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}', 'queued', NULL"
+        " FROM generate_series(1, 10050) g", (owner, owner))
+    try:
+        with api_only.client(key) as client:
+            answer = client.post("/v1/jobs/bulk", json={"action": "cancel", "filter": {"status": ["queued"]}})
+        assert answer.status_code == 422
+        assert "10,050" in answer.json()["error"]["message"]
+        assert sql.execute("SELECT count(*) FROM jobs WHERE owner = %s AND status = 'queued'",
+                           (owner,)).fetchone() == (10050,)
+    finally:
+        sql.execute("DELETE FROM jobs WHERE owner = %s", (owner,))  # other tests count jobs by status
+
+
+def test_cli_bulk_matches_the_api(api_only: Service, database_url: str, sql: psycopg.Connection[Any]) -> None:
+    owner = f"cli_{uuid.uuid4().hex[:8]}"
+    with api_only.client(api_only.new_key(owner)) as client:
+        ids = [submit(client, metadata={"cli": "x"})["id"] for _ in range(3)]
+    env = {**os.environ, "DATABASE_URL": database_url}
+
+    def bulk(*args: str) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "service", "bulk", *args], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    dry = bulk("cancel", "--owner", owner, "--metadata", "cli=x", "--status", "queued", "--dry-run")
+    assert (dry["matched"], dry["affected"], dry["dry_run"]) == (3, 0, True)
+    done = bulk("cancel", "--owner", owner, "--metadata", "cli=x")
+    assert (done["matched"], done["affected"]) == (3, 3)
+    eventually(lambda: set(statuses(sql, ids).values()) == {"canceled"}, timeout=5)
+    bad = subprocess.run([sys.executable, "-m", "service", "bulk", "cancel", "--owner", owner], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "filter" in bad.stderr

@@ -1,0 +1,44 @@
+"""Retention: jobs completed longer ago than OUTPUT_RETENTION_DAYS are deleted by the
+background sweep (deleted_reason "retention") and erased like a DELETE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import psycopg
+
+from devtools.serverthread import ServerThread
+from service.observability import metrics
+from tests.conftest import run_service
+from tests.integration.helpers import eventually, submit, wait_terminal
+from tests.integration.test_deletion import erased, everything_mentioning, s3_keys
+
+
+def test_jobs_past_retention_are_erased_and_recent_ones_kept(
+    database_url: str, s3_endpoint: str, simulator: ServerThread, s3: Any, sql: psycopg.Connection[Any]
+) -> None:
+    erased_before = metrics.ERASED_JOBS._value.get()
+    bytes_before = metrics.ERASED_BYTES._value.get()
+    with run_service(database_url, s3_endpoint, simulator.url, output_retention_days=2,
+                     retention_interval_seconds=0.2) as svc, svc.client() as client:
+        old = submit(client, prompt="an old harbour at dawn", input={"num_images": 2})
+        recent = submit(client, prompt="a recent harbour at dusk")
+        for job in (old, recent):
+            assert wait_terminal(client, job["id"])["status"] == "completed"
+        assert len(s3_keys(s3, old["id"])) == 4
+        sql.execute("UPDATE jobs SET completed_at = now() - interval '3 days' WHERE id = %s", (old["id"],))
+
+        def swept() -> dict[str, Any] | None:
+            current: dict[str, Any] = client.get(f"/v1/jobs/{old['id']}").json()
+            return current if current["deleted_at"] and erased(sql, old["id"]) else None
+
+        tomb = eventually(swept, timeout=20)
+        assert tomb["deleted_reason"] == "retention" and tomb["status"] == "completed"
+        assert s3_keys(s3, old["id"]) == []
+        assert everything_mentioning(sql, "an old harbour at dawn") == []
+        kept = client.get(f"/v1/jobs/{recent['id']}").json()
+        assert kept["deleted_at"] is None and len(s3_keys(s3, recent["id"])) == 2
+        assert httpx.get(kept["outputs"][0]["url"]).status_code == 200
+    assert metrics.ERASED_JOBS._value.get() >= erased_before + 1
+    assert metrics.ERASED_BYTES._value.get() > bytes_before
