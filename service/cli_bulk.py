@@ -47,7 +47,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     from service.cli import _require_database, _settings
-    from service.db.bulk import parse_bulk, run_bulk
+    from service.db.bulk import BulkResult, parse_bulk, run_bulk
     from service.db.engine import create_engine
 
     settings = _settings()
@@ -58,7 +58,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
 
-    async def go() -> dict[str, Any]:
+    async def go() -> BulkResult:
         engine = create_engine(url, 2)
         try:
             return await run_bulk(engine, args.owner, request, settings.bulk_batch_size)

@@ -12,8 +12,8 @@ from service.api.auth import authenticate, resources
 from service.api.job_routes import read_json, render
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import bulk, jobs
-from service.domain.serialize import Job
 from service.domain.errors import NotFound
+from service.domain.serialize import Job
 from service.domain.states import TERMINAL, JobStatus
 from service.work.eraser import mark_deleted
 

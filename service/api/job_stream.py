@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -21,10 +20,11 @@ from starlette.routing import Route
 from service.api.auth import authenticate, resources
 from service.api.job_routes import render
 from service.api.openapi_doc import BEARER, JOB_ID, documented, errors
+from service.domain.serialize import Job
 from service.domain.states import TERMINAL
 
 
-def sse(job: dict[str, Any]) -> str:
+def sse(job: Job) -> str:
     return "event: job\ndata: " + json.dumps(job, separators=(",", ":")) + "\n\n"
 
 
@@ -33,8 +33,13 @@ def sse(job: dict[str, Any]) -> str:
     description="An event `job` (the job object) at once and after every status change; the stream ends after "
                 "the terminal one. A comment line every 15 s keeps an idle connection open.",
     parameters=[JOB_ID],
+    # The schema of each event (OpenAPI 3.2's reading of text/event-stream): its data is
+    # the job object as JSON.
     responses={"200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": {
-        "type": "string"}}}}, **errors(401, 404)},
+        "type": "object", "required": ["event", "data"],
+        "properties": {"event": {"const": "job"},
+                       "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": Job}},
+    }}}}, **errors(401, 404)},
 )
 async def stream(request: Request) -> StreamingResponse:
     owner = await authenticate(request)

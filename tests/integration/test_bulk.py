@@ -15,16 +15,29 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
-from tests.conftest import Service, run_service
+from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
 from tests.processes import ROOT
 
 
 @pytest.fixture(scope="module")
-def api_only(database_url: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
+def bulk_db(postgres_server: str) -> Iterator[str]:
+    """A database of its own: no worker of the session's service moves these jobs."""
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api_only(bulk_db: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
     """No workers: queued jobs stay queued until a bulk action moves them."""
-    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False) as svc:
+    with run_service(bulk_db, s3_endpoint, simulator.url, run_workers=False) as svc:
         yield svc
+
+
+@pytest.fixture
+def sql(bulk_db: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(bulk_db, autocommit=True) as conn:
+        yield conn
 
 
 def statuses(sql: psycopg.Connection[Any], ids: list[str]) -> dict[str, str]:
@@ -157,11 +170,11 @@ def test_more_than_ten_thousand_matches_is_a_422_naming_the_count(
         sql.execute("DELETE FROM jobs WHERE owner = %s", (owner,))  # other tests count jobs by status
 
 
-def test_cli_bulk_matches_the_api(api_only: Service, database_url: str, sql: psycopg.Connection[Any]) -> None:
+def test_cli_bulk_matches_the_api(api_only: Service, bulk_db: str, sql: psycopg.Connection[Any]) -> None:
     owner = f"cli_{uuid.uuid4().hex[:8]}"
     with api_only.client(api_only.new_key(owner)) as client:
         ids = [submit(client, metadata={"cli": "x"})["id"] for _ in range(3)]
-    env = {**os.environ, "DATABASE_URL": database_url}
+    env = {**os.environ, "DATABASE_URL": bulk_db}
 
     def bulk(*args: str) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-m", "service", "bulk", *args], env=env, cwd=ROOT,
