@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service.api import dashboard, facade, health, job_lifecycle, job_stream, webhooks
+from service.api import dashboard, dashboard_bulk, facade, health, job_lifecycle, job_stream, webhooks
 from service.api import error_responses as errors
 from service.api import job_routes as jobs
 from service.api import metrics_route as metrics
@@ -126,7 +126,7 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
         out += module.routes
-    out += dashboard.routes  # the web page at / (and /login, /jobs/{id}, /static)
+    out += dashboard_bulk.routes + dashboard.routes  # the web page at / (and /login, /bulk, /jobs/{id}, /static)
     return out
 
 

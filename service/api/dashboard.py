@@ -341,6 +341,7 @@ async def history(request: Request, owner: str) -> Response:
         paged=any(k == "cursor" for k, _ in query),
         filtered=any(k != "cursor" and v.strip() for k, v in query),
         live_url=live_list_url(running),
+        bulk_fields=[(k, v) for k, v in kept if k != "cursor" and v.strip()],  # the bulk form acts on this filter
         **_chrome(request, owner),
     )
 

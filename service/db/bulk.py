@@ -109,21 +109,28 @@ def parse_bulk(body: Any) -> BulkRequest:
     for key in body:
         if key not in ("action", "filter", "dry_run"):
             errors.append(FieldError(str(key)[:64], "unknown field; use action, filter, dry_run"))
-    action = body.get("action")
+    params = _filter_params(body.get("filter", {}), errors)
+    return bulk_request(body.get("action"), params, body.get("dry_run", False), errors, prefix="filter.")
+
+
+def bulk_request(action: Any, params: list[tuple[str, str]], dry_run: Any, errors: list[FieldError] | None = None,
+                 *, prefix: str = "") -> BulkRequest:
+    """A bulk action on the filter given as GET /v1/jobs's query parameters (also the
+    history page's form, which speaks them). An empty filter is refused."""
+    errors = list(errors or [])
     if action not in ACTIONS:
         errors.append(FieldError("action", f"must be one of {', '.join(ACTIONS)}"))
-    dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         errors.append(FieldError("dry_run", "must be true or false"))
-    params = _filter_params(body.get("filter", {}), errors)
-    if not params and not any(e["loc"].startswith("filter") for e in errors):
+    if not params and not any(e["loc"].startswith(prefix + "filter") or e["loc"].startswith("filter")
+                              for e in errors):
         errors.append(FieldError("filter", "must name at least one condition (an empty filter would act on "
                                            "every job)"))
     f = HistoryFilter()
     try:
         f = parse_filter(params)
     except ValidationFailed as exc:
-        errors += [FieldError("filter." + e["loc"], e["msg"]) for e in exc.fields]
+        errors += [FieldError(prefix + e["loc"], e["msg"]) for e in exc.fields]
     if errors:
         raise ValidationFailed(errors)
     return BulkRequest(action=str(action), filter=f, dry_run=bool(dry_run))

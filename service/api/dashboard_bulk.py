@@ -1,0 +1,57 @@
+"""The history page's bulk actions: act on the page's current filter.
+
+``POST /bulk`` with the filter form's fields and an action first runs a dry run and
+shows how many jobs match, asking for confirmation; only the confirmed form (the same
+fields plus ``confirm``) acts. Both steps carry the session's form token and must come
+from this origin, like sign-out. The action itself is service/db/bulk.py's, with the
+same filter meaning, bounds and batches as ``POST /v1/jobs/bulk``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service.api.auth import resources
+from service.api.dashboard import (
+    MAX_FORM_BYTES,
+    Forbidden,
+    _chrome,
+    history_params,
+    page,
+    same_origin,
+    signed_in,
+)
+from service.db import bulk
+from service.db import dashboard_sessions as sessions
+from service.domain.errors import PayloadTooLarge
+
+FILTER_FIELDS = ("status", "model", "created_after", "created_before", "meta")
+VERBS = {"cancel": "Cancel", "retry": "Retry", "redeliver": "Resend the callback of", "delete": "Delete"}
+
+
+async def bulk_page(request: Request, owner: str) -> Response:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"the form must be at most {MAX_FORM_BYTES} bytes")
+    form = await request.form(max_files=0, max_fields=40)
+    fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    token = request.cookies.get(sessions.COOKIE, "")
+    if not same_origin(request) or not sessions.tokens_match(sessions.form_token(token), str(form.get("csrf", ""))):
+        raise Forbidden()
+    kept = [(k, v) for k, v in fields if k in FILTER_FIELDS and v.strip()]
+    params, errors = history_params(kept)
+    action = str(form.get("action", ""))
+    confirmed = form.get("confirm") == "yes"
+    request_ = bulk.bulk_request(action, params, not confirmed, errors)
+    result = await bulk.run_bulk(resources(request).engine, owner, request_, resources(request).settings.bulk_batch_size)
+    if result["affected"]:
+        resources(request).notifications.kick()
+    return page(request, "bulk.html", result=result, verb=VERBS[action], action=action, kept=kept,
+                back="/?" + urlencode(kept), **_chrome(request, owner))
+
+
+routes: list[BaseRoute] = [Route("/bulk", signed_in(bulk_page), methods=["POST"], include_in_schema=False)]
