@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -19,11 +20,25 @@ import uvicorn
 from service.domain.errors import ConfigError
 from service.settings import Settings
 
+# `dev` and `simulator` run the development tools (devtools/: the simulator, the embedded
+# stack), which the Docker image leaves out; there they say so instead of a traceback.
+DEV_COMMANDS = ("dev", "simulator")
+NO_DEVTOOLS = ("error: `wavespeed-jobs {command}` needs the development tools (the devtools package), which this "
+               "install leaves out: the Docker image ships the product only. Run it from a source checkout "
+               "(pip install -e '.[dev]').")
+
+
+def has_devtools() -> bool:
+    try:
+        return importlib.util.find_spec("devtools.simulator") is not None
+    except ModuleNotFoundError:  # devtools itself is missing
+        return False
+
 
 def _settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # pydantic's message names the variable and the rule
+    except Exception as exc:  # noqa: BLE001  pydantic's message names the variable and the rule
         raise SystemExit(f"invalid configuration: {exc}") from None
 
 
@@ -253,16 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_bulk.add_parser(sub)
 
-    from devtools.simulator.config import SimulatorConfig
+    simulator = sub.add_parser("simulator", help="the WaveSpeed simulator alone (development tools)")
+    if has_devtools():
+        from devtools.simulator.config import SimulatorConfig
 
-    simulator = sub.add_parser("simulator", help="the WaveSpeed simulator alone")
-    SimulatorConfig.add_arguments(simulator, listen=True)
+        SimulatorConfig.add_arguments(simulator, listen=True)
     simulator.set_defaults(func=cmd_simulator)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in DEV_COMMANDS and not has_devtools():
+        print(NO_DEVTOOLS.format(command=words[0]), file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(words)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -14,7 +14,9 @@ from urllib.parse import quote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from devtools.simulator.disconnect import unless_disconnected
 from devtools.simulator.lifecycle import run_task
+from devtools.simulator.params import MODELS, InvalidInput, validate
 from devtools.simulator.responses import PacedResponse, chunks_of, error, ok
 from devtools.simulator.state import (
     COMPLETED,
@@ -28,9 +30,6 @@ from devtools.simulator.state import (
     iso,
     new_id,
 )
-from service.api.disconnect import unless_disconnected
-from service.domain.errors import ValidationFailed
-from service.domain.schemas import MODELS, validate_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -116,10 +115,10 @@ async def _submit(request: Request, model: str) -> Response:
         sim.stats.submits_invalid += 1
         return error(422, "webhook: must be an http(s) URL")
     try:
-        input_ = validate_input(model, raw, prefix="")
-    except ValidationFailed as exc:
+        input_ = validate(model, raw)
+    except InvalidInput as exc:
         sim.stats.submits_invalid += 1
-        return error(422, exc.message)
+        return error(422, str(exc))
 
     seed = int(input_["seed"]) if input_.get("seed", -1) != -1 else sim.dice.seed()
     task = SimTask(

@@ -16,9 +16,9 @@ from starlette.routing import Route
 
 from devtools.simulator import api, control, files
 from devtools.simulator.config import DEFAULT_PORT, SimulatorConfig
+from devtools.simulator.params import MODELS
 from devtools.simulator.responses import QUIET_CUTS, error
 from devtools.simulator.state import SimulatorState
-from service.domain.schemas import MODELS
 
 log = logging.getLogger("devtools.simulator")
 

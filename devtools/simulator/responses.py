@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from service.api.disconnect import until_disconnect
+from devtools.simulator.disconnect import until_disconnect
 
 T = TypeVar("T")
 

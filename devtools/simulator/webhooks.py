@@ -1,7 +1,7 @@
 """Signed webhooks to the ``?webhook=`` URL of a task, with every delivery fault.
 
 The body is the prediction object without the envelope, signed per the provider's "v3"
-scheme (``service.domain.signing.wavespeed_signature``). Faults: drop, delay, duplicates with
+scheme (devtools/simulator/signing.py, written from the document). Faults: drop, delay, duplicates with
 the same webhook-id, a stale ``processing`` event after the final one, a wrong key.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from devtools.simulator.signing import sign
 from devtools.simulator.state import PROCESSING, Delivery, SimTask, SimulatorState, new_id
-from service.domain.signing import wavespeed_signature
 
 # What a "bad signature" is signed with: a well-formed secret that is not the account's.
 WRONG_SECRET = "whsec_not_the_account_secret"
@@ -32,7 +32,7 @@ def signed_headers(secret: str, webhook_id: str, body: bytes, now: float) -> dic
         "user-agent": "wavespeed-simulator",
         "webhook-id": webhook_id,
         "webhook-timestamp": timestamp,
-        "webhook-signature": wavespeed_signature(secret, webhook_id, timestamp, body),
+        "webhook-signature": sign(secret, webhook_id, timestamp, body),
     }
 
 

@@ -16,15 +16,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.auth import resources
-from service.api.dashboard import (
-    MAX_FORM_BYTES,
-    Forbidden,
-    _chrome,
-    history_params,
-    page,
-    same_origin,
-    signed_in,
-)
+from service.api.dashboard import history_params
+from service.api.dashboard_render import page
+from service.api.dashboard_signin import MAX_FORM_BYTES, Forbidden, chrome, same_origin, signed_in
 from service.db import bulk
 from service.db import dashboard_sessions as sessions
 from service.domain.errors import PayloadTooLarge
@@ -40,18 +34,20 @@ async def bulk_page(request: Request, owner: str) -> Response:
     form = await request.form(max_files=0, max_fields=40)
     fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     token = request.cookies.get(sessions.COOKIE, "")
-    if not same_origin(request) or not sessions.tokens_match(sessions.form_token(token), str(form.get("csrf", ""))):
+    csrf_ok = sessions.tokens_match(sessions.form_token(token), str(form.get("csrf", "")))
+    if not same_origin(request) or not csrf_ok:
         raise Forbidden()
     kept = [(k, v) for k, v in fields if k in FILTER_FIELDS and v.strip()]
     params, errors = history_params(kept)
     action = str(form.get("action", ""))
     confirmed = form.get("confirm") == "yes"
     request_ = bulk.bulk_request(action, params, not confirmed, errors)
-    result = await bulk.run_bulk(resources(request).engine, owner, request_, resources(request).settings.bulk_batch_size)
+    res = resources(request)
+    result = await bulk.run_bulk(res.engine, owner, request_, res.settings.bulk_batch_size)
     if result["affected"]:
-        resources(request).notifications.kick()
+        res.notifications.kick()
     return page(request, "bulk.html", result=result, verb=VERBS[action], action=action, kept=kept,
-                back="/?" + urlencode(kept), **_chrome(request, owner))
+                back="/?" + urlencode(kept), **chrome(request, owner))
 
 
 routes: list[BaseRoute] = [Route("/bulk", signed_in(bulk_page), methods=["POST"], include_in_schema=False)]

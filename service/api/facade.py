@@ -238,7 +238,8 @@ def submit_endpoint(model: str) -> Endpoint:
         tags=["wavespeed-compatible"], summary=f"Submit a `{model}` task as WaveSpeed's API does", security=BEARER,
         description="The body is the model's input; `webhook` becomes the job's callback URL. With "
                     "`enable_sync_mode` the answer waits for the job (up to FACADE_SYNC_TIMEOUT_SECONDS).",
-        parameters=[{"name": "webhook", "in": "query", "required": False, "description": "Becomes the job's callback_url.",
+        parameters=[{"name": "webhook", "in": "query", "required": False,
+                     "description": "Becomes the job's callback_url.",
                      "schema": {k: v for k, v in URL_JSON_SCHEMA.items() if k != "description"}}],
         requestBody=json_body(INPUT_MODELS[model]),
         responses={"200": answer(PredictionEnvelope, "The prediction (its id is the job id)."),

@@ -4,6 +4,7 @@ owner; another owner's job is a 404, never a 403, so ids leak nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Annotated, Any, Literal
 
@@ -119,10 +120,9 @@ async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float)
             remaining = deadline - loop.time()
             if job["status"] in TERMINAL or remaining <= 0:
                 return job
-            try:
+            # On a timeout, re-read anyway: covers a NOTIFY lost to a reconnect.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
-            except TimeoutError:
-                pass  # re-read anyway: covers a NOTIFY lost to a reconnect
         finally:
             res.notifications.forget(job_id, event)
 

@@ -119,7 +119,8 @@ async def record(
             # provider stops retrying.
             await conn.execute(
                 queries.INSERT_WEBHOOK_EVENT,
-                {"webhook_id": webhook_id, "job_id": None, "task_id": task_id, "body": raw.decode(), "outcome": "unknown_job"},
+                {"webhook_id": webhook_id, "job_id": None, "task_id": task_id, "body": raw.decode(),
+                 "outcome": "unknown_job"},
             )
             return "unknown_job"
         inserted = (

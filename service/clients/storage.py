@@ -8,6 +8,7 @@ of ``part_size`` bytes, so memory holds at most about one part whatever the obje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -138,10 +139,9 @@ class Storage:
         except BaseException:
             if upload_id is not None:
                 # Abandoned parts cost storage; abort is best effort.
-                try:
-                    await self._run(self._client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except StorageError:
-                    pass
+                with contextlib.suppress(StorageError):
+                    await self._run(self._client.abort_multipart_upload, Bucket=self.bucket, Key=key,
+                                    UploadId=upload_id)
             raise
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest(), content_type=content_type)
 

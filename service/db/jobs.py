@@ -155,7 +155,9 @@ async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str
         return {}
     rows = (
         await conn.execute(
-            select(outputs_t).where(outputs_t.c.job_id.in_(list(job_ids))).order_by(outputs_t.c.job_id, outputs_t.c.index)
+            select(outputs_t)
+            .where(outputs_t.c.job_id.in_(list(job_ids)))
+            .order_by(outputs_t.c.job_id, outputs_t.c.index)
         )
     ).all()
     out: dict[str, list[Row[Any]]] = {}

@@ -75,7 +75,7 @@ class Notifications:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  any failure: reconnect (polling covers the gap)
                 log.warning("notifications.disconnected", error=type(exc).__name__)
             self._connected.clear()
             if conn is not None:

@@ -87,7 +87,7 @@ class Runner:
             async with self.res.engine.begin() as conn:
                 await conn.execute(queries.RELEASE_WORKER_JOBS, {"worker": self.res.worker_id})
                 await conn.execute(queries.RELEASE_WORKER_DELIVERIES, {"worker": self.res.worker_id})
-        except Exception as exc:  # the database may be gone; leases lapse on their own
+        except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
 
     async def _loop(self, duty: Duty) -> None:
@@ -99,7 +99,7 @@ class Runner:
             if free > 0:
                 try:
                     claimed = await duty.claim(free)
-                except Exception as exc:  # database down: wait and try again
+                except Exception as exc:  # noqa: BLE001  database down: wait and try again
                     log.warning("duty.claim_failed", duty=duty.name, error=type(exc).__name__)
                     await asyncio.sleep(min(poll * 2, 2.0))
                     continue
@@ -147,5 +147,5 @@ class Runner:
                             queries.RENEW_DELIVERY_LEASE,
                             {"ids": list(self._held["deliveries"]), "worker": self.res.worker_id, "lease": lease},
                         )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
                 log.warning("workers.renew_failed", error=type(exc).__name__)

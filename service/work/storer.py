@@ -77,11 +77,13 @@ class Storer:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         delay = exc.delay if isinstance(exc, Retry) else backoff(job.attempts, base=2.0, cap=300.0)
         async with self.res.engine.begin() as conn:
-            await jobs.add_event(conn, job.id, "output.store_failed", {"error": message[:500], "retry_in": round(delay, 2)})
+            await jobs.add_event(conn, job.id, "output.store_failed",
+                                 {"error": message[:500], "retry_in": round(delay, 2)})
             age = dt.datetime.now(dt.UTC) - (job.last_news_at or job.created_at)
             if age > PROVIDER_RETENTION - dt.timedelta(days=1):
                 # The provider deletes outputs after 7 days: say so loudly while there is time.
-                await jobs.add_event(conn, job.id, "output.retention_warning", {"age_hours": round(age.total_seconds() / 3600, 1)})
+                await jobs.add_event(conn, job.id, "output.retention_warning",
+                                     {"age_hours": round(age.total_seconds() / 3600, 1)})
                 log.error("output.retention_warning", job_id=job.id, age_hours=round(age.total_seconds() / 3600, 1))
             await jobs.reschedule(conn, job.id, self.res.worker_id, delay)
         log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
@@ -151,7 +153,8 @@ class Storer:
                         kept.extend(chunk)
                     yield chunk
 
-            stored = await self.res.storage.put_stream(self._key(job.id, index, content_type, fmt), chunks(), content_type)
+            key = self._key(job.id, index, content_type, fmt)
+            stored = await self.res.storage.put_stream(key, chunks(), content_type)
             if declared is not None and declared != stored.size_bytes:
                 raise Retry(f"output {index} was cut short ({stored.size_bytes} of {declared} bytes)",
                             delay=backoff(job.attempts))
@@ -167,7 +170,7 @@ class Storer:
             if data is None:
                 data = await self.res.storage.get_bytes(stored.key)
             thumb = await make_thumbnail(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  a thumbnail is optional: any failure leaves it out
             log.warning("thumbnail.failed", key=stored.key, error=type(exc).__name__)
             return None
         if thumb is None:

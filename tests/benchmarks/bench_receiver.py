@@ -116,7 +116,8 @@ class Plan:
             kind = "failed" if r < DUPLICATE_RATE + FAILED_RATE else "completed"
             body = prediction(n, kind)
             webhook_id = f"whk_bench_{n:07d}"
-            hooks.append(Hook(n, webhook_id, kind, False, now, wavespeed_signature(SECRET, webhook_id, now, body), body))
+            signature = wavespeed_signature(SECRET, webhook_id, now, body)
+            hooks.append(Hook(n, webhook_id, kind, False, now, signature, body))
         return hooks
 
     @property
@@ -358,7 +359,8 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str
         missing = accepted_ids - db_ids
         extra = db_ids - sent_ids
         if missing:
-            problems.append(f"{len(missing)} accepted webhook-ids are not in webhook_events, e.g. {sorted(missing)[:3]}")
+            problems.append(
+                f"{len(missing)} accepted webhook-ids are not in webhook_events, e.g. {sorted(missing)[:3]}")
         if extra:
             problems.append(f"{len(extra)} webhook_events rows were never sent, e.g. {sorted(extra)[:3]}")
         outcomes: dict[str, int] = dict(conn.execute("SELECT outcome, count(*) FROM webhook_events GROUP BY outcome"))
@@ -402,7 +404,8 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str
         if not len(accepted) <= received <= len(accepted) + len(maybe) + len(rejected):
             problems.append(f"{len(accepted)} accepted webhooks but {received} 'webhook.received' events")
         if received - dup_logged != len(db_ids):
-            problems.append(f"{received - dup_logged} first-time 'webhook.received' events for {len(db_ids)} webhook-ids")
+            problems.append(
+                f"{received - dup_logged} first-time 'webhook.received' events for {len(db_ids)} webhook-ids")
         # Rows that triggers keep beside the jobs (migrations 0003 and 0004) followed every move.
         stale_metadata = _one(conn, "SELECT count(*) FROM job_metadata m JOIN jobs j ON j.id = m.job_id "
                                     "WHERE m.status <> j.status")[0]
@@ -490,10 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lat = result.latency_ms
                     errors = sum(result.errors.values()) + len(sent.rejected)
                     print(f"wrk closed loop, {args.connections} connections: {_fmt(result.rps, 0)} webhooks/s "
-                          f"over {result.seconds:.1f} s; latency p50 {_fmt(lat['p50'], 2)} / p90 {_fmt(lat['p90'], 2)} / "
+                          f"over {result.seconds:.1f} s; latency p50 {_fmt(lat['p50'], 2)} / "
+                          f"p90 {_fmt(lat['p90'], 2)} / "
                           f"p95 {_fmt(lat['p95'], 2)} / p99 {_fmt(lat['p99'], 2)} / max {_fmt(lat['max'], 2)} ms; "
                           f"errors {errors} {result.errors}", flush=True)
-                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, its postgres backends {pg:.2f}, "
+                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, "
+                          f"its postgres backends {pg:.2f}, "
                           f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
                     if result.wrapped:
                         print("  note: a wrk thread ran out of pre-signed requests and replayed them "
@@ -515,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{_fmt(f['p95_ms'], 2)} / p99 {_fmt(f['p99_ms'], 2)} / max {_fmt(f['max_ms'], 2)} ms "
                           f"(service time p50 {_fmt(f['service_p50_ms'], 2)}, p99 {_fmt(f['service_p99_ms'], 2)} ms); "
                           f"errors {f['errors']:,.0f}", flush=True)
-                    print(f"  CPU in cores: service {service_cpu:.2f}, generator {gen_cpu:.2f}, its postgres backends {pg:.2f}, "
+                    print(f"  CPU in cores: service {service_cpu:.2f}, generator {gen_cpu:.2f}, "
+                          f"its postgres backends {pg:.2f}, "
                           f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
                     if args.timeline:
                         print("  second: answers, p99 ms  " + "; ".join(
@@ -530,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             problems, stored = verify(url, phases, n_jobs)
         accepted = sum(len(s.accepted) for s in phases)
         unique = len({h.webhook_id for s in phases for h in s.accepted})
-        in_flight = len({h.webhook_id for s in phases for h in s.unknown} - {h.webhook_id for s in phases for h in s.accepted})
+        unknown = {h.webhook_id for s in phases for h in s.unknown}
+        in_flight = len(unknown - {h.webhook_id for s in phases for h in s.accepted})
         rejected = [status for s in phases for _, status in s.rejected]
         print(f"all phases: {accepted:,} webhooks answered 2xx ({unique:,} unique webhook-ids), "
               f"{len(rejected)} answered with an error{' ' + str(sorted(set(rejected))) if rejected else ''}, "

@@ -47,30 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure("warning", "console")
 
-    with tempfile.TemporaryDirectory(prefix="wsj-soak-") as tmp, WebhookCatcher() as catcher:
-        with dev_stack(Path(tmp), completion_delay=0.5) as stack:
-            httpx.post(stack.simulator_url + "/_sim/config", json=FAULTS, timeout=5).raise_for_status()
-            port = free_port()
-            env = stack.environment(port)
-            os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-            migrate(stack.database_url)
-            settings = Settings(**{k.lower(): v for k, v in env.items() if not k.startswith("AWS_")},
-                                reconcile_after_seconds=5.0, wavespeed_timeout_seconds=2.0,
-                                callback_retry_schedule="0,1,2,5", log_level="warning")
-            with ServerThread(create_app(settings), port=port) as server:
-                from tests.integration.test_faults import new_key
+    with tempfile.TemporaryDirectory(prefix="wsj-soak-") as tmp, WebhookCatcher() as catcher, \
+            dev_stack(Path(tmp), completion_delay=0.5) as stack:
+        httpx.post(stack.simulator_url + "/_sim/config", json=FAULTS, timeout=5).raise_for_status()
+        port = free_port()
+        env = stack.environment(port)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+        migrate(stack.database_url)
+        settings = Settings(**{k.lower(): v for k, v in env.items() if not k.startswith("AWS_")},
+                            reconcile_after_seconds=5.0, wavespeed_timeout_seconds=2.0,
+                            callback_retry_schedule="0,1,2,5", log_level="warning")
+        with ServerThread(create_app(settings), port=port) as server:
+            from tests.integration.test_faults import new_key
 
-                key = new_key(stack.database_url, "soak")
-                started = time.monotonic()
-                ids = submit_many(server.url, key, args.jobs, catcher.url("/cb"))
-                submitted = time.monotonic() - started
-                wait_all_terminal(stack.database_url, ids, args.timeout)
-                finished = time.monotonic() - started
-                wait_callbacks(catcher, stack.database_url, ids, 120)
-                s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint_url, region_name="us-east-1")
-                report = audit(stack.database_url, s3, settings.s3_bucket or "", settings.s3_prefix,
-                               stack.simulator_url, ids, catcher)
-                stats = httpx.get(stack.simulator_url + "/_sim/stats", timeout=5).json()
+            key = new_key(stack.database_url, "soak")
+            started = time.monotonic()
+            ids = submit_many(server.url, key, args.jobs, catcher.url("/cb"))
+            submitted = time.monotonic() - started
+            wait_all_terminal(stack.database_url, ids, args.timeout)
+            finished = time.monotonic() - started
+            wait_callbacks(catcher, stack.database_url, ids, 120)
+            s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint_url, region_name="us-east-1")
+            report = audit(stack.database_url, s3, settings.s3_bucket or "", settings.s3_prefix,
+                           stack.simulator_url, ids, catcher)
+            stats = httpx.get(stack.simulator_url + "/_sim/stats", timeout=5).json()
     print(f"soak: {args.jobs} jobs with faults {FAULTS}")
     print(f"  submitted in {submitted:.1f} s; all terminal after {finished:.1f} s "
           f"→ {args.jobs / finished:.1f} jobs/s end to end")

@@ -168,7 +168,7 @@ def verify(url: str, s3: Any, simulator: str, blob_url: str, size: int) -> tuple
     if status is None or status[0] != "completed":
         problems.append(f"the job is {status and status[0]!r}, not 'completed'")
     if output is None or output[0] is None:
-        return problems + ["the output has no S3 key"], ""
+        return [*problems, "the output has no S3 key"], ""
     key, recorded_size, recorded_sha = output
     obj = s3.get_object(Bucket=BUCKET, Key=key)
     s3_sha, s3_size = _sha256_of_stream(obj["Body"].iter_chunks(1024 * 1024))

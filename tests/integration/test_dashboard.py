@@ -145,7 +145,9 @@ def test_cookies_are_secure_when_the_request_came_over_https(service: Service, o
     [("", 422, "is required"), ("wsj_not-a-real-key", 401, "is invalid or revoked")],
     ids=["empty", "unknown"],
 )
-def test_sign_in_with_a_bad_key_names_the_field_and_the_rule(service: Service, key: str, status: int, rule: str) -> None:
+def test_sign_in_with_a_bad_key_names_the_field_and_the_rule(
+    service: Service, key: str, status: int, rule: str
+) -> None:
     with browser(service) as web:
         form = web.get("/login")
         answer = web.post("/login", data={"api_key": key, "csrf": csrf_field(form.text)})
@@ -170,7 +172,9 @@ def test_sign_in_only_redirects_to_paths_on_this_site(
         assert answer.headers["location"] == lands_on
 
 
-def test_sign_out_ends_the_session_on_the_server(service: Service, owner_key: str, sql: psycopg.Connection[Any]) -> None:
+def test_sign_out_ends_the_session_on_the_server(
+    service: Service, owner_key: str, sql: psycopg.Connection[Any]
+) -> None:
     with sign_in(service, owner_key) as web:
         token = web.cookies["wsj_session"]
         page = web.get("/")
@@ -179,7 +183,8 @@ def test_sign_out_ends_the_session_on_the_server(service: Service, owner_key: st
         [cleared] = set_cookie_headers(answer, "wsj_session")
         assert "max-age=0" in cleared.lower()
         digest = hashlib.sha256(token.encode()).hexdigest()
-        assert sql.execute("SELECT count(*) FROM dashboard_sessions WHERE token_hash = %s", (digest,)).fetchone() == (0,)
+        left = sql.execute("SELECT count(*) FROM dashboard_sessions WHERE token_hash = %s", (digest,)).fetchone()
+        assert left == (0,)
         # The old cookie, replayed, opens nothing.
         with browser(service, cookies={"wsj_session": token}) as replay:
             assert replay.get("/").status_code == 303

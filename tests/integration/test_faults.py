@@ -91,7 +91,8 @@ def test_submit_429s_500s_and_hung_answers_still_one_task_per_job(
         report = finish_and_audit(fault_db, s3, sim_defaults.url, ids, catcher)
     assert report.by_status == {"completed": N}
     with psycopg.connect(fault_db, autocommit=True) as conn:
-        lost = conn.execute("SELECT count(DISTINCT job_id) FROM job_events WHERE type = 'submit.answer_lost'").fetchone()
+        lost = conn.execute(
+            "SELECT count(DISTINCT job_id) FROM job_events WHERE type = 'submit.answer_lost'").fetchone()
         retried = conn.execute("SELECT count(*) FROM job_events WHERE type = 'submit.retry'").fetchone()
     assert lost and lost[0] > 0, "no submit answer was lost: the scenario did not exercise recovery"
     assert retried and retried[0] > 0
@@ -103,7 +104,8 @@ def test_kill_9_of_serve_mid_run_with_two_workers_beside_it(
 ) -> None:
     port = free_port()
     settings = make_settings(fault_db, s3_endpoint, sim_defaults.url, port)
-    serve = ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings, tmp_path / "serve.log", port)
+    serve = ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings,
+                           tmp_path / "serve.log", port)
     workers = [ServiceProcess(["worker"], settings, tmp_path / f"worker{i}.log") for i in range(2)]
     with contextlib.ExitStack() as stack:
         for worker in workers:
@@ -184,7 +186,8 @@ def test_sigterm_mid_run_exits_0_in_grace_and_leaves_nothing_claimed(
     port = free_port()
     grace = 5.0
     settings = make_settings(fault_db, s3_endpoint, sim_defaults.url, port, shutdown_grace_seconds=grace)
-    serve = ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings, tmp_path / "serve.log", port)
+    serve = ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings,
+                           tmp_path / "serve.log", port)
     with serve:
         ids = submit_many(serve.url, new_key(fault_db), N, catcher.url("/cb"))
         wait_some_terminal(fault_db, ids, 0.2)

@@ -43,7 +43,8 @@ def with_input(**input_: Any) -> dict[str, Any]:
 INVALID: list[tuple[str, Any, str]] = [
     ("size-too-big", with_input(size="2048*2048"), "input.size"),
     ("size-malformed", with_input(size="1024x1024"), "input.size"),
-    ("lora-scale", with_input(loras=[{"path": "a/b", "scale": 1}, {"path": "c/d", "scale": 4.5}]), "input.loras.1.scale"),
+    ("lora-scale", with_input(loras=[{"path": "a/b", "scale": 1}, {"path": "c/d", "scale": 4.5}]),
+     "input.loras.1.scale"),
     ("too-many-loras-krea", body(model=KREA, input={"prompt": "p", "loras": [{"path": "a", "scale": 1}] * 4}),
      "input.loras"),
     ("krea-num-images", body(model=KREA, input={"prompt": "p", "num_images": 2}), "input.num_images"),

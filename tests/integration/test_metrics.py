@@ -164,7 +164,8 @@ def test_job_counts_equal_sql_through_inserts_transitions_and_deletes(quiet: tup
         # Many small transactions, as the workers make them (each fires the triggers).
         ids = [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
         for n, job_id in enumerate(ids):
-            for status in ("submitted", "processing", "storing", ("completed", "failed", "canceled")[n % 3])[: 1 + n % 4]:
+            path = ("submitted", "processing", "storing", ("completed", "failed", "canceled")[n % 3])
+            for status in path[: 1 + n % 4]:
                 conn.execute("UPDATE jobs SET status = %s WHERE id = %s", (status, job_id))
         conn.execute("UPDATE jobs SET model = %s WHERE id = ANY(%s)", (KREA, ids[:10]))
         conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids[-7:],))

@@ -56,14 +56,13 @@ def test_no_more_tasks_in_flight_than_the_limit_across_two_processes(
 
 
 def test_per_minute_limit_queues_the_rest(own_db: str, s3_endpoint: str, sim_defaults: ServerThread) -> None:
-    with run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_per_minute=3) as svc:
-        with svc.client() as client:
-            ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
-                                                 "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
-                   for i in range(5)]
-            time.sleep(3.0)
-            assert len(_tasks_for(sim_defaults.url, set(ids))) == 3
-            statuses = sorted(client.get(f"/v1/jobs/{i}").json()["status"] for i in ids)
+    with run_service(own_db, s3_endpoint, sim_defaults.url, provider_max_per_minute=3) as svc, svc.client() as client:
+        ids = [client.post("/v1/jobs", json={"model": "wavespeed-ai/flux-dev-lora",
+                                             "input": {"prompt": f"p{i}", "size": "256*256"}}).json()["id"]
+               for i in range(5)]
+        time.sleep(3.0)
+        assert len(_tasks_for(sim_defaults.url, set(ids))) == 3
+        statuses = sorted(client.get(f"/v1/jobs/{i}").json()["status"] for i in ids)
     assert statuses.count("queued") == 2
 
 

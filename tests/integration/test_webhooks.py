@@ -363,7 +363,9 @@ def test_a_verified_webhook_that_is_not_a_json_object_is_400(
     assert job_events(sql, job_id) == events_before
 
 
-def test_a_verified_webhook_for_an_unknown_job_is_2xx_and_logged(service: Service, sql: psycopg.Connection[Any]) -> None:
+def test_a_verified_webhook_for_an_unknown_job_is_2xx_and_logged(
+    service: Service, sql: psycopg.Connection[Any]
+) -> None:
     job_id = "job_nobody_" + uuid.uuid4().hex
     task_id = "task_" + uuid.uuid4().hex
     webhook_id = "evt_unknown_" + uuid.uuid4().hex

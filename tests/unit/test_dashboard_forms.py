@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.api.dashboard import _datetime_input, _duration, _size, history_params, safe_next
+from service.api.dashboard import history_params
+from service.api.dashboard_render import _datetime_input, _duration, _size
+from service.api.dashboard_signin import safe_next
 from service.db.dashboard_sessions import form_token, tokens_match
 from service.domain.errors import FieldError
 
@@ -22,7 +24,8 @@ from service.domain.errors import FieldError
         ([("meta", "empty=")], [("metadata.empty", "")], []),
         ([("metadata.plan", "pro")], [("metadata.plan", "pro")], []),  # API style passes through
         ([("colour", "red")], [("colour", "red")], []),  # left for parse_filter to name
-        ([("meta", "novalue")], [], [FieldError("meta", "must be key=value pairs separated by commas, e.g. user_id=u_1")]),
+        ([("meta", "novalue")], [],
+         [FieldError("meta", "must be key=value pairs separated by commas, e.g. user_id=u_1")]),
         ([("meta", "=v")], [], [FieldError("meta", "must be key=value pairs separated by commas, e.g. user_id=u_1")]),
     ],
 )

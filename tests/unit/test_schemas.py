@@ -65,7 +65,9 @@ def test_numeric_bounds_accept_both_ends(model: str, field: str, low: Any, high:
 
 
 @pytest.mark.parametrize(("model", "field", "low", "high", "below", "above"), BOUND_CASES, ids=BOUND_IDS)
-def test_numeric_bounds_reject_just_outside(model: str, field: str, low: Any, high: Any, below: Any, above: Any) -> None:
+def test_numeric_bounds_reject_just_outside(
+    model: str, field: str, low: Any, high: Any, below: Any, above: Any
+) -> None:
     assert locs(rejected(model, **{field: below})) == [f"input.{field}"]
     assert locs(rejected(model, **{field: above})) == [f"input.{field}"]
 

@@ -1,0 +1,84 @@
+"""The Docker image holds the product only: no simulator, no dev stack, no tests. There is
+no Docker daemon here, so this builds what the image's build stage installs from (the
+Dockerfile's own COPY lines, read from the file) and runs the CLI in it: `dev` and
+`simulator` there print a clear error, not a traceback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from setuptools import find_packages
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCT_SOURCES = {"pyproject.toml", "README.md", "service", "alembic.ini", "migrations"}
+
+
+def copied_sources() -> set[str]:
+    """Every local path the Dockerfile copies into an image (``COPY --from`` excluded)."""
+    sources: set[str] = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() == "COPY" and not any(w.startswith("--from") for w in words):
+            sources |= {w.rstrip("/") for w in words[1:-1] if not w.startswith("--")}
+    return sources
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("image")
+    for source in copied_sources():
+        path = ROOT / source
+        if path.is_dir():
+            shutil.copytree(path, tree / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, tree / source)
+    return tree
+
+
+def test_the_dockerfile_copies_the_product_only() -> None:
+    assert copied_sources() == PRODUCT_SOURCES
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"devtools", "tests"} <= ignored
+
+
+def test_the_installed_packages_are_the_service_alone(image_tree: Path) -> None:
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_packages(str(image_tree), include=include)
+    assert "service" in packages and "service.api" in packages
+    assert [p for p in packages if not p.startswith("service")] == []
+    assert not list(image_tree.rglob("simulator*"))
+
+
+def _run_in_image(image_tree: Path, code: str) -> subprocess.CompletedProcess[str]:
+    # This venv's editable install maps `service` and `devtools` to the checkout: drop
+    # that finder so only the image's tree is importable, as in the image.
+    prelude = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+        f"sys.path.insert(0, {str(image_tree)!r})\n"
+    )
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=image_tree, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["simulator", "--port", "9000", "--failure-rate", "0.5"], ["dev", "--demo"]])
+def test_dev_commands_say_the_development_tools_are_missing(image_tree: Path, argv: list[str]) -> None:
+    done = _run_in_image(image_tree, (
+        "import service.cli, importlib.util\n"
+        f"assert service.cli.__file__.startswith({str(image_tree)!r}), service.cli.__file__\n"
+        "assert importlib.util.find_spec('devtools') is None\n"
+        f"sys.exit(service.cli.main({argv!r}))\n"
+    ))
+    assert done.returncode == 2, done.stderr
+    assert "development tools" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_product_imports_and_its_other_commands_parse_in_the_image(image_tree: Path) -> None:
+    code = "import service.app, service.cli\nservice.cli.build_parser().parse_args(['migrate'])\n"
+    done = _run_in_image(image_tree, code)
+    assert done.returncode == 0, done.stderr
