@@ -124,7 +124,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, webhooks, facade):  # facade last: it ends in an /api/v3 catch-all
+    # facade last: it ends in an /api/v3 catch-all.
+    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, webhooks, facade):
         out += module.routes
     out += dashboard_bulk.routes + dashboard.routes  # the web page at / (and /login, /bulk, /jobs/{id}, /static)
     return out

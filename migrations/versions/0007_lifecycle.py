@@ -42,7 +42,8 @@ def upgrade() -> None:
     )
     op.execute("CREATE INDEX erasures_due ON erasures (run_after)")
     op.execute("CREATE INDEX erasures_locked_by ON erasures (locked_by) WHERE locked_by IS NOT NULL")
-    op.execute("CREATE INDEX jobs_retention ON jobs (completed_at) WHERE deleted_at IS NULL AND completed_at IS NOT NULL")
+    op.execute("CREATE INDEX jobs_retention ON jobs (completed_at)"
+               " WHERE deleted_at IS NULL AND completed_at IS NOT NULL")
     op.execute("CREATE INDEX jobs_retry_of ON jobs (retry_of) WHERE retry_of IS NOT NULL")
 
 

@@ -235,7 +235,8 @@ _FINISH_MANY = text(
 _EVENTS_MANY = text(
     """
     INSERT INTO job_events (job_id, type, detail)
-    SELECT id, 'status.changed', jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
+    SELECT id, 'status.changed',
+           jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
     FROM unnest(CAST(:ids AS text[]), CAST(:olds AS text[])) AS t(id, old)
     """
 )
@@ -249,7 +250,9 @@ _DELIVERIES_MANY = text(
 _NOTIFY_EACH = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS t(id)")
 
 
-async def finish_many(conn: AsyncConnection, owner: str, ids: Sequence[str], target: JobStatus, *, reason: str) -> list[str]:
+async def finish_many(
+    conn: AsyncConnection, owner: str, ids: Sequence[str], target: JobStatus, *, reason: str
+) -> list[str]:
     """Move ``owner``'s jobs among ``ids`` to the terminal ``target`` where the state
     machine allows it, with what ``transition`` does for each (event, callback, NOTIFY)
     in a fixed number of statements; returns the ids moved."""
