@@ -5,7 +5,9 @@ lease. Workers claim with ``FOR UPDATE SKIP LOCKED`` (so N processes never pick 
 same row) and take a short lease (``locked_until``) instead of holding a transaction
 across network calls; a worker that dies simply lets its lease lapse and another takes
 over. Every write a worker makes afterwards is fenced on ``locked_by`` so a worker whose
-lease was taken over can no longer change the row.
+lease was taken over can no longer change the row. ``locked_by`` names the process *and
+the duty* that claimed the row (service/work/runner.py ``holder_for``): a duty moves only
+rows claimed for it, never one another duty of the same process has claimed since.
 """
 
 from __future__ import annotations
@@ -34,15 +36,16 @@ CLAIM_JOBS = text(
 RENEW_JOB_LEASE = text(
     """
     UPDATE jobs SET locked_until = now() + make_interval(secs => :lease)
-    WHERE id = ANY(:ids) AND locked_by = :worker
-    RETURNING id
+    FROM unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
+    WHERE jobs.id = held.id AND jobs.locked_by = held.holder
+    RETURNING jobs.id
     """
 )
 
 # Why: on graceful shutdown, claimed work is handed back at once rather than after
 # the lease runs out.
 RELEASE_WORKER_JOBS = text(
-    "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = :worker"
+    "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders)"
 )
 
 # Why: the submit is not idempotent upstream, so we record that it is about to go out
@@ -88,13 +91,14 @@ CLAIM_DELIVERIES = text(
 RENEW_DELIVERY_LEASE = text(
     """
     UPDATE deliveries SET locked_until = now() + make_interval(secs => :lease)
-    WHERE id = ANY(:ids) AND locked_by = :worker
-    RETURNING id
+    FROM unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
+    WHERE deliveries.id = held.id AND deliveries.locked_by = held.holder
+    RETURNING deliveries.id
     """
 )
 
 RELEASE_WORKER_DELIVERIES = text(
-    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE locked_by = :worker"
+    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders)"
 )
 
 # --- The receiver's fast path (service/webhook_store.py), raw asyncpg SQL ($n params):

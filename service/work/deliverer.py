@@ -40,6 +40,7 @@ from service.domain.serialize import iso, job_dict
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
+from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +138,7 @@ class Deliverer:
 
     def __init__(self, res: Resources, rng: random.Random | None = None) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)
         self.concurrency = res.settings.callback_concurrency
         self._rng = rng or random.Random()
 
@@ -144,12 +146,12 @@ class Deliverer:
         async with self.res.engine.begin() as conn:
             rows = await conn.execute(
                 queries.CLAIM_DELIVERIES,
-                {"lease": self.res.settings.lease_seconds, "worker": self.res.worker_id, "limit": limit},
+                {"lease": self.res.settings.lease_seconds, "worker": self.holder, "limit": limit},
             )
             return [r.id for r in rows]
 
     async def run(self, delivery_id: str) -> None:
-        res, worker = self.res, self.res.worker_id
+        res, worker = self.res, self.holder
         delays = res.settings.retry_delays
         async with res.engine.connect() as conn:
             row = (await conn.execute(
@@ -203,7 +205,7 @@ class Deliverer:
         return await callbacks.send(self.res.http, row.url, body, headers, settings.callback_timeout_seconds)
 
     async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> None:
-        res, worker = self.res, self.res.worker_id
+        res, worker = self.res, self.holder
         number = row.attempts + 1
         status, delay, failure = outcome_of(attempt, number, delays, self._rng)
         detail: dict[str, Any] = {

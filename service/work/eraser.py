@@ -28,6 +28,7 @@ from service.db import queries
 from service.domain.states import TERMINAL
 from service.observability import metrics
 from service.resources import Resources
+from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,7 @@ class Eraser:
 
     def __init__(self, res: Resources) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)  # its rows carry a token per batch instead
         self.concurrency = res.settings.erase_concurrency
         self.batch_size = res.settings.erase_batch_size
         # Erasure is idempotent, so the lease is generous rather than renewed: a lapse only

@@ -27,7 +27,7 @@ from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs
 from service.resources import Resources
-from service.work.runner import claim_jobs
+from service.work.runner import claim_jobs, holder_for
 from service.work.submitter import Submitter, backoff
 
 log = structlog.get_logger(__name__)
@@ -83,16 +83,18 @@ class Reconciler:
 
     def __init__(self, res: Resources) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_jobs(self.res, [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value], limit)
+        return await claim_jobs(self.res, [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value], limit,
+                                holder=self.holder)
 
     def _next_check(self, attempts: int) -> float:
         base = self.res.settings.reconcile_after_seconds
         return min(base * 2.0 ** min(max(attempts - 1, 0), 4), 900.0)
 
     async def run(self, job_id: str) -> None:
-        res, worker = self.res, self.res.worker_id
+        res, worker = self.res, self.holder
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
         logs.bind_job(job_id, job.provider_task_id)
@@ -150,7 +152,7 @@ class Reconciler:
         record proves the task was never created (the request died with us before it
         went out), send the job now: that is not a blind re-send. Otherwise fail it
         rather than risk paying twice."""
-        worker = self.res.worker_id
+        worker = self.holder
         async with self.res.engine.begin() as conn:
             if not search.verified_absent:
                 await jobs.fail(
@@ -176,7 +178,7 @@ class Reconciler:
         log.warning("submit.resend", job_id=job.id)
         async with self.res.engine.connect() as conn:
             fresh = await jobs.get_job(conn, job.id)
-        await Submitter(self.res).send(fresh)
+        await Submitter(self.res, holder=self.holder).send(fresh)
 
     async def _find_lost_task(self, job: Any) -> LostSearch:
         """Search the provider's recent predictions for this job's task."""

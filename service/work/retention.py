@@ -19,6 +19,7 @@ from service.db import queries
 from service.observability import metrics
 from service.resources import Resources
 from service.work.eraser import TERMINAL_VALUES, mark_deleted
+from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,7 @@ class Retention:
 
     def __init__(self, res: Resources) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)  # claims no row: the runner's bookkeeping only
         self._last = float("-inf")
 
     async def claim(self, limit: int) -> list[str]:

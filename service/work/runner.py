@@ -24,12 +24,12 @@ from service.resources import Resources
 log = structlog.get_logger(__name__)
 
 
-async def claim_jobs(res: Resources, statuses: Sequence[str], limit: int) -> list[str]:
-    """Claim up to ``limit`` due jobs in ``statuses`` for this worker (queries.CLAIM_JOBS)."""
+async def claim_jobs(res: Resources, statuses: Sequence[str], limit: int, *, holder: str) -> list[str]:
+    """Claim up to ``limit`` due jobs in ``statuses`` for ``holder`` (queries.CLAIM_JOBS)."""
     async with res.engine.begin() as conn:
         rows = await conn.execute(
             queries.CLAIM_JOBS,
-            {"statuses": list(statuses), "lease": res.settings.lease_seconds, "worker": res.worker_id, "limit": limit},
+            {"statuses": list(statuses), "lease": res.settings.lease_seconds, "worker": holder, "limit": limit},
         )
         return [r.id for r in rows]
 
@@ -38,10 +38,23 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def holder_for(res: Resources, duty: str) -> str:
+    """What a duty writes in ``locked_by`` when it claims a row: this process and the duty.
+
+    Every later write of the duty is fenced on it, so "holds the row" means "holds the
+    claim made for this duty", not merely "this process": when a webhook moves a job on
+    while the submitter waits for its answer and the storer of the same process claims
+    the job, the submitter can no longer hand the storer's claim back (a job then sat
+    120 s with its outputs half stored).
+    """
+    return f"{res.worker_id}/{duty}"
+
+
 class Duty(Protocol):
     name: str
     concurrency: int
     table: str  # whose leases the runner renews: "jobs" or "deliveries"
+    holder: str  # written in locked_by by this duty's claims (holder_for)
 
     async def claim(self, limit: int) -> list[str]: ...
 
@@ -55,7 +68,8 @@ class Runner:
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in duties}
-        self._held: dict[str, set[str]] = {"jobs": set(), "deliveries": set()}
+        # (row id, holder) of every row a duty is working on, by table.
+        self._held: dict[str, set[tuple[str, str]]] = {"jobs": set(), "deliveries": set()}
 
     async def start(self) -> None:
         for duty in self.duties:
@@ -85,8 +99,9 @@ class Runner:
     async def _release_all(self) -> None:
         try:
             async with self.res.engine.begin() as conn:
-                await conn.execute(queries.RELEASE_WORKER_JOBS, {"worker": self.res.worker_id})
-                await conn.execute(queries.RELEASE_WORKER_DELIVERIES, {"worker": self.res.worker_id})
+                holders = [d.holder for d in self.duties]
+                await conn.execute(queries.RELEASE_WORKER_JOBS, {"holders": holders})
+                await conn.execute(queries.RELEASE_WORKER_DELIVERIES, {"holders": holders})
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
 
@@ -118,8 +133,8 @@ class Runner:
         key = {"jobs": "job_id", "deliveries": "delivery_id"}.get(duty.table, "batch")
         structlog.contextvars.bind_contextvars(duty=duty.name, **{key: row_id})
         # Duties on other tables (erasures, the retention sweep) hold no renewable lease.
-        held = self._held.setdefault(duty.table, set())
-        held.add(row_id)
+        held, claim = self._held.setdefault(duty.table, set()), (row_id, duty.holder)
+        held.add(claim)
         try:
             await duty.run(row_id)
         except asyncio.CancelledError:
@@ -129,7 +144,7 @@ class Runner:
             # lapses and the row is retried, so nothing is lost.
             log.exception("duty.crashed", duty=duty.name, row_id=row_id, error=type(exc).__name__)
         finally:
-            held.discard(row_id)
+            held.discard(claim)
 
     async def _renew_leases(self) -> None:
         lease = self.res.settings.lease_seconds
@@ -137,15 +152,10 @@ class Runner:
             await asyncio.sleep(lease / 3)
             try:
                 async with self.res.engine.begin() as conn:
-                    if self._held["jobs"]:
-                        await conn.execute(
-                            queries.RENEW_JOB_LEASE,
-                            {"ids": list(self._held["jobs"]), "worker": self.res.worker_id, "lease": lease},
-                        )
-                    if self._held["deliveries"]:
-                        await conn.execute(
-                            queries.RENEW_DELIVERY_LEASE,
-                            {"ids": list(self._held["deliveries"]), "worker": self.res.worker_id, "lease": lease},
-                        )
+                    for table, statement in (("jobs", queries.RENEW_JOB_LEASE),
+                                             ("deliveries", queries.RENEW_DELIVERY_LEASE)):
+                        if self._held[table]:
+                            ids, holders = zip(*self._held[table], strict=True)
+                            await conn.execute(statement, {"ids": list(ids), "holders": list(holders), "lease": lease})
             except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
                 log.warning("workers.renew_failed", error=type(exc).__name__)

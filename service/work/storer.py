@@ -25,7 +25,7 @@ from service.domain.schemas import output_count
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work.runner import claim_jobs
+from service.work.runner import claim_jobs, holder_for
 from service.work.submitter import backoff
 from service.work.thumbnails import make_thumbnail
 
@@ -43,13 +43,14 @@ class Storer:
 
     def __init__(self, res: Resources) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)
         self.concurrency = res.settings.store_concurrency
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_jobs(self.res, [JobStatus.STORING.value], limit)
+        return await claim_jobs(self.res, [JobStatus.STORING.value], limit, holder=self.holder)
 
     async def run(self, job_id: str) -> None:
-        res, worker = self.res, self.res.worker_id
+        res, worker = self.res, self.holder
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
             outputs = (await jobs.get_outputs(conn, [job_id])).get(job_id, [])
@@ -85,7 +86,7 @@ class Storer:
                 await jobs.add_event(conn, job.id, "output.retention_warning",
                                      {"age_hours": round(age.total_seconds() / 3600, 1)})
                 log.error("output.retention_warning", job_id=job.id, age_hours=round(age.total_seconds() / 3600, 1))
-            await jobs.reschedule(conn, job.id, self.res.worker_id, delay)
+            await jobs.reschedule(conn, job.id, self.holder, delay)
         log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
 
     async def _store_one(self, job: Any, output: Any) -> bool:

@@ -21,7 +21,7 @@ from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work.runner import claim_jobs
+from service.work.runner import claim_jobs, holder_for
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)
@@ -39,15 +39,18 @@ class Submitter:
     name = "submit"
     table = "jobs"
 
-    def __init__(self, res: Resources) -> None:
+    def __init__(self, res: Resources, *, holder: str | None = None) -> None:
+        """``holder``: the claim the caller holds, when another duty sends a job it
+        claimed itself (the reconciler's verified re-send)."""
         self.res = res
+        self.holder = holder or holder_for(res, self.name)
         self.concurrency = res.settings.submit_concurrency
 
     def webhook_url(self, job_id: str) -> str:
         return f"{self.res.settings.public_base_url}/webhooks/wavespeed/{job_id}"
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_jobs(self.res, [JobStatus.QUEUED.value], limit)
+        return await claim_jobs(self.res, [JobStatus.QUEUED.value], limit, holder=self.holder)
 
     async def _answer_lost(self, job_id: str, why: str) -> None:
         settings = self.res.settings
@@ -59,17 +62,17 @@ class Submitter:
             # Give the task's own webhook a chance before searching the provider's list.
             recover_in = min(settings.reconcile_after_seconds, 30.0)
             moved = await jobs.transition(
-                conn, job, JobStatus.SUBMITTED, reason="submit.answer_lost", worker=self.res.worker_id,
+                conn, job, JobStatus.SUBMITTED, reason="submit.answer_lost", worker=self.holder,
                 run_after_seconds=recover_in,
                 values={"submitted_at": func.now(),
                         "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
             )
             if not moved:  # already submitted (a verified re-send): the reconciler looks again
-                await jobs.reschedule(conn, job_id, self.res.worker_id, recover_in)
+                await jobs.reschedule(conn, job_id, self.holder, recover_in)
         log.warning("submit.answer_lost", job_id=job_id, why=why)
 
     async def run(self, job_id: str) -> None:
-        res, worker = self.res, self.res.worker_id
+        res, worker = self.res, self.holder
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
         if job.status != JobStatus.QUEUED or job.locked_by != worker:
@@ -84,7 +87,7 @@ class Submitter:
         """Mark the job as being sent (within the provider limits), POST it, and record
         the outcome. The caller holds the job's lease. Used for queued jobs, and by the
         reconciler for a submitted job whose task the provider verifiably never created."""
-        res, worker, job_id = self.res, self.res.worker_id, job.id
+        res, worker, job_id = self.res, self.holder, job.id
         async with res.engine.begin() as conn:
             verdict = await mark_submit_sent(
                 conn, job_id, worker,
@@ -108,7 +111,7 @@ class Submitter:
 
     async def _refused(self, job: jobs.Row, exc: ProviderError) -> None:  # type: ignore[name-defined]
         """The provider said no (or could not be reached): no task exists."""
-        worker = self.res.worker_id
+        worker = self.holder
         async with self.res.engine.begin() as conn:
             # The request never created a task, so sending again later is safe.
             await conn.execute(
@@ -135,7 +138,7 @@ class Submitter:
         logs.bind_job(job.id, task_id)
         async with self.res.engine.begin() as conn:
             moved = await jobs.transition(
-                conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.res.worker_id,
+                conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.holder,
                 run_after_seconds=settings.reconcile_after_seconds,
                 values={"provider_task_id": task_id, "provider_status": prediction.get("status"),
                         "submitted_at": func.now(),
@@ -149,7 +152,7 @@ class Submitter:
                     .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.provider_task_id.is_(None))
                     .values(provider_task_id=task_id, provider_status=prediction.get("status"))
                 )
-                await jobs.reschedule(conn, job.id, self.res.worker_id, settings.reconcile_after_seconds)
+                await jobs.reschedule(conn, job.id, self.holder, settings.reconcile_after_seconds)
             await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
         metrics.observe_submit(job.model, job.created_at)
         log.info("submit.accepted", job_id=job.id, task_id=task_id)
