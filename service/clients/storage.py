@@ -1,6 +1,13 @@
 """S3 through boto3. boto3 is synchronous, so every network call runs in a bounded
 thread pool and the event loop never blocks on S3.
 
+Why still boto3 for the calls: a SigV4 client on httpx (tests/benchmarks/s3_httpx.py)
+was measured beside it and cost more CPU per PUT, not less (tests/benchmarks/
+bench_s3client.py: 1.6× boto3's on this machine); httpx's own per-request work weighs
+as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
+difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py,
+~15× cheaper than botocore's generate_presigned_url) with the credentials boto3 resolved.
+
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
 """
@@ -16,10 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 
+from service.clients.sigv4 import Credentials, Signer, uri_encode
 from service.domain.errors import ServiceError
 
 PRESIGN_CACHE_SIZE = 50_000
@@ -52,12 +61,12 @@ class Storage:
     ) -> None:
         self.bucket = bucket
         self.part_size = part_size
-        self._client: Any = boto3.client(
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
+        )
+        self._client: Any = session.client(
             "s3",
             endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
             config=Config(
                 signature_version="s3v4",
                 retries={"max_attempts": 2, "mode": "standard"},
@@ -67,6 +76,14 @@ class Storage:
                 s3={"addressing_style": "path"},
             ),
         )
+        # Presigning: the same credentials (refreshed by botocore when they expire), the
+        # same path-style URL as the client's.
+        self._credentials: Any = session.get_credentials()
+        self._signer = Signer(region)
+        origin = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
+        self._origin = f"{origin.scheme}://{origin.netloc}"
+        self._host = origin.netloc
+        self._base_path = origin.path.rstrip("/")
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
 
@@ -76,6 +93,14 @@ class Storage:
             return await loop.run_in_executor(self._pool, partial(fn, **kwargs))
         except Exception as exc:  # botocore raises many unrelated types
             raise StorageError(f"S3 {getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _presign(self, key: str, expires: int) -> str:
+        if self._credentials is None:
+            raise StorageError("no S3 credentials to sign a URL with")
+        frozen = self._credentials.get_frozen_credentials()
+        creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        path = f"{self._base_path}/{uri_encode(self.bucket)}/{uri_encode(key, keep_slash=True)}"
+        return f"{self._origin}{path}?{self._signer.presign_query(creds, 'GET', self._host, path, expires)}"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -177,17 +202,15 @@ class Storage:
     def presign(self, key: str, expires: int = 3600) -> str:
         """A presigned GET URL valid for at least ``expires * 5/6`` seconds from now.
 
-        Signing is local computation (no network call, safe on the event loop) but costs
-        about 0.2 ms in botocore, which dominated history pages: a URL is reused while
-        five sixths of its life remain.
+        Signing is local computation (no network call, safe on the event loop): about
+        20 µs here against 0.25 ms in botocore, which dominated history pages. A URL is
+        still reused while five sixths of its life remain.
         """
         now = time.monotonic()
         cached = self._presigned.get((key, expires))
         if cached is not None and now - cached[1] < expires / 6:
             return cached[0]
-        url: str = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
-        )
+        url = self._presign(key, expires)
         if len(self._presigned) >= PRESIGN_CACHE_SIZE:
             self._presigned.clear()  # crude but bounded; refills from the next page
         self._presigned[(key, expires)] = (url, now)

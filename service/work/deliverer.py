@@ -188,7 +188,7 @@ class Deliverer:
             body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
             frozen = (await conn.execute(
                 update(Delivery)
-                .where(Delivery.id == row.id, Delivery.locked_by == res.worker_id, Delivery.body == "")
+                .where(Delivery.id == row.id, Delivery.locked_by == self.holder, Delivery.body == "")
                 .values(body=body)
                 .returning(Delivery.id)
             )).first()

@@ -25,6 +25,7 @@ from service.domain.schemas import output_count
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
+from service.work.backlog_limit import BacklogLimit
 from service.work.runner import claim_jobs, holder_for
 from service.work.submitter import backoff
 from service.work.thumbnails import make_thumbnail
@@ -44,12 +45,22 @@ class Storer:
     def __init__(self, res: Resources) -> None:
         self.res = res
         self.holder = holder_for(res, self.name)
-        self.concurrency = res.settings.store_concurrency
+        self.limit = BacklogLimit(res.settings.store_concurrency, res.settings.store_concurrency_max)
+
+    @property
+    def concurrency(self) -> int:
+        return self.limit.value
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_jobs(self.res, [JobStatus.STORING.value], limit, holder=self.holder)
+        claimed = await claim_jobs(self.res, [JobStatus.STORING.value], limit, holder=self.holder)
+        self.limit.claimed(limit, len(claimed))
+        return claimed
 
     async def run(self, job_id: str) -> None:
+        with self.limit.running():
+            await self._run(job_id)
+
+    async def _run(self, job_id: str) -> None:
         res, worker = self.res, self.holder
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)

@@ -1,0 +1,308 @@
+"""Pipeline: N jobs through `serve` (and `serve` + `worker`) against the naive script
+(tests/benchmarks/pipeline_script.py: the official SDK's run(), requests, boto3, 32
+threads) on the same simulator and the same S3, sides alternating in one run.
+
+    .venv/bin/python -m tests.benchmarks.bench_pipeline [--jobs 400] [--rate 20] [--reps 3]
+
+Every part is a real process on 127.0.0.1, started here and stopped at the end: moto's
+S3 server, the WaveSpeed simulator (`wavespeed-jobs simulator`), the service (fresh for
+each run), the script; the parent submits, catches the callbacks and measures.
+
+Per run it measures, from outside:
+- CPU per job: the service's processes (psutil, from after start-up to the last
+  callback), Postgres apart (the backends of the benchmark's database; Postgres's shared
+  background writers are left out), the script's own process (its threads, after start-up);
+- latencies: for the service, provider webhook received → job completed (every output in
+  S3, from the job's events) → callback received by the backend; for the script, task
+  done at the provider (the simulator's task creation + its completion delay) → last
+  object in S3 (the SDK polls, once a second by default);
+- jobs/s: jobs ÷ (first submit → last callback, or the script's wall time).
+
+Scenarios: a burst (all N submitted at once by 32 concurrent clients) and a steady rate
+(``--rate`` jobs/s for N/rate seconds). The second process (``serve`` + ``worker``) runs
+the burst only. Medians over ``--reps`` repetitions are printed with their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psutil
+
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
+from service.db.keys import create_key_blocking
+from tests.benchmarks import database, procs
+from tests.benchmarks.loadgen import percentile
+from tests.servers import WebhookCatcher
+
+BUCKET = "wavespeed-jobs-bench"
+MODEL = "wavespeed-ai/flux-dev-lora"
+SIM_KEY = "sim-key"
+SIM_SECRET = "whsec_simulator_0123456789abcdef"
+INPUT = {"prompt": "a lighthouse at dusk", "size": "1024*1024", "seed": 7}  # one image: the simulator caches it
+
+
+@dataclass
+class Run:
+    side: str
+    scenario: str
+    jobs: int
+    cpu_ms: float  # per job, the side's own processes
+    pg_ms: float = float("nan")  # per job, Postgres backends (service sides only)
+    jobs_per_s: float = float("nan")
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # name → sorted seconds
+    errors: int = 0
+
+
+def _cpu(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _pg_backends(db_url: str) -> dict[int, float]:
+    with database.connect(db_url) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    return {pid: _cpu([pid]) for pid in pids}
+
+
+def _pg_used(before: dict[int, float], after: dict[int, float]) -> float:
+    # A backend that appeared during the run counts from zero; one that ended is missed.
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def _service_env(args: argparse.Namespace, db_url: str, s3_url: str, sim_url: str, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": db_url, "S3_BUCKET": BUCKET, "S3_ENDPOINT_URL": s3_url,
+        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
+        "WAVESPEED_API_KEY": SIM_KEY, "WAVESPEED_BASE_URL": sim_url, "WAVESPEED_WEBHOOK_SECRET": SIM_SECRET,
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "ALLOW_PRIVATE_NETWORKS": "true",
+        # The script has no account limits: neither does the service here.
+        "PROVIDER_MAX_IN_FLIGHT": "100000", "PROVIDER_MAX_PER_MINUTE": "1000000",
+        "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
+    }
+
+
+def _submit_all(url: str, key: str, n: int, rate: float, callback: str) -> tuple[list[str], float]:
+    """Submit ``n`` jobs with 32 concurrent clients (at ``rate`` per second when > 0)."""
+    body = {"model": MODEL, "input": INPUT, "callback_url": callback}
+    started = time.time()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                      limits=httpx.Limits(max_connections=32)) as client:
+        def one(i: int) -> str:
+            if rate > 0:
+                delay = started + i / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+            answer = client.post("/v1/jobs", json=body)
+            answer.raise_for_status()
+            return str(answer.json()["id"])
+
+        with ThreadPoolExecutor(32 if rate <= 0 else 64) as pool:
+            return list(pool.map(one, range(n))), started
+
+
+def _event_times(db_url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+    """job id → (webhook received, completed), epoch seconds, from the job's events."""
+    with database.connect(db_url) as conn:
+        rows = conn.execute(
+            """
+            SELECT job_id,
+                   min(at) FILTER (WHERE type = 'webhook.received'),
+                   min(at) FILTER (WHERE type = 'status.changed' AND detail->>'to' = 'completed')
+            FROM job_events WHERE job_id = ANY(%s) GROUP BY job_id
+            """, (ids,)).fetchall()
+    return {r[0]: (r[1].timestamp(), r[2].timestamp()) for r in rows if r[1] and r[2]}
+
+
+def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, processes: int,
+                catcher: WebhookCatcher, key: str, tmp: Path) -> Run:
+    port = free_port()
+    env = _service_env(args, env_base["db"], env_base["s3"], env_base["sim"], port)
+    side = "serve" if processes == 1 else "serve+worker"
+    with procs.running([procs.PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                       env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=tmp / f"serve-{port}.log") as serve:
+        pids = [serve.pid]
+        worker = None
+        if processes > 1:
+            worker = procs.spawn([procs.PYTHON, "-m", "service", "worker"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pids.append(worker.pid)
+            time.sleep(3.0)  # its start-up (imports, pools) is not charged to the jobs
+        try:
+            catcher.clear()
+            cpu0, pg0 = _cpu(pids), _pg_backends(env_base["db"])
+            rate = args.rate if scenario == "steady" else 0.0
+            ids, started = _submit_all(f"http://127.0.0.1:{port}", key, args.jobs, rate, catcher.url("/cb"))
+            wanted = set(ids)
+            try:
+                catcher.wait_for(len(ids), timeout=args.timeout,
+                                 predicate=lambda r: r.json()["data"]["id"] in wanted)
+            except TimeoutError as exc:
+                print(f"  ! {exc}", flush=True)
+            cpu1, pg1 = _cpu(pids), _pg_backends(env_base["db"])
+        finally:
+            if worker is not None:
+                procs.stop(worker)
+    callbacks: dict[str, float] = {}
+    for request in catcher.snapshot():
+        callbacks.setdefault(request.json()["data"]["id"], request.received_at)
+    events = _event_times(env_base["db"], ids)
+    done = [i for i in ids if i in events and i in callbacks]
+    last = max(callbacks[i] for i in done) if done else float("nan")
+    return Run(
+        side=side, scenario=scenario, jobs=len(ids), cpu_ms=(cpu1 - cpu0) / len(ids) * 1000,
+        pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, jobs_per_s=len(done) / (last - started),
+        latencies={
+            "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
+            "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
+        },
+        errors=len(ids) - len(done),
+    )
+
+
+def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str) -> Run:
+    env = {**os.environ, "WAVESPEED_API_KEY": SIM_KEY, "WAVESPEED_BASE_URL": env_base["sim"],
+           "S3_ENDPOINT_URL": env_base["s3"], "S3_BUCKET": BUCKET,
+           "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY}
+    argv = [procs.PYTHON, "-m", "tests.benchmarks.pipeline_script", "--jobs", str(args.jobs)]
+    if scenario == "steady":
+        argv += ["--rate", str(args.rate)]
+    child = procs.spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=args.timeout + 60)
+    finally:
+        procs.stop(child)
+    line = next((ln for ln in out.decode().splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"the script failed (exit {child.returncode}): {err.decode()[-2000:]}")
+    figures = json.loads(line[len("BENCH_JSON "):])
+    tasks = {t["id"]: t for t in httpx.get(env_base["sim"] + "/_sim/tasks", timeout=60).json()}
+    latency = []
+    for job in figures["jobs"]:
+        task = tasks.get(job["task_id"])
+        if task:
+            done_at = dt.datetime.fromisoformat(task["created_at"]).timestamp() + args.completion_delay
+            latency.append(job["stored_at"] - done_at)
+    n = len(figures["jobs"])
+    return Run(side="script", scenario=scenario, jobs=n, cpu_ms=figures["cpu_s"] / max(n, 1) * 1000,
+               jobs_per_s=n / figures["wall_s"], latencies={"done→in S3": sorted(latency)},
+               errors=figures["error_count"])
+
+
+def _fmt(run: Run) -> str:
+    parts = [f"{run.side:<13} {run.scenario:<6} cpu/job {run.cpu_ms:6.1f} ms"]
+    if run.side != "script":
+        parts.append(f"postgres/job {run.pg_ms:5.1f} ms")
+    parts.append(f"{run.jobs_per_s:6.1f} jobs/s")
+    for name, values in run.latencies.items():
+        parts.append(f"{name} p50 {percentile(values, 50) * 1000:6.0f} ms p99 {percentile(values, 99) * 1000:6.0f} ms")
+    if run.errors:
+        parts.append(f"UNFINISHED {run.errors}")
+    return "  ".join(parts)
+
+
+def _median(runs: list[Run], pick: Any) -> float:
+    values = [pick(r) for r in runs]
+    return statistics.median(values) if values else float("nan")
+
+
+def summary(runs: list[Run]) -> None:
+    def of(side: str, scenario: str) -> list[Run]:
+        return [r for r in runs if r.side == side and r.scenario == scenario]
+
+    print("\n== medians over repetitions")
+    for scenario in ("burst", "steady"):
+        service, two, script = of("serve", scenario), of("serve+worker", scenario), of("script", scenario)
+        s_cpu, s_pg = _median(service, lambda r: r.cpu_ms), _median(service, lambda r: r.pg_ms)
+        c_cpu = _median(script, lambda r: r.cpu_ms)
+        print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms; script {c_cpu:.1f} ms "
+              f"→ service/script {s_cpu / c_cpu:.2f}× ({(s_cpu + s_pg) / c_cpu:.2f}× with postgres)")
+        for name in ("webhook→completed", "webhook→callback"):
+            p99 = _median(service, lambda r, n=name: percentile(r.latencies[n], 99) * 1000)
+            p50 = _median(service, lambda r, n=name: percentile(r.latencies[n], 50) * 1000)
+            print(f"  service {name}: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        p99 = _median(script, lambda r: percentile(r.latencies["done→in S3"], 99) * 1000)
+        print(f"  script done→in S3: p99 {p99:.0f} ms; jobs/s service "
+              f"{_median(service, lambda r: r.jobs_per_s):.1f}, script {_median(script, lambda r: r.jobs_per_s):.1f}")
+        if two:
+            one_rate, two_rate = _median(service, lambda r: r.jobs_per_s), _median(two, lambda r: r.jobs_per_s)
+            print(f"  serve+worker {two_rate:.1f} jobs/s vs serve {one_rate:.1f}: {two_rate / one_rate:.2f}× "
+                  f"(cpu/job {_median(two, lambda r: r.cpu_ms):.1f} ms + postgres "
+                  f"{_median(two, lambda r: r.pg_ms):.1f} ms)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=400, help="jobs per run")
+    parser.add_argument("--rate", type=float, default=20.0, help="jobs/s of the steady scenario")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--completion-delay", type=float, default=0.5, help="the simulated provider's time per task")
+    parser.add_argument("--timeout", type=float, default=180.0, help="longest wait for one run's jobs")
+    parser.add_argument("--scenarios", default="burst,steady")
+    parser.add_argument("--no-second-process", action="store_true")
+    args = parser.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    print(f"== pipeline: {args.jobs} jobs per run, {args.reps} reps, load {os.getloadavg()[0]:.2f}, "
+          f"{psutil.cpu_count()} cpus", flush=True)
+    s3_port, sim_port = free_port(), free_port()
+    s3_url, sim_url = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{sim_port}"
+    sim_env = {**os.environ, "SIM_WEBHOOK_SECRET": SIM_SECRET, "SIM_API_KEY": SIM_KEY}
+    runs: list[Run] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="wsj-pipeline-") as tmp_dir,
+        database.fresh_database("wsj_bench_pipeline") as db_url,
+        procs.running([procs.PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                      ready_url=s3_url),
+        procs.running([procs.PYTHON, "-m", "service", "simulator", "--port", str(sim_port),
+                       "--completion-delay", str(args.completion_delay), "--processing-delay", "0.1",
+                       "--max-tasks", "100000"], env=sim_env, ready_url=sim_url + "/_sim/stats"),
+        WebhookCatcher() as catcher,
+    ):
+        boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
+                     aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
+        key = create_key_blocking(db_url, "bench")
+        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url}
+        tmp = Path(tmp_dir)
+        for rep in range(args.reps):
+            for scenario in scenarios:
+                sides = ["serve", "script"] + (["serve+worker"] if scenario == "burst" and not
+                                               args.no_second_process else [])
+                if rep % 2:
+                    sides.reverse()
+                for side in sides:
+                    if side == "script":
+                        run = run_script(args, env_base, scenario)
+                    else:
+                        run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
+                                          catcher, key, tmp)
+                    runs.append(run)
+                    print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
+    summary(runs)
+    return 0 if all(r.errors == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

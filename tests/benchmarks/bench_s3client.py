@@ -1,0 +1,123 @@
+"""S3 client cost per PUT, three sides on the same objects and S3 server, alternating:
+the service's ``Storage`` (boto3 in a thread pool), plain boto3 in threads (the floor:
+no wrapper, no asyncio hop), and requests signed by hand over httpx
+(tests/benchmarks/s3_httpx.py, measured and not shipped).
+
+    .venv/bin/python -m tests.benchmarks.bench_s3client [--objects 300] [--kib 200] [--rounds 3]
+
+Each round PUTs ``--objects`` objects of ``--kib`` KiB, 16 at a time, and reads the CPU
+seconds this process used (every thread) and the wall time. moto's S3 server runs as its
+own process (under uvicorn: keep-alive, as real S3), so its CPU is not counted. Prints CPU per PUT for each side and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import boto3
+import uvloop
+from botocore.config import Config
+
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
+from service.clients.storage import Storage
+from tests.benchmarks.s3_httpx import HttpxStorage
+from tests.benchmarks import procs
+
+BUCKET = "wavespeed-jobs-bench-s3"
+IN_FLIGHT = 16
+
+
+async def _store(storage: Storage | HttpxStorage, bodies: list[bytes], tag: str) -> None:
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(i: int, body: bytes) -> None:
+        async with gate:
+            await storage.put_bytes(f"bench/{tag}/{i}.jpeg", body, "image/jpeg")
+
+    await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+
+async def _boto(client: Any, pool: ThreadPoolExecutor, bodies: list[bytes], tag: str) -> None:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(i: int, body: bytes) -> None:
+        async with gate:
+            await loop.run_in_executor(pool, partial(
+                client.put_object, Bucket=BUCKET, Key=f"bench/{tag}/{i}.jpeg", Body=body, ContentType="image/jpeg"))
+
+    await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+
+async def _measure(coro: Any) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    await coro
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+async def _rounds(endpoint: str, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    service = Storage(bucket=BUCKET, endpoint_url=endpoint, region="us-east-1", max_threads=IN_FLIGHT,
+                      access_key_id=DEV_ACCESS_KEY, secret_access_key=DEV_SECRET_KEY)
+    httpx_s3 = HttpxStorage(bucket=BUCKET, endpoint_url=endpoint, region="us-east-1", max_connections=IN_FLIGHT,
+                            access_key_id=DEV_ACCESS_KEY, secret_access_key=DEV_SECRET_KEY)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
+                          aws_secret_access_key=DEV_SECRET_KEY,
+                          config=Config(signature_version="s3v4", max_pool_connections=IN_FLIGHT,
+                                        s3={"addressing_style": "path"}))
+    client.create_bucket(Bucket=BUCKET)
+    pool = ThreadPoolExecutor(IN_FLIGHT)
+    bodies = [os.urandom(args.kib * 1024) for _ in range(args.objects)]
+    sides = {
+        "service": lambda tag, n: _store(service, bodies[:n], tag),
+        "boto3 default": lambda tag, n: _boto(client, pool, bodies[:n], tag),
+        "httpx+sigv4": lambda tag, n: _store(httpx_s3, bodies[:n], tag),
+    }
+    results: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+    try:
+        for side, work in sides.items():
+            await work("warm", 20)  # connections, lazy imports
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                cpu, wall = await _measure(sides[side](f"r{r}", len(bodies)))
+                results[side].append((cpu, wall))
+                print(f"round {r + 1} {side:<14} cpu/put {cpu / args.objects * 1000:6.2f} ms  "
+                      f"{args.objects / wall:7.1f} puts/s  (load {os.getloadavg()[0]:.2f})", flush=True)
+    finally:
+        await httpx_s3.aclose()
+        service.close()
+        pool.shutdown()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_s3client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=300)
+    parser.add_argument("--kib", type=int, default=200, help="object size (a Flux JPEG is 100–300 KiB)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args(argv)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = [procs.PYTHON, "-m", "tests.benchmarks.s3server", str(port)]  # keeps connections alive, as S3 does
+    with procs.running(server, ready_url=endpoint):
+        # uvloop, as under `serve` (uvicorn picks it when installed).
+        results = uvloop.run(_rounds(endpoint, args)) if args.loop == "uvloop" else asyncio.run(_rounds(endpoint, args))
+    medians = {side: statistics.median(c for c, _ in runs) / args.objects * 1000 for side, runs in results.items()}
+    base = medians["boto3 default"]
+    print(f"median cpu/put ({args.kib} KiB objects, {IN_FLIGHT} in flight): " + ", ".join(
+        f"{side} {ms:.2f} ms ({ms / base:.2f}× boto3 default)" for side, ms in medians.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
