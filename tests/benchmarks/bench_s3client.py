@@ -29,8 +29,8 @@ from botocore.config import Config
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from service.clients.storage import Storage
-from tests.benchmarks.s3_httpx import HttpxStorage
 from tests.benchmarks import procs
+from tests.benchmarks.s3_httpx import HttpxStorage
 
 BUCKET = "wavespeed-jobs-bench-s3"
 IN_FLIGHT = 16

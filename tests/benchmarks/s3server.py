@@ -9,9 +9,9 @@ by itself after LIFETIME seconds (default one hour).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
-import os
 
 import uvicorn
 from moto.server import DomainDispatcherApplication, create_backend_app
