@@ -143,7 +143,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     env = _service_env(args, env_base["db"], env_base["s3"], env_base["sim"], port)
     side = "serve" if processes == 1 else "serve+worker"
     with procs.running([procs.PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                       env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=tmp / f"serve-{port}.log") as serve:
+                       env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
+                       log_path=tmp / f"serve-{port}.log") as serve:
         pids = [serve.pid]
         worker = None
         if processes > 1:

@@ -7,7 +7,8 @@ no wrapper, no asyncio hop), and requests signed by hand over httpx
 
 Each round PUTs ``--objects`` objects of ``--kib`` KiB, 16 at a time, and reads the CPU
 seconds this process used (every thread) and the wall time. moto's S3 server runs as its
-own process (under uvicorn: keep-alive, as real S3), so its CPU is not counted. Prints CPU per PUT for each side and the ratio.
+own process (under uvicorn: keep-alive, as real S3), so its CPU is not counted. Prints
+CPU per PUT for each side and the ratio.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ async def _rounds(endpoint: str, args: argparse.Namespace) -> dict[str, list[tup
     }
     results: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     try:
-        for side, work in sides.items():
+        for work in sides.values():
             await work("warm", 20)  # connections, lazy imports
         for r in range(args.rounds):
             order = list(sides) if r % 2 == 0 else list(reversed(sides))

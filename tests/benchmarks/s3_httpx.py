@@ -12,6 +12,7 @@ when httpx or the machine changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import xml.etree.ElementTree as ET
@@ -211,10 +212,8 @@ class HttpxStorage:
         except BaseException:
             if upload_id is not None:
                 # Abandoned parts cost storage; abort is best effort.
-                try:
+                with contextlib.suppress(StorageError):
                     await self._call("DELETE", key, query={"uploadId": upload_id}, ok=(204, 200))
-                except StorageError:
-                    pass
             raise
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest(), content_type=content_type)
 
