@@ -13,19 +13,77 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+from sqlalchemy import select, tuple_
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from service.api.auth import authenticate, resources
-from service.api.job_routes import render
 from service.api.openapi_doc import BEARER, JOB_ID, documented, errors
-from service.domain.serialize import Job
+from service.db import jobs
+from service.domain.errors import NotFound
+from service.domain.serialize import Job, job_dict
 from service.domain.states import TERMINAL
+from service.resources import Resources
+
+READ_BATCH = 500
 
 
 def sse(job: Job) -> str:
     return "event: job\ndata: " + json.dumps(job, separators=(",", ":")) + "\n\n"
+
+
+class JobReader:
+    """Group reads for streams: every stream woken in the same moment (a bulk change
+    wakes a thousand) queues its (owner, job id) and one query reads them all, instead
+    of a round trip each. The owner is in the query, as everywhere."""
+
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self._queued: list[tuple[str, str, asyncio.Future[Job]]] = []
+        self._flushing = False
+
+    async def read(self, owner: str, job_id: str) -> Job:
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._queued.append((owner, job_id, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let every stream woken with this one queue its read
+        batch, self._queued, self._flushing = self._queued, [], False
+        try:
+            for start in range(0, len(batch), READ_BATCH):
+                await self._read(batch[start : start + READ_BATCH])
+        except Exception as exc:  # noqa: BLE001 - every waiting stream gets the failure, none hangs
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+
+    async def _read(self, batch: list[tuple[str, str, asyncio.Future[Job]]]) -> None:
+        pairs = list({(owner, job_id) for owner, job_id, _ in batch})
+        async with self.res.engine.connect() as conn:
+            rows = (await conn.execute(select(jobs.jobs_t).where(
+                tuple_(jobs.jobs_t.c.owner, jobs.jobs_t.c.id).in_(pairs)))).all()
+            outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+        found = {(r.owner, r.id): job_dict(r, outputs.get(r.id, []), self.res.presign) for r in rows}
+        for owner, job_id, future in batch:
+            if future.done():
+                continue
+            if (owner, job_id) in found:
+                future.set_result(found[(owner, job_id)])
+            else:
+                future.set_exception(NotFound(f"no job with id {job_id!r}"))
+
+
+def reader(request: Request) -> JobReader:
+    """The process's one JobReader (made on first use, beside the app's resources)."""
+    existing: JobReader | None = getattr(request.app.state, "stream_reader", None)
+    if existing is None:
+        existing = request.app.state.stream_reader = JobReader(resources(request))
+    return existing
 
 
 @documented(
@@ -49,7 +107,7 @@ async def stream(request: Request) -> StreamingResponse:
     # Watch before the first read, so a change between the read and the wait is not lost.
     changed = res.notifications.watch(job_id)
     try:
-        first = await render(res, job_id, owner)  # 404 before the stream starts
+        first = await reader(request).read(owner, job_id)  # 404 before the stream starts
     except BaseException:
         res.notifications.unwatch(job_id, changed)
         raise
@@ -69,7 +127,7 @@ async def stream(request: Request) -> StreamingResponse:
                     yield ": keep-alive\n\n"
                     continue
                 changed.clear()
-                job = await render(res, job_id, owner)
+                job = await reader(request).read(owner, job_id)
         finally:
             res.notifications.unwatch(job_id, changed)
 

@@ -1,0 +1,338 @@
+"""Data lifecycle under load: bulk cancel, retention, and live streams.
+
+``python -m tests.benchmarks lifecycle`` runs the three; ``python -m tests.benchmarks.bench_lifecycle
+bulk|retention|streams [--jobs N] [--rounds N]`` runs one. Each starts a real ``wavespeed-jobs serve``
+(a child process) on a throwaway database, with moto's S3 server as another child.
+
+* bulk: ``POST /v1/jobs/bulk`` cancels N queued jobs (default 10,000) in batches while a
+  probe reads ``GET /v1/jobs/{id}`` of another owner; the probe's p99 during the bulk is
+  compared with its p99 idle, alternating idle and bulk phases in the same run.
+* retention: N jobs (default 100,000) whose outputs are in S3 fall past
+  OUTPUT_RETENTION_DAYS; the sweep marks them and the eraser deletes their objects
+  (DeleteObjects, 1,000 keys a call) and erases the rows, while a probe posts signed
+  ``failed`` webhooks to the receiver; receiver p99 during the erasure vs idle.
+* streams: N (default 1,000) concurrent ``GET /v1/jobs/{id}/stream`` on one serve process:
+  its RSS per open stream, and the delay from a status change (one bulk cancel of all N
+  jobs) to the event on every stream (p50/p99/max).
+
+Figures are printed; nothing is asserted on time. The machine is shared: say what else ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
+from service.db.keys import create_key_blocking
+from service.domain.signing import wavespeed_signature
+from tests.benchmarks import database, procs
+from tests.benchmarks.loadgen import percentile
+
+SECRET = "whsec_bench_lifecycle_0123456789abcdef"
+BUCKET = "wavespeed-jobs-bench"
+MODEL = "wavespeed-ai/flux-dev-lora"
+PROBE_CONCURRENCY = 4
+LOG_DIR = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    port = free_port()
+    argv = [str(Path(procs.PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve(db: str, s3: str, *, workers: bool, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+    port = free_port()
+    environ = {
+        **os.environ, "DATABASE_URL": db, "S3_BUCKET": BUCKET, "S3_ENDPOINT_URL": s3, "S3_CREATE_BUCKET": "true",
+        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
+        "WAVESPEED_API_KEY": "bench-not-used", "WAVESPEED_BASE_URL": "http://127.0.0.1:9",
+        "WAVESPEED_WEBHOOK_SECRET": SECRET, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "LOG_LEVEL": "warning", "LOG_FORMAT": "json", "POLL_INTERVAL_SECONDS": "0.5", **env,
+    }
+    argv = [procs.PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if not workers:
+        argv.append("--no-workers")
+    log = LOG_DIR / f"bench_lifecycle_{port}.log"
+    with procs.running(argv, env=environ, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log) as proc:
+        yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
+
+
+SEED = """
+INSERT INTO jobs (id, owner, model, status, input, metadata, provider_task_id, provider_status,
+                  run_after, completed_at, created_at, updated_at)
+SELECT %(prefix)s::text || lpad(n::text, 7, '0'), %(owner)s::text, %(model)s::text, %(status)s::text,
+       jsonb_build_object('prompt', 'a lighthouse at dusk, film photo', 'seed', n),
+       jsonb_build_object('batch', %(batch)s::text), 'task_' || %(prefix)s::text || n, %(provider_status)s::text,
+       NULL, now() - %(ago)s::float * interval '1 day', now() - interval '1 day' + n * interval '1 ms', now()
+FROM generate_series(1, %(count)s::integer) AS n
+"""
+
+
+def seed(db: str, owner: str, prefix: str, count: int, status: str, batch: str = "b",
+         completed_days_ago: float | None = None, provider_status: str = "created") -> None:
+    with database.connect(db) as conn:
+        conn.execute(SEED, {"prefix": prefix, "owner": owner, "model": MODEL, "status": status, "batch": batch,
+                            "count": count, "ago": completed_days_ago, "provider_status": provider_status})
+        conn.execute("ANALYZE jobs")
+
+
+class Probe:
+    """A closed loop of PROBE_CONCURRENCY workers making one kind of request; records
+    (start time, latency, status)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.samples: list[tuple[float, float, int]] = []
+        self._stop = asyncio.Event()
+
+    async def _worker(self, client: httpx.AsyncClient, worker: int) -> None:
+        n = worker
+        while not self._stop.is_set():
+            method, url, kwargs = self.make(n)
+            n += PROBE_CONCURRENCY
+            started = time.perf_counter()
+            answer = await client.request(method, url, **kwargs)
+            self.samples.append((started, time.perf_counter() - started, answer.status_code))
+
+    async def run(self, base: str, seconds_or_event: float | asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            tasks = [asyncio.create_task(self._worker(client, w)) for w in range(PROBE_CONCURRENCY)]
+            if isinstance(seconds_or_event, asyncio.Event):
+                await seconds_or_event.wait()
+            else:
+                await asyncio.sleep(seconds_or_event)
+            self._stop.set()
+            await asyncio.gather(*tasks)
+
+    def p(self, pct: float) -> float:
+        values = sorted(s[1] for s in self.samples)
+        return percentile(values, pct) * 1000 if values else float("nan")
+
+    def errors(self) -> int:
+        return sum(1 for s in self.samples if s[2] >= 500)
+
+
+def _report(name: str, idle: list[Probe], busy: list[Probe], extra: list[str]) -> None:
+    print(f"\n== {name}")
+    for line in extra:
+        print("  " + line)
+    for i, (a, b) in enumerate(zip(idle, busy, strict=True), start=1):
+        print(f"  round {i}: probe p50 idle {a.p(50):.1f} ms / busy {b.p(50):.1f} ms; "
+              f"p99 idle {a.p(99):.1f} ms / busy {b.p(99):.1f} ms; ratio p99 {b.p(99) / a.p(99):.2f} "
+              f"({len(a.samples)} / {len(b.samples)} requests, {a.errors() + b.errors()} 5xx)")
+
+
+# --------------------------------------------------------------------------- bulk cancel
+
+
+async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str], seconds: float
+                      ) -> tuple[Probe, Probe, dict[str, Any], float]:
+    headers = {"Authorization": f"Bearer {probe_key}"}
+
+    def read(n: int) -> tuple[str, str, dict[str, Any]]:
+        return "GET", f"/v1/jobs/{probe_ids[n % len(probe_ids)]}", {"headers": headers}
+
+    idle = Probe(read)
+    await idle.run(base, seconds)
+    busy, done = Probe(read), asyncio.Event()
+    running = asyncio.create_task(busy.run(base, done))
+    await asyncio.sleep(0.5)  # the probe is under way before the bulk starts
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        answer = await client.post("/v1/jobs/bulk", headers={"Authorization": f"Bearer {key}"},
+                                   json={"action": "cancel", "filter": {"status": ["queued"]}})
+    took = time.perf_counter() - started
+    done.set()
+    await running
+    return idle, busy, answer.json(), took
+
+
+def bench_bulk(jobs: int, rounds: int) -> None:
+    with database.fresh_database("wsj_bench_bulk") as db, s3_server() as s3:
+        key, probe_key = create_key_blocking(db, "bulk"), create_key_blocking(db, "probe")
+        seed(db, "probe", "job_probe_", 1000, "completed", completed_days_ago=0)
+        probe_ids = [f"job_probe_{n:07d}" for n in range(1, 1001)]
+        idle_all, busy_all, lines = [], [], []
+        with serve(db, s3, workers=False, BULK_BATCH_SIZE="500") as (base, _):
+            for r in range(rounds):
+                seed(db, "bulk", f"job_bulk{r}_", jobs, "queued")
+                idle, busy, result, took = asyncio.run(_bulk_round(base, key, probe_key, probe_ids, 5.0))
+                idle_all.append(idle)
+                busy_all.append(busy)
+                lines.append(f"round {r + 1}: canceled {result.get('affected')} of {result.get('matched')} jobs in "
+                             f"{took:.2f} s (batches of 500, one transaction each)")
+    _report(f"bulk cancel of {jobs:,} jobs while GET /v1/jobs/{{id}} is probed", idle_all, busy_all, lines)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def _put_objects(s3_url: str, keys: Sequence[str]) -> float:
+    started = time.perf_counter()
+    client = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
+                          aws_access_key_id=DEV_ACCESS_KEY, aws_secret_access_key=DEV_SECRET_KEY)
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = b"\xff\xd8" + os.urandom(2048)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=body, ContentType="image/jpeg"), keys))
+    return time.perf_counter() - started
+
+
+def _webhook(n: int, prefix: str) -> tuple[str, str, dict[str, Any]]:
+    job = f"{prefix}{n + 1:07d}"
+    body = json.dumps({"id": f"task_{prefix}{n + 1}", "status": "failed", "outputs": [], "error": "simulated",
+                       "model": MODEL}).encode()
+    webhook_id, stamp = f"evt_{uuid.uuid4().hex}", str(int(time.time()))
+    headers = {"content-type": "application/json", "webhook-id": webhook_id, "webhook-timestamp": stamp,
+               "webhook-signature": wavespeed_signature(SECRET, webhook_id, stamp, body)}
+    return "POST", f"/webhooks/wavespeed/{job}", {"content": body, "headers": headers}
+
+
+async def _retention_round(base: str, db: str, r: int, seconds: float) -> tuple[Probe, Probe, float]:
+    idle = Probe(lambda n: _webhook(n, f"job_hookidle{r}_"))
+    await idle.run(base, seconds)
+    busy, done = Probe(lambda n: _webhook(n, f"job_hookbusy{r}_")), asyncio.Event()
+    running = asyncio.create_task(busy.run(base, done))
+    started = time.perf_counter()
+    with database.connect(db) as conn:
+        conn.execute("UPDATE jobs SET completed_at = now() - interval '60 days' WHERE id LIKE %s",
+                     (f"job_keep{r}_%",))
+        while True:
+            await asyncio.sleep(0.5)
+            left = conn.execute("SELECT (SELECT count(*) FROM erasures) + (SELECT count(*) FROM jobs WHERE id LIKE %s"
+                                " AND deleted_at IS NULL)", (f"job_keep{r}_%",)).fetchone()
+            if left == (0,) or time.perf_counter() - started > 1800:
+                break
+    took = time.perf_counter() - started
+    done.set()
+    await running
+    return idle, busy, took
+
+
+def bench_retention(jobs: int, rounds: int) -> None:
+    per_round = jobs // rounds
+    with database.fresh_database("wsj_bench_retention") as db, s3_server() as s3:
+        lines, idle_all, busy_all = [], [], []
+        with serve(db, s3, workers=True, OUTPUT_RETENTION_DAYS="30", RETENTION_INTERVAL_SECONDS="1") as (base, _):
+            for r in range(rounds):
+                prefix = f"job_keep{r}_"
+                seed(db, "keep", prefix, per_round, "completed", completed_days_ago=1)
+                with database.connect(db) as conn:
+                    conn.execute("INSERT INTO job_outputs (job_id, index, source_url, key, content_type, size_bytes,"
+                                 " sha256, stored_at) SELECT id, 0, 'https://cdn.invalid/x', 'outputs/' || id ||"
+                                 " '/0.jpeg', 'image/jpeg', 2050, 'x', now() FROM jobs WHERE id LIKE %s", (prefix,))
+                put = _put_objects(s3, [f"outputs/{prefix}{n:07d}/0.jpeg" for n in range(1, per_round + 1)])
+                for kind in ("hookidle", "hookbusy"):
+                    seed(db, "hooks", f"job_{kind}{r}_", 60000, "submitted")
+                idle, busy, took = asyncio.run(_retention_round(base, db, r, 10.0))
+                left = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
+                                    aws_secret_access_key=DEV_SECRET_KEY).list_objects_v2(
+                                        Bucket=BUCKET, Prefix=f"outputs/{prefix}").get("KeyCount")
+                idle_all.append(idle)
+                busy_all.append(busy)
+                lines.append(f"round {r + 1}: {per_round:,} jobs past retention swept and erased in {took:.1f} s "
+                             f"({per_round / took:,.0f} jobs/s; {left} objects left; seeding S3 took {put:.0f} s)")
+    _report(f"retention of {jobs:,} jobs while signed webhooks are posted", idle_all, busy_all, lines)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def _open_stream(base: str, key: str, job_id: str, first: asyncio.Event, got: dict[str, float]) -> None:
+    """One stream over a raw socket (an HTTP client library would cost more CPU here
+    than the server does per event, on the same two cores)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+                 f"Accept: text/event-stream\r\n\r\n".encode())
+    try:
+        while line := await reader.readline():
+            if line.startswith(b"data: "):
+                if b'"status":"queued"' in line:
+                    first.set()
+                else:
+                    got[job_id] = time.perf_counter()
+                    return
+    finally:
+        writer.close()
+
+
+async def _streams_round(base: str, proc: psutil.Process, key: str, ids: list[str]) -> dict[str, float]:
+    rss_before = proc.memory_info().rss
+    got: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=120) as client:
+        opened = [asyncio.Event() for _ in ids]
+        tasks = [asyncio.create_task(_open_stream(base, key, i, e, got)) for i, e in zip(ids, opened, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), 120)
+        await asyncio.sleep(2)
+        rss_open = proc.memory_info().rss
+        sent = time.perf_counter()
+        answer = await client.post(f"{base}/v1/jobs/bulk", headers={"Authorization": f"Bearer {key}"},
+                                   json={"action": "cancel", "filter": {"status": ["queued"]}})
+        answered = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    delays = sorted(t - sent for t in got.values())
+    return {"rss_before": rss_before, "rss_open": rss_open, "received": len(got), "affected": answer.json()["affected"],
+            "bulk_s": answered - sent, "p50": percentile(delays, 50), "p99": percentile(delays, 99),
+            "max": delays[-1], "min": delays[0]}
+
+
+def bench_streams(count: int, rounds: int) -> None:
+    with database.fresh_database("wsj_bench_streams") as db, s3_server() as s3:
+        key = create_key_blocking(db, "streams")
+        print(f"\n== {count:,} concurrent streams on one serve process")
+        with serve(db, s3, workers=False, BULK_BATCH_SIZE=str(count), DB_POOL_SIZE="8") as (base, proc):
+            for r in range(rounds):
+                seed(db, "streams", f"job_s{r}_", count, "queued")
+                ids = [f"job_s{r}_{n:07d}" for n in range(1, count + 1)]
+                f = asyncio.run(_streams_round(base, proc, key, ids))
+                per = (f["rss_open"] - f["rss_before"]) / count / 1024
+                print(f"  round {r + 1}: RSS {f['rss_before'] / 2**20:.1f} MiB idle -> {f['rss_open'] / 2**20:.1f} MiB "
+                      f"with {count} open ({per:.1f} KiB per stream); one bulk cancel of {f['affected']} jobs "
+                      f"answered in {f['bulk_s'] * 1000:.0f} ms; event on {f['received']}/{count} streams, delay "
+                      f"from the request min {f['min'] * 1000:.0f} ms, p50 {f['p50'] * 1000:.0f} ms, p99 {f['p99'] * 1000:.0f} ms, "
+                      f"max {f['max'] * 1000:.0f} ms")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_lifecycle", description=__doc__)
+    parser.add_argument("which", nargs="*", default=["bulk", "streams", "retention"])
+    parser.add_argument("--jobs", type=int, default=None, help="jobs (bulk/retention) or streams")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    for which in args.which:
+        if which == "bulk":
+            bench_bulk(args.jobs or 10_000, args.rounds)
+        elif which == "retention":
+            bench_retention(args.jobs or 100_000, args.rounds)
+        elif which == "streams":
+            bench_streams(args.jobs or 1_000, args.rounds)
+        else:
+            raise SystemExit(f"unknown benchmark {which!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
