@@ -312,8 +312,8 @@ def bench_streams(count: int, rounds: int) -> None:
                 print(f"  round {r + 1}: RSS {f['rss_before'] / 2**20:.1f} MiB idle -> {f['rss_open'] / 2**20:.1f} MiB "
                       f"with {count} open ({per:.1f} KiB per stream); one bulk cancel of {f['affected']} jobs "
                       f"answered in {f['bulk_s'] * 1000:.0f} ms; event on {f['received']}/{count} streams, delay "
-                      f"from the request min {f['min'] * 1000:.0f} ms, p50 {f['p50'] * 1000:.0f} ms, p99 {f['p99'] * 1000:.0f} ms, "
-                      f"max {f['max'] * 1000:.0f} ms")
+                      f"from the request min {f['min'] * 1000:.0f} ms, p50 {f['p50'] * 1000:.0f} ms, "
+                      f"p99 {f['p99'] * 1000:.0f} ms, max {f['max'] * 1000:.0f} ms")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
