@@ -8,6 +8,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 
+import httpcore
 import httpx
 import structlog
 from pydantic import SecretStr
@@ -17,11 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service.api import dashboard, dashboard_bulk, facade, health, job_lifecycle, job_stream, webhooks
+from service.api import (
+    callback_secret_routes,
+    dashboard,
+    dashboard_bulk,
+    facade,
+    health,
+    job_lifecycle,
+    job_stream,
+    webhooks,
+)
 from service.api import error_responses as errors
 from service.api import job_routes as jobs
 from service.api import metrics_route as metrics
 from service.api import openapi_route as openapi
+from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db import engine as db
@@ -29,6 +40,7 @@ from service.db import webhook_store
 from service.db.listen import Notifications
 from service.db.models import ServiceSecret, table
 from service.domain.errors import ConfigError
+from service.domain.sealing import Sealer
 from service.domain.signing import generate_standard_secret, standard_key
 from service.observability import logs
 from service.resources import Resources
@@ -74,7 +86,11 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, resolver: Resolver | None = None, network: httpcore.AsyncNetworkBackend | None = None
+) -> AsyncIterator[Resources]:
+    """``resolver`` and ``network``: the egress layer's name lookup and sockets (tests
+    replace them, since the public internet is out of their reach; None: the system's)."""
     missing = settings.missing_for_serve()
     if missing:
         raise ConfigError(f"missing required settings: {', '.join(missing)}")
@@ -93,6 +109,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         max_threads=settings.s3_max_threads,
     )
     notifications = Notifications(db.asyncpg_dsn(settings.database_url))
+    sealer = Sealer(_secret(settings.secrets_encryption_key))
+    egress = Egress(allow_private=settings.allow_private_networks, resolver=resolver, network=network)
     try:
         wavespeed = WaveSpeedClient(
             http, settings.wavespeed_base_url, settings.wavespeed_api_key.get_secret_value(),
@@ -109,6 +127,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             webhook_secret=webhook_secret,
             callback_secret=await callback_secret(engine, _secret(settings.callback_signing_secret)),
             worker_id=new_worker_id(),
+            egress=egress,
+            sealer=sealer,
         )
         logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:
@@ -117,6 +137,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield res
     finally:
         await notifications.stop()
+        await egress.aclose()
         await http.aclose()
         storage.close()
         await engine.dispose()
@@ -125,16 +146,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     # facade last: it ends in an /api/v3 catch-all.
-    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, webhooks, facade):
+    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, callback_secret_routes, webhooks,
+                   facade):
         out += module.routes
     out += dashboard_bulk.routes + dashboard.routes  # the web page at / (and /login, /bulk, /jobs/{id}, /static)
     return out
 
 
-def create_app(settings: Settings, *, run_workers: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, run_workers: bool = True, resolver: Resolver | None = None,
+    network: httpcore.AsyncNetworkBackend | None = None,
+) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_resources(settings) as res, webhook_store.open_store(settings) as store:
+        async with open_resources(settings, resolver, network) as res, webhook_store.open_store(settings) as store:
             app.state.resources = res
             app.state.webhook_store = store  # the receiver's fast path (service/webhook_store.py)
             # What start-up built (modules, botocore's service models, SQLAlchemy metadata:

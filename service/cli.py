@@ -72,37 +72,55 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_callback_secret(args: argparse.Namespace) -> int:
-    """Print the secret backends verify callbacks with (configured, or generated once
-    and stored in the database)."""
+    """Print an owner's current callback secret (``--owner``), or without it the
+    service-wide one that owners from before per-owner secrets still use."""
     from service.app import callback_secret
+    from service.db import callback_secrets
     from service.db.engine import create_engine
+    from service.domain.sealing import Sealer
 
     settings = _settings()
     url = _require_database(settings)
     configured = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+    key = settings.secrets_encryption_key.get_secret_value() if settings.secrets_encryption_key else None
 
     async def go() -> str:
         engine = create_engine(url, 1)
         try:
-            return await callback_secret(engine, configured)
+            legacy = await callback_secret(engine, configured)
+            if args.owner is None:
+                return legacy
+            if not 1 <= len(args.owner) <= 200 or "\x00" in args.owner:
+                raise SystemExit("--owner must be 1 to 200 characters")
+            async with engine.begin() as conn:
+                return (await callback_secrets.current(conn, args.owner, Sealer(key), legacy)).secret
         finally:
             await engine.dispose()
 
     print(asyncio.run(go()))
+    if args.owner is None:
+        print("(the service-wide secret; each owner's own: callback-secret --owner NAME)", file=sys.stderr)
     return 0
 
 
-def _serve(settings: Settings, host: str, port: int, run_workers: bool) -> None:
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from service.app import create_app
 
     missing = settings.missing_for_serve()
     if missing:
         raise SystemExit(f"missing required settings: {', '.join(missing)} (see README's configuration table)")
-    app = create_app(settings, run_workers=run_workers)
+    app = create_app(settings, run_workers=not args.no_workers)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
         log_config=None,  # keep service/logs.py's handler: uvicorn's lines in the same format
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        # h11 by default: it refuses a header block over MAX_REQUEST_HEADER_BYTES (a 400)
+        # before the app sees it; httptools has no such limit, so choose it only behind
+        # a proxy that caps headers (docs/security.md).
+        http=args.http,
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
+        # Which proxies' X-Forwarded-For/-Proto are believed (uvicorn's default: 127.0.0.1).
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     GracefulServer(config).run()
 
@@ -125,7 +143,7 @@ class GracefulServer(uvicorn.Server):
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     _configure_logs(settings)
-    _serve(settings, args.host, args.port, not args.no_workers)
+    _serve(settings, args)
     return 0
 
 
@@ -247,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-workers", action="store_true", help="API and receiver only")
+    serve.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                       help="proxies trusted for X-Forwarded-Proto/-For, comma-separated or '*' "
+                            "(default: $FORWARDED_ALLOW_IPS, else 127.0.0.1)")
+    serve.add_argument("--http", choices=["h11", "httptools"], default="h11",
+                       help="HTTP parser; h11 enforces MAX_REQUEST_HEADER_BYTES (default h11)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="background workers only")
@@ -261,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--owner", required=True)
     create.set_defaults(func=cmd_keys_create)
 
-    secret = sub.add_parser("callback-secret", help="print the secret backends verify callbacks with")
+    secret = sub.add_parser("callback-secret", help="print the secret an owner's backend verifies callbacks with")
+    secret.add_argument("--owner", help="the owner (without it: the service-wide secret of pre-0005 owners)")
     secret.set_defaults(func=cmd_callback_secret)
 
     from service import cli_bulk

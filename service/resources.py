@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.clients.egress import Egress
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db.listen import Notifications
+from service.domain.sealing import Sealer
 from service.settings import Settings
 
 
@@ -23,7 +25,11 @@ class Resources:
     wavespeed: WaveSpeedClient
     notifications: Notifications
     webhook_secret: str
+    # The service-wide callback secret: kept by owners that existed before per-owner
+    # secrets (service/db/callback_secrets.py), until they rotate.
     callback_secret: str
+    egress: Egress  # every request made on someone else's behalf (service/clients/egress.py)
+    sealer: Sealer  # secrets at rest (SECRETS_ENCRYPTION_KEY)
     worker_id: str = field(default="")
 
     def presign(self, key: str) -> str:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     price_flux_krea_dev_lora_usd: str = "0.015"
 
     # --- receiver ---
+    # The serve command's cap on a request's header block (uvicorn h11): a 400 past it.
+    max_request_header_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024)
     webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     webhook_tolerance_seconds: int = Field(300, ge=1)
 
@@ -54,6 +57,11 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(10.0, gt=0)
     callback_concurrency: int = Field(32, ge=1)
     allow_private_networks: bool = False
+    # Host suffixes output downloads may reach, comma-separated ("wavespeed.ai,cloudfront.net");
+    # unset: any host whose addresses are all global.
+    output_hosts_allowed: str | None = None
+    # A Fernet key: per-owner callback secrets are encrypted with it at rest.
+    secrets_encryption_key: SecretStr | None = None
 
     # --- workers ---
     reconcile_after_seconds: float = Field(120.0, gt=0)
@@ -94,6 +102,38 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("price_flux_dev_lora_usd", "price_flux_krea_dev_lora_usd")
+    @classmethod
+    def _price(cls, value: str) -> str:
+        # Checked here, at start: a bad price used to surface only in the storer, as
+        # every job stuck in `storing`.
+        try:
+            price = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError("must be a decimal number of US dollars, e.g. 0.015") from None
+        if not price.is_finite() or not 0 <= price <= 1000:
+            raise ValueError("must be a decimal number of US dollars from 0 to 1000")
+        if price.as_tuple().exponent < -4:  # type: ignore[operator]
+            raise ValueError("must have at most 4 decimal places (cost_usd is stored to 0.0001)")
+        return value.strip()
+
+    @field_validator("output_hosts_allowed")
+    @classmethod
+    def _hosts(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for suffix in value.split(","):
+            host = suffix.strip().lstrip(".")
+            if not host or any(c in host for c in "/:@ ") or not host.isascii():
+                raise ValueError("must be comma-separated host names, e.g. 'wavespeed.ai,cloudfront.net'")
+        return value
+
+    @property
+    def output_host_suffixes(self) -> list[str]:
+        if not self.output_hosts_allowed:
+            return []
+        return [s.strip().lstrip(".").lower() for s in self.output_hosts_allowed.split(",") if s.strip()]
 
     @field_validator("callback_retry_schedule")
     @classmethod

@@ -200,7 +200,8 @@ async def list_predictions(request: Request) -> Response:
         if task.created_at.timestamp() >= oldest and _matches(task, query)
     ]
     page, page_size = query["page"], query["page_size"]
-    items = matches[(page - 1) * page_size : page * page_size]
+    start = (page - 1) * page_size
+    items = matches[start : start + min(page_size, sim.config.list_page_cap or page_size)]
     return ok(
         {
             "page": page,

@@ -88,6 +88,10 @@ class SimulatorConfig:
     download_fail_rate: float = 0.0
     download_fail_mode: str = "random"
 
+    # 0: none. Otherwise the history list answers at most this many items per page,
+    # still echoing the page_size asked for (a provider whose "up to 100" is lower).
+    list_page_cap: int = 0
+
     image_cache_size: int = 64
     max_tasks: int = 10_000
     upload_max_bytes: int = 200 * 1024 * 1024

@@ -42,8 +42,11 @@ def safe_next(value: str | None) -> str:
 
 
 def _secure(request: Request) -> bool:
-    # uvicorn sets the scheme from X-Forwarded-Proto for trusted proxies.
-    return request.url.scheme == "https"
+    # Secure whenever the public address is https, so a TLS-terminating proxy needs no
+    # FORWARDED_ALLOW_IPS for it; uvicorn also sets the scheme from X-Forwarded-Proto
+    # for trusted proxies (serve --forwarded-allow-ips).
+    public = resources(request).settings.public_base_url or ""
+    return public.lower().startswith("https://") or request.url.scheme == "https"
 
 
 def same_origin(request: Request) -> bool:

@@ -16,14 +16,13 @@ from starlette.routing import Route
 from typing_extensions import TypedDict
 
 from service.api.auth import authenticate, resources
-from service.api.body import read_capped
+from service.api.body import parse_json, read_capped
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
-from service.clients.egress import check_public_url
 from service.db import jobs
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import JobEvent as JobEventRow
 from service.db.models import table
-from service.domain.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
+from service.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, validate_job_create
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
@@ -81,11 +80,7 @@ _JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    body = await read_capped(request, limit)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be valid JSON", field="body") from None
+    return parse_json(await read_capped(request, limit))
 
 
 def parse_wait(request: Request) -> float:
@@ -133,13 +128,12 @@ async def submit_job(
     """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade)."""
     request, input_ = validate_job_create(body)
     fields: list[FieldError] = []
-    if not res.settings.allow_private_networks:
-        for loc, url in (("callback_url", request.callback_url), ("input.image", input_.get("image")),
-                         ("input.mask_image", input_.get("mask_image"))):
-            if url:
-                problem = await check_public_url(url)
-                if problem:
-                    fields.append(FieldError(loc, problem))
+    for loc, url in (("callback_url", request.callback_url), ("input.image", input_.get("image")),
+                     ("input.mask_image", input_.get("mask_image"))):
+        if url:
+            problem = await res.egress.url_problem(url)
+            if problem:
+                fields.append(FieldError(loc, problem))
     if fields:
         raise ValidationFailed(fields)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:

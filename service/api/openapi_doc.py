@@ -38,6 +38,7 @@ ERROR_TEXT = {
 }
 TAGS = [
     {"name": "jobs", "description": "The job API (Authorization: Bearer <API key>)."},
+    {"name": "callbacks", "description": "The owner's callback signing secret."},
     {"name": "receiver", "description": "Where WaveSpeed reports results."},
     {"name": "wavespeed-compatible", "description": "WaveSpeed's own API shape, for its SDK."},
     {"name": "operations", "description": "Health, readiness, metrics, this document."},

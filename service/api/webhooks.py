@@ -12,7 +12,6 @@ has, goes through ``record`` below, the general path.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -25,7 +24,7 @@ from starlette.routing import Route
 from typing_extensions import TypedDict
 
 from service.api.auth import resources
-from service.api.body import read_capped
+from service.api.body import parse_json, read_capped
 from service.api.error_responses import ErrorBody
 from service.api.openapi_doc import JOB_ID, answer, documented
 from service.db import jobs, queries
@@ -53,8 +52,9 @@ class WebhookAck(TypedDict):
         "type": "object", "description": "WaveSpeed's prediction object (id, status, outputs, ...)."}}}},
     responses={
         "200": answer(WebhookAck, "Recorded (or recognised as a duplicate)."),
-        "400": answer(ErrorBody, "Verified, but not a JSON object."),
-        "401": answer(ErrorBody, "Missing, wrong, tampered or stale signature: nothing recorded."),
+        "400": answer(ErrorBody, "Verified, but not a JSON object with a string `id` (the task id)."),
+        "401": answer(ErrorBody, "Missing, wrong, tampered or stale signature, or a `webhook-signature` over "
+                                 "1 KiB or with more than 5 entries (refused before any HMAC): nothing recorded."),
         "413": answer(ErrorBody, "The body is over WEBHOOK_MAX_BODY_BYTES."),
     },
 )
@@ -74,14 +74,22 @@ async def receive(request: Request) -> JSONResponse:
         # Decoded first: the body is stored as text, so it must be UTF-8 (json.loads
         # alone would also accept UTF-16 and leave the decode to fail later as a 500).
         text = body.decode("utf-8")
-        prediction: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         raise BadRequest("the webhook body is not UTF-8 JSON") from None
+    prediction: Any = parse_json(text, "the webhook body")
     if not isinstance(prediction, dict):
         raise BadRequest("the webhook body is not a JSON object")
 
     job_id = request.path_params["job_id"]
-    task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
+    task_id = prediction.get("id")
+    # Right after verification, before anything reads the job: a signed body must name
+    # its task, so the task-id check below (and in jobs.apply_prediction) cannot be
+    # skipped by leaving ``id`` out. Changes nothing; the provider always sends one.
+    if not isinstance(task_id, str) or not task_id or "\x00" in task_id:
+        metrics.webhook_received("no_task_id")
+        raise BadRequest("the webhook body has no string id (the task id)", field="id")
+    if jobs.impossible_id(job_id):
+        raise BadRequest("the job id in the path cannot be a job's", field="job_id")
     logs.bind_job(job_id, task_id)
     outcome = await record_fast(request, webhook_id, job_id, prediction, text)
     if outcome is None:

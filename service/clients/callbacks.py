@@ -14,10 +14,12 @@ import asyncio
 import datetime as dt
 import email.utils
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
+from service.domain.errors import EgressRefused
 from service.domain.signing import standard_signature
 
 # Enough to show a backend's error message in the job's events, small enough that a
@@ -42,9 +44,13 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signed_headers(secrets: str | Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The Standard Webhooks headers for ``body``; ``msg_id`` is the delivery's id, the
-    same on every retry so a backend can deduplicate on it."""
+    same on every retry so a backend can deduplicate on it. With several secrets (the
+    owner's new one and, during a rotation's overlap, the previous one) the signature
+    header carries one ``v1,…`` entry per secret, space-separated, newest first."""
+    if isinstance(secrets, str):
+        secrets = [secrets]
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
@@ -53,7 +59,7 @@ def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dic
         "accept-encoding": "identity",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_signature(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(standard_signature(s, msg_id, timestamp, body) for s in secrets),
     }
 
 
@@ -114,6 +120,9 @@ async def send(
                     answer += chunk
                     if len(answer) >= ANSWER_CAP:
                         break  # closing the stream drops the rest
+    except EgressRefused as exc:
+        # The connection itself refused the address it resolved (service/clients/egress.py).
+        error = f"callback_url refused at send time: {exc.message}"
     except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, OSError) as exc:
         error = _describe(exc, url)
         if status is not None:

@@ -96,9 +96,11 @@ class Signer:
         return out
 
     def presign_query(
-        self, creds: Credentials, method: str, host: str, path: str, expires: int, now: dt.datetime | None = None
+        self, creds: Credentials, method: str, host: str, path: str, expires: int, now: dt.datetime | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> str:
-        """The query string of a presigned URL (only ``host`` signed, payload unsigned)."""
+        """The query string of a presigned URL (only ``host`` signed, payload unsigned);
+        ``extra`` parameters (e.g. ``response-content-type``) are signed with it."""
         amz_date = _amz_date(now or dt.datetime.now(dt.UTC))
         scope = f"{amz_date[:8]}/{self.region}/{self.service}/aws4_request"
         params = [
@@ -110,6 +112,7 @@ class Signer:
         ]
         if creds.token:
             params.append(("X-Amz-Security-Token", creds.token))
+        params.extend(extra)
         query = canonical_query(params)
         canonical = "\n".join((method, path, query, f"host:{host}\n", "host", UNSIGNED_PAYLOAD))
         _, signature = self._signature(creds, amz_date, canonical)

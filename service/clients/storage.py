@@ -30,6 +30,7 @@ from botocore.config import Config
 
 from service.clients.sigv4 import Credentials, Signer, uri_encode
 from service.domain.errors import ServiceError
+from service.domain.image_types import content_type_of_key
 
 PRESIGN_CACHE_SIZE = 50_000
 DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
@@ -100,7 +101,11 @@ class Storage:
         frozen = self._credentials.get_frozen_credentials()
         creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
         path = f"{self._base_path}/{uri_encode(self.bucket)}/{uri_encode(key, keep_slash=True)}"
-        return f"{self._origin}{path}?{self._signer.presign_query(creds, 'GET', self._host, path, expires)}"
+        # response-content-type pins the answer's type to what the key stands for (only
+        # image types are stored), whatever metadata the object might carry.
+        pinned = (("response-content-type", content_type_of_key(key)),)
+        query = self._signer.presign_query(creds, "GET", self._host, path, expires, extra=pinned)
+        return f"{self._origin}{path}?{query}"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

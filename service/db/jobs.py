@@ -127,7 +127,15 @@ async def create_job(
 # --------------------------------------------------------------------------- read
 
 
+def impossible_id(job_id: str) -> bool:
+    """True for a path value no job can have. Postgres text cannot hold NUL, so
+    ``/v1/jobs/%00`` must stop here as a 404 rather than fail in the driver (a 500)."""
+    return "\x00" in job_id or len(job_id) > 200
+
+
 async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None) -> Row[Any]:
+    if impossible_id(job_id):
+        raise NotFound("no job with that id")
     stmt = select(jobs_t).where(jobs_t.c.id == job_id)
     if owner is not None:
         stmt = stmt.where(jobs_t.c.owner == owner)
@@ -138,6 +146,8 @@ async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None) 
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
+    if impossible_id(job_id):
+        return None
     return (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id).with_for_update())).first()
 
 

@@ -174,6 +174,22 @@ class ServiceSecret(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
+class CallbackSecret(Base):
+    """Each owner's Standard Webhooks secret for its callbacks (revision 0005). Values are
+    sealed with SECRETS_ENCRYPTION_KEY when it is set (service/domain/sealing.py)."""
+
+    __tablename__ = "callback_secrets"
+
+    owner: Mapped[str] = mapped_column(Text, primary_key=True)
+    # NULL: the service-wide secret (CALLBACK_SIGNING_SECRET, or the one generated into
+    # service_secrets), kept by owners that existed before per-owner secrets, until they rotate.
+    secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    rotated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
 def table(model: type[Base]) -> Table:
     """The Core table behind ``model``, typed as a Table (``__table__`` is typed as the
     broader FromClause, which insert()/update() do not accept under mypy)."""

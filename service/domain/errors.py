@@ -25,6 +25,10 @@ class FieldError(dict[str, str]):
         super().__init__(loc=loc, msg=msg)
 
 
+MAX_FIELD_ERRORS = 20
+MAX_FIELD_TEXT = 200
+
+
 class ValidationFailed(ServiceError):
     """The request is invalid."""
 
@@ -32,7 +36,11 @@ class ValidationFailed(ServiceError):
     error_type = "invalid_request"
 
     def __init__(self, fields: list[FieldError], message: str | None = None) -> None:
-        self.fields = fields
+        # Deduplicated and capped: 65 KB of one bad query value repeated must not answer
+        # 65,000 errors (15 MB of JSON). Each text is cut too: a loc may echo user input.
+        kept = dict.fromkeys((f["loc"][:MAX_FIELD_TEXT], f["msg"][:MAX_FIELD_TEXT]) for f in fields)
+        self.fields = [FieldError(loc, msg) for loc, msg in list(kept)[:MAX_FIELD_ERRORS]]
+        fields = self.fields
         if message is None:
             message = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields) or None
         super().__init__(message)
@@ -77,6 +85,13 @@ class PayloadTooLarge(ServiceError):
 
     status_code = 413
     error_type = "payload_too_large"
+
+
+class EgressRefused(ServiceError):
+    """The address is not one the service may reach on someone's behalf."""
+
+    status_code = 422
+    error_type = "egress_refused"
 
 
 class ConfigError(ServiceError):

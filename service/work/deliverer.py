@@ -33,8 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
-from service.clients.egress import check_public_url
-from service.db import jobs, queries
+from service.db import callback_secrets, jobs, queries
 from service.db.models import Delivery, Job
 from service.domain.serialize import iso, job_dict
 from service.domain.states import JobStatus
@@ -155,7 +154,8 @@ class Deliverer:
         delays = res.settings.retry_delays
         async with res.engine.connect() as conn:
             row = (await conn.execute(
-                select(deliveries_t, Job.provider_task_id.label("task_id"))  # task_id: for the log lines
+                # task_id: for the log lines; owner: whose secret signs
+                select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"))
                 .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
             )).first()
         if row is None or row.status != "pending" or row.locked_by != worker:
@@ -195,14 +195,15 @@ class Deliverer:
         return body if frozen else None
 
     async def _attempt(self, row: Row[Any], body: bytes) -> Attempt:
-        settings = self.res.settings
-        if not settings.allow_private_networks:
-            # Checked at creation too; again now because DNS may have changed since.
-            problem = await check_public_url(row.url)
-            if problem:
-                return Attempt(None, 0, f"callback_url refused at send time: {problem}", "", None)
-        headers = callbacks.signed_headers(self.res.callback_secret, row.id, int(time.time()), body)
-        return await callbacks.send(self.res.http, row.url, body, headers, settings.callback_timeout_seconds)
+        res = self.res
+        # Signed with the job owner's own secret (and, during a rotation's overlap, the
+        # previous one too), so no owner's secret verifies another owner's callbacks.
+        async with res.engine.begin() as conn:
+            secrets = await callback_secrets.current(conn, row.owner, res.sealer, res.callback_secret)
+        headers = callbacks.signed_headers(secrets.signing, row.id, int(time.time()), body)
+        # The URL was checked at creation; the egress layer checks the address again as
+        # it connects (DNS may have changed since), and connects only to what it checked.
+        return await callbacks.send(res.egress.http, row.url, body, headers, res.settings.callback_timeout_seconds)
 
     async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> None:
         res, worker = self.res, self.holder

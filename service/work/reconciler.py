@@ -38,6 +38,24 @@ log = structlog.get_logger(__name__)
 SEARCH_BEFORE = dt.timedelta(minutes=1)
 SEARCH_AFTER = dt.timedelta(minutes=3)
 LIST_PAGES = 20
+PAGE_SIZE = 100
+
+
+def list_complete(data: dict[str, Any], page_items: int, seen_ids: int) -> bool | None:
+    """Whether the provider's list has been read to its end, judged only from the
+    answer's own figures: True (proved complete), False (stop: it cannot be proved) or
+    None (read the next page). A short page alone proves nothing: the documentation
+    says "up to 100" per page, and a provider that caps lower would make every page
+    look like the last one, "proving" a task absent that exists (paying twice)."""
+    total = data.get("total")
+    if isinstance(total, int) and not isinstance(total, bool):
+        if seen_ids >= total:
+            return True  # every task the provider counts has been seen (distinct ids)
+        return None if page_items else False  # ran dry before the total: unproven
+    echoed = data.get("page_size")
+    if not isinstance(echoed, int) or isinstance(echoed, bool) or echoed != PAGE_SIZE:
+        return False  # no figures to judge by, or it paged differently than asked
+    return True if page_items < echoed else None
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -188,15 +206,18 @@ class Reconciler:
         candidates: list[dict[str, Any]] = []
         complete = False
         inputs_shown = True
+        seen: set[str] = set()
         for page in range(1, LIST_PAGES + 1):
             data = await self.res.wavespeed.predictions(
-                page=page, page_size=100, model=job.model, created_after=after, created_before=before
+                page=page, page_size=PAGE_SIZE, model=job.model, created_after=after, created_before=before
             )
             items = [i for i in (data.get("items") or []) if isinstance(i, dict)]
             inputs_shown = inputs_shown and all(isinstance(i.get("input"), dict) for i in items)
             candidates += [i for i in items if isinstance(i.get("id"), str) and matches(job, i)]
-            if len(items) < 100:
-                complete = True
+            seen.update(i["id"] for i in items if isinstance(i.get("id"), str))
+            verdict = list_complete(data, len(items), len(seen))
+            if verdict is not None:
+                complete = verdict
                 break
         if not candidates:
             # Absence is proof only if we saw the whole window and could compare inputs.

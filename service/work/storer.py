@@ -17,10 +17,10 @@ import httpx
 import structlog
 from sqlalchemy import func, update
 
-from service.clients.egress import check_public_url
 from service.clients.storage import StorageError, StoredObject
 from service.db import jobs
-from service.domain.errors import Retry
+from service.domain.errors import EgressRefused, Retry, ServiceError
+from service.domain.image_types import EXTENSIONS, NOT_AN_IMAGE, SNIFF_BYTES, sniff
 from service.domain.schemas import output_count
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
@@ -32,10 +32,19 @@ from service.work.thumbnails import make_thumbnail
 
 log = structlog.get_logger(__name__)
 
-EXTENSIONS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}
-CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
 PROVIDER_RETENTION = dt.timedelta(days=7)
 KEEP_FOR_THUMBNAIL_BYTES = 16 * 1024 * 1024
+
+
+class NotAnImage(ServiceError):
+    """The output is not a JPEG, PNG or WebP image."""
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
 
 
 class Storer:
@@ -68,6 +77,12 @@ class Storer:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
+        # Never more outputs than the job asked for: extra ones are neither fetched,
+        # stored nor paid for (a hostile or broken answer cannot fill the bucket).
+        asked = output_count(job.input)
+        rows: list[Any] = list(outputs)  # Any: a Row's .index is the column, not tuple.index
+        extra = [o.index for o in rows if o.index >= asked]
+        outputs = [o for o in rows if o.index < asked]
         try:
             for output in outputs:
                 if output.stored_at is None and not await self._store_one(job, output):
@@ -75,12 +90,21 @@ class Storer:
         except (Retry, StorageError, httpx.HTTPError) as exc:
             await self._retry_later(job, exc)
             return
+        except (EgressRefused, NotAnImage) as exc:
+            # Retrying cannot change what the bytes or the addresses are.
+            async with res.engine.begin() as conn:
+                await jobs.fail(conn, job, exc.message, reason="output.refused", worker=worker)
+            log.warning("output.refused", job_id=job_id, error=exc.message)
+            return
         async with res.engine.begin() as conn:
             price = res.settings.price_usd(job.model)
             moved = await jobs.transition(
                 conn, job, JobStatus.COMPLETED, reason="outputs.stored", worker=worker,
-                values={"cost_usd": jobs.cost_for(price, len(outputs) or output_count(job.input))},
+                values={"cost_usd": jobs.cost_for(price, len(outputs) or asked)},
             )
+            if moved and extra:
+                await jobs.add_event(conn, job_id, "output.ignored", {"indexes": extra[:20], "count": len(extra),
+                                                                      "asked": asked})
         if moved:
             metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
@@ -107,7 +131,14 @@ class Storer:
         source: str = output.source_url
         data: bytes | None
         if source.startswith("data:"):
-            content_type, data = jobs.decode_data_url(source)
+            try:
+                _, data = jobs.decode_data_url(source)
+            except ValueError:  # binascii.Error: not base64
+                raise NotAnImage(f"output {output.index} is a data: URL that is not base64") from None
+            # The type the URL declares is only a claim: the bytes decide.
+            content_type = sniff(data[:SNIFF_BYTES])
+            if content_type is None:
+                raise NotAnImage(f"output {output.index} {NOT_AN_IMAGE}")
             stored = await res.storage.put_bytes(self._key(job.id, output.index, content_type, fmt), data, content_type)
         else:
             stored, data = await self._stream(job, output.index, source, fmt)
@@ -139,17 +170,30 @@ class Storer:
         at most KEEP_FOR_THUMBNAIL_BYTES (every real Flux image), so the thumbnail needs
         no second read from S3; larger or unsized outputs are never held in memory."""
         settings = self.res.settings
-        if not settings.allow_private_networks:
-            problem = await check_public_url(url)
-            if problem:
-                raise Retry(f"output {index} URL refused: {problem}", delay=3600)
         timeout = httpx.Timeout(settings.download_timeout_seconds, connect=10.0)
-        async with self.res.http.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+        try:
+            return await self._download(job, index, url, fmt, timeout)
+        except EgressRefused as exc:
+            raise EgressRefused(f"output {index} refused: {exc.message}") from None
+
+    async def _download(
+        self, job: Any, index: int, url: str, fmt: str, timeout: httpx.Timeout
+    ) -> tuple[StoredObject, bytes | None]:
+        settings = self.res.settings
+        # Redirects are followed by hand, each hop checked and pinned (service/clients/egress.py).
+        async with self.res.egress.get_following(url, timeout=timeout, host_problem=self._host_problem) as response:
             if response.status_code != 200:
                 raise Retry(f"output {index} download answered HTTP {response.status_code}",
                             delay=backoff(job.attempts))
-            header_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            content_type = header_type if header_type in EXTENSIONS else CONTENT_TYPES.get(fmt, "image/jpeg")
+            stream = response.aiter_bytes(1024 * 1024)
+            head = b""
+            async for chunk in stream:  # the first bytes decide the type, whatever the header says
+                head += chunk
+                if len(head) >= SNIFF_BYTES:
+                    break
+            content_type = sniff(head[:SNIFF_BYTES])
+            if content_type is None:
+                raise NotAnImage(f"output {index} {NOT_AN_IMAGE}")
             limit = settings.max_output_bytes
             expected = response.headers.get("content-length")
             declared = int(expected) if expected and expected.isdigit() else None
@@ -157,7 +201,7 @@ class Storer:
 
             async def chunks() -> AsyncIterator[bytes]:
                 seen = 0
-                async for chunk in response.aiter_bytes(1024 * 1024):
+                async for chunk in _prepend(head, stream):
                     seen += len(chunk)
                     if seen > limit:
                         raise Retry(f"output {index} is larger than MAX_OUTPUT_BYTES ({limit})", delay=3600)
@@ -171,6 +215,14 @@ class Storer:
                 raise Retry(f"output {index} was cut short ({stored.size_bytes} of {declared} bytes)",
                             delay=backoff(job.attempts))
             return stored, (bytes(kept) if kept is not None and len(kept) == stored.size_bytes else None)
+
+    def _host_problem(self, host: str) -> str | None:
+        """OUTPUT_HOSTS_ALLOWED: when set, a download (and each redirect) must stay on
+        one of its host suffixes."""
+        suffixes = self.res.settings.output_host_suffixes
+        if not suffixes or any(host == s or host.endswith("." + s) for s in suffixes):
+            return None
+        return f"host {host!r} is not in OUTPUT_HOSTS_ALLOWED"
 
     async def _thumbnail(self, stored: StoredObject, data: bytes | None) -> str | None:
         """A small WebP beside the original, for the history page, from the bytes we

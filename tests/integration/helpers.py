@@ -52,3 +52,8 @@ def sha256(data: bytes) -> str:
 def sim_tasks(simulator_url: str) -> list[dict[str, Any]]:
     data = httpx.get(simulator_url + "/_sim/tasks", timeout=5).json()
     return data["tasks"] if isinstance(data, dict) and "tasks" in data else data  # type: ignore[no-any-return]
+
+
+def events_of(client: httpx.Client, job_id: str, type_: str) -> list[dict[str, Any]]:
+    """The job's events of one type, oldest first."""
+    return [e for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"] if e["type"] == type_]

@@ -19,7 +19,6 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
@@ -129,14 +128,12 @@ def api(cb_service: Service) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def secret(private_db: str, cb_service: Service) -> str:
-    """The signing secret the service generated and stored on first start (no
-    CALLBACK_SIGNING_SECRET is configured here)."""
-    with psycopg.connect(private_db) as conn:
-        row = conn.execute("SELECT value FROM service_secrets WHERE name = 'callback_signing_secret'").fetchone()
-    assert row is not None
-    return str(row[0])
+@pytest.fixture
+def secret(api: httpx.Client) -> str:
+    """The owner's own callback secret (each test's owner is new: a random one)."""
+    response = api.get("/v1/callback-secret")
+    assert response.status_code == 200, response.text
+    return str(response.json()["secret"])
 
 
 @pytest.fixture

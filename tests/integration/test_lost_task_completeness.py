@@ -1,0 +1,72 @@
+"""Paying twice by inference: a provider whose history pages hold fewer than the 100
+items asked for (the documentation says "up to 100") must never make a short page look
+like the end of the list, so a lost submit is never "proved absent" and sent again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from devtools.serverthread import ServerThread
+from devtools.simulator.app import create_simulator_app
+from devtools.simulator.config import SimulatorConfig
+from tests.conftest import SIM_SECRET, fresh_database, run_service
+from tests.integration.helpers import wait_terminal
+from tests.integration.test_lost_submit import events, stage_lost_submit, tasks_for
+
+MODEL = "wavespeed-ai/flux-dev-lora"
+
+
+@pytest.fixture
+def capped_sim() -> Iterator[ServerThread]:
+    """A provider of its own whose history pages hold at most 50 items, while echoing
+    the page_size asked for (its figures say nothing of the cap but the total)."""
+    config = SimulatorConfig(completion_delay=0.05, processing_delay=0.0, webhook_secret=SIM_SECRET, seed=13,
+                             list_page_cap=50)
+    with ServerThread(create_simulator_app(config)) as server:
+        yield server
+
+
+def fill(sim: ServerThread, count: int) -> None:
+    """``count`` tasks in the search window, none of them the lost job's."""
+    with httpx.Client(base_url=sim.url, headers={"Authorization": "Bearer sim-key"}, timeout=10) as c:
+        for i in range(count):
+            answer = c.post(f"/api/v3/{MODEL}", json={"prompt": f"someone else {i}", "size": "256*256"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_a_page_cap_of_50_never_proves_a_task_absent(postgres_server: str, s3_endpoint: str,
+                                                      capped_sim: ServerThread) -> None:
+    fill(capped_sim, 60)
+    listing = httpx.post(capped_sim.url + "/api/v3/predictions", json={"page": 1, "page_size": 100, "model": MODEL},
+                         headers={"Authorization": "Bearer sim-key"}, timeout=10).json()["data"]
+    assert len(listing["items"]) == 50 and listing["total"] == 60  # the cap is real
+    with fresh_database(postgres_server) as db, run_service(
+        db, s3_endpoint, capped_sim.url, submit_lost_deadline_seconds=1.0
+    ) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "lost while the list is capped", 60)
+        with svc.client(key) as client:
+            done = wait_terminal(client, job_id, timeout=40)
+            seen = events(client, job_id)
+    # The task may exist past the 50 shown: the job fails rather than risk a second task.
+    assert "submit.resend" not in seen
+    assert tasks_for(capped_sim.url, job_id) == []
+    assert done["status"] == "failed" and "not sent again" in done["error"]
+
+
+def test_a_complete_list_under_the_cap_still_proves_absence(postgres_server: str, s3_endpoint: str,
+                                                             capped_sim: ServerThread) -> None:
+    fill(capped_sim, 20)  # everything fits on one capped page: total says so
+    with fresh_database(postgres_server) as db, run_service(
+        db, s3_endpoint, capped_sim.url, submit_lost_deadline_seconds=1.0
+    ) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "never left", 60)
+        with svc.client(key) as client:
+            done = wait_terminal(client, job_id, timeout=40)
+            seen = events(client, job_id)
+    assert seen.count("submit.resend") == 1
+    assert done["status"] == "completed"
