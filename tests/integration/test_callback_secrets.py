@@ -132,14 +132,14 @@ def test_the_secret_needs_an_api_key(service: Service) -> None:
 
 
 @pytest.fixture
-def db_at_0004(postgres_server: str) -> Iterator[str]:
-    """A database as the previous release left it: migrated to 0004 only."""
+def db_before_0005(postgres_server: str) -> Iterator[str]:
+    """A database as the previous release left it: migrated up to the revision before 0005."""
     name = f"wsj_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _database_url(postgres_server, name)
     try:
-        migrate(url, "0004")
+        migrate(url, "0005-1")  # whatever revision 0005 follows
         yield url
     finally:
         with psycopg.connect(postgres_server, autocommit=True) as conn:
@@ -147,12 +147,12 @@ def db_at_0004(postgres_server: str) -> Iterator[str]:
 
 
 def test_owners_from_before_the_upgrade_keep_the_service_wide_secret(
-    db_at_0004: str, s3_endpoint: str, simulator: ServerThread, catcher: WebhookCatcher
+    db_before_0005: str, s3_endpoint: str, simulator: ServerThread, catcher: WebhookCatcher
 ) -> None:
     configured = "whsec_" + "c2VydmljZS13aWRlLXNlY3JldC0wMTIzNDU2Nzg5YWI="
-    old_key = create_key_blocking(db_at_0004, "old-owner")
-    migrate(db_at_0004)  # the upgrade
-    with run_service(db_at_0004, s3_endpoint, simulator.url, callback_signing_secret=configured) as svc, \
+    old_key = create_key_blocking(db_before_0005, "old-owner")
+    migrate(db_before_0005)  # the upgrade
+    with run_service(db_before_0005, s3_endpoint, simulator.url, callback_signing_secret=configured) as svc, \
             svc.client(old_key) as old, svc.client() as new:
         assert secret_of(old)["secret"] == configured  # the backend keeps verifying after the upgrade
         assert verifies(configured, callback_of(old, catcher, "/old"))

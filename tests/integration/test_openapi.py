@@ -170,3 +170,33 @@ def test_schemathesis_finds_no_server_error_and_every_answer_conforms(fuzzed: Se
     documented = sum(len(item) for item in httpx.get(fuzzed.url + "/openapi.json").json()["paths"].values())
     assert tested is not None and int(tested.group(1)) >= documented - 1, output[-3000:]
     print(output[output.find("SUMMARY"):] if "SUMMARY" in output else output[-2000:])
+
+
+@pytest.mark.skipif(not ST.exists() and shutil.which("st") is None,
+                    reason="schemathesis is not installed (pip install -e '.[dev]')")
+def test_schemathesis_fuzzes_path_parameters_without_a_server_error(fuzzed: Service, tmp_path: Path) -> None:
+    """Every operation with a path parameter, with more examples and NUL allowed in the
+    generated strings: `/v1/jobs/%00` and its kind used to reach Postgres as a 500."""
+    key = fuzzed.new_key()
+    command = [
+        str(ST) if ST.exists() else "st", "run", fuzzed.url + "/openapi.json",
+        "--header", f"Authorization: Bearer {key}",
+        "--checks", CHECKS,
+        "--include-path-regex", r"\{",
+        "--phases", "coverage,fuzzing",
+        "--max-examples", "40",
+        "--generation-allow-x00", "true",
+        "--max-time", "60",
+        "--request-timeout", "70",
+        "--workers", "1",
+        "--seed", "9",
+        "--generation-database", "none",
+        "--no-color",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-8000:]
+    tested = re.search(r"Tested:\s+(\d+)", output)
+    with_params = sum(len(item) for path, item in httpx.get(fuzzed.url + "/openapi.json").json()["paths"].items()
+                      if "{" in path)
+    assert tested is not None and int(tested.group(1)) >= with_params, output[-3000:]
