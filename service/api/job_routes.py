@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model

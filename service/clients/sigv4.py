@@ -112,8 +112,10 @@ class Signer:
         ]
         if creds.token:
             params.append(("X-Amz-Security-Token", creds.token))
-        params.extend(extra)
-        query = canonical_query(params)
+        query = canonical_query([*params, *extra])
         canonical = "\n".join((method, path, query, f"host:{host}\n", "host", UNSIGNED_PAYLOAD))
         _, signature = self._signature(creds, amz_date, canonical)
-        return f"{query}&X-Amz-Signature={signature}"
+        # Signed in canonical order; written as botocore writes it (request parameters
+        # first, then the signature's own), so the URLs stay byte-for-byte botocore's.
+        written = f"{canonical_query(extra)}&{canonical_query(params)}" if extra else query
+        return f"{written}&X-Amz-Signature={signature}"
