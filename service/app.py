@@ -36,7 +36,7 @@ from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db import engine as db
-from service.db import webhook_store
+from service.db import news_writer
 from service.db.listen import Notifications
 from service.db.models import ServiceSecret, table
 from service.domain.errors import ConfigError
@@ -159,9 +159,9 @@ def create_app(
 ) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_resources(settings, resolver, network) as res, webhook_store.open_store(settings) as store:
+        async with open_resources(settings, resolver, network) as res, news_writer.open_writer(settings) as writer:
             app.state.resources = res
-            app.state.webhook_store = store  # the receiver's fast path (service/webhook_store.py)
+            app.state.news_writer = writer  # the receiver's group commit (service/db/news_writer.py)
             # What start-up built (modules, botocore's service models, SQLAlchemy metadata:
             # ~140,000 objects) lives as long as the process. Freezing it keeps the
             # garbage collector's full passes from rescanning it: each took ~70 ms and

@@ -1,8 +1,9 @@
 """Operations on jobs, each one short transaction (or a step inside the caller's).
 
 This is where the state machine meets the database: ``transition`` is the one guarded
-UPDATE every status change goes through, and ``apply_prediction`` is the one path by
-which provider news (a webhook, or a result the reconciler fetched) changes a job.
+UPDATE every status change a worker or the API makes goes through. Provider news (a
+webhook, or a result the reconciler fetched) has its own one path, service/db/news.py,
+a batch statement with the same guard (``states.allowed_from``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 from sqlalchemy import Row, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import queries
@@ -310,118 +310,6 @@ async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, 
 
 async def fail(conn: AsyncConnection, job: Row[Any], error: str, *, reason: str, worker: str | None = None) -> bool:
     return await transition(conn, job, JobStatus.FAILED, reason=reason, worker=worker, values={"error": error})
-
-
-# --------------------------------------------------------------------------- provider news
-
-
-def _inference_ms(prediction: dict[str, Any]) -> int | None:
-    timings = prediction.get("timings")
-    if isinstance(timings, dict):
-        value = timings.get("inference")
-        if isinstance(value, (int, float)):
-            return int(value)
-    return None
-
-
-def _nsfw(prediction: dict[str, Any]) -> list[bool] | None:
-    value = prediction.get("has_nsfw_contents")
-    if isinstance(value, list) and all(isinstance(v, bool) for v in value):
-        return value
-    return None
-
-
-# How far along each provider status is. News that says less than the job already knows
-# (a reordered event), or anything after the task has ended, is stale: the caller logs it
-# in the job's events and nothing else changes.
-_PROVIDER_PROGRESS = {"created": 0, "processing": 1, "completed": 2, "failed": 2}
-
-
-def _is_stale(known: str | None, incoming: str | None) -> bool:
-    if known in ("completed", "failed"):
-        return True  # a task ends once: a later event can only repeat or contradict that
-    return _PROVIDER_PROGRESS.get(incoming or "", 0) < _PROVIDER_PROGRESS.get(known or "", 0)
-
-
-def _outputs(prediction: dict[str, Any]) -> list[str]:
-    value = prediction.get("outputs")
-    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
-        return value
-    return []
-
-
-async def apply_prediction(
-    conn: AsyncConnection,
-    job: Row[Any],
-    prediction: dict[str, Any],
-    *,
-    source: str,
-    reconcile_after: float,
-) -> str:
-    """Apply provider news about ``job`` (locked FOR UPDATE by the caller); return what
-    happened: ``advanced``, ``unchanged`` (also for stale news), ``late`` (job already
-    terminal: nothing changes, not even the provider fields) or ``task_mismatch``.
-
-    Used by the receiver and by the reconciler alike, so a result reaches a job the same
-    way whichever of them saw it first; forward-only transitions make the second a no-op.
-
-    The receiver's fast path (service/webhook_store.py) does the ``completed``/``failed``
-    cases in one SQL statement: change them together (tests/integration/
-    test_receiver_fast_path.py compares the two).
-    """
-    task_id = prediction.get("id") if isinstance(prediction.get("id"), str) else None
-    provider_status = prediction.get("status") if isinstance(prediction.get("status"), str) else None
-    if task_id and job.provider_task_id and task_id != job.provider_task_id:
-        await add_event(conn, job.id, "provider.task_mismatch", {"task_id": task_id, "source": source})
-        return "task_mismatch"
-    if JobStatus(job.status) in TERMINAL:
-        return "late"
-    if _is_stale(job.provider_status, provider_status):
-        return "unchanged"
-
-    values: dict[str, Any] = {"last_news_at": func.now(), "updated_at": func.now()}
-    if task_id and not job.provider_task_id:
-        # The submit answer was lost (or has not been recorded yet): the task announces itself.
-        values["provider_task_id"] = task_id
-        await add_event(conn, job.id, "provider.task_adopted", {"task_id": task_id, "source": source})
-    if provider_status:
-        values["provider_status"] = provider_status
-    if (ms := _inference_ms(prediction)) is not None:
-        values["inference_ms"] = ms
-    if (nsfw := _nsfw(prediction)) is not None:
-        values["has_nsfw_contents"] = nsfw
-    if job.submitted_at is None:
-        values["submitted_at"] = func.now()
-    try:
-        # A savepoint, so a unique violation leaves the caller's transaction usable.
-        async with conn.begin_nested():
-            await conn.execute(update(jobs_t).where(jobs_t.c.id == job.id).values(**values))
-    except IntegrityError:
-        # Another job already owns this task id: never let one task complete two jobs.
-        raise Conflict("task id already belongs to another job") from None
-
-    if provider_status == "completed":
-        outputs = _outputs(prediction)
-        if not outputs:
-            await fail(conn, job, "provider reported completion without outputs", reason=source)
-            return "advanced"
-        await conn.execute(
-            pg_insert(outputs_t)
-            .values([{"job_id": job.id, "index": i, "source_url": url} for i, url in enumerate(outputs)])
-            .on_conflict_do_nothing()
-        )
-        moved = await transition(conn, job, JobStatus.STORING, reason=source)
-        return "advanced" if moved else "unchanged"
-    if provider_status == "failed":
-        error = prediction.get("error") or "the provider reported the task as failed"
-        moved = await fail(conn, job, str(error), reason=source)
-        return "advanced" if moved else "unchanged"
-    if provider_status == "processing":
-        moved = await transition(
-            conn, job, JobStatus.PROCESSING, reason=source, run_after_seconds=reconcile_after
-        )
-        return "advanced" if moved else "unchanged"
-    return "unchanged"
 
 
 async def reschedule(

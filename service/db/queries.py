@@ -101,95 +101,136 @@ RELEASE_WORKER_DELIVERIES = text(
     "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders)"
 )
 
-# --- The receiver's fast path (service/webhook_store.py), raw asyncpg SQL ($n params):
-# it must do exactly what service/api/webhooks.py `record` + jobs.apply_prediction do for
-# the cases it covers; tests/integration/test_receiver_fast_path.py compares both paths.
-# One statement, so one transaction. Parameters:
-#  $1 job id, $2 webhook-id, $3 task id, $4 raw body (JSON text),
-#  $5/$6 detail of the "webhook.received" event when new / when a duplicate,
-#  $7 provider status, $8 inference ms, $9 has_nsfw_contents (JSON text),
-#  $10 target status, $11 statuses the target may be reached from, $12 target is terminal,
-#  $13 error (or NULL), $14 output URLs, $15 delivery id, $16 callback event type,
-#  $17 reason, $18 terminal statuses.
+# --- Provider news (service/db/news.py), raw asyncpg SQL ($n params): the ONE statement
+# by which a webhook or a result the reconciler fetched changes jobs. It takes a batch
+# (group commit: the receiver writes every webhook that arrived together in one
+# transaction) as parallel arrays, one element per item, and answers one row per item.
+# Parameters (arrays): $1 job id, $2 webhook-id (NULL: a reconciler result, no webhook
+# log), $3 task id (NULL when the body has none), $4 raw body (JSON text), $5 provider
+# status, $6 inference ms, $7 has_nsfw_contents (JSON text), $8 output URLs (JSON array
+# text), $9 target status (NULL: none), $10 statuses the target may be reached from
+# (comma-separated), $11 target is terminal, $12 error, $13 delivery id, $14 callback
+# event type, $15 source ("webhook"/"reconcile"), $16 delay before the target is due,
+# $17 the webhook.received detail (JSON text); $18 terminal statuses (a plain array).
 #
 # Why each part is safe:
-# - job: the row lock serialises news about one job, as lock_job does. `applies` is the
-#   fast path's whole eligibility test; when the job is missing, or the webhook is new
-#   and the job is outside that test, nothing below writes anything (every write reads
-#   `job` and `applies`/`seen`), so the general path can start afresh.
-# - seen: a webhook-id committed before this statement began is a duplicate, whatever
-#   the job's state (the general path also checks duplicates before anything else). One
-#   committed while we waited for the lock is caught by ON CONFLICT in `hook` instead.
-# - news: one UPDATE does both of apply_prediction's updates (provider fields, then the
-#   guarded transition): a row may be updated only once per statement. Every transition
-#   column is guarded by the same `moves` flag, computed from the locked row.
-# - events: one INSERT, ordered, so "webhook.received" gets the lower id as it does when
-#   the general path writes it first.
-RECORD_FINAL_NEWS = """
-WITH job AS (
-    SELECT id, status, callback_url,
-           coalesce(provider_task_id = $3 AND status <> ALL($18::text[])
-                    AND (provider_status IS NULL OR provider_status <> ALL(ARRAY['completed', 'failed'])),
-                    false) AS applies
-    FROM jobs WHERE id = $1
+# - job: every job of the batch is locked, in id order (the order every multi-job lock
+#   in this file uses), before its news is judged; the batch never holds one job twice
+#   (the writer keeps items for the same job apart), since a row may change only once
+#   per statement.
+# - hook: the webhook-id is the provider's event identity; ON CONFLICT makes a
+#   redelivered event (committed earlier, or while we waited) a "duplicate" that changes
+#   nothing but the job's event log. A verified event for an unknown job is logged too.
+# - c: the verdict on each item, from the locked row: unknown job, duplicate, another
+#   task (a webhook must name the job's task; a task id another job owns is never
+#   adopted), late (job terminal), stale (the provider said more already), or apply.
+# - upd: provider fields and the guarded forward-only transition (could_move: the target
+#   is reachable from the locked status, states.allowed_from) in one UPDATE per job.
+# - events: ordered per item: webhook.received, then task adoption/mismatch, then the
+#   status change. delivery: a terminal move queues its callback in this transaction,
+#   so a crash cannot lose it.
+APPLY_NEWS = """
+WITH n AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::text[],
+                         $13::text[], $14::text[], $15::text[], $16::float8[], $17::text[])
+        WITH ORDINALITY AS n(job_id, webhook_id, task_id, body, pstatus, inference_ms, nsfw, outputs, target,
+                             allowed, terminal, error, delivery_id, event_type, source, delay, detail, ord)
+), job AS (
+    SELECT id, status, provider_task_id, provider_status, callback_url
+    FROM jobs WHERE id = ANY($1::text[])
+    ORDER BY id
     FOR UPDATE
-), seen AS (
-    SELECT EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $2) AS dup
 ), hook AS (
     INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
-    SELECT $2, job.id, $3, $4::jsonb, 'received' FROM job, seen WHERE job.applies AND NOT seen.dup
+    SELECT n.webhook_id, job.id, n.task_id, n.body::jsonb,
+           CASE WHEN job.id IS NULL THEN 'unknown_job' ELSE 'received' END
+    FROM n LEFT JOIN job ON job.id = n.job_id
+    WHERE n.webhook_id IS NOT NULL
+    ORDER BY n.ord
     ON CONFLICT (webhook_id) DO NOTHING
-    RETURNING id
-), news AS (
+    RETURNING webhook_id
+), c AS (
+    SELECT n.*, job.status AS was, job.callback_url,
+           job.provider_task_id IS NULL AND n.task_id IS NOT NULL AS adopting,
+           coalesce(n.target IS NOT NULL AND job.status = ANY(string_to_array(n.allowed, ',')), false)
+               AS could_move,
+           CASE
+               WHEN job.id IS NULL THEN 'unknown_job'
+               WHEN n.webhook_id IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM hook WHERE hook.webhook_id = n.webhook_id) THEN 'duplicate'
+               WHEN n.task_id IS NOT NULL AND job.provider_task_id IS NOT NULL
+                    AND n.task_id <> job.provider_task_id THEN 'task_mismatch'
+               WHEN n.task_id IS NULL AND n.webhook_id IS NOT NULL THEN 'task_mismatch'
+               WHEN job.status = ANY($18::text[]) THEN 'late'
+               WHEN job.provider_task_id IS NULL AND n.task_id IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM jobs o WHERE o.provider_task_id = n.task_id) THEN 'task_taken'
+               WHEN job.provider_status IN ('completed', 'failed')
+                    OR (CASE n.pstatus WHEN 'processing' THEN 1 WHEN 'completed' THEN 2 WHEN 'failed' THEN 2 ELSE 0 END)
+                     < (CASE job.provider_status WHEN 'processing' THEN 1 WHEN 'completed' THEN 2
+                                                 WHEN 'failed' THEN 2 ELSE 0 END) THEN 'unchanged'
+               ELSE 'apply'
+           END AS verdict
+    FROM n LEFT JOIN job ON job.id = n.job_id
+), upd AS (
     UPDATE jobs AS j SET
         last_news_at = now(),
         updated_at = now(),
-        provider_status = $7,
-        inference_ms = coalesce($8::integer, j.inference_ms),
-        has_nsfw_contents = coalesce($9::jsonb, j.has_nsfw_contents),
+        provider_task_id = coalesce(j.provider_task_id, c.task_id),
+        provider_status = coalesce(c.pstatus, j.provider_status),
+        inference_ms = coalesce(c.inference_ms, j.inference_ms),
+        has_nsfw_contents = coalesce(c.nsfw::jsonb, j.has_nsfw_contents),
         submitted_at = coalesce(j.submitted_at, now()),
-        status = CASE WHEN m.moves THEN $10 ELSE j.status END,
-        locked_until = CASE WHEN m.moves THEN NULL ELSE j.locked_until END,
-        locked_by = CASE WHEN m.moves THEN NULL ELSE j.locked_by END,
-        run_after = CASE WHEN NOT m.moves THEN j.run_after WHEN $12 THEN NULL ELSE now() END,
-        completed_at = CASE WHEN m.moves AND $12 THEN now() ELSE j.completed_at END,
-        attempts = CASE WHEN m.moves AND NOT $12 THEN 0 ELSE j.attempts END,
-        error = CASE WHEN m.moves AND $13::text IS NOT NULL THEN $13 ELSE j.error END,
-        callback_status = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
+        status = CASE WHEN c.could_move THEN c.target ELSE j.status END,
+        locked_until = CASE WHEN c.could_move THEN NULL ELSE j.locked_until END,
+        locked_by = CASE WHEN c.could_move THEN NULL ELSE j.locked_by END,
+        run_after = CASE WHEN NOT c.could_move THEN j.run_after WHEN c.terminal THEN NULL
+                         ELSE now() + make_interval(secs => c.delay) END,
+        completed_at = CASE WHEN c.could_move AND c.terminal THEN now() ELSE j.completed_at END,
+        attempts = CASE WHEN c.could_move AND NOT c.terminal THEN 0 ELSE j.attempts END,
+        error = CASE WHEN c.could_move AND c.error IS NOT NULL THEN c.error ELSE j.error END,
+        callback_status = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
                                THEN 'pending' ELSE j.callback_status END,
-        callback_attempts = CASE WHEN m.moves AND $12 AND j.callback_url IS NOT NULL
+        callback_attempts = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
                                  THEN 0 ELSE j.callback_attempts END
-    FROM (SELECT job.id, job.status = ANY($11::text[]) AS moves FROM job WHERE EXISTS (SELECT 1 FROM hook)) AS m
-    WHERE j.id = m.id
-    RETURNING m.moves, j.callback_url
-), outputs AS (
+    FROM c
+    WHERE c.verdict = 'apply' AND j.id = c.job_id
+), outs AS (
     INSERT INTO job_outputs (job_id, index, source_url)
-    SELECT job.id, o.ord - 1, o.url
-    FROM job, unnest($14::text[]) WITH ORDINALITY AS o(url, ord)
-    WHERE EXISTS (SELECT 1 FROM hook)
+    SELECT c.job_id, o.ord - 1, o.url
+    FROM c, jsonb_array_elements_text(c.outputs::jsonb) WITH ORDINALITY AS o(url, ord)
+    WHERE c.verdict = 'apply' AND c.target = 'storing'
     ON CONFLICT DO NOTHING
 ), events AS (
     INSERT INTO job_events (job_id, type, detail)
     SELECT e.job_id, e.type, e.detail FROM (
-        SELECT 1 AS ord, job.id AS job_id, 'webhook.received' AS type,
-               CASE WHEN EXISTS (SELECT 1 FROM hook) THEN $5::jsonb ELSE $6::jsonb END AS detail
-        FROM job, seen WHERE job.applies OR seen.dup
+        SELECT c.ord, 1 AS step, c.job_id, 'webhook.received' AS type,
+               c.detail::jsonb || jsonb_build_object('duplicate', c.verdict = 'duplicate') AS detail
+        FROM c WHERE c.webhook_id IS NOT NULL AND c.verdict <> 'unknown_job'
         UNION ALL
-        SELECT 2, job.id, 'status.changed',
-               jsonb_build_object('from', job.status, 'to', $10::text, 'reason', $17::text)
-               || CASE WHEN $13::text <> '' THEN jsonb_build_object('error', $13::text) ELSE '{}'::jsonb END
-        FROM job, news WHERE news.moves
-    ) AS e ORDER BY e.ord
+        SELECT c.ord, 2, c.job_id, 'provider.task_mismatch',
+               jsonb_build_object('task_id', c.task_id, 'source', c.source)
+               || CASE WHEN c.verdict = 'task_taken' THEN '{"reason": "another job has this task"}'::jsonb
+                       WHEN c.task_id IS NULL THEN '{"reason": "the body names no task"}'::jsonb
+                       ELSE '{}'::jsonb END
+        FROM c WHERE c.verdict IN ('task_mismatch', 'task_taken')
+        UNION ALL
+        SELECT c.ord, 3, c.job_id, 'provider.task_adopted', jsonb_build_object('task_id', c.task_id, 'source', c.source)
+        FROM c WHERE c.verdict = 'apply' AND c.adopting
+        UNION ALL
+        SELECT c.ord, 4, c.job_id, 'status.changed',
+               jsonb_build_object('from', c.was, 'to', c.target, 'reason', c.source)
+               || CASE WHEN c.error IS NOT NULL THEN jsonb_build_object('error', c.error) ELSE '{}'::jsonb END
+        FROM c WHERE c.verdict = 'apply' AND c.could_move
+    ) AS e ORDER BY e.ord, e.step
 ), delivery AS (
     INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT $15, job.id, $16, news.callback_url, '', 'pending', now()
-    FROM job, news WHERE news.moves AND $12 AND news.callback_url IS NOT NULL
+    SELECT c.delivery_id, c.job_id, c.event_type, c.callback_url, '', 'pending', now()
+    FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal AND c.callback_url IS NOT NULL
 )
-SELECT job.applies OR seen.dup AS handled,
-       EXISTS (SELECT 1 FROM hook) AS fresh,
-       coalesce((SELECT moves FROM news), false) AS moved,
-       coalesce((SELECT callback_url IS NOT NULL FROM news), false) AS has_callback
-FROM job, seen
+SELECT c.ord, c.verdict, c.verdict = 'apply' AND c.could_move AS moved,
+       c.callback_url IS NOT NULL AS has_callback
+FROM c ORDER BY c.ord
 """
 
 # Why one statement: unnest + pg_notify sends any number of wake-ups in one transaction

@@ -131,3 +131,10 @@ class Retry(ServiceError):
     def __init__(self, message: str | None = None, *, delay: float) -> None:
         self.delay = delay
         super().__init__(message)
+
+
+class Unavailable(ServiceError):
+    """The service cannot record this right now; try again."""
+
+    status_code = 503
+    error_type = "unavailable"

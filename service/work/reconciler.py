@@ -1,7 +1,7 @@
 """submitted/processing without news for too long: ask the provider ourselves.
 
-* A job with a task id: query its result; a finished result goes through
-  ``jobs.apply_prediction``, exactly the path a webhook takes.
+* A job with a task id: query its result; the result goes through ``news.apply``,
+  exactly the path a webhook takes.
 * A job whose submit answer was lost (no task id): look for its task in the provider's
   predictions list (same model, same input, created around our send time, not owned by
   another job). Exactly one candidate is adopted; none or several → wait for the job's
@@ -20,9 +20,10 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db import jobs
-from service.domain.errors import Conflict, ProviderError
+from service.db import jobs, news
+from service.domain.errors import ProviderError
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs
@@ -147,13 +148,7 @@ class Reconciler:
                 return
             outcome = "unchanged"
             if prediction is not None:
-                try:
-                    outcome = await jobs.apply_prediction(
-                        conn, locked, prediction, source="reconcile",
-                        reconcile_after=res.settings.reconcile_after_seconds,
-                    )
-                except Conflict:
-                    outcome = "task_mismatch"
+                outcome = await self._apply(conn, job_id, prediction)
                 await jobs.add_event(conn, job_id, "reconcile.checked",
                                      {"provider_status": prediction.get("status"), "outcome": outcome})
             if outcome == "advanced":
@@ -164,6 +159,17 @@ class Reconciler:
                 log.warning("job.timed_out", job_id=job_id, task_id=locked.provider_task_id)
                 return
             await jobs.reschedule(conn, job_id, worker, self._next_check(locked.attempts))
+
+    async def _apply(self, conn: AsyncConnection, job_id: str, prediction: dict[str, Any]) -> str:
+        """The result goes through the one path for provider news, exactly as a webhook
+        does, inside this transaction (which holds the job's row lock already)."""
+        item = news.plan(job_id, prediction, source="reconcile",
+                         reconcile_after=self.res.settings.reconcile_after_seconds)
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        (result,) = await news.apply(raw, [item])
+        await news.notify(raw, result.wake)
+        return result.outcome
 
     async def _give_up_or_resend(self, job: Any, search: LostSearch) -> None:
         """The lost submit's deadline passed with no task found. If the provider's own

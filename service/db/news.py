@@ -1,0 +1,185 @@
+"""Provider news: the one way a webhook, or a result the reconciler fetched, changes jobs.
+
+``plan`` reads a prediction (pure, no I/O) into a ``News``: what the provider says and
+which status it would move the job to. ``apply`` writes a batch of them with ONE
+statement (``queries.APPLY_NEWS``), which judges each item against its locked job row:
+unknown job, duplicate webhook-id, another task, late (job already terminal), stale
+(the provider already said more), or applied, with the forward-only transition guarded
+by ``states.allowed_from``. The receiver batches many webhooks into one call (group
+commit, service/db/news_writer.py); the reconciler calls it with one item inside its own
+transaction. Wake-ups are returned, not sent: NOTIFY inside a transaction serialises the
+commits of every notifying transaction, so callers send them after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from service.db import queries
+from service.db.jobs import new_delivery_id
+from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
+
+NO_OUTPUTS_ERROR = "provider reported completion without outputs"
+FAILED_ERROR = "the provider reported the task as failed"
+_TERMINAL = sorted(s.value for s in TERMINAL)
+
+# The verdicts of queries.APPLY_NEWS, as the receiver's outcome (and metric label).
+_OUTCOME = {
+    "unknown_job": "unknown_job",
+    "duplicate": "duplicate",
+    "task_mismatch": "task_mismatch",
+    "task_taken": "task_mismatch",
+    "late": "late",
+    "unchanged": "unchanged",
+}
+
+
+@dataclass(frozen=True)
+class News:
+    """One piece of provider news about one job, as ``APPLY_NEWS`` takes it."""
+
+    job_id: str
+    source: str  # "webhook" or "reconcile": the reason written on the status change
+    webhook_id: str | None  # None for a reconciler result (no webhook log row)
+    body: str | None  # the raw verified body (JSON text), logged in webhook_events
+    task_id: str | None
+    provider_status: str | None
+    detail: dict[str, Any]  # of the "webhook.received" event
+    inference_ms: int | None = None
+    nsfw: list[bool] | None = None
+    outputs: tuple[str, ...] = ()
+    target: JobStatus | None = None
+    error: str | None = None
+    delay: float = 0.0  # seconds until a non-terminal target is due (reconcile check)
+    # A completion without outputs is reported as "advanced" even when the failure it
+    # implies could not be applied (the job had moved on): the news itself was acted on.
+    always_advanced: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str  # advanced, unchanged, duplicate, late, task_mismatch, unknown_job
+    moved: bool
+    wake: tuple[tuple[str, str], ...]  # (channel, payload) to NOTIFY after the commit
+
+
+def _inference_ms(prediction: dict[str, Any]) -> int | None:
+    timings = prediction.get("timings")
+    if isinstance(timings, dict):
+        value = timings.get("inference")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 2**31:
+            return int(value)
+    return None
+
+
+def _nsfw(prediction: dict[str, Any]) -> list[bool] | None:
+    value = prediction.get("has_nsfw_contents")
+    if isinstance(value, list) and all(isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def _outputs(prediction: dict[str, Any]) -> tuple[str, ...]:
+    value = prediction.get("outputs")
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    return ()
+
+
+def plan(
+    job_id: str,
+    prediction: dict[str, Any],
+    *,
+    source: str,
+    reconcile_after: float,
+    webhook_id: str | None = None,
+    body: str | None = None,
+) -> News:
+    """What ``prediction`` says about job ``job_id`` and where it would move it."""
+    task_id = prediction.get("id") if isinstance(prediction.get("id"), str) and prediction.get("id") else None
+    status = prediction.get("status") if isinstance(prediction.get("status"), str) else None
+    news = News(
+        job_id=job_id, source=source, webhook_id=webhook_id, body=body, task_id=task_id,
+        provider_status=status, inference_ms=_inference_ms(prediction), nsfw=_nsfw(prediction),
+        detail={"webhook_id": webhook_id, "task_id": task_id, "status": prediction.get("status")},
+    )
+    if status == "completed":
+        outputs = _outputs(prediction)
+        if outputs:
+            return _with(news, outputs=outputs, target=JobStatus.STORING)
+        return _with(news, target=JobStatus.FAILED, error=NO_OUTPUTS_ERROR, always_advanced=True)
+    if status == "failed":
+        return _with(news, target=JobStatus.FAILED, error=str(prediction.get("error") or FAILED_ERROR))
+    if status == "processing":
+        return _with(news, target=JobStatus.PROCESSING, delay=reconcile_after)
+    return news
+
+
+def _with(news: News, **changes: Any) -> News:
+    return News(**{**news.__dict__, **changes})
+
+
+def _args(items: Sequence[News]) -> list[Any]:
+    """APPLY_NEWS's parallel arrays."""
+    def target_terminal(n: News) -> bool:
+        return n.target in TERMINAL if n.target else False
+
+    return [
+        [n.job_id for n in items],
+        [n.webhook_id for n in items],
+        [n.task_id for n in items],
+        [n.body for n in items],
+        [n.provider_status for n in items],
+        [n.inference_ms for n in items],
+        [None if n.nsfw is None else json.dumps(n.nsfw) for n in items],
+        [json.dumps(list(n.outputs)) for n in items],
+        [n.target.value if n.target else None for n in items],
+        [",".join(allowed_from(n.target)) if n.target else None for n in items],
+        [target_terminal(n) for n in items],
+        [n.error for n in items],
+        [new_delivery_id() if target_terminal(n) else None for n in items],
+        [CALLBACK_EVENT[n.target] if n.target and target_terminal(n) else None for n in items],
+        [n.source for n in items],
+        [float(n.delay) for n in items],
+        [json.dumps(n.detail) for n in items],
+        _TERMINAL,
+    ]
+
+
+def _wake(news: News, has_callback: bool) -> tuple[tuple[str, str], ...]:
+    """The NOTIFYs a move causes: a terminal job wakes its waiters (and the deliverer
+    when it has a callback); a job due for more work wakes that duty."""
+    assert news.target is not None
+    if news.target in TERMINAL:
+        deliver = ((queries.CHANNEL_WORK, "deliver"),) if has_callback else ()
+        return (*deliver, (queries.CHANNEL_DONE, news.job_id))
+    return ((queries.CHANNEL_WORK, news.target.value),)
+
+
+async def apply(conn: asyncpg.Connection, items: Sequence[News]) -> list[Result]:
+    """Write ``items`` (no two for the same job or webhook-id) with one statement, in
+    the caller's transaction if it has one; one result per item, in order."""
+    rows = await conn.fetch(queries.APPLY_NEWS, *_args(items))
+    results = []
+    for news, row in zip(items, rows, strict=True):
+        verdict = row["verdict"]
+        if verdict == "apply":
+            moved = bool(row["moved"])
+            outcome = "advanced" if moved or news.always_advanced else "unchanged"
+            wake = _wake(news, row["has_callback"]) if moved else ()
+            results.append(Result(outcome, moved, wake))
+        else:
+            results.append(Result(_OUTCOME[verdict], False, ()))
+    return results
+
+
+async def notify(conn: asyncpg.Connection, wakes: Sequence[tuple[str, str]]) -> None:
+    """Send many wake-ups in one statement (Postgres drops repeats within it)."""
+    unique = sorted(set(wakes))
+    if unique:
+        await conn.execute(queries.NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])

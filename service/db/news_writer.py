@@ -1,0 +1,164 @@
+"""Group commit for the receiver: webhooks that arrive together are written together.
+
+Each webhook is verified on its own by its request; then ``NewsWriter.write`` queues its
+``News`` and waits. Up to ``max_flushes`` batches are in flight at once, each one
+statement (``news.apply``, its own transaction) on a plain asyncpg pool: at low load a
+webhook is written alone at once; under load every arrival during a flush joins the
+next batch, so one commit (one WAL flush) serves many webhooks. A request is answered
+only after the commit that holds its webhook, and the wake-ups go out after it, many in
+one NOTIFY statement.
+
+Two items for the same job (or webhook-id) never share a batch or run in two batches at
+once: a row may change only once per statement, and it keeps concurrent batches from
+waiting on each other. When a batch fails (a task id adopted by two jobs at once, a
+deadlock with another process), each of its items is retried alone, so one bad item
+cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+
+from service.db import engine as db
+from service.db import news
+from service.db.news import News, Result
+from service.domain.errors import Unavailable
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+ACQUIRE_TIMEOUT = 10.0
+
+
+class NewsWriter:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 256, max_flushes: int = 4) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._max_flushes = max_flushes
+        self._queue: deque[tuple[News, asyncio.Future[Result]]] = deque()
+        self._busy_jobs: set[str] = set()  # jobs with an item in a batch in flight
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def write(self, item: News) -> Result:
+        """Write ``item`` in the next batch; return once that batch is committed."""
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, done))
+        self._start_flushes()
+        # shield: a client that hangs up does not cancel the write of its batch.
+        return await asyncio.shield(done)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Let the batches in flight finish (at shutdown, before the pool closes)."""
+        if self._flushes:
+            await asyncio.wait(set(self._flushes), timeout=timeout)
+
+    def _start_flushes(self) -> None:
+        while len(self._flushes) < self._max_flushes and self._queue:
+            batch = self._take()
+            if not batch:
+                return  # everything queued waits for a job in flight
+            task = asyncio.create_task(self._flush(batch), name="news.flush")
+            self._flushes.add(task)
+            task.add_done_callback(self._flush_done)
+
+    def _take(self) -> list[tuple[News, asyncio.Future[Result]]]:
+        batch: list[tuple[News, asyncio.Future[Result]]] = []
+        left: deque[tuple[News, asyncio.Future[Result]]] = deque()
+        hooks: set[str] = set()
+        while self._queue and len(batch) < self._max_batch:
+            entry = self._queue.popleft()
+            item = entry[0]
+            if item.job_id in self._busy_jobs or (item.webhook_id is not None and item.webhook_id in hooks):
+                left.append(entry)
+                continue
+            self._busy_jobs.add(item.job_id)
+            if item.webhook_id is not None:
+                hooks.add(item.webhook_id)
+            batch.append(entry)
+        left.extend(self._queue)
+        self._queue = left
+        return batch
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._start_flushes()
+
+    async def _flush(self, batch: list[tuple[News, asyncio.Future[Result]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            results = await self._write(items)
+        except DB_ERRORS as exc:
+            if len(batch) > 1:
+                log.warning("news.batch_failed", size=len(batch), error=type(exc).__name__)
+            results = None
+        try:
+            if results is None:
+                for entry in batch:
+                    await self._write_alone(*entry)
+            else:
+                for (_, done), result in zip(batch, results, strict=True):
+                    if not done.done():
+                        done.set_result(result)
+        finally:
+            for item in items:
+                self._busy_jobs.discard(item.job_id)
+
+    async def _write_alone(self, item: News, done: asyncio.Future[Result]) -> None:
+        """Retry one item of a failed batch; once more if it fails again (a concurrent
+        writer that made it fail has committed by then, so the verdict is now clear)."""
+        for attempt in (1, 2):
+            try:
+                (result,) = await self._write([item])
+            except DB_ERRORS as exc:
+                if attempt == 2:
+                    log.warning("news.write_failed", job_id=item.job_id, error=type(exc).__name__)
+                    if not done.done():
+                        done.set_exception(Unavailable("the webhook could not be recorded; send it again"))
+                continue
+            if not done.done():
+                done.set_result(result)
+            return
+
+    async def _write(self, items: list[News]) -> list[Result]:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            results = await news.apply(conn, items)  # one statement: its own transaction
+            try:
+                await news.notify(conn, [w for r in results for w in r.wake])
+            except DB_ERRORS as exc:
+                # Only a hint: pollers and waiters' re-checks pick the change up anyway.
+                log.warning("notify.failed", error=type(exc).__name__)
+        return results
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Single statements leave no session state (no open transaction, LISTEN or SET),
+    so asyncpg's reset round trip on release is skipped."""
+
+
+@contextlib.asynccontextmanager
+async def open_writer(settings: Settings) -> AsyncIterator[NewsWriter]:
+    """The receiver's own small pool: asyncpg directly, no pre-ping round trips. It
+    connects lazily (min_size 0) so a database that is down at start-up does not stop
+    the service."""
+    assert settings.database_url
+    pool = asyncpg.create_pool(
+        db.asyncpg_dsn(settings.database_url), min_size=0, max_size=settings.db_pool_size,
+        reset=_no_reset, max_inactive_connection_lifetime=60,
+    )
+    await pool
+    writer = NewsWriter(pool, max_flushes=max(1, min(4, settings.db_pool_size)))
+    try:
+        yield writer
+    finally:
+        await writer.drain()
+        try:
+            await asyncio.wait_for(pool.close(), timeout=5)
+        except Exception:  # noqa: BLE001 - whatever stops a clean close, leave no sockets behind
+            pool.terminate()
