@@ -260,7 +260,8 @@ async def redeliver(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
     async with res.engine.begin() as conn:
-        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        # Locked first: redeliver writes the delivery, then the job (lock order: jobs first).
+        job = await jobs.get_job(conn, request.path_params["job_id"], owner, lock=True)
         if not job.callback_url:
             raise Conflict("the job has no callback_url", field="callback_url")
         if JobStatus(job.status) not in TERMINAL:

@@ -133,12 +133,14 @@ def impossible_id(job_id: str) -> bool:
     return "\x00" in job_id or len(job_id) > 200
 
 
-async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None) -> Row[Any]:
+async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, *, lock: bool = False) -> Row[Any]:
     if impossible_id(job_id):
         raise NotFound("no job with that id")
     stmt = select(jobs_t).where(jobs_t.c.id == job_id)
     if owner is not None:
         stmt = stmt.where(jobs_t.c.owner == owner)
+    if lock:
+        stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).first()
     if row is None:
         raise NotFound(f"no job with id {job_id!r}")
@@ -158,6 +160,12 @@ async def is_deleted(conn: AsyncConnection, job_id: str) -> bool:
         select(jobs_t.c.deleted_at).where(jobs_t.c.id == job_id).with_for_update(read=True)
     )).first()
     return row is None or row.deleted_at is not None
+
+
+async def lock_job_id(conn: AsyncConnection, job_id: str) -> None:
+    """Take the job's row lock first, in a transaction that then writes other tables
+    (the lock order written down in service/db/queries.py)."""
+    await conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
 
 
 async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[Row[Any]]]:

@@ -8,6 +8,29 @@ over. Every write a worker makes afterwards is fenced on ``locked_by`` so a work
 lease was taken over can no longer change the row. ``locked_by`` names the process *and
 the duty* that claimed the row (service/work/runner.py ``holder_for``): a duty moves only
 rows claimed for it, never one another duty of the same process has claimed since.
+
+LOCK ORDER. Every transaction that locks rows of more than one table (or more than one
+row of a table) takes them in this order, so no two can wait on each other in a cycle:
+
+1. ``jobs``, several rows in id order (``APPLY_NEWS``, ``RENEW_JOB_LEASE``);
+2. ``deliveries``, several rows in id order (``RENEW_DELIVERY_LEASE``);
+3. the rest, which are only appended to or belong to the job already locked
+   (``job_events``, ``webhook_events``, ``job_outputs``, the tables kept by triggers).
+
+Transactions that write more than one table, and how they keep the order:
+
+- provider news (``APPLY_NEWS``, service/db/news.py): one statement locks the batch's jobs
+  in id order before judging them, then appends events, outputs and deliveries;
+- ``jobs.transition`` (storer, submitter, reconciler, cancel, time-outs): the guarded
+  UPDATE of the job comes first, then its event, its delivery (``queue_callback``);
+- the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
+  redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
+  they update the delivery and mirror its state on the job;
+- lease renewal and release (service/work/runner.py) are one table per transaction.
+  (Renewal once updated jobs then deliveries in one transaction while the deliverer
+  locked a delivery then its job: Postgres aborted one with a deadlock and a callback
+  was sent twice.)
+- claims take no wait at all: ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -33,19 +56,24 @@ CLAIM_JOBS = text(
 
 # Why: a long download or a slow provider must not let the lease lapse under a live
 # worker; renewing is fenced so a worker that already lost the lease learns it.
+# Many rows in one statement: locked in id order, as every multi-job statement does.
 RENEW_JOB_LEASE = text(
     """
     UPDATE jobs SET locked_until = now() + make_interval(secs => :lease)
-    FROM unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
-    WHERE jobs.id = held.id AND jobs.locked_by = held.holder
-    RETURNING jobs.id
+    WHERE id IN (SELECT jobs.id FROM jobs
+                 JOIN unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
+                   ON jobs.id = held.id AND jobs.locked_by = held.holder
+                 ORDER BY jobs.id FOR UPDATE OF jobs)
+    RETURNING id
     """
 )
 
 # Why: on graceful shutdown, claimed work is handed back at once rather than after
 # the lease runs out.
+# ``keep``: rows whose task still runs (it outlived its cancellation) keep their lease,
+# so no other worker takes them while this one may still write.
 RELEASE_WORKER_JOBS = text(
-    "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders)"
+    "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders) AND id <> ALL(:keep)"
 )
 
 # Why: the submit is not idempotent upstream, so we record that it is about to go out
@@ -91,14 +119,17 @@ CLAIM_DELIVERIES = text(
 RENEW_DELIVERY_LEASE = text(
     """
     UPDATE deliveries SET locked_until = now() + make_interval(secs => :lease)
-    FROM unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
-    WHERE deliveries.id = held.id AND deliveries.locked_by = held.holder
-    RETURNING deliveries.id
+    WHERE id IN (SELECT deliveries.id FROM deliveries
+                 JOIN unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
+                   ON deliveries.id = held.id AND deliveries.locked_by = held.holder
+                 ORDER BY deliveries.id FOR UPDATE OF deliveries)
+    RETURNING id
     """
 )
 
 RELEASE_WORKER_DELIVERIES = text(
-    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders)"
+    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL "
+    "WHERE locked_by = ANY(:holders) AND id <> ALL(:keep)"
 )
 
 # --- Provider news (service/db/news.py), raw asyncpg SQL ($n params): the ONE statement

@@ -223,6 +223,8 @@ class Deliverer:
         if attempt.retry_after is not None:
             detail["retry_after"] = attempt.retry_after
         async with res.engine.begin() as conn:
+            # Lock order (service/db/queries.py): the job first, then its delivery.
+            await jobs.lock_job_id(conn, row.job_id)
             moved = (await conn.execute(
                 update(Delivery)
                 .where(Delivery.id == row.id, Delivery.locked_by == worker, Delivery.status == "pending")

@@ -78,7 +78,14 @@ class Runner:
         log.info("workers.started", worker=self.res.worker_id, duties=[d.name for d in self.duties])
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming; let running work finish for ``grace`` seconds; release the rest."""
+        """Stop claiming; let running work finish for ``grace`` seconds; release the rest.
+
+        ``_stopping`` is set before the running tasks are gathered, and a claim that
+        returns after that starts nothing (see ``_loop``), so every task that runs is
+        in the set waited for here; a row whose task outlives even its cancellation
+        keeps its lease (it lapses by itself) instead of being handed to another worker
+        while it still runs.
+        """
         self._stopping.set()
         self.res.notifications.kick()
         running = [t for tasks in self._running.values() for t in tasks]
@@ -97,11 +104,13 @@ class Runner:
         log.info("workers.stopped", worker=self.res.worker_id)
 
     async def _release_all(self) -> None:
+        holders = [d.holder for d in self.duties]
         try:
-            async with self.res.engine.begin() as conn:
-                holders = [d.holder for d in self.duties]
-                await conn.execute(queries.RELEASE_WORKER_JOBS, {"holders": holders})
-                await conn.execute(queries.RELEASE_WORKER_DELIVERIES, {"holders": holders})
+            for table, statement in (("jobs", queries.RELEASE_WORKER_JOBS),
+                                     ("deliveries", queries.RELEASE_WORKER_DELIVERIES)):
+                still_running = sorted(row_id for row_id, _ in self._held[table])
+                async with self.res.engine.begin() as conn:  # one table per transaction
+                    await conn.execute(statement, {"holders": holders, "keep": still_running})
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
 
@@ -118,6 +127,10 @@ class Runner:
                     log.warning("duty.claim_failed", duty=duty.name, error=type(exc).__name__)
                     await asyncio.sleep(min(poll * 2, 2.0))
                     continue
+            if self._stopping.is_set():
+                # stop() began while this claim was in flight: it waits only for tasks
+                # that exist, so start nothing; the rows go back with _release_all.
+                return
             for row_id in claimed:
                 task = asyncio.create_task(self._run_one(duty, row_id), name=f"{duty.name}:{row_id}")
                 running.add(task)
@@ -134,7 +147,7 @@ class Runner:
         structlog.contextvars.bind_contextvars(duty=duty.name, **{key: row_id})
         # Duties on other tables (erasures, the retention sweep) hold no renewable lease.
         held, claim = self._held.setdefault(duty.table, set()), (row_id, duty.holder)
-        held.add(claim)
+        held.add(claim)  # before any await: stop() and renewals must see it
         try:
             await duty.run(row_id)
         except asyncio.CancelledError:
@@ -147,15 +160,19 @@ class Runner:
             held.discard(claim)
 
     async def _renew_leases(self) -> None:
+        """Renew every lease this process holds: one statement per table, each its own
+        transaction, so renewal never holds a lock on one table while waiting for
+        another (it used to renew jobs then deliveries in one transaction, while the
+        deliverer locked a delivery then its job: a deadlock)."""
         lease = self.res.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            try:
-                async with self.res.engine.begin() as conn:
-                    for table, statement in (("jobs", queries.RENEW_JOB_LEASE),
-                                             ("deliveries", queries.RENEW_DELIVERY_LEASE)):
-                        if self._held[table]:
-                            ids, holders = zip(*self._held[table], strict=True)
-                            await conn.execute(statement, {"ids": list(ids), "holders": list(holders), "lease": lease})
-            except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
-                log.warning("workers.renew_failed", error=type(exc).__name__)
+            for table, statement in (("jobs", queries.RENEW_JOB_LEASE), ("deliveries", queries.RENEW_DELIVERY_LEASE)):
+                if not self._held[table]:
+                    continue
+                ids, holders = zip(*sorted(self._held[table]), strict=True)
+                try:
+                    async with self.res.engine.begin() as conn:
+                        await conn.execute(statement, {"ids": list(ids), "holders": list(holders), "lease": lease})
+                except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
+                    log.warning("workers.renew_failed", table=table, error=type(exc).__name__)
