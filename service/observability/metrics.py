@@ -4,7 +4,7 @@ Two kinds, because they answer different questions:
 
 * The state of the work, read from Postgres at scrape time, so every process shows the
   same truth whichever of them did the work: jobs by status and model (exact, from the
-  trigger-kept ``job_counts``, migrations/versions/0004_job_counts.py), and per duty the
+  ``job_counts`` plus live counts, migrations/versions/0008_job_counts_without_churn.py), and per duty the
   work that is due but not taken, the age of the oldest such row, and the rows leased
   now. Each query reads a dozen rows or walks a partial index of the active set only.
 * What this process did, counted as it happens: submit latency, provider calls and
@@ -187,15 +187,25 @@ def callback_attempt(outcome: str) -> None:
 # --------------------------------------------------------------------------- database
 
 
-# Why: fold first, then read the counts plus whatever deltas are still pending (a fold
-# running elsewhere holds the lock; ours was then skipped, never waited for).
-FOLD_COUNTS = text("SELECT fold_job_count_deltas()")
+# Why: fold first (tried, never waited for: see migrations/versions/0008), then read
+# the folded counts of terminal jobs plus, live, the terminal jobs not folded yet (a
+# range of the jobs_terminal index) and the active ones (the small jobs_active index).
+# One statement, so one snapshot: the mark and the counts it folded agree.
+FOLD_COUNTS = text("SELECT fold_job_counts()")
 JOB_COUNTS = text(
     """
     SELECT status, model, sum(n)::bigint AS n
     FROM (SELECT status, model, n FROM job_counts
-          UNION ALL SELECT status, model, delta FROM job_count_deltas) c
+          UNION ALL
+          SELECT status, model, count(*) FROM jobs, job_counts_mark m
+          WHERE terminal_at >= m.counted_until AND status IN ('completed', 'failed', 'canceled', 'timed_out')
+          GROUP BY status, model
+          UNION ALL
+          SELECT status, model, count(*) FROM jobs
+          WHERE status IN ('queued', 'submitted', 'processing', 'storing')
+          GROUP BY status, model) c
     GROUP BY status, model
+    HAVING sum(n) <> 0
     """
 )
 # Why: only active jobs carry run_after, so this walks the small partial index jobs_due,

@@ -1,20 +1,26 @@
-"""Receiver throughput: signed WaveSpeed webhooks into ONE ``serve`` process.
+"""Receiver throughput: signed WaveSpeed webhooks into ONE ``serve`` process, side by side
+with a bare Starlette app that does the same body cap, v3 HMAC and JSON parse and no
+database (tests/benchmarks/bare_receiver.py).
 
-Goal (issue 2): at least 1,000 verified webhooks/s sustained, p99 under 50 ms, every
-event persisted. This starts the real service as a separate process (``wavespeed-jobs
-serve --no-workers``) on a fresh database, seeds jobs in ``submitted`` straight into
-Postgres, then replays pre-signed webhooks (mostly ``completed`` for distinct jobs, some
-``failed``, some redeliveries of an earlier webhook-id):
+Goal (issue 13): at least 50 % of the bare app's throughput with p99 under 50 ms, every
+accepted webhook persisted. This starts the real service as a separate process
+(``wavespeed-jobs serve --no-workers``) on a fresh database, and the bare app beside it,
+seeds jobs in ``submitted`` straight into Postgres, then replays pre-signed webhooks
+(mostly ``completed`` for distinct jobs, some ``failed``, some redeliveries of an
+earlier webhook-id):
 
 1. generator ceilings: wrk and the Python generator against a server that answers a
    fixed 200, so we know the load generator is not what we measure;
-2. wrk, closed loop: the most the service sustains, and its latency at that load;
-3. the Python generator, open loop at ``--rate`` (1,000/s): latency at the goal rate,
+2. wrk, closed loop, ``--rounds`` rounds: the service then the bare app under the same
+   load (the bare app first on odd rounds), each round's throughput ratio and the
+   median ratio, latency and CPU of each side;
+3. the Python generator, open loop at ``--rate`` (1,000/s): latency at that rate,
    measured from when each request was due;
 4. SQL: every accepted webhook-id is in webhook_events, nothing else is, each job moved
-   once and to the right status, failed jobs have exactly one callback queued.
+   once and to the right status, failed jobs have exactly one callback queued, the job
+   counts of /metrics equal the jobs table.
 
-``python -m tests.benchmarks.bench_receiver [--duration 20] [--rate 1000]``
+``python -m tests.benchmarks.bench_receiver [--duration 20] [--rounds 3] [--rate 1000]``
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import psutil  # type: ignore[import-untyped]  # comes with the dev extra
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, free_port
 from service.domain.signing import wavespeed_signature
+from service.observability import metrics
 from tests.benchmarks import database, loadgen, procs, wrk
 
 SECRET = "whsec_bench_receiver_0123456789abcdef"
@@ -191,6 +198,15 @@ def serve(database_url: str, s3_endpoint: str, pool_size: int, log_path: Path,
     argv = [procs.PYTHON, *watch, "service", "serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
     env = serve_env(database_url, s3_endpoint, port, pool_size)
     with procs.running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path) as proc:
+        yield port, psutil.Process(proc.pid)
+
+
+@contextlib.contextmanager
+def bare_app() -> Iterator[tuple[int, psutil.Process]]:
+    """The baseline: tests/benchmarks/bare_receiver.py, the receiver without a database."""
+    port = free_port()
+    argv = [procs.PYTHON, "-m", "tests.benchmarks.bare_receiver", str(port), SECRET, str(1024 * 1024)]
+    with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/healthz") as proc:
         yield port, psutil.Process(proc.pid)
 
 
@@ -411,12 +427,89 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str
                                     "WHERE m.status <> j.status")[0]
         if stale_metadata:
             problems.append(f"{stale_metadata} job_metadata rows disagree with their job's status")
-        conn.execute("SELECT fold_job_count_deltas()")
-        counted = dict(conn.execute("SELECT status, sum(n)::bigint FROM job_counts GROUP BY status HAVING sum(n) <> 0"))
+        conn.execute("SELECT fold_job_counts()")
+        counted: dict[str, int] = {}
+        for status, _model, n in conn.execute(metrics.JOB_COUNTS.text):
+            counted[status] = counted.get(status, 0) + n
         actual = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"))
         if counted != actual:
             problems.append(f"job_counts {counted} differ from the jobs table {actual}")
     return problems, len(db_ids)
+
+
+# --------------------------------------------------------------------------- side by side
+
+
+@dataclass
+class Round:
+    """One closed-loop round: the service and the bare app, each under the same wrk load."""
+
+    service_rps: float
+    service_p99: float
+    bare_rps: float
+    bare_p99: float
+    service_cpu: float
+    bare_cpu: float
+    pg_cpu: float
+
+
+def wrk_phase(args: argparse.Namespace, directory: Path, streams: list[list[Hook]], target: str,
+              proc: psutil.Process, url: str) -> tuple[wrk.WrkResult, float, float, float]:
+    """(result, the target's CPU in cores, its Postgres backends' CPU, the whole machine's)."""
+    directory.mkdir()
+    wrk.write_plans(directory, wrk_plans(streams))
+    meter, machine = CpuMeter(proc), MachineMeter(url)
+    result = wrk.run(target, directory, threads=args.connections, duration=args.duration)
+    busy, pg = machine.cores()
+    return result, meter.share(), pg, busy
+
+
+def alternate(args: argparse.Namespace, tmp: Path, n: int, plan: Plan, bare_plan: Plan,
+              service: tuple[str, psutil.Process], bare: tuple[int, psutil.Process], url: str,
+              phases: list[Sent]) -> Round:
+    """Round ``n``: the service and the bare app one after the other (the bare app first
+    on odd rounds, so a drift of the machine's load does not favour one side)."""
+    wrk_len = math.ceil(args.max_rate_guess * args.duration / args.connections)
+    host, proc = service
+    figures: dict[str, tuple[wrk.WrkResult, float, float, float]] = {}
+    for side in (("service", "bare") if n % 2 == 0 else ("bare", "service")):
+        if side == "service":
+            streams = [plan.stream(wrk_len) for _ in range(args.connections)]
+            with profiling(args.profile if n == 0 else None, proc.pid, args.duration):
+                figures[side] = wrk_phase(args, tmp / f"wrk_service_{n}", streams, f"http://{host}", proc, url)
+            sent = wrk_sent(streams, figures[side][0])
+            phases.append(sent)
+            errors = sum(figures[side][0].errors.values()) + len(sent.rejected)
+        else:
+            streams = [bare_plan.stream(2000) for _ in range(args.connections)]  # wrk wraps round: no state
+            figures[side] = wrk_phase(args, tmp / f"wrk_bare_{n}", streams, f"http://127.0.0.1:{bare[0]}", bare[1],
+                                      url)
+            errors = sum(figures[side][0].errors.values())
+        result, cpu, pg, busy = figures[side]
+        lat = result.latency_ms
+        print(f"round {n + 1} {side:>7}: {_fmt(result.rps, 0)} webhooks/s; latency p50 {_fmt(lat['p50'], 2)} / "
+              f"p99 {_fmt(lat['p99'], 2)} / max {_fmt(lat['max'], 2)} ms; errors {errors}; CPU in cores: "
+              f"{side} {cpu:.2f}, postgres backends {pg:.2f}, machine {busy:.2f}", flush=True)
+    (svc, svc_cpu, pg, _), (bare_result, bare_cpu, _, _) = figures["service"], figures["bare"]
+    return Round(svc.rps, svc.latency_ms["p99"], bare_result.rps, bare_result.latency_ms["p99"],
+                 svc_cpu, bare_cpu, pg)
+
+
+def summarize(rounds: list[Round]) -> None:
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    ratios = [r.service_rps / r.bare_rps for r in rounds if r.bare_rps]
+    print(f"side by side, {len(rounds)} rounds: service/bare throughput ratio per round "
+          + ", ".join(f"{x:.2f}" for x in ratios)
+          + f"; median service {_fmt(median([r.service_rps for r in rounds]), 0)}/s "
+            f"(p99 {_fmt(median([r.service_p99 for r in rounds]), 1)} ms, CPU {median([r.service_cpu for r in rounds]):.2f}"
+            f" + postgres {median([r.pg_cpu for r in rounds]):.2f} cores), "
+            f"bare {_fmt(median([r.bare_rps for r in rounds]), 0)}/s "
+            f"(p99 {_fmt(median([r.bare_p99 for r in rounds]), 1)} ms, CPU {median([r.bare_cpu for r in rounds]):.2f}); "
+            f"median ratio {median(ratios):.2f}", flush=True)
 
 
 # --------------------------------------------------------------------------- main
@@ -429,6 +522,8 @@ def _fmt(value: float, digits: int = 1) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_receiver", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured phase")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="closed-loop rounds, each the service then the bare app (alternating first)")
     parser.add_argument("--connections", type=int, default=16, help="wrk threads = connections")
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop rate of the Python phase")
     parser.add_argument("--python-connections", type=int, default=64, help="connections of the Python generator")
@@ -456,12 +551,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("wrk is not installed (apt-get install -y wrk): skipping the closed-loop phase")
             args.skip_wrk = True
 
-        plan = Plan(seed=2)
+        plan, bare_plan = Plan(seed=2), Plan(seed=3)
         wrk_len = math.ceil(args.max_rate_guess * args.duration / args.connections)
         rate_len = math.ceil(args.rate * args.duration) + 10
         warm_len = 3000
         # Plans are built now (to know how many jobs to seed) and re-signed per phase.
-        n_jobs = math.ceil(((0 if args.skip_wrk else wrk_len * args.connections) + rate_len + warm_len) * 0.95) + 100
+        n_jobs = math.ceil(((0 if args.skip_wrk else wrk_len * args.connections * args.rounds) + rate_len + warm_len) * 0.95) + 100
         log_path = Path(tempfile.gettempdir()) / f"bench_receiver_serve_{os.getpid()}.log"
         phases: list[Sent] = []
         with database.fresh_database("wsj_bench_receiver") as url, embedded_s3() as s3_endpoint:
@@ -479,30 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warm-up: {res.figures()['answered']:,} webhooks", flush=True)
 
                 if not args.skip_wrk:
-                    streams = [plan.stream(wrk_len) for _ in range(args.connections)]
-                    directory = tmp / "wrk"
-                    directory.mkdir()
-                    wrk.write_plans(directory, wrk_plans(streams))
-                    meter, before, machine = CpuMeter(proc), children_cpu(), MachineMeter(url)
-                    with profiling(args.profile, proc.pid, args.duration):
-                        result = wrk.run(f"http://{host}", directory, threads=args.connections, duration=args.duration)
-                    service_cpu, gen_cpu = meter.share(), (children_cpu() - before) / result.seconds
-                    busy, pg = machine.cores()
-                    sent = wrk_sent(streams, result)
-                    phases.append(sent)
-                    lat = result.latency_ms
-                    errors = sum(result.errors.values()) + len(sent.rejected)
-                    print(f"wrk closed loop, {args.connections} connections: {_fmt(result.rps, 0)} webhooks/s "
-                          f"over {result.seconds:.1f} s; latency p50 {_fmt(lat['p50'], 2)} / "
-                          f"p90 {_fmt(lat['p90'], 2)} / "
-                          f"p95 {_fmt(lat['p95'], 2)} / p99 {_fmt(lat['p99'], 2)} / max {_fmt(lat['max'], 2)} ms; "
-                          f"errors {errors} {result.errors}", flush=True)
-                    print(f"  CPU in cores: service {service_cpu:.2f}, wrk {gen_cpu:.2f}, "
-                          f"its postgres backends {pg:.2f}, "
-                          f"whole machine {busy:.2f} of {os.cpu_count()}", flush=True)
-                    if result.wrapped:
-                        print("  note: a wrk thread ran out of pre-signed requests and replayed them "
-                              "(raise --max-rate-guess)")
+                    with bare_app() as (bare_port, bare_proc):
+                        rounds = [alternate(args, tmp, r, plan, bare_plan, (host, proc), (bare_port, bare_proc),
+                                            url, phases)
+                                  for r in range(args.rounds)]
+                    summarize(rounds)
 
                 if not args.skip_rate:
                     hooks = plan.stream(rate_len)
@@ -547,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"service log: {log_path}")
             return 1
         print("verified with SQL: every accepted webhook-id is stored once, each job moved once and forward, "
-              "failed jobs have exactly one callback queued, trigger-kept metadata and counts in step")
+              "failed jobs have exactly one callback queued, metadata rows and job counts in step")
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
     return 0

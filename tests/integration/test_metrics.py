@@ -157,25 +157,54 @@ def insert_jobs(url: str, rows: list[dict[str, Any]]) -> None:
         )
 
 
+def count_rows_written(conn: psycopg.Connection[Any]) -> int:
+    """Rows this transaction wrote beside the jobs themselves (and job_metadata, which
+    carries the status for history filters): counting must add none."""
+    row = conn.execute(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_xact_user_tables "
+        "WHERE relname NOT IN ('jobs', 'job_metadata')").fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_job_counts_equal_sql_through_inserts_transitions_and_deletes(quiet: tuple[Service, str]) -> None:
     svc, url = quiet
     insert_jobs(url, [{"model": DEV if n % 3 else KREA} for n in range(300)])
-    with psycopg.connect(url, autocommit=True) as conn:
-        # Many small transactions, as the workers make them (each fires the triggers).
+    with psycopg.connect(url) as conn:
+        # Many transitions, as the workers make them, in one transaction here so that
+        # pg_stat_xact_user_tables can say what they wrote: no count row at all.
         ids = [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
         for n, job_id in enumerate(ids):
             path = ("submitted", "processing", "storing", ("completed", "failed", "canceled")[n % 3])
             for status in path[: 1 + n % 4]:
                 conn.execute("UPDATE jobs SET status = %s WHERE id = %s", (status, job_id))
+        assert count_rows_written(conn) == 0
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE jobs SET model = %s WHERE id = ANY(%s)", (KREA, ids[:10]))
         conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids[-7:],))
-        pending = conn.execute("SELECT count(*) FROM job_count_deltas").fetchone()
-    assert pending is not None and pending[0] > 0  # deltas are folded at scrape (or now and then)
     assert gauge_counts(scrape(svc.url)) == sql_counts(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM job_count_deltas").fetchone() == (0,)  # the scrape folded
-    # Folded counts plus new deltas still add up.
+    # Folded counts plus new jobs still add up.
     insert_jobs(url, [{"status": "failed"}] * 5)
+    assert gauge_counts(scrape(svc.url)) == sql_counts(url)
+
+
+def test_jobs_folded_into_the_counts_then_changed_or_deleted_still_add_up(quiet: tuple[Service, str]) -> None:
+    svc, url = quiet
+    insert_jobs(url, [{"status": ("completed", "failed", "canceled", "timed_out")[n % 4],
+                       "model": DEV if n % 2 else KREA} for n in range(40)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Fold with no margin, so these jobs are in job_counts now, not counted live.
+        assert conn.execute("SELECT fold_job_counts('0 seconds')").fetchone() == (True,)
+        ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE status <> 'queued' ORDER BY id")]
+        folded = conn.execute("SELECT count(*) FROM jobs, job_counts_mark m "
+                              "WHERE id = ANY(%s) AND terminal_at < m.counted_until", (ids,)).fetchone()
+        assert folded == (len(ids),)
+        conn.execute("UPDATE jobs SET model = %s WHERE id = ANY(%s)", (KREA, ids[:6]))
+        conn.execute("UPDATE jobs SET status = 'failed' WHERE id = ANY(%s)", (ids[6:9],))
+        conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ANY(%s)", (ids[9:12],))
+        conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids[-5:],))
+        # Back to terminal after the fold: counted live again, not twice.
+        conn.execute("UPDATE jobs SET status = 'completed' WHERE id = ANY(%s)", (ids[9:10],))
     assert gauge_counts(scrape(svc.url)) == sql_counts(url)
 
 
@@ -184,12 +213,12 @@ def test_a_fold_running_elsewhere_is_not_waited_for_and_nothing_is_missed(quiet:
     insert_jobs(url, [{}] * 4)
     with psycopg.connect(url) as holder:
         # Another transaction holds the fold lock (mid-fold): the scrape must neither
-        # block nor miss the deltas it could not fold.
-        assert holder.execute("SELECT fold_job_count_deltas()").fetchone() == (True,)
-        insert_jobs(url, [{}] * 3)
-        assert gauge_counts(scrape(svc.url)) == {("queued", DEV): 7}
+        # block nor miss jobs it could not fold.
+        assert holder.execute("SELECT fold_job_counts()").fetchone() == (True,)
+        insert_jobs(url, [{}] * 3 + [{"status": "completed"}] * 2)
+        assert gauge_counts(scrape(svc.url)) == {("queued", DEV): 7, ("completed", DEV): 2}
         holder.rollback()
-    assert gauge_counts(scrape(svc.url)) == {("queued", DEV): 7}
+    assert gauge_counts(scrape(svc.url)) == {("queued", DEV): 7, ("completed", DEV): 2}
 
 
 def test_work_due_counts_what_a_claim_would_take(quiet: tuple[Service, str]) -> None:
