@@ -152,13 +152,14 @@ def _args(items: Sequence[News]) -> list[Any]:
 
 
 def _wake(news: News, has_callback: bool) -> tuple[tuple[str, str], ...]:
-    """The NOTIFYs a move causes: a terminal job wakes its waiters (and the deliverer
-    when it has a callback); a job due for more work wakes that duty."""
+    """The NOTIFYs a move causes, as ``jobs.transition`` sends them: a terminal job wakes
+    its waiters (and the deliverer when it has a callback); a job due for more work
+    wakes that duty and the job's live streams."""
     assert news.target is not None
     if news.target in TERMINAL:
         deliver = ((queries.CHANNEL_WORK, "deliver"),) if has_callback else ()
         return (*deliver, (queries.CHANNEL_DONE, news.job_id))
-    return ((queries.CHANNEL_WORK, news.target.value),)
+    return ((queries.CHANNEL_WORK, news.target.value), (queries.CHANNEL_JOB, news.job_id))
 
 
 async def apply(conn: asyncpg.Connection, items: Sequence[News]) -> list[Result]:

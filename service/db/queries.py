@@ -151,7 +151,8 @@ RELEASE_WORKER_DELIVERIES = text(
 #   per statement.
 # - hook: the webhook-id is the provider's event identity; ON CONFLICT makes a
 #   redelivered event (committed earlier, or while we waited) a "duplicate" that changes
-#   nothing but the job's event log. A verified event for an unknown job is logged too.
+#   nothing but the job's event log. A verified event for an unknown job is logged too;
+#   one for a deleted job without its body (its erased data must not come back).
 # - c: the verdict on each item, from the locked row: unknown job, duplicate, another
 #   task (a webhook must name the job's task; a task id another job owns is never
 #   adopted), late (job terminal), stale (the provider said more already), or apply.
@@ -168,13 +169,14 @@ WITH n AS (
         WITH ORDINALITY AS n(job_id, webhook_id, task_id, body, pstatus, inference_ms, nsfw, outputs, target,
                              allowed, terminal, error, delivery_id, event_type, source, delay, detail, ord)
 ), job AS (
-    SELECT id, status, provider_task_id, provider_status, callback_url
+    SELECT id, status, provider_task_id, provider_status, callback_url, deleted_at
     FROM jobs WHERE id = ANY($1::text[])
     ORDER BY id
     FOR UPDATE
 ), hook AS (
     INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
-    SELECT n.webhook_id, job.id, n.task_id, n.body::jsonb,
+    SELECT n.webhook_id, job.id, n.task_id,
+           CASE WHEN job.deleted_at IS NULL THEN n.body::jsonb ELSE '{}'::jsonb END,
            CASE WHEN job.id IS NULL THEN 'unknown_job' ELSE 'received' END
     FROM n LEFT JOIN job ON job.id = n.job_id
     WHERE n.webhook_id IS NOT NULL

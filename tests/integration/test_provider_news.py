@@ -310,7 +310,7 @@ def test_moves_wake_workers_and_waiters_after_commit_and_duplicates_wake_nobody(
     async def go() -> None:
         listener = await asyncpg.connect(asyncpg_dsn(quiet_database))
         try:
-            for channel in ("wsj_work", "wsj_done"):
+            for channel in ("wsj_work", "wsj_done", "wsj_job"):
                 await listener.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
             await send_all(quiet_database, [
                 [item(done_job, f"w1_{run}", fill(completed(), f"task_wc_{run}")),
@@ -318,7 +318,7 @@ def test_moves_wake_workers_and_waiters_after_commit_and_duplicates_wake_nobody(
                 [item(failed_job, f"w2_{run}", fill(failed(), f"task_wf_{run}"))],  # a duplicate
             ])
             for _ in range(50):  # notifications arrive asynchronously; bounded wait
-                if len(heard) >= 3:
+                if len(heard) >= 4:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)  # and room for one that should not come
@@ -326,4 +326,17 @@ def test_moves_wake_workers_and_waiters_after_commit_and_duplicates_wake_nobody(
             await listener.close()
 
     asyncio.run(go())
-    assert sorted(heard) == sorted([("wsj_work", "storing"), ("wsj_work", "deliver"), ("wsj_done", failed_job)])
+    assert sorted(heard) == sorted([("wsj_work", "storing"), ("wsj_job", done_job), ("wsj_work", "deliver"),
+                                    ("wsj_done", failed_job)])
+
+
+def test_a_late_webhook_for_a_deleted_job_is_logged_without_its_body(
+    quiet_database: str, quiet_sql: psycopg.Connection[Any]
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    job_id, task_id = f"job_del_{run}", f"task_del_{run}"
+    seed(quiet_sql, job_id, task_id, {"status": "canceled", "deleted_at": SEEDED_AT, "input": Jsonb({})})
+    [[result]] = asyncio.run(send_all(quiet_database, [[item(job_id, f"w_del_{run}", fill(completed(), task_id))]]))
+    assert result.outcome == "late"
+    body = quiet_sql.execute("SELECT body FROM webhook_events WHERE webhook_id = %s", (f"w_del_{run}",)).fetchone()
+    assert body == ({},)
