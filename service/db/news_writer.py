@@ -29,7 +29,7 @@ import structlog
 from service.db import engine as db
 from service.db import news
 from service.db.news import News, Result
-from service.domain.errors import Unavailable
+from service.domain.errors import BadRequest, Unavailable
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -104,12 +104,12 @@ class NewsWriter:
     async def _flush(self, batch: list[tuple[News, asyncio.Future[Result]]]) -> None:
         items = [item for item, _ in batch]
         try:
-            results = await self._write(items)
-        except DB_ERRORS as exc:
-            if len(batch) > 1:
-                log.warning("news.batch_failed", size=len(batch), error=type(exc).__name__)
-            results = None
-        try:
+            try:
+                results: list[Result] | None = await self._write(items)
+            except DB_ERRORS as exc:
+                if len(batch) > 1:
+                    log.warning("news.batch_failed", size=len(batch), error=type(exc).__name__)
+                results = None
             if results is None:
                 for entry in batch:
                     await self._write_alone(*entry)
@@ -117,16 +117,31 @@ class NewsWriter:
                 for (_, done), result in zip(batch, results, strict=True):
                     if not done.done():
                         done.set_result(result)
+        except BaseException as exc:
+            # A bug must not leave requests waiting forever: each gets the error.
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else Unavailable())
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("news.flush_crashed", size=len(batch), error=type(exc).__name__)
         finally:
             for item in items:
                 self._busy_jobs.discard(item.job_id)
 
     async def _write_alone(self, item: News, done: asyncio.Future[Result]) -> None:
         """Retry one item of a failed batch; once more if it fails again (a concurrent
-        writer that made it fail has committed by then, so the verdict is now clear)."""
+        writer that made it fail has committed by then, so the verdict is now clear).
+        Text Postgres cannot store (a NUL character) fails the same way every time: that
+        webhook is refused, not retried."""
         for attempt in (1, 2):
             try:
                 (result,) = await self._write([item])
+            except asyncpg.DataError:
+                if not done.done():
+                    done.set_exception(BadRequest("the webhook carries text that cannot be stored "
+                                                  "(such as a NUL character)"))
+                return
             except DB_ERRORS as exc:
                 if attempt == 2:
                     log.warning("news.write_failed", job_id=item.job_id, error=type(exc).__name__)

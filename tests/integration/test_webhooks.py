@@ -388,3 +388,18 @@ def test_an_event_for_another_task_is_2xx_and_does_not_touch_the_job(
     assert response.status_code == 200 and response.json()["outcome"] == "task_mismatch", response.text
     assert snapshot(sql, s3, service, job_id) == before
     assert [t for _, t, _ in job_events(sql, job_id)][-2:] == ["webhook.received", "provider.task_mismatch"]
+
+
+def test_a_verified_webhook_with_text_postgres_cannot_store_is_400_and_changes_nothing(
+    service: Service, owner: str, sql: psycopg.Connection[Any], s3: Any
+) -> None:
+    task_id = "task_" + uuid.uuid4().hex
+    job_id = submitted_job(sql, owner, task_id)
+    before, events_before = snapshot(sql, s3, service, job_id), job_events(sql, job_id)
+    webhook_id = "evt_nul_body_" + uuid.uuid4().hex
+    response = post(service, job_id, {**_completed(task_id), "error": "a\u0000b"}, webhook_id)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.json()["error"]["message"]
+    assert snapshot(sql, s3, service, job_id) == before
+    assert job_events(sql, job_id) == events_before
+    assert webhook_rows(sql, "webhook_id", webhook_id) == []
