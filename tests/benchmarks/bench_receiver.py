@@ -502,13 +502,14 @@ def summarize(rounds: list[Round]) -> None:
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
     ratios = [r.service_rps / r.bare_rps for r in rounds if r.bare_rps]
+    def med(field: str) -> float:
+        return median([getattr(r, field) for r in rounds])
+
     print(f"side by side, {len(rounds)} rounds: service/bare throughput ratio per round "
           + ", ".join(f"{x:.2f}" for x in ratios)
-          + f"; median service {_fmt(median([r.service_rps for r in rounds]), 0)}/s "
-            f"(p99 {_fmt(median([r.service_p99 for r in rounds]), 1)} ms, CPU {median([r.service_cpu for r in rounds]):.2f}"
-            f" + postgres {median([r.pg_cpu for r in rounds]):.2f} cores), "
-            f"bare {_fmt(median([r.bare_rps for r in rounds]), 0)}/s "
-            f"(p99 {_fmt(median([r.bare_p99 for r in rounds]), 1)} ms, CPU {median([r.bare_cpu for r in rounds]):.2f}); "
+          + f"; median service {_fmt(med('service_rps'), 0)}/s (p99 {_fmt(med('service_p99'), 1)} ms, "
+            f"CPU {med('service_cpu'):.2f} + postgres {med('pg_cpu'):.2f} cores), "
+            f"bare {_fmt(med('bare_rps'), 0)}/s (p99 {_fmt(med('bare_p99'), 1)} ms, CPU {med('bare_cpu'):.2f}); "
             f"median ratio {median(ratios):.2f}", flush=True)
 
 
@@ -556,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_len = math.ceil(args.rate * args.duration) + 10
         warm_len = 3000
         # Plans are built now (to know how many jobs to seed) and re-signed per phase.
-        n_jobs = math.ceil(((0 if args.skip_wrk else wrk_len * args.connections * args.rounds) + rate_len + warm_len) * 0.95) + 100
+        wrk_hooks = 0 if args.skip_wrk else wrk_len * args.connections * args.rounds
+        n_jobs = math.ceil((wrk_hooks + rate_len + warm_len) * 0.95) + 100
         log_path = Path(tempfile.gettempdir()) / f"bench_receiver_serve_{os.getpid()}.log"
         phases: list[Sent] = []
         with database.fresh_database("wsj_bench_receiver") as url, embedded_s3() as s3_endpoint:

@@ -25,7 +25,8 @@ from tests.conftest import fresh_database, run_service
 from tests.integration.helpers import eventually, submit, wait_terminal
 from tests.servers import WebhookCatcher
 
-LOCKING = re.compile(r"^\s*(?:UPDATE|DELETE FROM)\s+(\w+)|^\s*SELECT\b.*?\bFROM\s+(\w+)\b.*\bFOR UPDATE\b", re.DOTALL | re.IGNORECASE)
+LOCKING = re.compile(r"^\s*(?:UPDATE|DELETE FROM)\s+(\w+)|^\s*SELECT\b.*?\bFROM\s+(\w+)\b.*\bFOR UPDATE\b",
+                     re.DOTALL | re.IGNORECASE)
 
 
 class LockRecorder:

@@ -177,7 +177,8 @@ def test_each_kind_of_news_writes_exactly_its_rows(
     assert job is not None and job["status"] == scenario.status
     assert [e["type"] for e in events] == scenario.events
     assert len(outputs) == scenario.outputs
-    assert [o["source_url"] for o in outputs] == [f"https://cdn.example/{task_id}/{i}.png" for i in range(scenario.outputs)]
+    urls = [f"https://cdn.example/{task_id}/{i}.png" for i in range(scenario.outputs)]
+    assert [o["source_url"] for o in outputs] == urls
     assert {h["webhook_id"] for h in hooks} == {f"{hook}_{run}" for hook, _ in scenario.hooks}
     assert len(deliveries) == scenario.deliveries
     assert all(d["event_type"] == "job.failed" and d["status"] == "pending" for d in deliveries)
