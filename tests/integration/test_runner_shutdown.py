@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from service.db.engine import create_engine
 from service.settings import Settings
-from service.work.runner import Runner, claim_jobs, new_worker_id
+from service.work.runner import Runner, claim_jobs, holder_for, new_worker_id
 from tests.conftest import fresh_database
 
 
@@ -49,6 +49,7 @@ class SlowClaimDuty:
 
     def __init__(self, res: Any) -> None:
         self.res = res
+        self.holder = holder_for(res, self.name)
         self.claims = 0
         self.claiming = asyncio.Event()
         self.answer = asyncio.Event()
@@ -58,10 +59,10 @@ class SlowClaimDuty:
     async def claim(self, limit: int) -> list[str]:
         self.claims += 1
         if self.claims == 1:
-            return await claim_jobs(self.res, ["queued"], 1)
+            return await claim_jobs(self.res, ["queued"], 1, holder=self.holder)
         if self.claims > 2:
             return []
-        ids = await claim_jobs(self.res, ["queued"], limit)
+        ids = await claim_jobs(self.res, ["queued"], limit, holder=self.holder)
         self.claiming.set()
         await self.answer.wait()
         return ids
