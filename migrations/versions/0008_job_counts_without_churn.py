@@ -21,14 +21,14 @@ delete, or a status/model change that the service never makes) adjust ``job_coun
 their own transaction, serialised with folds by the mark's row lock.
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0005
 Create Date: 2026-12-02
 """
 
 from alembic import op
 
 revision = "0008"
-down_revision = "0007"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -73,20 +73,8 @@ async def receive(request: Request) -> JSONResponse:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the webhook body is not UTF-8 JSON") from None
-    prediction: Any = parse_json(text, "the webhook body")
-    if not isinstance(prediction, dict):
-        raise BadRequest("the webhook body is not a JSON object")
-
     job_id = request.path_params["job_id"]
-    task_id = prediction.get("id")
-    # Right after verification, before anything reads the job: a signed body must name
-    # its task, so the task-id check of provider news cannot be skipped by leaving
-    # ``id`` out. Changes nothing; the provider always sends one.
-    if not isinstance(task_id, str) or not task_id or "\x00" in task_id:
-        metrics.webhook_received("no_task_id")
-        raise BadRequest("the webhook body has no string id (the task id)", field="id")
-    if jobs.impossible_id(job_id):
-        raise BadRequest("the job id in the path cannot be a job's", field="job_id")
+    prediction = checked_prediction(text, job_id)
     item = news.plan(
         job_id, prediction, source="webhook", reconcile_after=settings.reconcile_after_seconds,
         webhook_id=webhook_id, body=text,
@@ -98,6 +86,23 @@ async def receive(request: Request) -> JSONResponse:
     log.info("webhook.received", job_id=job_id, task_id=item.task_id, webhook_id=webhook_id, outcome=outcome)
     ack: WebhookAck = {"received": True, "outcome": outcome}
     return JSONResponse(ack)
+
+
+def checked_prediction(text: str, job_id: str) -> dict[str, Any]:
+    """The verified body as a prediction, or a 400 saying what is wrong with it."""
+    prediction: Any = parse_json(text, "the webhook body")
+    if not isinstance(prediction, dict):
+        raise BadRequest("the webhook body is not a JSON object")
+    task_id = prediction.get("id")
+    # Right after verification, before anything reads the job: a signed body must name
+    # its task, so the task-id check of provider news cannot be skipped by leaving
+    # ``id`` out. Changes nothing; the provider always sends one.
+    if not isinstance(task_id, str) or not task_id or "\x00" in task_id:
+        metrics.webhook_received("no_task_id")
+        raise BadRequest("the webhook body has no string id (the task id)", field="id")
+    if jobs.impossible_id(job_id):
+        raise BadRequest("the job id in the path cannot be a job's", field="job_id")
+    return prediction
 
 
 routes = [Route("/webhooks/wavespeed/{job_id}", receive, methods=["POST"])]
