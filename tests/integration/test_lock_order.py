@@ -65,7 +65,7 @@ class LockRecorder:
 @pytest.fixture
 def recorder(postgres_server: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[tuple[Any, LockRecorder]]:
     with fresh_database(postgres_server) as url:
-        rec = LockRecorder(url.rsplit("/", 1)[1].split("?")[0])
+        rec = LockRecorder(url.partition("?")[0].rsplit("/", 1)[1])
         hooks = [("begin", rec.begin), ("commit", rec.end), ("rollback", rec.end),
                  ("before_cursor_execute", rec.statement)]
         for name, fn in hooks:
