@@ -108,7 +108,8 @@ async def live_list(request: Request) -> JSONResponse:
     ids = request.query_params.getlist("id")[:MAX_LIMIT]
     async with res.engine.connect() as conn:
         # One query for all of them; another owner's ids simply match nothing.
-        rows = (await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))).all()
+        found = await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))
+        rows = [jobs.job_record(r) for r in found]
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
     cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
     running = [c["id"] for c in cards if not c["terminal"]]

@@ -65,8 +65,9 @@ class JobReader:
     async def _read(self, batch: list[tuple[str, str, asyncio.Future[Job]]]) -> None:
         pairs = list({(owner, job_id) for owner, job_id, _ in batch})
         async with self.res.engine.connect() as conn:
-            rows = (await conn.execute(select(jobs.jobs_t).where(
-                tuple_(jobs.jobs_t.c.owner, jobs.jobs_t.c.id).in_(pairs)))).all()
+            found_rows = await conn.execute(select(jobs.jobs_t).where(
+                tuple_(jobs.jobs_t.c.owner, jobs.jobs_t.c.id).in_(pairs)))
+            rows = [jobs.job_record(r) for r in found_rows]
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
         found = {(r.owner, r.id): job_dict(r, outputs.get(r.id, []), self.res.presign) for r in rows}
         for owner, job_id, future in batch:

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import FromClause, Row, Select, and_, select, text, tuple_, union_all
+from sqlalchemy import FromClause, Select, and_, select, text, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import Job, JobMetadata, table
 from service.domain.errors import FieldError, ValidationFailed
+from service.domain.records import JobRecord
 from service.domain.schemas import MODELS, NUL_RULE
 from service.domain.states import JobStatus
 
@@ -234,7 +235,7 @@ async def page_query(conn: AsyncConnection, owner: str, f: HistoryFilter) -> Sel
     return history_query(owner, f)
 
 
-async def list_jobs(conn: AsyncConnection, owner: str, f: HistoryFilter) -> tuple[list[Row[Any]], str | None]:
+async def list_jobs(conn: AsyncConnection, owner: str, f: HistoryFilter) -> tuple[list[JobRecord], str | None]:
     """One page of ``owner``'s jobs and the cursor of the next, if there is one."""
     rows = list((await conn.execute(await page_query(conn, owner, f))).all())
     next_cursor = None
@@ -242,5 +243,5 @@ async def list_jobs(conn: AsyncConnection, owner: str, f: HistoryFilter) -> tupl
         rows = rows[: f.limit]
         last = rows[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    return rows, next_cursor
+    return [JobRecord.from_row(r._mapping) for r in rows], next_cursor
 

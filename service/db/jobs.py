@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.db import queries
 from service.db.models import Delivery, Job, JobEvent, JobOutput, table
 from service.domain.errors import Conflict, NotFound
+from service.domain.records import JobRecord, OutputRecord
 from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
 
 jobs_t = table(Job)
@@ -79,7 +80,7 @@ async def create_job(
     callback_url: str | None,
     idempotency_key: str | None,
     body_hash: str | None,
-) -> tuple[Row[Any], bool]:
+) -> tuple[JobRecord, bool]:
     """Insert a queued job; with an Idempotency-Key, return the first job instead.
 
     Returns (job row, created). Raises Conflict when the key was used with another body.
@@ -110,7 +111,7 @@ async def create_job(
         if row is not None:
             await add_event(conn, job_id, "job.created", {"model": model})
             await notify(conn, queries.CHANNEL_WORK, "submit")
-            return row, True
+            return job_record(row), True
         existing = (
             await conn.execute(
                 select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == idempotency_key)
@@ -121,7 +122,7 @@ async def create_job(
                 "Idempotency-Key was already used with a different request body",
                 field="Idempotency-Key",
             )
-        return existing, False
+        return job_record(existing), False
 
 
 # --------------------------------------------------------------------------- read
@@ -133,7 +134,11 @@ def impossible_id(job_id: str) -> bool:
     return "\x00" in job_id or len(job_id) > 200
 
 
-async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, *, lock: bool = False) -> Row[Any]:
+def job_record(row: Row[Any]) -> JobRecord:
+    return JobRecord.from_row(row._mapping)
+
+
+async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, *, lock: bool = False) -> JobRecord:
     if impossible_id(job_id):
         raise NotFound("no job with that id")
     stmt = select(jobs_t).where(jobs_t.c.id == job_id)
@@ -144,13 +149,14 @@ async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, 
     row = (await conn.execute(stmt)).first()
     if row is None:
         raise NotFound(f"no job with id {job_id!r}")
-    return row
+    return job_record(row)
 
 
-async def lock_job(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
+async def lock_job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
     if impossible_id(job_id):
         return None
-    return (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id).with_for_update())).first()
+    row = (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id).with_for_update())).first()
+    return None if row is None else job_record(row)
 
 
 async def is_deleted(conn: AsyncConnection, job_id: str) -> bool:
@@ -168,7 +174,7 @@ async def lock_job_id(conn: AsyncConnection, job_id: str) -> None:
     await conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
 
 
-async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[Row[Any]]]:
+async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
     if not job_ids:
         return {}
     rows = (
@@ -178,9 +184,9 @@ async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str
             .order_by(outputs_t.c.job_id, outputs_t.c.index)
         )
     ).all()
-    out: dict[str, list[Row[Any]]] = {}
+    out: dict[str, list[OutputRecord]] = {}
     for row in rows:
-        out.setdefault(row.job_id, []).append(row)
+        out.setdefault(row.job_id, []).append(OutputRecord.from_row(row._mapping))
     return out
 
 
@@ -189,7 +195,7 @@ async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str
 
 async def transition(
     conn: AsyncConnection,
-    job: Row[Any],
+    job: JobRecord,
     target: JobStatus,
     *,
     reason: str,
@@ -316,7 +322,7 @@ async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, 
     return delivery_id
 
 
-async def fail(conn: AsyncConnection, job: Row[Any], error: str, *, reason: str, worker: str | None = None) -> bool:
+async def fail(conn: AsyncConnection, job: JobRecord, error: str, *, reason: str, worker: str | None = None) -> bool:
     return await transition(conn, job, JobStatus.FAILED, reason=reason, worker=worker, values={"error": error})
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, overload
 
 from pydantic import Field
-from sqlalchemy import Row
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
+from service.domain.records import JobRecord, OutputRecord
 from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
 
@@ -80,9 +80,9 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def output_dict(row: Row[Any], presign: Callable[[str], str]) -> StoredOutput:
+def output_dict(row: OutputRecord, presign: Callable[[str], str]) -> StoredOutput:
     return {
-        "index": row._mapping["index"],  # ``row.index`` is the tuple method
+        "index": row.index,
         "url": presign(row.key) if row.key else None,
         "key": row.key,
         "content_type": row.content_type,
@@ -92,8 +92,8 @@ def output_dict(row: Row[Any], presign: Callable[[str], str]) -> StoredOutput:
     }
 
 
-def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str], str]) -> Job:
-    deleted = job.deleted_at is not None
+def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[[str], str]) -> Job:
+    deleted = job.deleted
     # A deleted job is a tombstone from the moment it is marked, even before the eraser
     # has run: its input, metadata and outputs are never shown again.
     stored = [] if deleted else [o for o in outputs if o.stored_at is not None]
@@ -101,7 +101,7 @@ def job_dict(job: Row[Any], outputs: Sequence[Row[Any]], presign: Callable[[str]
         "id": job.id,
         "object": "job",
         "model": job.model,
-        "status": JobStatus(job.status),
+        "status": job.status,
         "input": {} if deleted else job.input,
         "metadata": {} if deleted else job.metadata,
         "callback_url": job.callback_url,

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, news
 from service.domain.errors import ProviderError
+from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs
@@ -69,7 +70,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def matches(job: Any, item: dict[str, Any]) -> bool:
+def matches(job: JobRecord, item: dict[str, Any]) -> bool:
     """Could ``item`` (a prediction from the provider's list) be the task of ``job``?"""
     if item.get("model") not in (None, job.model):
         return False
@@ -171,7 +172,7 @@ class Reconciler:
         await news.notify(raw, result.wake)
         return result.outcome
 
-    async def _give_up_or_resend(self, job: Any, search: LostSearch) -> None:
+    async def _give_up_or_resend(self, job: JobRecord, search: LostSearch) -> None:
         """The lost submit's deadline passed with no task found. If the provider's own
         record proves the task was never created (the request died with us before it
         went out), send the job now: that is not a blind re-send. Otherwise fail it
@@ -204,7 +205,7 @@ class Reconciler:
             fresh = await jobs.get_job(conn, job.id)
         await Submitter(self.res, holder=self.holder).send(fresh)
 
-    async def _find_lost_task(self, job: Any) -> LostSearch:
+    async def _find_lost_task(self, job: JobRecord) -> LostSearch:
         """Search the provider's recent predictions for this job's task."""
         sent = job.submit_sent_at or job.created_at
         after = (sent - SEARCH_BEFORE).isoformat()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import structlog
@@ -21,6 +20,7 @@ from service.clients.storage import StorageError, StoredObject
 from service.db import jobs
 from service.domain.errors import EgressRefused, Retry, ServiceError
 from service.domain.image_types import EXTENSIONS, NOT_AN_IMAGE, SNIFF_BYTES, sniff
+from service.domain.records import JobRecord, OutputRecord
 from service.domain.schemas import output_count
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
@@ -80,9 +80,8 @@ class Storer:
         # Never more outputs than the job asked for: extra ones are neither fetched,
         # stored nor paid for (a hostile or broken answer cannot fill the bucket).
         asked = output_count(job.input)
-        rows: list[Any] = list(outputs)  # Any: a Row's .index is the column, not tuple.index
-        extra = [o.index for o in rows if o.index >= asked]
-        outputs = [o for o in rows if o.index < asked]
+        extra = [o.index for o in outputs if o.index >= asked]
+        outputs = [o for o in outputs if o.index < asked]
         try:
             for output in outputs:
                 if output.stored_at is None and not await self._store_one(job, output):
@@ -109,7 +108,7 @@ class Storer:
             metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
 
-    async def _retry_later(self, job: Any, exc: Exception) -> None:
+    async def _retry_later(self, job: JobRecord, exc: Exception) -> None:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         delay = exc.delay if isinstance(exc, Retry) else backoff(job.attempts, base=2.0, cap=300.0)
         async with self.res.engine.begin() as conn:
@@ -124,7 +123,7 @@ class Storer:
             await jobs.reschedule(conn, job.id, self.holder, delay)
         log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
 
-    async def _store_one(self, job: Any, output: Any) -> bool:
+    async def _store_one(self, job: JobRecord, output: OutputRecord) -> bool:
         """Store one output; False (and nothing kept) when the job was deleted meanwhile."""
         res = self.res
         fmt = job.input.get("output_format", "jpeg")
@@ -165,7 +164,7 @@ class Storer:
         ext = EXTENSIONS.get(content_type, fmt)
         return f"{self.res.settings.s3_prefix}{job_id}/{index}.{ext}"
 
-    async def _stream(self, job: Any, index: int, url: str, fmt: str) -> tuple[StoredObject, bytes | None]:
+    async def _stream(self, job: JobRecord, index: int, url: str, fmt: str) -> tuple[StoredObject, bytes | None]:
         """Stream one output into S3. Also returns its bytes when its declared size is
         at most KEEP_FOR_THUMBNAIL_BYTES (every real Flux image), so the thumbnail needs
         no second read from S3; larger or unsized outputs are never held in memory."""
@@ -177,7 +176,7 @@ class Storer:
             raise EgressRefused(f"output {index} refused: {exc.message}") from None
 
     async def _download(
-        self, job: Any, index: int, url: str, fmt: str, timeout: httpx.Timeout
+        self, job: JobRecord, index: int, url: str, fmt: str, timeout: httpx.Timeout
     ) -> tuple[StoredObject, bytes | None]:
         settings = self.res.settings
         # Redirects are followed by hand, each hop checked and pinned (service/clients/egress.py).

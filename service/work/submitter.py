@@ -17,6 +17,7 @@ from sqlalchemy import func, update
 
 from service.db import jobs
 from service.domain.errors import ProviderError, SubmitOutcomeUnknown
+from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
@@ -83,7 +84,7 @@ class Submitter:
             return
         await self.send(job)
 
-    async def send(self, job: Any) -> None:
+    async def send(self, job: JobRecord) -> None:
         """Mark the job as being sent (within the provider limits), POST it, and record
         the outcome. The caller holds the job's lease. Used for queued jobs, and by the
         reconciler for a submitted job whose task the provider verifiably never created."""
@@ -109,7 +110,7 @@ class Submitter:
             return
         await self._accepted(job, prediction)
 
-    async def _refused(self, job: jobs.Row, exc: ProviderError) -> None:  # type: ignore[name-defined]
+    async def _refused(self, job: JobRecord, exc: ProviderError) -> None:
         """The provider said no (or could not be reached): no task exists."""
         worker = self.holder
         async with self.res.engine.begin() as conn:
@@ -132,7 +133,7 @@ class Submitter:
             await jobs.reschedule(conn, job.id, worker, delay, was_attempt=not told_when)
         log.info("submit.retry", job_id=job.id, http_status=exc.http_status, delay=round(delay, 2))
 
-    async def _accepted(self, job: jobs.Row, prediction: dict) -> None:  # type: ignore[name-defined,type-arg]
+    async def _accepted(self, job: JobRecord, prediction: dict[str, Any]) -> None:
         settings = self.res.settings
         task_id = prediction["id"]
         logs.bind_job(job.id, task_id)

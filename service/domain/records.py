@@ -1,0 +1,108 @@
+"""A job and its outputs as typed, immutable records: what the API, serialize and the
+workers pass around instead of untyped database rows, so `mypy --strict` checks every
+use of job data.
+
+Built from a row of ``jobs`` / ``job_outputs`` by the db layer (service/db/jobs.py
+``job_record``, ``output_record``). Columns not named here are ignored, so a new column
+is read only once it is added here: that is the point, every reader then sees its type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Literal, Self
+
+from service.domain.states import JobStatus
+
+CallbackStatus = Literal["pending", "delivered", "failed"]
+DeletedReason = Literal["request", "retention"]
+CALLBACK_STATUSES: tuple[CallbackStatus, ...] = ("pending", "delivered", "failed")
+DELETED_REASONS: tuple[DeletedReason, ...] = ("request", "retention")
+
+
+def _from(cls: type[Any], row: Mapping[Any, Any]) -> Any:
+    return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], column: str) -> Any:
+    # The database's CHECK constraints hold these sets; a value outside one is a schema
+    # drift to fail on loudly, not a string to pass on.
+    if value is not None and value not in allowed:
+        raise ValueError(f"jobs.{column} holds {value!r}, not one of {allowed}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    owner: str
+    model: str
+    status: JobStatus
+    input: dict[str, Any]  # JSON: the validated input with defaults filled in
+    metadata: dict[str, str]
+    callback_url: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+
+    provider_task_id: str | None
+    provider_status: str | None
+    error: str | None
+    has_nsfw_contents: list[bool] | None
+    inference_ms: int | None
+    cost_usd: Decimal | None
+
+    # Scheduling: the job row is its own queue entry (service/db/queries.py).
+    run_after: dt.datetime | None
+    attempts: int
+    locked_until: dt.datetime | None
+    locked_by: str | None
+    submit_sent_at: dt.datetime | None
+    deadline_at: dt.datetime | None
+    last_news_at: dt.datetime | None
+
+    callback_status: CallbackStatus | None
+    callback_attempts: int
+
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    submitted_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+    deleted_at: dt.datetime | None
+    deleted_reason: DeletedReason | None
+    retry_of: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Self:
+        record: Self = _from(cls, {
+            **row,
+            "status": JobStatus(row["status"]),
+            "callback_status": _one_of(row["callback_status"], CALLBACK_STATUSES, "callback_status"),
+            "deleted_reason": _one_of(row["deleted_reason"], DELETED_REASONS, "deleted_reason"),
+        })
+        return record
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputRecord:
+    job_id: str
+    index: int
+    source_url: str
+    key: str | None
+    content_type: str | None
+    size_bytes: int | None
+    sha256: str | None
+    thumbnail_key: str | None
+    stored_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Self:
+        record: Self = _from(cls, row)
+        return record
