@@ -21,7 +21,7 @@ T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 def row(**changes: Any) -> dict[str, Any]:
     """A ``jobs`` row as the database hands it over, plus a column the record does not know."""
-    base: dict[str, Any] = {f.name: None for f in dataclasses.fields(JobRecord)}
+    base: dict[str, Any] = dict.fromkeys(JobRecord._fields)
     base.update(id="job_1", owner="acme", model="wavespeed-ai/flux-dev-lora", status="completed",
                 input={"prompt": "a fox", "seed": -1, "size": "1024*1024"}, metadata={"u": "1"},
                 callback_url="https://backend.example/hook", attempts=0, callback_status="delivered",
@@ -52,8 +52,12 @@ def test_a_value_outside_the_schema_sets_is_refused_loudly(column: str, value: s
 
 def test_a_record_is_immutable() -> None:
     record = JobRecord.from_row(row())
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         record.status = JobStatus.FAILED  # type: ignore[misc]
+    output = OutputRecord(job_id="j", index=0, source_url="u", key=None, content_type=None, size_bytes=None,
+                          sha256=None, thumbnail_key=None, stored_at=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        output.key = "k"  # type: ignore[misc]
 
 
 def test_the_answer_has_exactly_the_documented_fields_and_only_stored_outputs() -> None:
