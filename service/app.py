@@ -26,6 +26,7 @@ from service.api import (
     health,
     job_lifecycle,
     job_stream,
+    tenant_routes,
     webhooks,
 )
 from service.api import error_responses as errors
@@ -79,10 +80,12 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
     from service.work.eraser import Eraser
     from service.work.reconciler import Reconciler
     from service.work.retention import Retention
+    from service.work.start_timeout import StartTimeouts
     from service.work.storer import Storer
     from service.work.submitter import Submitter
 
-    return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res), Eraser(res), Retention(res)]
+    return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res), Eraser(res), Retention(res),
+            StartTimeouts(res)]
 
 
 @contextlib.asynccontextmanager
@@ -146,8 +149,8 @@ async def open_resources(
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     # facade last: it ends in an /api/v3 catch-all.
-    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, callback_secret_routes, webhooks,
-                   facade):
+    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, callback_secret_routes, tenant_routes,
+                   webhooks, facade):
         out += module.routes
     out += dashboard_bulk.routes + dashboard.routes  # the web page at / (and /login, /bulk, /jobs/{id}, /static)
     return out

@@ -62,15 +62,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from service.db.keys import create_key_blocking
-
-    key = create_key_blocking(_require_database(_settings()), args.owner)
-    print(key)
-    print(f"(API key for owner {args.owner!r}; it is shown only this once)", file=sys.stderr)
-    return 0
-
-
 def cmd_callback_secret(args: argparse.Namespace) -> int:
     """Print an owner's current callback secret (``--owner``), or without it the
     service-wide one that owners from before per-owner secrets still use."""
@@ -278,11 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="alembic upgrade head on DATABASE_URL")
     migrate.set_defaults(func=cmd_migrate)
 
-    keys = sub.add_parser("keys", help="API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create an API key and print it once")
-    create.add_argument("--owner", required=True)
-    create.set_defaults(func=cmd_keys_create)
+    from service.tenant_cli import add_parsers as add_tenant_parsers
+
+    add_tenant_parsers(sub)  # keys create|list|revoke, owners set|show|list
 
     secret = sub.add_parser("callback-secret", help="print the secret an owner's backend verifies callbacks with")
     secret.add_argument("--owner", help="the owner (without it: the service-wide secret of pre-0005 owners)")

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from service.api.auth import resources
 from service.api.dashboard_render import PACKAGE, fragment, page
 from service.api.dashboard_signin import chrome, current_owner, login, login_page, logout, signed_in
-from service.db import jobs
+from service.db import jobs, owners
 from service.db.history import MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import Delivery, Job, JobEvent, table
 from service.domain.errors import FieldError, Unauthorized, ValidationFailed
@@ -75,6 +75,7 @@ async def history(request: Request, owner: str) -> Response:
         **{k: request.query_params.get(k, "") for k in ("model", "created_after", "created_before", "meta")},
     }
     cards: list[dict[str, Any]] = []
+    spend: dict[str, Any] | None = None
     next_cursor = None
     status_code = 200
     try:
@@ -82,6 +83,7 @@ async def history(request: Request, owner: str) -> Response:
             raise ValidationFailed(errors)
         f = parse_filter(params)
         async with res.engine.connect() as conn:
+            spend = (await owners.view(conn, owner))["budget"]  # the month's spend against the budget
             rows, next_cursor = await list_jobs(conn, owner, f)
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
         cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
@@ -95,7 +97,7 @@ async def history(request: Request, owner: str) -> Response:
         newest="/?" + urlencode(kept),
         paged=any(k == "cursor" for k, _ in query),
         filtered=any(k != "cursor" and v.strip() for k, v in query),
-        live_url=live_list_url(running),
+        live_url=live_list_url(running), spend=spend,
         bulk_fields=[(k, v) for k, v in kept if k != "cursor" and v.strip()],  # the bulk form acts on this filter
         **chrome(request, owner),
     )

@@ -243,7 +243,7 @@ def submit_endpoint(model: str) -> Endpoint:
                      "schema": {k: v for k, v in URL_JSON_SCHEMA.items() if k != "description"}}],
         requestBody=json_body(INPUT_MODELS[model]),
         responses={"200": answer(PredictionEnvelope, "The prediction (its id is the job id)."),
-                   **errors(400, 401, 409, 413, 422, shape=ErrorEnvelope)},
+                   **errors(400, 401, 402, 409, 413, 422, shape=ErrorEnvelope)},
     )
     @wavespeed_errors
     async def submit(request: Request) -> Response:

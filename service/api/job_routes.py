@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
@@ -17,12 +18,12 @@ from typing_extensions import TypedDict
 from service.api.auth import authenticate, resources
 from service.api.body import parse_json, read_capped
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
-from service.db import jobs
+from service.db import admission, jobs
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import JobEvent as JobEventRow
 from service.db.models import table
 from service.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
-from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, validate_job_create
+from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count, validate_job_create
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
@@ -137,7 +138,8 @@ async def submit_job(
         raise ValidationFailed(fields)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationFailed([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")])
-    row, created = await jobs.create_job(
+    images = output_count(input_)
+    row, created = await admission.create_job(
         res.engine,
         owner=owner,
         model=request.model,
@@ -146,6 +148,11 @@ async def submit_job(
         callback_url=request.callback_url,
         idempotency_key=idempotency_key,
         body_hash=jobs.request_hash(body) if idempotency_key else None,
+        admission=admission.Admission(
+            estimate_usd=Decimal(res.settings.price_usd(request.model)) * images, images=images,
+            priority=request.priority, start_timeout_seconds=request.start_timeout_seconds,
+            provider_max_in_flight=res.settings.provider_max_in_flight,
+        ),
     )
     if created:
         res.notifications.kick()
@@ -169,7 +176,7 @@ async def submit_job(
                            "discriminator": {"propertyName": "model", "mapping": _BODIES}}),
     responses={"202": answer(Job, "The job, as recorded (queued).", links=_JOB_LINKS),
                "200": answer(Job, "The job first created with this Idempotency-Key and body.", links=_JOB_LINKS),
-               **errors(400, 401, 409, 413, 422)},
+               **errors(400, 401, 402, 409, 413, 422)},
 )
 async def create(request: Request) -> JSONResponse:
     owner = await authenticate(request)

@@ -31,6 +31,7 @@ JOB_ID: dict[str, Any] = {"name": "job_id", "in": "path", "required": True, "sch
 ERROR_TEXT = {
     400: "The body could not be read (not JSON).",
     401: "A valid API key is required.",
+    402: "budget_exceeded: the owner's monthly budget cannot cover the job's estimate; nothing was created.",
     404: "No such job (another owner's job is a 404 too).",
     409: "The request conflicts with the job's state (or an Idempotency-Key's first body).",
     413: "The body is too large.",

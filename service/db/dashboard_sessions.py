@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db.keys import hash_key
+from service.db.keys import hash_key, live_key_clause
 from service.db.models import ApiKey, DashboardSession, table
 
 sessions_t = table(DashboardSession)
@@ -43,9 +43,7 @@ async def open_session(engine: AsyncEngine, api_key: str, lifetime: dt.timedelta
     async with engine.begin() as conn:
         key = (
             await conn.execute(
-                select(keys_t.c.id, keys_t.c.owner).where(
-                    keys_t.c.key_hash == hash_key(api_key), keys_t.c.revoked_at.is_(None)
-                )
+                select(keys_t.c.id, keys_t.c.owner).where(keys_t.c.key_hash == hash_key(api_key), live_key_clause())
             )
         ).first()
         if key is None:
@@ -76,7 +74,7 @@ async def session_owner(engine: AsyncEngine, token: str) -> str | None:
                 .where(
                     sessions_t.c.token_hash == _hash(token),
                     sessions_t.c.expires_at > func.now(),
-                    keys_t.c.revoked_at.is_(None),
+                    live_key_clause(),
                 )
             )
         ).first()

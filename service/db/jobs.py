@@ -19,12 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Row, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
 from service.db.models import Delivery, Job, JobEvent, JobOutput, table
-from service.domain.errors import Conflict, NotFound
+from service.domain.errors import NotFound
 from service.domain.records import JobRecord, OutputRecord
 from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
 
@@ -70,59 +69,7 @@ async def notify(conn: AsyncConnection, channel: str, payload: str) -> None:
 # --------------------------------------------------------------------------- create
 
 
-async def create_job(
-    engine: AsyncEngine,
-    *,
-    owner: str,
-    model: str,
-    input_: dict[str, Any],
-    metadata: dict[str, str],
-    callback_url: str | None,
-    idempotency_key: str | None,
-    body_hash: str | None,
-) -> tuple[JobRecord, bool]:
-    """Insert a queued job; with an Idempotency-Key, return the first job instead.
-
-    Returns (job row, created). Raises Conflict when the key was used with another body.
-    """
-    job_id = new_job_id()
-    async with engine.begin() as conn:
-        stmt = (
-            pg_insert(jobs_t)
-            .values(
-                id=job_id,
-                owner=owner,
-                model=model,
-                input=input_,
-                metadata=metadata,
-                callback_url=callback_url,
-                idempotency_key=idempotency_key,
-                request_hash=body_hash,
-                status=JobStatus.QUEUED.value,
-                run_after=func.now(),
-            )
-            .on_conflict_do_nothing(
-                index_elements=["owner", "idempotency_key"],
-                index_where=jobs_t.c.idempotency_key.isnot(None),
-            )
-            .returning(jobs_t)
-        )
-        row = (await conn.execute(stmt)).first()
-        if row is not None:
-            await add_event(conn, job_id, "job.created", {"model": model})
-            await notify(conn, queries.CHANNEL_WORK, "submit")
-            return job_record(row), True
-        existing = (
-            await conn.execute(
-                select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == idempotency_key)
-            )
-        ).one()
-        if existing.request_hash != body_hash:
-            raise Conflict(
-                "Idempotency-Key was already used with a different request body",
-                field="Idempotency-Key",
-            )
-        return job_record(existing), False
+# Admission (a job's creation, with its owner's budget and turn) is service/db/admission.py.
 
 
 # --------------------------------------------------------------------------- read

@@ -7,7 +7,19 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Numeric, Table, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    Numeric,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,6 +49,14 @@ class Job(Base):
     has_nsfw_contents: Mapped[list[bool] | None] = mapped_column(JSONB)
     inference_ms: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))
+
+    # Tenancy (revision 0006): priority 0 (most urgent) to 9; vtag is the job's place in
+    # its owner's weighted turn (service/db/fairness.py); a job not sent by
+    # start_deadline_at ends timed_out.
+    priority: Mapped[int] = mapped_column(SmallInteger, default=5)
+    vtag: Mapped[float] = mapped_column(Float, default=0.0)
+    start_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    start_deadline_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
     # Scheduling: the job row is its own queue entry (see service/queries.py).
     run_after: Mapped[dt.datetime | None] = mapped_column(Timestamp)
@@ -138,8 +158,45 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(Text)
     key_hash: Mapped[str] = mapped_column(Text, unique=True)
     prefix: Mapped[str] = mapped_column(Text)
+    public_id: Mapped[str] = mapped_column(Text, unique=True)
+    label: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class Owner(Base):
+    """A tenant: its budget and limits (revision 0006). Keyed by the name every key and
+    job carries."""
+
+    __tablename__ = "owners"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    max_in_flight: Mapped[int | None] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class LedgerEntry(Base):
+    """Append-only money: ``reserve`` at admission, ``spend`` at completion, ``release``
+    at every end (service/db/ledger.py)."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    amount_usd: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+    images: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    reserved_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
 class DashboardSession(Base):

@@ -54,6 +54,24 @@ CLAIM_JOBS = text(
     """
 )
 
+# Why: a queued job with its submit marker set and its lease lapsed was being sent by
+# a worker that died: it is recovered (its task looked for), never sent again blindly.
+# Fresh queued jobs are claimed in fair order by claim_submits (service/work/throttle.py).
+CLAIM_LOST_SENDS = text(
+    """
+    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease),
+                    locked_by = :worker, attempts = attempts + 1
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE status = 'queued' AND submit_sent_at IS NOT NULL AND run_after <= now()
+          AND (locked_until IS NULL OR locked_until < now())
+        ORDER BY run_after
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
 # Why: a long download or a slow provider must not let the lease lapse under a live
 # worker; renewing is fenced so a worker that already lost the lease learns it.
 # Many rows in one statement: locked in id order, as every multi-job statement does.

@@ -80,6 +80,13 @@ class Conflict(ServiceError):
     error_type = "conflict"
 
 
+class BudgetExceeded(ServiceError):
+    """The owner's monthly budget cannot cover this job's estimate."""
+
+    status_code = 402
+    error_type = "budget_exceeded"
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is too large."""
 

@@ -74,6 +74,13 @@ class JobRecord(NamedTuple):
     deleted_reason: DeletedReason | None
     retry_of: str | None
 
+    # Tenancy (service/db/admission.py): 0 is sent first; vtag is the job's place in its
+    # owner's weighted turn (service/db/fairness.py); not sent by start_deadline_at → timed_out.
+    priority: int
+    vtag: float
+    start_timeout_seconds: int | None
+    start_deadline_at: dt.datetime | None
+
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
         converted = {

@@ -38,6 +38,8 @@ METADATA_MAX_VALUE_LENGTH = 500
 # a width the provider documents.
 _SIZE_RE = re.compile(r"^([1-9]\d{0,4})\*([1-9]\d{0,4})\Z")
 SIZE_MIN, SIZE_MAX = 256, 1536
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
+START_TIMEOUT_MAX_SECONDS = 86_400
 
 
 def _http_url(value: str) -> str:
@@ -170,6 +172,10 @@ class JobCreate(_Strict):
     callback_url: Annotated[HttpUrlStr | None, Field(
         description="Where the signed terminal event is POSTed (Standard Webhooks).")] = None
     metadata: Metadata = {}
+    # Scheduling (contract: "Scheduling"): lower is sent upstream first when jobs wait for
+    # provider capacity; a job not sent within start_timeout_seconds ends timed_out.
+    priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = PRIORITY_DEFAULT
+    start_timeout_seconds: Annotated[int, Field(ge=1, le=START_TIMEOUT_MAX_SECONDS)] | None = None
 
 
 def _loc(parts: tuple[int | str, ...], prefix: str) -> str:

@@ -59,6 +59,9 @@ class Job(TypedDict):
     has_nsfw_contents: list[bool] | None
     error: str | None
     cost_usd: Annotated[str | None, Field(description='Decimal string, e.g. "0.015".')]
+    priority: Annotated[int, Field(ge=0, le=9, description="0 is sent upstream first when jobs wait for capacity.")]
+    start_timeout_seconds: Annotated[int | None, Field(description="Not sent upstream this long after creation: "
+                                                                   "the job ends timed_out.")]
     callback: Annotated[CallbackInfo | None, Field(description="Null when the job has no callback_url.")]
     created_at: Timestamp
     updated_at: Timestamp
@@ -114,6 +117,8 @@ def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[
         "has_nsfw_contents": None if deleted else job.has_nsfw_contents,
         "error": job.error,
         "cost_usd": format(job.cost_usd.normalize(), "f") if job.cost_usd is not None else None,
+        "priority": job.priority,
+        "start_timeout_seconds": job.start_timeout_seconds,
         "callback": (
             {"status": job.callback_status, "attempts": job.callback_attempts} if job.callback_url else None
         ),

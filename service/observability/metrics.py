@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
+from service.observability.tenant_metrics import TenantCollector, TenantSnapshot, read_tenants
 
 log = structlog.get_logger(__name__)
 PREFIX = "wavespeed_jobs"
@@ -310,13 +311,17 @@ async def exposition(engine: AsyncEngine, accept: str | None = None) -> tuple[by
     0.0.4 by default, OpenMetrics on request). A database that does not answer within
     SCRAPE_TIMEOUT_SECONDS gives ``database_up 0`` rather than a failed scrape, so the
     process metrics still arrive during an outage."""
+    tenants: TenantSnapshot | None = None
     try:
         snap = await asyncio.wait_for(read_database(engine), timeout=SCRAPE_TIMEOUT_SECONDS)
+        tenants = await asyncio.wait_for(read_tenants(engine), timeout=SCRAPE_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - an outage is reported as a metric, not raised
         log.warning("metrics.database_failed", error=type(exc).__name__)
         snap = DatabaseSnapshot(ok=False)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_ProcessCollector())
     scrape.register(DatabaseCollector(snap))
+    if tenants is not None:
+        scrape.register(TenantCollector(tenants))  # service/observability/tenant_metrics.py
     encode, content_type = choose_encoder(accept or "")
     return encode(scrape), content_type

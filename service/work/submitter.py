@@ -15,14 +15,15 @@ from typing import Any
 import structlog
 from sqlalchemy import func, update
 
-from service.db import jobs
+from service.db import jobs, queries
 from service.domain.errors import ProviderError, SubmitOutcomeUnknown
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work.runner import claim_jobs, holder_for
+from service.work import throttle
+from service.work.runner import holder_for
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)
@@ -46,12 +47,36 @@ class Submitter:
         self.res = res
         self.holder = holder or holder_for(res, self.name)
         self.concurrency = res.settings.submit_concurrency
+        self._capacity_ready = False
+        # Jobs this process's claim marked as being sent: to be POSTed now. A marked job
+        # not in here was marked by a worker that died, and is recovered instead.
+        self._marked: set[str] = set()
 
     def webhook_url(self, job_id: str) -> str:
         return f"{self.res.settings.public_base_url}/webhooks/wavespeed/{job_id}"
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_jobs(self.res, [JobStatus.QUEUED.value], limit, holder=self.holder)
+        """Queued jobs whose send began under a worker that died (recovered, never sent
+        blindly), then fresh ones in fair order, each holding a provider slot
+        (service/work/throttle.py) and already marked as being sent."""
+        res = self.res
+        settings = res.settings
+        async with res.engine.begin() as conn:
+            if not self._capacity_ready:
+                await throttle.ensure_capacity(conn, max_in_flight=settings.provider_max_in_flight,
+                                               max_per_minute=settings.provider_max_per_minute)
+                self._capacity_ready = True
+            lost = [r.id for r in await conn.execute(
+                queries.CLAIM_LOST_SENDS, {"lease": settings.lease_seconds, "worker": self.holder, "limit": limit})]
+        if len(lost) >= limit:
+            return lost
+        async with res.engine.begin() as conn:
+            fresh = await throttle.claim_submits(
+                conn, self.holder, lease=settings.lease_seconds, limit=limit - len(lost),
+                max_in_flight=settings.provider_max_in_flight, max_per_minute=settings.provider_max_per_minute,
+            )
+        self._marked.update(fresh)
+        return lost + fresh
 
     async def _answer_lost(self, job_id: str, why: str) -> None:
         settings = self.res.settings
@@ -74,9 +99,14 @@ class Submitter:
 
     async def run(self, job_id: str) -> None:
         res, worker = self.res, self.holder
+        fresh = job_id in self._marked
+        self._marked.discard(job_id)
         async with res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
         if job.status != JobStatus.QUEUED or job.locked_by != worker:
+            return
+        if fresh and job.submit_sent_at is not None:
+            await self._post(job)
             return
         if job.submit_sent_at is not None:
             # A previous attempt sent the request and then died or lost the answer.
@@ -85,9 +115,9 @@ class Submitter:
         await self.send(job)
 
     async def send(self, job: JobRecord) -> None:
-        """Mark the job as being sent (within the provider limits), POST it, and record
-        the outcome. The caller holds the job's lease. Used for queued jobs, and by the
-        reconciler for a submitted job whose task the provider verifiably never created."""
+        """Take a provider slot for a job already chosen, mark it as being sent, POST it
+        and record the outcome. The caller holds the job's lease. Used by the reconciler
+        for a submitted job whose task the provider verifiably never created."""
         res, worker, job_id = self.res, self.holder, job.id
         async with res.engine.begin() as conn:
             verdict = await mark_submit_sent(
@@ -98,8 +128,12 @@ class Submitter:
             if verdict == "throttled":
                 # The account's limits are reached: queue instead of collecting 429s.
                 await jobs.reschedule(conn, job_id, worker, THROTTLE_RECHECK_SECONDS, was_attempt=False)
-        if verdict != "marked":
-            return
+        if verdict == "marked":
+            await self._post(job)
+
+    async def _post(self, job: Any) -> None:
+        """POST a job marked as being sent, and record the outcome."""
+        res, job_id = self.res, job.id
         try:
             prediction = await res.wavespeed.submit(job.model, upstream_body(job.input), self.webhook_url(job_id))
         except SubmitOutcomeUnknown as exc:

@@ -1,8 +1,19 @@
-"""The provider's account limits (tasks in flight, tasks per minute), enforced across
-every process on the database.
+"""The provider's account limits (tasks in flight, submits per minute) and the owners'
+own limits, enforced across every process on the database, without a lock that every
+submit waits on.
 
-The check and the "about to send" mark happen in one transaction under a transaction
--scoped advisory lock, so two processes cannot both see the last free slot.
+Capacity is rows: ``provider_slots`` holds one row per task allowed in flight and
+``provider_rate_tokens`` one per submit allowed in any 60 s. A submit takes a free row
+of each with ``FOR UPDATE SKIP LOCKED``: claimers in other processes pass over rows
+being taken instead of queueing behind them. A slot is free once the job it last held
+is no longer in flight (sent and not yet heard to be finished), a token once it was
+last used 60 s ago, so nothing on a job's later path has to give them back.
+
+The claim itself (``claim_submits``, revision 0006) is where everything that decides
+which job goes next meets: a free slot and token, then the most urgent priority
+waiting, then the owners' weighted turn (service/db/fairness.py), skipping paused
+owners and owners at their ``max_in_flight``; it sets the job's submit marker in the
+same transaction. One statement, one round trip, one index probe per owner per slot.
 """
 
 from __future__ import annotations
@@ -12,33 +23,42 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db import queries
-
 THROTTLE_RECHECK_SECONDS = 1.0
-_LOCK_KEY = 0x7773_6A01  # arbitrary, constant: "wsj" submit throttle
 
-# Why: in flight = sent and not yet heard to be finished; per minute = sends in the last
-# 60 s. Both read only rows with submit_sent_at set (indexed), never the whole history.
-USAGE = text(
-    """
-    SELECT
-      count(*) FILTER (WHERE status IN ('queued', 'submitted', 'processing')) AS in_flight,
-      count(*) FILTER (WHERE submit_sent_at > now() - interval '60 seconds') AS last_minute
-    FROM jobs
-    WHERE submit_sent_at IS NOT NULL
-      AND (status IN ('queued', 'submitted', 'processing') OR submit_sent_at > now() - interval '60 seconds')
-    """
+# Why: the rows must exist before they can be claimed; adding missing ones is idempotent
+# and safe to race (ON CONFLICT). Rows past a lowered limit are ignored by the claim.
+ENSURE_SLOTS = text(
+    "INSERT INTO provider_slots (slot) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING"
 )
+ENSURE_TOKENS = text(
+    "INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING"
+)
+CLAIM = text("SELECT claim_submits(:worker, :lease, :limit, :max_in_flight, :max_per_minute) AS id")
+TAKE = text("SELECT take_provider_slot(:id, :worker, :max_in_flight, :max_per_minute) AS verdict")
+
+
+async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> None:
+    await conn.execute(ENSURE_SLOTS, {"n": max_in_flight})
+    await conn.execute(ENSURE_TOKENS, {"n": max_per_minute})
+
+
+async def claim_submits(
+    conn: AsyncConnection, worker: str, *, lease: float, limit: int, max_in_flight: int, max_per_minute: int
+) -> list[str]:
+    """Up to ``limit`` queued jobs, fairly chosen, each holding a provider slot and a
+    rate token, leased to ``worker`` and marked as being sent."""
+    rows = await conn.execute(CLAIM, {"worker": worker, "lease": lease, "limit": limit,
+                                      "max_in_flight": max_in_flight, "max_per_minute": max_per_minute})
+    return [r.id for r in rows]
 
 
 async def mark_submit_sent(
     conn: AsyncConnection, job_id: str, worker: str, *, max_in_flight: int, max_per_minute: int
 ) -> Literal["marked", "throttled", "gone"]:
-    """Mark ``job_id`` as about to be submitted if the limits allow; else "throttled".
-    "gone" when the job is no longer ours to submit (canceled, or lease lost)."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-    usage = (await conn.execute(USAGE)).one()
-    if usage.in_flight >= max_in_flight or usage.last_minute >= max_per_minute:
-        return "throttled"
-    marked = (await conn.execute(queries.MARK_SUBMIT_SENT, {"id": job_id, "worker": worker})).first()
-    return "marked" if marked else "gone"
+    """For a job already chosen and leased (the reconciler's verified re-send): take a
+    slot and a token and mark it as about to be sent; "throttled" when the account's
+    limits are reached, "gone" when the job is no longer ours to send."""
+    row = (await conn.execute(TAKE, {"id": job_id, "worker": worker, "max_in_flight": max_in_flight,
+                                     "max_per_minute": max_per_minute})).one()
+    verdict: Literal["marked", "throttled", "gone"] = row.verdict
+    return verdict

@@ -1,0 +1,72 @@
+"""Per-owner gauges for /metrics: the month's spend and the outstanding reservations
+(both summed from the ledger, service/db/ledger.py) and the jobs waiting to be sent, by
+owner and priority. Owners are made by operators, so the label set stays bounded."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import ledger, owners
+
+PREFIX = "wavespeed_jobs"
+
+# Why: the partial index jobs_fair_queue holds exactly the jobs waiting to be sent; the
+# count reads that index alone (its size is the backlog, not the history).
+WAITING = text(
+    """
+    SELECT owner, priority, count(*) AS n FROM jobs
+    WHERE status = 'queued' AND submit_sent_at IS NULL
+    GROUP BY owner, priority
+    """
+)
+
+
+@dataclass
+class TenantSnapshot:
+    spent: dict[str, float] = field(default_factory=dict)
+    reserved: dict[str, float] = field(default_factory=dict)
+    waiting: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+async def read_tenants(engine: AsyncEngine) -> TenantSnapshot:
+    snap = TenantSnapshot()
+    now = dt.datetime.now(dt.UTC)
+    async with engine.connect() as conn:
+        for name in await owners.names(conn):
+            money = await ledger.figures(conn, name, None, now)
+            snap.spent[name] = float(money.spent)
+            snap.reserved[name] = float(money.reserved)
+        for row in await conn.execute(WAITING):
+            snap.waiting[(row.owner, int(row.priority))] = int(row.n)
+    return snap
+
+
+class TenantCollector(Collector):
+    def __init__(self, snap: TenantSnapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        spent = GaugeMetricFamily(f"{PREFIX}_owner_spent_usd",
+                                  "USD spent by completed jobs this UTC calendar month, per owner (from the ledger).",
+                                  labels=["owner"])
+        reserved = GaugeMetricFamily(f"{PREFIX}_owner_reserved_usd",
+                                     "USD reserved by the owner's jobs that have not ended yet (from the ledger).",
+                                     labels=["owner"])
+        for name in sorted(self.snap.spent):
+            spent.add_metric([name], self.snap.spent[name])
+            reserved.add_metric([name], self.snap.reserved[name])
+        yield spent
+        yield reserved
+        waiting = GaugeMetricFamily(f"{PREFIX}_owner_jobs_waiting",
+                                    "Queued jobs not yet sent upstream, per owner and priority.",
+                                    labels=["owner", "priority"])
+        for (name, priority), n in sorted(self.snap.waiting.items()):
+            waiting.add_metric([name, str(priority)], float(n))
+        yield waiting

@@ -1,0 +1,232 @@
+"""Fair share, priorities, owners' caps, pause and the provider throttle, all decided in
+the one submit claim (claim_submits, service/work/throttle.py), then end to end through
+the running service: pause/resume and the start timeout.
+
+The claim tests admit jobs through the API (so each job gets its turn exactly as in
+production) on a service without workers, and then claim by calling the same SQL the
+submitter calls, so the order is observed exactly, round by round."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from devtools.serverthread import ServerThread
+from tests.conftest import Service, fresh_database, run_service
+from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
+
+BODY = {"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "fair", "size": "256*256"}}
+WORKER = "test-claimer"
+
+
+@pytest.fixture
+def fair(postgres_server: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[tuple[Service, str]]:
+    # A database of its own: the slots and the queue are shared by everything in one.
+    with fresh_database(postgres_server) as url, run_service(url, s3_endpoint, simulator.url, run_workers=False) as svc:
+        yield svc, url
+
+
+def owner(svc: Service, db: str, **values: Any) -> tuple[str, httpx.Client]:
+    name = f"o_{uuid.uuid4().hex[:6]}"
+    key = svc.new_key(name)
+    if values:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("UPDATE owners SET " + ", ".join(f"{k} = %({k})s" for k in values) + " WHERE name = %(n)s",
+                         {**values, "n": name})
+    return name, svc.client(key)
+
+
+def enqueue(client: httpx.Client, n: int, **extra: Any) -> list[str]:
+    ids = []
+    for _ in range(n):
+        answer = client.post("/v1/jobs", json={**BODY, **extra})
+        assert answer.status_code == 202, answer.text
+        ids.append(answer.json()["id"])
+    return ids
+
+
+def claim(db: str, limit: int, *, slots: int = 1000, per_minute: int = 100000) -> list[tuple[str, str]]:
+    """One claim, as the submitter makes it: (owner, job id) in the order given."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO provider_slots (slot) SELECT generate_series(0, %s - 1) ON CONFLICT DO NOTHING",
+                     (slots,))
+        conn.execute("INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, %s - 1) "
+                     "ON CONFLICT DO NOTHING", (per_minute,))
+        ids = [r[0] for r in conn.execute("SELECT claim_submits(%s, 30, %s, %s, %s)",
+                                          (WORKER, limit, slots, per_minute)).fetchall()]
+        owners = dict(conn.execute("SELECT id, owner FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
+    return [(owners[i], i) for i in ids]
+
+
+def finish(db: str, ids: list[str]) -> None:
+    """The provider's news moves the jobs on, as a webhook would: their slots free up."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET status = 'storing', locked_by = NULL, locked_until = NULL WHERE id = ANY(%s)",
+                     (ids,))
+
+
+def test_a_late_owner_is_interleaved_with_a_backlog_not_queued_behind_it(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db)
+    b, cb = owner(svc, db)
+    with ca, cb:
+        enqueue(ca, 40)
+        b_jobs = enqueue(cb, 4)
+    order: list[str] = []
+    for _ in range(5):  # rounds of 4 slots
+        got = claim(db, 100, slots=4)
+        order += [o for o, _ in got]
+        finish(db, [i for _, i in got])
+    positions = [i for i, o in enumerate(order) if o == b]
+    assert len(positions) == len(b_jobs)
+    # B's k-th job goes within the first 2k+2 claims: every other turn, not after A's 40.
+    assert all(p <= 2 * k + 2 for k, p in enumerate(positions)), order
+
+
+def test_weights_share_the_slots_three_to_one(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db, weight=3)
+    b, cb = owner(svc, db, weight=1)
+    with ca, cb:
+        for _ in range(10):  # both backlogged from the start
+            enqueue(ca, 3)
+            enqueue(cb, 3)
+    got = claim(db, 20)
+    counts = {a: sum(o == a for o, _ in got), b: sum(o == b for o, _ in got)}
+    assert 14 <= counts[a] <= 16 and 4 <= counts[b] <= 6, counts
+
+
+def test_the_most_urgent_priority_goes_first_whoever_owns_it(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db)
+    b, cb = owner(svc, db)
+    with ca, cb:
+        enqueue(ca, 20)
+        urgent_b = enqueue(cb, 2, priority=1)
+        urgent_a = enqueue(ca, 1, priority=0)
+        late_b = enqueue(cb, 1, priority=9)
+    got = [i for _, i in claim(db, 24)]
+    assert len(got) == 24
+    assert got[0] == urgent_a[0]
+    assert got[1:3] == urgent_b
+    assert got[-1] == late_b[0]
+
+
+def test_a_paused_owner_waits_and_resumes_in_turn(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db, paused=True)
+    b, cb = owner(svc, db)
+    with ca, cb:
+        enqueue(ca, 3)
+        enqueue(cb, 2)
+    assert {o for o, _ in claim(db, 10)} == {b}
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE owners SET paused = false WHERE name = %s", (a,))
+    assert [o for o, _ in claim(db, 10)] == [a, a, a]
+
+
+def test_an_owners_max_in_flight_caps_it_and_frees_with_its_tasks(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db, max_in_flight=2)
+    b, cb = owner(svc, db)
+    with ca, cb:
+        enqueue(ca, 10)
+        enqueue(cb, 3)
+    first = claim(db, 10)
+    assert sum(o == a for o, _ in first) == 2 and sum(o == b for o, _ in first) == 3
+    assert claim(db, 10) == []
+    finish(db, [i for o, i in first if o == a][:1])
+    assert [o for o, _ in claim(db, 10)] == [a]
+
+
+def test_provider_slots_and_the_per_minute_tokens_bound_every_claim(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    _, ca = owner(svc, db)
+    with ca:
+        enqueue(ca, 10)
+    first = claim(db, 10, slots=3)
+    assert len(first) == 3 and claim(db, 10, slots=3) == []
+    finish(db, [first[0][1]])
+    assert len(claim(db, 10, slots=3)) == 1
+    # Four submits have used four tokens in this minute: with five per minute, one is left.
+    assert len(claim(db, 10, slots=100, per_minute=5)) == 1
+    assert claim(db, 10, slots=100, per_minute=5) == []
+
+
+def test_concurrent_claimers_never_wait_share_a_slot_or_break_a_cap(fair: tuple[Service, str]) -> None:
+    svc, db = fair
+    a, ca = owner(svc, db, max_in_flight=1)
+    _, cb = owner(svc, db)
+    with ca, cb:
+        enqueue(ca, 5)
+        enqueue(cb, 5)
+    claim(db, 0, slots=4)  # the rows exist
+    one = psycopg.connect(db)
+    two = psycopg.connect(db)
+    try:
+        # Both transactions claim before either commits; the second must skip, not wait.
+        two.execute("SET statement_timeout = '3s'")
+        got_one = [r[0] for r in one.execute("SELECT claim_submits('w1', 30, 10, 4, 1000)").fetchall()]
+        got_two = [r[0] for r in two.execute("SELECT claim_submits('w2', 30, 10, 4, 1000)").fetchall()]
+        one.commit()
+        two.commit()
+    finally:
+        one.close()
+        two.close()
+    assert not set(got_one) & set(got_two)
+    assert len(got_one) + len(got_two) == 4
+    with psycopg.connect(db) as conn:
+        a_sent = conn.execute("SELECT count(*) FROM jobs WHERE owner = %s AND submit_sent_at IS NOT NULL",
+                              (a,)).fetchone()
+    assert a_sent == (1,)
+
+
+def test_pause_holds_jobs_back_end_to_end_and_resume_sends_them(
+    service: Service, sim_defaults: ServerThread, sql: psycopg.Connection[Any]
+) -> None:
+    name = f"p_{uuid.uuid4().hex[:6]}"
+    key = service.new_key(name)
+    sql.execute("UPDATE owners SET paused = true WHERE name = %s", (name,))
+    with service.client(key) as client:
+        job = submit(client, prompt=f"paused-{name}")
+        time.sleep(1.5)
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+        assert not [t for t in sim_tasks(sim_defaults.url) if (t.get("webhook_url") or "").endswith(job["id"])]
+        sql.execute("UPDATE owners SET paused = false WHERE name = %s", (name,))
+        assert wait_terminal(client, job["id"])["status"] == "completed"
+
+
+def test_a_job_not_started_in_time_times_out_costing_nothing(service: Service, sql: psycopg.Connection[Any]) -> None:
+    name = f"st_{uuid.uuid4().hex[:6]}"
+    key = service.new_key(name)
+    sql.execute("UPDATE owners SET paused = true, monthly_budget_usd = 1 WHERE name = %s", (name,))
+    with service.client(key) as client:
+        job = submit(client, start_timeout_seconds=1, priority=2)
+        assert (job["start_timeout_seconds"], job["priority"]) == (1, 2)
+        done = eventually(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] == "timed_out" and j,
+                          timeout=15)
+        owner_view = client.get("/v1/owner").json()["budget"]
+        events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert "never started" in done["error"] and done["cost_usd"] is None
+    assert owner_view["reserved_usd"] == "0.00" and owner_view["spent_usd"] == "0.00"
+    assert "status.changed" in events
+    kinds = sorted(r[0] for r in sql.execute("SELECT kind FROM ledger WHERE job_id = %s", (job["id"],)).fetchall())
+    assert kinds == ["release", "reserve"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("priority", -1), ("priority", 10), ("priority", "5"), ("priority", 1.5), ("priority", None),
+     ("start_timeout_seconds", 0), ("start_timeout_seconds", 86401), ("start_timeout_seconds", True),
+     ("start_timeout_seconds", 2**63)],
+)
+def test_hostile_scheduling_fields_are_422_naming_the_field(client: httpx.Client, field: str, value: Any) -> None:
+    answer = client.post("/v1/jobs", json={**BODY, field: value})
+    assert answer.status_code == 422, answer.text
+    assert [f["loc"] for f in answer.json()["error"]["fields"]] == [field]
