@@ -126,7 +126,7 @@ def test_200_parallel_submits_through_two_processes_never_overshoot(
         urls = []
         for i in range(2):
             port = free_port()
-            settings = make_settings(own_db, s3_endpoint, simulator.url, port, db_pool_size=20)
+            settings = make_settings(own_db, s3_endpoint, simulator.url, port)
             proc = ServiceProcess(["serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)], settings,
                                   tmp_path / f"serve{i}.log", port)
             stack.enter_context(proc)
