@@ -77,7 +77,7 @@ async def burst(url: str, key: str, n: int) -> list[tuple[int, float]]:
 
 def pct(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -161,7 +161,7 @@ def run_rounds(url: str, claim: Callable[[psycopg.Connection[Any]], str | None],
 
 def pct(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def explain(url: str) -> None:
@@ -203,8 +203,16 @@ def explain(url: str) -> None:
                 conn.execute(NEW_CLAIM, (WORKER, SLOTS)).fetchall()
                 times.append((time.perf_counter() - started) * 1000)
                 raise_rollback(conn)
-        print(f"   claim of one slot at this backlog (rolled back, 200 runs): p50 {pct(times, 50):.2f} ms, "
-              f"p99 {pct(times, 99):.2f} ms")
+        server = []
+        for _ in range(200):
+            with conn.transaction():
+                lines = [r[0] for r in conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + NEW_CLAIM,
+                                                    (WORKER, SLOTS)).fetchall()]
+                server += [float(x.split(":")[1].split()[0]) for x in lines if x.startswith("Execution Time")]
+                raise_rollback(conn)
+        print(f"   claim of one slot at this backlog (rolled back, 200 runs each): round trip p50 "
+              f"{pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms; server execution p50 {pct(server, 50):.2f} ms, "
+              f"p99 {pct(server, 99):.2f} ms; load {os.getloadavg()[0]:.2f}")
 
 
 def raise_rollback(conn: psycopg.Connection[Any]) -> None:

@@ -126,7 +126,9 @@ def test_200_parallel_submits_through_two_processes_never_overshoot(
         urls = []
         for i in range(2):
             port = free_port()
-            settings = make_settings(own_db, s3_endpoint, simulator.url, port)
+            # A small pool: submits of one owner pass its row lock one at a time anyway, and
+            # the machine's Postgres is shared (max_connections).
+            settings = make_settings(own_db, s3_endpoint, simulator.url, port, db_pool_size=4)
             proc = ServiceProcess(["serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)], settings,
                                   tmp_path / f"serve{i}.log", port)
             stack.enter_context(proc)

@@ -73,7 +73,7 @@ def finish(db: str, ids: list[str]) -> None:
 
 def test_a_late_owner_is_interleaved_with_a_backlog_not_queued_behind_it(fair: tuple[Service, str]) -> None:
     svc, db = fair
-    a, ca = owner(svc, db)
+    _, ca = owner(svc, db)
     b, cb = owner(svc, db)
     with ca, cb:
         enqueue(ca, 40)
@@ -104,8 +104,8 @@ def test_weights_share_the_slots_three_to_one(fair: tuple[Service, str]) -> None
 
 def test_the_most_urgent_priority_goes_first_whoever_owns_it(fair: tuple[Service, str]) -> None:
     svc, db = fair
-    a, ca = owner(svc, db)
-    b, cb = owner(svc, db)
+    _, ca = owner(svc, db)
+    _, cb = owner(svc, db)
     with ca, cb:
         enqueue(ca, 20)
         urgent_b = enqueue(cb, 2, priority=1)
