@@ -156,7 +156,9 @@ async def transition(
     writer can never move a job backwards. With ``worker``, the write is also fenced on
     the worker's lease. Terminal moves clear scheduling, stamp completed_at, queue the
     backend callback in the same transaction (so a crash cannot lose it) and NOTIFY
-    waiters.
+    waiters. The money needs nothing here: the trigger ``jobs_ledger`` (revision 0006)
+    writes the spend and the release in whatever UPDATE ends a job, this one or any
+    other path's (tests/integration/test_budget.py proves a plain-SQL completion spends).
     """
     now = func.now()
     sets: dict[str, Any] = {"status": target.value, "updated_at": now, "locked_until": None, "locked_by": None}
