@@ -100,7 +100,9 @@ def _jobs_columns() -> None:
         "WHERE status = 'queued' AND submit_sent_at IS NULL"
     )
     # Queued jobs whose send began and whose worker died: recovered, never re-sent blindly.
-    op.execute("CREATE INDEX jobs_queued_sent ON jobs (run_after) WHERE status = 'queued' AND submit_sent_at IS NOT NULL")
+    op.execute(
+        "CREATE INDEX jobs_queued_sent ON jobs (run_after) WHERE status = 'queued' AND submit_sent_at IS NOT NULL"
+    )
     op.execute(
         "CREATE INDEX jobs_start_deadline ON jobs (start_deadline_at) "
         "WHERE status = 'queued' AND start_deadline_at IS NOT NULL"

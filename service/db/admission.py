@@ -14,15 +14,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Row, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import fairness, ledger, owners, queries
 from service.db.jobs import add_event, job_record, jobs_t, new_job_id, notify
 from service.domain.errors import Conflict
 from service.domain.records import JobRecord
+from service.domain.schemas import PRIORITY_DEFAULT
 from service.domain.states import JobStatus
 
 
@@ -35,6 +37,18 @@ class Admission:
     priority: int = 5
     start_timeout_seconds: int | None = None
     provider_max_in_flight: int = 100  # fairness ignores owners at their cap (fairness.py)
+
+
+async def _replayed(conn: AsyncConnection, owner: str, key: str, body_hash: str | None) -> Row[Any] | None:
+    """The job first created with this Idempotency-Key, or None; Conflict when the key
+    came with another body. The caller holds the owner's row lock, so no submit with the
+    same key can be between this lookup and the insert."""
+    existing = (
+        await conn.execute(select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == key))
+    ).first()
+    if existing is not None and existing.request_hash != body_hash:
+        raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
+    return existing
 
 
 async def create_job(
@@ -61,46 +75,62 @@ async def create_job(
     job_id = new_job_id()
     async with engine.begin() as conn:
         tenant = await owners.lock(conn, owner)
-        if idempotency_key is not None:
-            existing = (
-                await conn.execute(
-                    select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == idempotency_key)
-                )
-            ).first()
-            if existing is not None:
-                if existing.request_hash != body_hash:
-                    raise Conflict(
-                        "Idempotency-Key was already used with a different request body",
-                        field="Idempotency-Key",
-                    )
-                return existing, False
+        if idempotency_key is not None and (first := await _replayed(conn, owner, idempotency_key, body_hash)):
+            return first, False
         vtag = await fairness.next_tag(conn, owner, tenant.weight, adm.priority, adm.provider_max_in_flight)
         start_deadline = (
             func.now() + dt.timedelta(seconds=adm.start_timeout_seconds) if adm.start_timeout_seconds else None
         )
-        stmt = (
-            insert(jobs_t)
-            .values(
-                id=job_id,
-                owner=owner,
-                model=model,
-                input=input_,
-                metadata=metadata,
-                callback_url=callback_url,
-                idempotency_key=idempotency_key,
-                request_hash=body_hash,
-                status=JobStatus.QUEUED.value,
-                run_after=func.now(),
-                priority=adm.priority,
-                vtag=vtag,
-                start_timeout_seconds=adm.start_timeout_seconds,
-                start_deadline_at=start_deadline,
-            )
-            .returning(jobs_t)
+        stmt = insert(jobs_t).values(
+            id=job_id, owner=owner, model=model, input=input_, metadata=metadata, callback_url=callback_url,
+            idempotency_key=idempotency_key, request_hash=body_hash, status=JobStatus.QUEUED.value,
+            run_after=func.now(), priority=adm.priority, vtag=vtag, start_timeout_seconds=adm.start_timeout_seconds,
+            start_deadline_at=start_deadline,
         )
-        row = (await conn.execute(stmt)).one()
+        row = (await conn.execute(stmt.returning(jobs_t))).one()
         await ledger.reserve(conn, row, tenant.monthly_budget_usd, adm.estimate_usd, adm.images,
                              dt.datetime.now(dt.UTC))
         await add_event(conn, job_id, "job.created", {"model": model})
         await notify(conn, queries.CHANNEL_WORK, "submit")
         return job_record(row), True
+
+
+# Why: a bulk retry is a submit too. Each new job's estimate is its retried job's
+# reservation (same model and input), checked against the budget for the whole batch
+# under the owner's row lock; jobs admitted before the ledger existed reserve nothing.
+RETRY_ESTIMATES = text(
+    """
+    SELECT n.id, n.model, n.created_at, coalesce(r.amount_usd, 0) AS amount, coalesce(r.images, 1) AS images
+    FROM jobs n LEFT JOIN ledger r ON r.job_id = n.retry_of AND r.kind = 'reserve'
+    WHERE n.id = ANY(:ids) AND n.owner = :owner
+    ORDER BY n.id
+    """
+)
+# Why: the copies take consecutive turns after the owner's waiting jobs, like submits.
+RETRY_TAGS = text(
+    """
+    UPDATE jobs SET vtag = :base + t.ord / :weight
+    FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(id, ord)
+    WHERE jobs.id = t.id
+    """
+)
+ANY_SLOT = 2**31 - 1  # count every slot an owner holds (no provider setting here)
+
+
+async def admit_retries(conn: AsyncConnection, owner: str, ids: list[str]) -> None:
+    """Reserve and place the jobs a bulk retry just inserted (``retry_of`` set), in the
+    caller's transaction; BudgetExceeded rolls the whole batch back."""
+    if not ids:
+        return
+    tenant = await owners.lock(conn, owner)
+    rows = (await conn.execute(RETRY_ESTIMATES, {"ids": ids, "owner": owner})).all()
+    now = dt.datetime.now(dt.UTC)
+    total = sum((Decimal(r.amount) for r in rows), Decimal(0))
+    if tenant.monthly_budget_usd is not None:
+        await ledger.check(conn, owner, tenant.monthly_budget_usd, total, now)
+    for row in rows:
+        job = SimpleNamespace(id=row.id, owner=owner, model=row.model, created_at=row.created_at)
+        await ledger.reserve(conn, job, None, Decimal(row.amount), int(row.images), now)
+    first = await fairness.next_tag(conn, owner, tenant.weight, PRIORITY_DEFAULT, ANY_SLOT)
+    await conn.execute(RETRY_TAGS, {"base": first - 1.0 / tenant.weight, "weight": float(tenant.weight),
+                                    "ids": [r.id for r in rows]})

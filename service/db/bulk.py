@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import TypedDict
 
-from service.db import jobs, queries
+from service.db import admission, jobs, queries
 from service.db.history import HistoryFilter, page_query, parse_filter
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.schemas import MODELS
@@ -189,7 +189,9 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
         made = await conn.execute(RETRY_MANY, {
             "old": batch, "new": [jobs.new_job_id() for _ in batch], "owner": owner, "retryable": RETRYABLE,
         })
-        count = len(made.all())
+        created = [r.job_id for r in made.all()]
+        await admission.admit_retries(conn, owner, created)  # reserved and in turn, like a submit
+        count = len(created)
         if count:
             await jobs.notify(conn, queries.CHANNEL_WORK, "submit")
         return count

@@ -129,18 +129,23 @@ async def reserve(
     the reservation are one step for every submit of that owner. Raises BudgetExceeded
     (the caller's transaction then rolls the job back)."""
     if budget is not None:
-        current = await figures(conn, job.owner, budget, now)
-        remaining = current.remaining
-        assert remaining is not None
-        if estimate > remaining:
-            raise BudgetExceeded(
-                f"the monthly budget of ${usd(budget)} has ${usd(max(remaining, Decimal(0)))} left "
-                f"(spent ${usd(current.spent)}, reserved ${usd(current.reserved)}); "
-                f"this job needs ${usd(estimate)}",
-                remaining_usd=usd(max(remaining, Decimal(0))),
-            )
+        await check(conn, job.owner, budget, estimate, now)
     await conn.execute(RESERVE, {"owner": job.owner, "job_id": job.id, "amount": estimate, "images": images,
                                  "model": job.model, "reserved_at": job.created_at})
+
+
+async def check(conn: AsyncConnection, owner: str, budget: Decimal, estimate: Decimal, now: dt.datetime) -> None:
+    """BudgetExceeded unless ``estimate`` fits in what the budget has left."""
+    current = await figures(conn, owner, budget, now)
+    remaining = current.remaining
+    assert remaining is not None
+    if estimate > remaining:
+        left = usd(max(remaining, Decimal(0)))
+        raise BudgetExceeded(
+            f"the monthly budget of ${usd(budget)} has ${left} left (spent ${usd(current.spent)}, "
+            f"reserved ${usd(current.reserved)}); this needs ${usd(estimate)}",
+            remaining_usd=left,
+        )
 
 
 async def release_reservation(conn: AsyncConnection, job_id: str) -> None:

@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     with database.connect(url) as conn:
                         jobs, reserved = conn.execute(
                             "SELECT (SELECT count(*) FROM jobs WHERE owner = %(o)s), "
-                            "(SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE owner = %(o)s AND kind = 'reserve')",
+                            "(SELECT coalesce(sum(amount_usd), 0) FROM ledger "
+                            " WHERE owner = %(o)s AND kind = 'reserve')",
                             {"o": owner}).fetchone() or (0, 0)
                     accepted = codes.count(202)
                     expected = args.images if kind == "budget" else args.burst
@@ -146,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ok = ok and codes.count(402) == args.burst - expected
                     failed = failed or not ok
                     p99s[kind].append(pct(times, 99))
+                    other = len(codes) - accepted - codes.count(402)
                     print(f"-- repeat {repeat}, {'budget ' if kind == 'budget' else 'no budget'}: "
-                          f"{accepted} accepted, {codes.count(402)} refused 402, other {len(codes) - accepted - codes.count(402)}; "
+                          f"{accepted} accepted, {codes.count(402)} refused 402, other {other}; "
                           f"{jobs} jobs and ${reserved} reserved in the database ({'ok' if ok else 'WRONG'}); "
                           f"answers p50 {pct(times, 50):.0f} ms, p99 {pct(times, 99):.0f} ms, max {max(times):.0f} ms",
                           flush=True)

@@ -41,7 +41,7 @@ def set_owner(database_url: str, owner: str, **values: Any) -> None:
 def ledger_rows(database_url: str, job_id: str) -> dict[str, Decimal]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT kind, amount_usd FROM ledger WHERE job_id = %s", (job_id,)).fetchall()
-    return {kind: amount for kind, amount in rows}
+    return dict(rows)
 
 
 def owner_key(service: Service, budget: Decimal | None = None, **values: Any) -> tuple[str, str]:
@@ -58,7 +58,9 @@ def api_only(database_url: str, s3_endpoint: str, simulator: ServerThread) -> It
         yield svc
 
 
-def test_a_submit_beyond_the_budget_is_a_402_and_creates_nothing(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+def test_a_submit_beyond_the_budget_is_a_402_and_creates_nothing(
+    api_only: Service, sql: psycopg.Connection[Any]
+) -> None:
     owner, key = owner_key(api_only, PRICE * 3)
     with api_only.client(key) as client:
         for _ in range(3):
@@ -262,3 +264,25 @@ def test_nothing_goes_upstream_for_a_refused_submit(
         refused = client.post("/v1/jobs", json={**BODY, "input": {"prompt": "refused-marker-7781", "size": "256*256"}})
     assert refused.status_code == 402
     assert not [t for t in sim_tasks(sim_defaults.url) if "refused-marker-7781" in str(t)]
+
+
+def test_a_bulk_retry_is_reserved_and_refused_past_the_budget(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+    """Retries are submits too: each reserves its retried job's estimate, and a batch
+    the budget cannot cover is a 402 that creates nothing."""
+    owner, key = owner_key(api_only, PRICE * 3)
+    with api_only.client(key) as client:
+        ids = [client.post("/v1/jobs", json={**BODY, "metadata": {"batch": "r"}}).json()["id"] for _ in range(2)]
+        sql.execute("UPDATE jobs SET status = 'failed' WHERE id = ANY(%s)", (ids,))  # releases both
+        body = {"action": "retry", "filter": {"status": ["failed"], "metadata": {"batch": "r"}}}
+        done = client.post("/v1/jobs/bulk", json=body)
+        assert done.status_code == 200 and done.json()["affected"] == 2, done.text
+        assert client.get("/v1/owner").json()["budget"]["reserved_usd"] == "0.03"
+        copies = [r[0] for r in sql.execute("SELECT id FROM jobs WHERE retry_of = ANY(%s)", (ids,)).fetchall()]
+        sql.execute("UPDATE jobs SET status = 'failed' WHERE id = ANY(%s)", (copies,))
+        for _ in range(2):  # $0.03 of the $0.045 reserved: two retries ($0.03) no longer fit
+            assert client.post("/v1/jobs", json=BODY).status_code == 202
+        refused = client.post("/v1/jobs/bulk", json=body)
+    assert refused.status_code == 402 and refused.json()["error"]["type"] == "budget_exceeded", refused.text
+    assert sql.execute("SELECT count(*) FROM jobs WHERE owner = %s", (owner,)).fetchone() == (6,)
+    tags = sql.execute("SELECT vtag FROM jobs WHERE id = ANY(%s)", (copies,)).fetchall()
+    assert all(t[0] > 0 for t in tags)  # in turn after the owner's jobs, not ahead of everyone
