@@ -7,7 +7,7 @@ start timeout, and the provider throttle as slots claimed with SKIP LOCKED.
   (GET /v1/owner, /v1/usage, the history page, /metrics) is a sum of it. A reservation
   is written with the job (service/db/ledger.py); the release and the spend are written
   by the trigger ``jobs_ledger`` in the very UPDATE that ends the job, so every path
-  that ends a job (transition(), the receiver's one-statement fast path, anything
+  that ends a job (transition(), provider news in batches (APPLY_NEWS), anything
   written later) settles the money in the same transaction. ``ledger_release(job_id)``
   is the one statement for "release this job's reservation" (idempotent).
 * ``jobs.priority`` (0–9), ``jobs.vtag`` (the job's place in its owner's weighted turn,

@@ -30,7 +30,10 @@ Transactions that write more than one table, and how they keep the order:
   (Renewal once updated jobs then deliveries in one transaction while the deliverer
   locked a delivery then its job: Postgres aborted one with a deadlock and a callback
   was sent twice.)
-- claims take no wait at all: ``FOR UPDATE SKIP LOCKED``.
+- claims take no wait at all: ``FOR UPDATE SKIP LOCKED`` (the submit claim's provider
+  slots and tokens too, service/work/throttle.py);
+- admission (service/db/admission.py) locks the owner's row, one of "the rest", and
+  only inserts the new job, a row nobody else can hold; the ledger is appended to.
 """
 
 from __future__ import annotations
@@ -46,24 +49,6 @@ CLAIM_JOBS = text(
     WHERE id IN (
         SELECT id FROM jobs
         WHERE status = ANY(:statuses) AND run_after <= now()
-          AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY run_after
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
-
-# Why: a queued job with its submit marker set and its lease lapsed was being sent by
-# a worker that died: it is recovered (its task looked for), never sent again blindly.
-# Fresh queued jobs are claimed in fair order by claim_submits (service/work/throttle.py).
-CLAIM_LOST_SENDS = text(
-    """
-    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease),
-                    locked_by = :worker, attempts = attempts + 1
-    WHERE id IN (
-        SELECT id FROM jobs
-        WHERE status = 'queued' AND submit_sent_at IS NOT NULL AND run_after <= now()
           AND (locked_until IS NULL OR locked_until < now())
         ORDER BY run_after
         LIMIT :limit

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from sqlalchemy import func, update
 
-from service.db import jobs, queries
+from service.db import jobs
 from service.domain.errors import ProviderError, SubmitOutcomeUnknown
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -67,7 +67,7 @@ class Submitter:
                                                max_per_minute=settings.provider_max_per_minute)
                 self._capacity_ready = True
             lost = [r.id for r in await conn.execute(
-                queries.CLAIM_LOST_SENDS, {"lease": settings.lease_seconds, "worker": self.holder, "limit": limit})]
+                throttle.CLAIM_LOST_SENDS, {"lease": settings.lease_seconds, "worker": self.holder, "limit": limit})]
         if len(lost) >= limit:
             return lost
         async with res.engine.begin() as conn:

@@ -170,7 +170,7 @@ def test_completion_spends_cost_usd_and_failure_spends_nothing(
 
 
 def test_any_update_that_completes_a_job_spends_it(api_only: Service, sql: psycopg.Connection[Any]) -> None:
-    """The guard for every other completion path (issue 13's receiver rewrite included):
+    """The guard for every other completion path (provider news in batches included):
     the spend and release are written by the trigger on jobs.status, so a completion
     written by plain SQL, outside jobs.transition, settles the money just the same."""
     _, key = owner_key(api_only, PRICE * 4)
