@@ -76,7 +76,7 @@ async def create_job(
     async with engine.begin() as conn:
         tenant = await owners.lock(conn, owner)
         if idempotency_key is not None and (first := await _replayed(conn, owner, idempotency_key, body_hash)):
-            return first, False
+            return job_record(first), False
         vtag = await fairness.next_tag(conn, owner, tenant.weight, adm.priority, adm.provider_max_in_flight)
         start_deadline = (
             func.now() + dt.timedelta(seconds=adm.start_timeout_seconds) if adm.start_timeout_seconds else None
