@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(60.0, gt=0)
     retention_batch_size: int = Field(1000, ge=1, le=10000)
     erase_batch_size: int = Field(500, ge=1, le=5000)
-    erase_concurrency: int = Field(2, ge=1, le=32)
+    erase_concurrency: int = Field(1, ge=1, le=32)
+    erase_pause_factor: float = Field(1.0, ge=0, le=100)
     bulk_batch_size: int = Field(500, ge=1, le=5000)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
 

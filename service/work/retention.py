@@ -11,6 +11,7 @@ a bounded number of batches, so it never holds many row locks or runs long.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -58,7 +59,7 @@ class Retention:
         if days is None:
             return 0
         limit = self.res.settings.retention_batch_size
-        total = 0
+        total, started = 0, time.monotonic()
         for _ in range(MAX_BATCHES_PER_SWEEP):
             async with self.res.engine.begin() as conn:
                 rows = await conn.execute(
@@ -70,6 +71,8 @@ class Retention:
             metrics.RETENTION_DELETED.inc(len(marked))
             if len(ids) < limit:
                 break
+            await asyncio.sleep(time.monotonic() - started)  # rest as long as the batch took
+            started = time.monotonic()
         if total:
             self.res.notifications.kick()
         return total
