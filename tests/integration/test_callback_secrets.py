@@ -6,6 +6,7 @@ checked with the reference ``standardwebhooks`` library, as a backend would."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from devtools.serverthread import ServerThread
 from service.db.engine import migrate
-from service.db.keys import create_key_blocking
+from service.db.keys import hash_key
 from tests.conftest import Service, _database_url, fresh_database, run_service
 from tests.integration.helpers import submit, wait_terminal
 from tests.servers import CaughtRequest, WebhookCatcher
@@ -146,11 +147,21 @@ def db_before_0005(postgres_server: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def key_of_the_previous_release(database_url: str, owner: str) -> str:
+    """A key as the previous release stored it (api_keys as it was then: today's key
+    code also writes the owners table and key columns of later revisions)."""
+    key = "wsj_" + secrets.token_urlsafe(32)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO api_keys (owner, key_hash, prefix) VALUES (%s, %s, %s)",
+                     (owner, hash_key(key), key[:10]))
+    return key
+
+
 def test_owners_from_before_the_upgrade_keep_the_service_wide_secret(
     db_before_0005: str, s3_endpoint: str, simulator: ServerThread, catcher: WebhookCatcher
 ) -> None:
     configured = "whsec_" + "c2VydmljZS13aWRlLXNlY3JldC0wMTIzNDU2Nzg5YWI="
-    old_key = create_key_blocking(db_before_0005, "old-owner")
+    old_key = key_of_the_previous_release(db_before_0005, "old-owner")
     migrate(db_before_0005)  # the upgrade
     with run_service(db_before_0005, s3_endpoint, simulator.url, callback_signing_secret=configured) as svc, \
             svc.client(old_key) as old, svc.client() as new:
