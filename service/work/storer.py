@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import structlog
 from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
 from service.db import jobs
@@ -82,10 +83,14 @@ class Storer:
         asked = output_count(job.input)
         extra = [o.index for o in outputs if o.index >= asked]
         outputs = [o for o in outputs if o.index < asked]
+        pending = [o for o in outputs if o.stored_at is None]
         try:
-            for output in outputs:
-                if output.stored_at is None and not await self._store_one(job, output):
+            # Each output but the last is recorded on its own, so a retry does not copy
+            # it again; the last is recorded in the completing transaction (one fewer).
+            for output in pending[:-1]:
+                if not await self._store_one(job, output):
                     return  # the job was deleted meanwhile
+            last = await self._upload(job, pending[-1]) if pending else None
         except (Retry, StorageError, httpx.HTTPError) as exc:
             await self._retry_later(job, exc)
             return
@@ -96,6 +101,8 @@ class Storer:
             log.warning("output.refused", job_id=job_id, error=exc.message)
             return
         async with res.engine.begin() as conn:
+            if last is not None and not await self._record(conn, job, pending[-1], *last):
+                return
             price = res.settings.price_usd(job.model)
             moved = await jobs.transition(
                 conn, job, JobStatus.COMPLETED, reason="outputs.stored", worker=worker,
@@ -125,6 +132,12 @@ class Storer:
 
     async def _store_one(self, job: JobRecord, output: OutputRecord) -> bool:
         """Store one output; False (and nothing kept) when the job was deleted meanwhile."""
+        stored, thumbnail_key = await self._upload(job, output)
+        async with self.res.engine.begin() as conn:
+            return await self._record(conn, job, output, stored, thumbnail_key)
+
+    async def _upload(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
+        """Copy one output (and its thumbnail) into S3."""
         res = self.res
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
@@ -141,22 +154,27 @@ class Storer:
             stored = await res.storage.put_bytes(self._key(job.id, output.index, content_type, fmt), data, content_type)
         else:
             stored, data = await self._stream(job, output.index, source, fmt)
-        thumbnail_key = await self._thumbnail(stored, data)
-        async with res.engine.begin() as conn:
-            # Under the job's row lock: once a deletion has committed, no object is recorded
-            # (service/work/eraser.py relies on this), so what we just uploaded goes again.
-            if await jobs.is_deleted(conn, job.id):
-                await res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
-                return False
-            await conn.execute(
-                update(jobs.outputs_t)
-                .where(jobs.outputs_t.c.job_id == job.id, jobs.outputs_t.c.index == output.index)
-                .values(key=stored.key, content_type=stored.content_type, size_bytes=stored.size_bytes,
-                        sha256=stored.sha256, thumbnail_key=thumbnail_key, stored_at=func.now())
-            )
-            await jobs.add_event(conn, job.id, "output.stored",
-                                 {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
-                                  "sha256": stored.sha256})
+        return stored, await self._thumbnail(stored, data)
+
+    async def _record(
+        self, conn: AsyncConnection, job: JobRecord, output: OutputRecord, stored: StoredObject,
+        thumbnail_key: str | None,
+    ) -> bool:
+        """Record a copied output in ``conn``'s transaction; False when the job was deleted."""
+        # Under the job's row lock: once a deletion has committed, no object is recorded
+        # (service/work/eraser.py relies on this), so what we just uploaded goes again.
+        if await jobs.is_deleted(conn, job.id):
+            await self.res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
+            return False
+        await conn.execute(
+            update(jobs.outputs_t)
+            .where(jobs.outputs_t.c.job_id == job.id, jobs.outputs_t.c.index == output.index)
+            .values(key=stored.key, content_type=stored.content_type, size_bytes=stored.size_bytes,
+                    sha256=stored.sha256, thumbnail_key=thumbnail_key, stored_at=func.now())
+        )
+        await jobs.add_event(conn, job.id, "output.stored",
+                             {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
+                              "sha256": stored.sha256})
         metrics.observe_output(job.model, stored.size_bytes)
         return True
 

@@ -64,6 +64,7 @@ class Run:
     jobs: int
     cpu_ms: float  # per job, the side's own processes
     pg_ms: float = float("nan")  # per job, Postgres backends (service sides only)
+    xacts: float = float("nan")  # transactions per job (pg_stat_database), load-independent
     jobs_per_s: float = float("nan")
     latencies: dict[str, list[float]] = field(default_factory=dict)  # name → sorted seconds
     errors: int = 0
@@ -85,6 +86,14 @@ def _pg_backends(db_url: str) -> dict[int, float]:
         pids = [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
     return {pid: _cpu([pid]) for pid in pids}
+
+
+def _transactions(db_url: str) -> int:
+    with database.connect(db_url) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                           "WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _pg_used(before: dict[int, float], after: dict[int, float]) -> float:
@@ -154,7 +163,7 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             time.sleep(3.0)  # its start-up (imports, pools) is not charged to the jobs
         try:
             catcher.clear()
-            cpu0, pg0 = _cpu(pids), _pg_backends(env_base["db"])
+            cpu0, pg0, tx0 = _cpu(pids), _pg_backends(env_base["db"]), _transactions(env_base["db"])
             rate = args.rate if scenario == "steady" else 0.0
             ids, started = _submit_all(f"http://127.0.0.1:{port}", key, args.jobs, rate, catcher.url("/cb"))
             wanted = set(ids)
@@ -164,6 +173,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             except TimeoutError as exc:
                 print(f"  ! {exc}", flush=True)
             cpu1, pg1 = _cpu(pids), _pg_backends(env_base["db"])
+            time.sleep(1.0)  # backends report their counters at most once a second
+            tx1 = _transactions(env_base["db"])
         finally:
             if worker is not None:
                 procs.stop(worker)
@@ -175,7 +186,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     last = max(callbacks[i] for i in done) if done else float("nan")
     return Run(
         side=side, scenario=scenario, jobs=len(ids), cpu_ms=(cpu1 - cpu0) / len(ids) * 1000,
-        pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, jobs_per_s=len(done) / (last - started),
+        pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, xacts=(tx1 - tx0) / len(ids),
+        jobs_per_s=len(done) / (last - started),
         latencies={
             "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
@@ -216,7 +228,7 @@ def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str
 def _fmt(run: Run) -> str:
     parts = [f"{run.side:<13} {run.scenario:<6} cpu/job {run.cpu_ms:6.1f} ms"]
     if run.side != "script":
-        parts.append(f"postgres/job {run.pg_ms:5.1f} ms")
+        parts.append(f"postgres/job {run.pg_ms:5.1f} ms  {run.xacts:4.1f} tx/job")
     parts.append(f"{run.jobs_per_s:6.1f} jobs/s")
     for name, values in run.latencies.items():
         parts.append(f"{name} p50 {percentile(values, 50) * 1000:6.0f} ms p99 {percentile(values, 99) * 1000:6.0f} ms")
@@ -237,9 +249,12 @@ def summary(runs: list[Run]) -> None:
     print("\n== medians over repetitions")
     for scenario in ("burst", "steady"):
         service, two, script = of("serve", scenario), of("serve+worker", scenario), of("script", scenario)
+        if not service or not script:
+            continue
         s_cpu, s_pg = _median(service, lambda r: r.cpu_ms), _median(service, lambda r: r.pg_ms)
         c_cpu = _median(script, lambda r: r.cpu_ms)
-        print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms; script {c_cpu:.1f} ms "
+        print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms "
+              f"({_median(service, lambda r: r.xacts):.1f} transactions/job); script {c_cpu:.1f} ms "
               f"→ service/script {s_cpu / c_cpu:.2f}× ({(s_cpu + s_pg) / c_cpu:.2f}× with postgres)")
         for name in ("webhook→completed", "webhook→callback"):
             p99 = _median(service, lambda r, n=name: percentile(r.latencies[n], 99) * 1000)
