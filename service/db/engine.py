@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # alembic.ini and migrations/ sit beside the package in a checkout (editable install);
@@ -25,20 +29,48 @@ def asyncpg_dsn(url: str) -> str:
     return "postgresql://" + async_url(url)[len("postgresql+asyncpg://") :]
 
 
+# A connection back from the pool after this long idle is checked before use.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        # No pre-ping: with asyncpg it costs three round trips (BEGIN, ";", ROLLBACK) on
-        # every checkout, more than many of the transactions it guards. A Postgres restart
-        # is still ridden out: the first statement on a dead connection fails, SQLAlchemy
-        # then invalidates the whole pool, and the duty or request that failed is retried
-        # (duties by their lease, webhooks by the provider's retry) on fresh connections
-        # (tests/integration/test_faults.py::test_postgres_restart_mid_run_is_ridden_out).
-        pool_pre_ping=False,
         pool_recycle=1800,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only when it sat idle.
+
+    SQLAlchemy's pool_pre_ping checks on every checkout, and with asyncpg that costs
+    three round trips (BEGIN, ";", ROLLBACK): more than many of the transactions it
+    guards, on every one of them. A connection that was in use moments ago is alive; one
+    idle for a while may have died with a Postgres restart, so only that one is pinged,
+    and a dead one is replaced before the caller sees it. (A restart in the middle of a
+    busy moment fails the statements then in flight; SQLAlchemy then invalidates the
+    whole pool, and duties retry by their lease.)
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _stamp(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool discards this connection and checks out another (or a new one).
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def migrate(url: str, revision: str = "head") -> None:
