@@ -81,18 +81,16 @@ def _cpu(pids: Sequence[int]) -> float:
     return total
 
 
-def _pg_backends(db_url: str) -> dict[int, float]:
-    with database.connect(db_url) as conn:
-        pids = [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+def _pg_backends(meter: Any) -> dict[int, float]:
+    pids = [r[0] for r in meter.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
     return {pid: _cpu([pid]) for pid in pids}
 
 
-def _transactions(db_url: str) -> int:
-    with database.connect(db_url) as conn:
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                           "WHERE datname = current_database()").fetchone()
+def _transactions(meter: Any) -> int:
+    meter.execute("SELECT pg_stat_force_next_flush()")
+    row = meter.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                        "WHERE datname = current_database()").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -133,16 +131,15 @@ def _submit_all(url: str, key: str, n: int, rate: float, callback: str) -> tuple
             return list(pool.map(one, range(n))), started
 
 
-def _event_times(db_url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+def _event_times(meter: Any, ids: list[str]) -> dict[str, tuple[float, float]]:
     """job id → (webhook received, completed), epoch seconds, from the job's events."""
-    with database.connect(db_url) as conn:
-        rows = conn.execute(
-            """
-            SELECT job_id,
-                   min(at) FILTER (WHERE type = 'webhook.received'),
-                   min(at) FILTER (WHERE type = 'status.changed' AND detail->>'to' = 'completed')
-            FROM job_events WHERE job_id = ANY(%s) GROUP BY job_id
-            """, (ids,)).fetchall()
+    rows = meter.execute(
+        """
+        SELECT job_id,
+               min(at) FILTER (WHERE type = 'webhook.received'),
+               min(at) FILTER (WHERE type = 'status.changed' AND detail->>'to' = 'completed')
+        FROM job_events WHERE job_id = ANY(%s) GROUP BY job_id
+        """, (ids,)).fetchall()
     return {r[0]: (r[1].timestamp(), r[2].timestamp()) for r in rows if r[1] and r[2]}
 
 
@@ -163,7 +160,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             time.sleep(3.0)  # its start-up (imports, pools) is not charged to the jobs
         try:
             catcher.clear()
-            cpu0, pg0, tx0 = _cpu(pids), _pg_backends(env_base["db"]), _transactions(env_base["db"])
+            meter = env_base["meter"]  # one connection held all along: Postgres's slots are shared
+            cpu0, pg0, tx0 = _cpu(pids), _pg_backends(meter), _transactions(meter)
             rate = args.rate if scenario == "steady" else 0.0
             ids, started = _submit_all(f"http://127.0.0.1:{port}", key, args.jobs, rate, catcher.url("/cb"))
             wanted = set(ids)
@@ -172,16 +170,16 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
                                  predicate=lambda r: r.json()["data"]["id"] in wanted)
             except TimeoutError as exc:
                 print(f"  ! {exc}", flush=True)
-            cpu1, pg1 = _cpu(pids), _pg_backends(env_base["db"])
+            cpu1, pg1 = _cpu(pids), _pg_backends(meter)
             time.sleep(1.0)  # backends report their counters at most once a second
-            tx1 = _transactions(env_base["db"])
+            tx1 = _transactions(meter)
         finally:
             if worker is not None:
                 procs.stop(worker)
     callbacks: dict[str, float] = {}
     for request in catcher.snapshot():
         callbacks.setdefault(request.json()["data"]["id"], request.received_at)
-    events = _event_times(env_base["db"], ids)
+    events = _event_times(env_base["meter"], ids)
     done = [i for i in ids if i in events and i in callbacks]
     last = max(callbacks[i] for i in done) if done else float("nan")
     return Run(
@@ -300,24 +298,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
                      aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
         key = create_key_blocking(db_url, "bench")
-        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url}
+        meter = database.connect(db_url)
+        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter}
         tmp = Path(tmp_dir)
-        for rep in range(args.reps):
-            for scenario in scenarios:
-                sides = ["serve", "script"] + (["serve+worker"] if scenario == "burst" and not
-                                               args.no_second_process else [])
-                if rep % 2:
-                    sides.reverse()
-                for side in sides:
-                    if side == "script":
-                        run = run_script(args, env_base, scenario)
-                    else:
-                        run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
-                                          catcher, key, tmp)
-                    runs.append(run)
-                    print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
+        try:
+            _all_runs(args, env_base, scenarios, catcher, key, tmp, runs)
+        except Exception as exc:  # noqa: BLE001  a crashed run must not hide the figures measured so far
+            print(f"STOPPED: {type(exc).__name__}: {exc}", flush=True)
+            runs.append(Run(side="crashed", scenario="", jobs=0, cpu_ms=float("nan"), errors=1))
+        finally:
+            meter.close()
     summary(runs)
     return 0 if all(r.errors == 0 for r in runs) else 1
+
+
+def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: list[str], catcher: WebhookCatcher,
+              key: str, tmp: Path, runs: list[Run]) -> None:
+    for rep in range(args.reps):
+        for scenario in scenarios:
+            sides = ["serve", "script"] + (["serve+worker"] if scenario == "burst" and not
+                                           args.no_second_process else [])
+            if rep % 2:
+                sides.reverse()
+            for side in sides:
+                if side == "script":
+                    run = run_script(args, env_base, scenario)
+                else:
+                    run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
+                                      catcher, key, tmp)
+                runs.append(run)
+                print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
 
 
 if __name__ == "__main__":
