@@ -5,8 +5,9 @@ Why still boto3 for the calls: a SigV4 client on httpx (tests/benchmarks/s3_http
 was measured beside it and cost more CPU per PUT, not less (tests/benchmarks/
 bench_s3client.py: 1.6× boto3's on this machine); httpx's own per-request work weighs
 as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
-difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py,
-~15× cheaper than botocore's generate_presigned_url) with the credentials boto3 resolved.
+difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py;
+~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
+boto3 resolved.
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
@@ -208,7 +209,7 @@ class Storage:
         """A presigned GET URL valid for at least ``expires * 5/6`` seconds from now.
 
         Signing is local computation (no network call, safe on the event loop): about
-        20 µs here against 0.25 ms in botocore, which dominated history pages. A URL is
+        40 µs here against ~0.35 ms in botocore, which dominated history pages. A URL is
         still reused while five sixths of its life remain.
         """
         now = time.monotonic()

@@ -100,6 +100,31 @@ async def _rounds(endpoint: str, args: argparse.Namespace) -> dict[str, list[tup
     return results
 
 
+def presign_rounds(rounds: int = 3, n: int = 2000) -> None:
+    """Presigning (local work, no network): botocore's generate_presigned_url against the
+    service's own signing (uncached), alternating, µs per URL."""
+    storage = Storage(bucket=BUCKET, endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                      access_key_id=DEV_ACCESS_KEY, secret_access_key=DEV_SECRET_KEY)
+    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                          aws_access_key_id=DEV_ACCESS_KEY, aws_secret_access_key=DEV_SECRET_KEY,
+                          config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    try:
+        for r in range(rounds):
+            started = time.process_time()
+            for i in range(n):
+                client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": f"o/job_{i}/0.jpeg"},
+                                              ExpiresIn=3600)
+            boto = (time.process_time() - started) / n * 1e6
+            started = time.process_time()
+            for i in range(n):
+                storage._presign(f"o/job_{i}/0.jpeg", 3600)
+            ours = (time.process_time() - started) / n * 1e6
+            print(f"presign round {r + 1}: botocore {boto:.0f} µs, service {ours:.0f} µs per URL → {boto / ours:.1f}×",
+                  flush=True)
+    finally:
+        storage.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_s3client", description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=300)
@@ -107,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args(argv)
+    presign_rounds()
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = [procs.PYTHON, "-m", "tests.benchmarks.s3server", str(port)]  # keeps connections alive, as S3 does
