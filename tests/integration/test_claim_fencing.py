@@ -21,7 +21,7 @@ from PIL import Image
 
 from devtools.serverthread import ServerThread
 from service.app import open_resources
-from service.db import jobs
+from service.db import admission, jobs
 from service.domain.schemas import validate_input
 from service.work.runner import Runner
 from service.work.storer import Storer
@@ -62,7 +62,7 @@ async def test_late_submit_answer_leaves_the_storers_claim_alone(
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9, reconcile_after_seconds=120.0)
     async with open_resources(settings) as res:
         submitter, storer = Submitter(res), Storer(res)
-        job, _ = await jobs.create_job(
+        job, _ = await admission.create_job(
             res.engine, owner="fence", model=MODEL, input_=validate_input(MODEL, {"prompt": "race"}),
             metadata={}, callback_url=None, idempotency_key=None, body_hash=None,
         )
@@ -100,7 +100,7 @@ async def test_each_duty_fences_on_its_own_claim(own_db: str, s3_endpoint: str, 
         submitter, storer = Submitter(res), Storer(res)
         assert submitter.holder != storer.holder
         assert submitter.holder.startswith(res.worker_id) and storer.holder.startswith(res.worker_id)
-        job, _ = await jobs.create_job(
+        job, _ = await admission.create_job(
             res.engine, owner="fence", model=MODEL, input_=validate_input(MODEL, {"prompt": "fence"}),
             metadata={}, callback_url=None, idempotency_key=None, body_hash=None,
         )

@@ -11,7 +11,7 @@ import pytest
 
 from devtools.serverthread import ServerThread
 from service.app import open_resources
-from service.db import jobs
+from service.db import admission
 from service.domain.schemas import validate_input
 from service.work.storer import Storer
 from tests.conftest import fresh_database, make_settings
@@ -30,7 +30,7 @@ async def test_a_failure_on_the_second_output_keeps_the_first_and_the_retry_comp
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
     async with open_resources(settings) as res:
         storer = Storer(res)
-        job, _ = await jobs.create_job(
+        job, _ = await admission.create_job(
             res.engine, owner="storer", model=MODEL,
             input_=validate_input(MODEL, {"prompt": "two", "num_images": 2}),
             metadata={}, callback_url=None, idempotency_key=None, body_hash=None,
