@@ -158,11 +158,11 @@ def insert_jobs(url: str, rows: list[dict[str, Any]]) -> None:
 
 
 def count_rows_written(conn: psycopg.Connection[Any]) -> int:
-    """Rows this transaction wrote beside the jobs themselves (and job_metadata, which
-    carries the status for history filters): counting must add none."""
+    """Rows this transaction wrote to the tables that keep job counts (job_counts,
+    job_counts_mark, and 0004's job_count_deltas while it existed): none on the hot path."""
     row = conn.execute(
         "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_xact_user_tables "
-        "WHERE relname NOT IN ('jobs', 'job_metadata')").fetchone()
+        "WHERE relname LIKE 'job\\_count%%'").fetchone()
     return int(row[0]) if row else 0
 
 
