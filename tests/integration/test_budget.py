@@ -286,3 +286,26 @@ def test_a_bulk_retry_is_reserved_and_refused_past_the_budget(api_only: Service,
     assert sql.execute("SELECT count(*) FROM jobs WHERE owner = %s", (owner,)).fetchone() == (6,)
     tags = sql.execute("SELECT vtag FROM jobs WHERE id = ANY(%s)", (copies,)).fetchall()
     assert all(t[0] > 0 for t in tags)  # in turn after the owner's jobs, not ahead of everyone
+
+
+def test_deleting_a_queued_job_releases_its_reservation(api_only: Service) -> None:
+    _, key = owner_key(api_only, PRICE)
+    with api_only.client(key) as client:
+        job = client.post("/v1/jobs", json=BODY).json()
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 202
+        budget = client.get("/v1/owner").json()["budget"]
+        assert client.post("/v1/jobs", json=BODY).status_code == 202  # the budget is free again
+    assert (budget["reserved_usd"], budget["remaining_usd"]) == ("0.00", "0.015")
+    assert ledger_rows(api_only.settings.database_url or "", job["id"]) == {"reserve": PRICE, "release": PRICE}
+
+
+def test_metrics_show_each_owners_spend_reservations_and_waiting_jobs(api_only: Service) -> None:
+    owner, key = owner_key(api_only, PRICE * 10)
+    with api_only.client(key) as client:
+        for priority in (1, 1, 7):
+            client.post("/v1/jobs", json={**BODY, "priority": priority})
+    text = httpx.get(api_only.url + "/metrics", timeout=10).text
+    assert f'wavespeed_jobs_owner_reserved_usd{{owner="{owner}"}} 0.045' in text
+    assert f'wavespeed_jobs_owner_spent_usd{{owner="{owner}"}} 0.0' in text
+    assert f'wavespeed_jobs_owner_jobs_waiting{{owner="{owner}",priority="1"}} 2.0' in text
+    assert f'wavespeed_jobs_owner_jobs_waiting{{owner="{owner}",priority="7"}} 1.0' in text
