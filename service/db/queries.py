@@ -301,18 +301,24 @@ MARK_DELETED = text(
 
 # Why: retention picks its batch on the partial index jobs_retention (terminal, not yet
 # deleted, oldest first); SKIP LOCKED so a job a worker or the API holds right now is
-# simply taken by a later sweep. The owner's retention_days wins over the default when
-# an owners table provides one (see service/work/retention.py).
+# simply taken by a later sweep. The owner's retention_days wins over the default
+# (OUTPUT_RETENTION_DAYS); with neither, make_interval gives NULL and the job is kept.
 RETENTION_BATCH = text(
     """
-    SELECT id FROM jobs
-    WHERE deleted_at IS NULL AND completed_at IS NOT NULL
-      AND completed_at < now() - make_interval(days => :days)
-      AND status = ANY(:terminal)
-    ORDER BY completed_at
+    SELECT j.id FROM jobs j LEFT JOIN owners o ON o.name = j.owner
+    WHERE j.deleted_at IS NULL AND j.completed_at IS NOT NULL
+      AND j.completed_at < now() - make_interval(days => :shortest)
+      AND j.completed_at < now() - make_interval(days => coalesce(o.retention_days, CAST(:days AS integer)))
+      AND j.status = ANY(:terminal)
+    ORDER BY j.completed_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
     """
+)
+
+# The shortest retention anyone has: the sweep's index walk starts no later than that.
+SHORTEST_RETENTION = text(
+    "SELECT least(CAST(:days AS integer), (SELECT min(retention_days) FROM owners)) AS days"
 )
 
 # Why: erasures are claimed in batches (one DeleteObjects call serves up to 1,000 keys);

@@ -2,9 +2,8 @@
 like a ``DELETE`` (``deleted_reason`` "retention"); the eraser then erases them in
 batches.
 
-The period is ``OUTPUT_RETENTION_DAYS`` (unset: keep forever). An owner's own
-``retention_days`` wins over it once the owners table provides one:
-``owner_retention_days`` is the hook for that (see the README's lifecycle section).
+The period is the owner's own ``retention_days`` (``owners set NAME --retention-days N``)
+or else ``OUTPUT_RETENTION_DAYS``; with neither, jobs are kept forever.
 Each sweep marks at most ``RETENTION_BATCH_SIZE`` jobs per transaction and stops after
 a bounded number of batches, so it never holds many row locks or runs long.
 """
@@ -40,8 +39,7 @@ class Retention:
         self._last = float("-inf")
 
     async def claim(self, limit: int) -> list[str]:
-        days = self.res.settings.output_retention_days
-        if days is None or time.monotonic() - self._last < self.res.settings.retention_interval_seconds:
+        if time.monotonic() - self._last < self.res.settings.retention_interval_seconds:
             return []
         self._last = time.monotonic()
         return ["sweep"]
@@ -56,14 +54,17 @@ class Retention:
     async def sweep(self) -> int:
         """Mark every job past retention deleted, batch by batch; returns how many."""
         days = self.res.settings.output_retention_days
-        if days is None:
-            return 0
+        async with self.res.engine.connect() as conn:
+            shortest = (await conn.execute(queries.SHORTEST_RETENTION, {"days": days})).scalar()
+        if shortest is None:
+            return 0  # no default and no owner with a retention of its own: keep everything
         limit = self.res.settings.retention_batch_size
         total, started = 0, time.monotonic()
         for _ in range(MAX_BATCHES_PER_SWEEP):
             async with self.res.engine.begin() as conn:
                 rows = await conn.execute(
-                    queries.RETENTION_BATCH, {"days": days, "terminal": TERMINAL_VALUES, "limit": limit}
+                    queries.RETENTION_BATCH,
+                    {"days": days, "shortest": shortest, "terminal": TERMINAL_VALUES, "limit": limit},
                 )
                 ids = [r.id for r in rows]
                 marked = await mark_deleted(conn, ids, "retention", None)

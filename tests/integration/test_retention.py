@@ -42,3 +42,31 @@ def test_jobs_past_retention_are_erased_and_recent_ones_kept(
         assert httpx.get(kept["outputs"][0]["url"]).status_code == 200
     assert metrics.ERASED_JOBS._value.get() >= erased_before + 1
     assert metrics.ERASED_BYTES._value.get() > bytes_before
+
+
+def test_an_owners_retention_days_wins_over_the_default(
+    database_url: str, s3_endpoint: str, simulator: ServerThread, sql: psycopg.Connection[Any]
+) -> None:
+    with run_service(database_url, s3_endpoint, simulator.url, output_retention_days=30,
+                     retention_interval_seconds=0.2) as svc:
+        short_key, long_key, default_key = svc.new_key(), svc.new_key(), svc.new_key()
+        for key, days in ((short_key, 1), (long_key, 100)):
+            sql.execute("INSERT INTO owners (name, retention_days) VALUES (%s, %s)"
+                        " ON CONFLICT (name) DO UPDATE SET retention_days = EXCLUDED.retention_days",
+                        (svc.keys[key], days))
+        jobs: dict[str, str] = {}
+        for name, key in (("short", short_key), ("long", long_key), ("default", default_key)):
+            with svc.client(key) as client:
+                jobs[name] = submit(client, prompt=f"a {name} retention test")["id"]
+                wait_terminal(client, jobs[name])
+        # Ended 40 days ago: past the default (30) and the short owner's 1, within the long owner's 100.
+        sql.execute("UPDATE jobs SET completed_at = now() - interval '40 days' WHERE id = ANY(%s)",
+                    (list(jobs.values()),))
+
+        def reasons() -> dict[str, str | None] | None:
+            rows = dict(sql.execute("SELECT id, deleted_reason FROM jobs WHERE id = ANY(%s)",
+                                    (list(jobs.values()),)).fetchall())
+            return rows if rows[jobs["short"]] and rows[jobs["default"]] else None
+
+        found = eventually(reasons, timeout=20)
+    assert found == {jobs["short"]: "retention", jobs["default"]: "retention", jobs["long"]: None}
