@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from service.api import (
@@ -33,6 +34,7 @@ from service.api import error_responses as errors
 from service.api import job_routes as jobs
 from service.api import metrics_route as metrics
 from service.api import openapi_route as openapi
+from service.api.header_guard import HeaderGuard
 from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
@@ -179,5 +181,6 @@ def create_app(
                 if runner:
                     await runner.stop(settings.shutdown_grace_seconds)
 
-    return Starlette(routes=routes(), exception_handlers=errors.HANDLERS, lifespan=lifespan)
+    return Starlette(routes=routes(), exception_handlers=errors.HANDLERS, lifespan=lifespan,
+                     middleware=[Middleware(HeaderGuard, limit=settings.max_request_header_bytes)])
 

@@ -95,6 +95,7 @@ def cmd_callback_secret(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    from service.api.header_guard import capped_httptools
     from service.app import create_app
 
     missing = settings.missing_for_serve()
@@ -105,10 +106,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         log_config=None,  # keep service/logs.py's handler: uvicorn's lines in the same format
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-        # h11 by default: it refuses a header block over MAX_REQUEST_HEADER_BYTES (a 400)
-        # before the app sees it; httptools has no such limit, so choose it only behind
-        # a proxy that caps headers (docs/security.md).
-        http=args.http,
+        # Headers over MAX_REQUEST_HEADER_BYTES are refused as they arrive: by our capped
+        # httptools protocol (the default; h11 halves throughput), or by h11's own limit.
+        http=capped_httptools(settings.max_request_header_bytes) if args.http == "httptools" else "h11",
         h11_max_incomplete_event_size=settings.max_request_header_bytes,
         # Which proxies' X-Forwarded-For/-Proto are believed (uvicorn's default: 127.0.0.1).
         forwarded_allow_ips=args.forwarded_allow_ips,
@@ -259,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
                        help="proxies trusted for X-Forwarded-Proto/-For, comma-separated or '*' "
                             "(default: $FORWARDED_ALLOW_IPS, else 127.0.0.1)")
-    serve.add_argument("--http", choices=["h11", "httptools"], default="h11",
-                       help="HTTP parser; h11 enforces MAX_REQUEST_HEADER_BYTES (default h11)")
+    serve.add_argument("--http", choices=["httptools", "h11"], default="httptools",
+                       help="HTTP parser (default httptools, capped at MAX_REQUEST_HEADER_BYTES; h11 caps "
+                            "them too, at half the throughput)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="background workers only")

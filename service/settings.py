@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     price_flux_krea_dev_lora_usd: str = "0.015"
 
     # --- receiver ---
-    # The serve command's cap on a request's header block (uvicorn h11): a 400 past it.
+    # A request's whole header block: 431 past it (service/api/header_guard.py).
     max_request_header_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024)
     webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     webhook_tolerance_seconds: int = Field(300, ge=1)
