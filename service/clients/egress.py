@@ -162,6 +162,7 @@ class Egress:
         resolver: Resolver | None = None,
         network: httpcore.AsyncNetworkBackend | None = None,
         max_connections: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.allow_private = allow_private
         self.resolver: Resolver = resolver or SystemResolver()
@@ -170,7 +171,7 @@ class Egress:
         # the same TLS defaults (certifi's roots) and ours. The transport keeps httpx's
         # mapping of httpcore errors to httpx errors.
         transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
             max_connections=max_connections,
             max_keepalive_connections=max(1, max_connections // 4),
             keepalive_expiry=5.0,

@@ -134,8 +134,9 @@ def bench_parsers(rounds: int, seconds: float) -> None:
 
 
 def _parsers(database_url: str, rounds: int, seconds: float) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "S3_BUCKET": "unused", "S3_ENDPOINT_URL": "http://127.0.0.1:9", "WAVESPEED_API_KEY": "unused",
-           "WAVESPEED_WEBHOOK_SECRET": "whsec_unused", "PUBLIC_BASE_URL": "http://127.0.0.1", "LOG_LEVEL": "warning"}
+    env = {**os.environ, "DATABASE_URL": database_url, "S3_BUCKET": "unused", "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+           "WAVESPEED_API_KEY": "unused", "WAVESPEED_WEBHOOK_SECRET": "whsec_unused",
+           "PUBLIC_BASE_URL": "http://127.0.0.1", "LOG_LEVEL": "warning"}
     results: dict[str, list[float]] = {"httptools": [], "h11": []}
     for _ in range(rounds):
         for parser in results:

@@ -12,12 +12,20 @@ httpx, the storer and the deliverer — is the real code.
 
 from __future__ import annotations
 
+import datetime as dt
+import ssl
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -296,3 +304,51 @@ def test_httpx_does_not_route_egress_through_an_environment_proxy(monkeypatch: p
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     egress = Egress(allow_private=False)
     assert egress.http._mounts == {} and not egress.http._trust_env
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` only (not for any address), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_is_checked_against_the_urls_host_name_not_the_pinned_address(tmp_path: Path) -> None:
+    """The socket goes to the checked address, yet the TLS server name and the
+    certificate check are the URL's host: a certificate for tls.example verifies."""
+    cert, key = _self_signed(tmp_path, "tls.example")
+    seen: list[str] = []
+
+    async def hello(request: Request) -> Response:
+        seen.append(request.headers["host"])
+        return Response(b"ok")
+
+    dns, net = FakeDNS(), LoopbackInternet()
+    dns.set("tls.example", [PUBLIC])
+    port = free_port()
+    app = Starlette(routes=[Route("/", hello)])
+    with ServerThread(app, port=port, ssl_certfile=str(cert), ssl_keyfile=str(key)):
+        trust = ssl.create_default_context(cafile=str(cert))
+        egress = Egress(allow_private=False, resolver=dns, network=net, ssl_context=trust)
+        try:
+            answer = await egress.http.get(f"https://tls.example:{port}/")
+            # The same certificate does not verify for a name it was not issued to.
+            dns.set("other-name.example", [PUBLIC])
+            with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+                await egress.http.get(f"https://other-name.example:{port}/")
+        finally:
+            await egress.aclose()
+    assert answer.status_code == 200 and answer.content == b"ok"
+    assert seen == [f"tls.example:{port}"]
+    assert net.connects[0] == (PUBLIC, port)
