@@ -300,7 +300,9 @@ def test_deleting_a_queued_job_releases_its_reservation(api_only: Service) -> No
 
 
 def test_metrics_show_each_owners_spend_reservations_and_waiting_jobs(api_only: Service) -> None:
-    owner, key = owner_key(api_only, PRICE * 10)
+    # Paused: the session's own service runs workers on this database and would otherwise
+    # send these jobs upstream before /metrics is read (their reservations stay either way).
+    owner, key = owner_key(api_only, PRICE * 10, paused=True)
     with api_only.client(key) as client:
         for priority in (1, 1, 7):
             client.post("/v1/jobs", json={**BODY, "priority": priority})
