@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -35,10 +36,14 @@ class AuditReport:
     callbacks: int
     lost: int  # not terminal, or completed without every output stored
     duplicated: int  # extra upstream tasks + extra completed-callback ids, over all jobs
+    # For each job that did not complete: its error and its event trail, so a failing
+    # fault scenario says why without rerunning it.
+    unfinished: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (f"{self.jobs} jobs {self.by_status}, {self.upstream_tasks} upstream tasks, "
+        text = (f"{self.jobs} jobs {self.by_status}, {self.upstream_tasks} upstream tasks, "
                 f"{self.callbacks} callbacks, lost {self.lost}, duplicated {self.duplicated}")
+        return text + "".join(f"\n  {job_id}: {why}" for job_id, why in self.unfinished.items())
 
 
 def submit_many(base_url: str, key: str, n: int, callback_url: str | None, seed: int = 1) -> list[str]:
@@ -163,4 +168,18 @@ def audit(
 
     by_status = Counter(j[1] for j in jobs.values())
     return AuditReport(jobs=len(jobs), by_status=dict(by_status), upstream_tasks=sum(per_job.values()),
-                       callbacks=callbacks, lost=lost, duplicated=duplicated)
+                       callbacks=callbacks, lost=lost, duplicated=duplicated,
+                       unfinished=_unfinished(database_url, [i for i, j in jobs.items() if j[1] != "completed"]))
+
+
+def _unfinished(database_url: str, ids: list[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        errors = dict(conn.execute("SELECT id, coalesce(error, '') FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
+        trail: dict[str, list[str]] = defaultdict(list)
+        for job_id, kind, at, detail in conn.execute(
+            "SELECT job_id, type, at, detail FROM job_events WHERE job_id = ANY(%s) ORDER BY id", (ids,)
+        ).fetchall():
+            trail[job_id].append(f"{at:%H:%M:%S.%f} {kind} {json.dumps(detail)[:300]}")
+    return {i: errors.get(i, "") + "".join(f"\n    {line}" for line in trail[i]) for i in ids}

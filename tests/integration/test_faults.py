@@ -78,7 +78,7 @@ def test_dropped_duplicated_reordered_and_late_webhooks_lose_nothing(
     with run_service(fault_db, s3_endpoint, sim_defaults.url, reconcile_after_seconds=2.0) as svc:
         ids = submit_many(svc.url, svc.new_key(), N, catcher.url("/cb"))
         report = finish_and_audit(fault_db, s3, sim_defaults.url, ids, catcher)
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
 
 
 def test_submit_429s_500s_and_hung_answers_still_one_task_per_job(
@@ -89,7 +89,7 @@ def test_submit_429s_500s_and_hung_answers_still_one_task_per_job(
     with run_service(fault_db, s3_endpoint, sim_defaults.url, wavespeed_timeout_seconds=1.0) as svc:
         ids = submit_many(svc.url, svc.new_key(), N, catcher.url("/cb"))
         report = finish_and_audit(fault_db, s3, sim_defaults.url, ids, catcher)
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
     with psycopg.connect(fault_db, autocommit=True) as conn:
         lost = conn.execute(
             "SELECT count(DISTINCT job_id) FROM job_events WHERE type = 'submit.answer_lost'").fetchone()
@@ -119,7 +119,7 @@ def test_kill_9_of_serve_mid_run_with_two_workers_beside_it(
                                    tmp_path / "serve2.log", port)
         stack.enter_context(restarted)
         report = finish_and_audit(fault_db, s3, sim_defaults.url, ids, catcher)
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
 
 
 def test_postgres_restart_mid_run_is_ridden_out(
@@ -142,7 +142,7 @@ def test_postgres_restart_mid_run_is_ridden_out(
         finally:
             # pgserver's own cleanup tracks the pre-restart postmaster: stop the new one.
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
 
 
 def test_s3_outage_of_ten_seconds_delays_and_loses_nothing(
@@ -176,7 +176,7 @@ def test_s3_outage_of_ten_seconds_delays_and_loses_nothing(
             assert failed and failed[0] > 0, "the outage never hit the storer: the scenario proved nothing"
     finally:
         server.stop()
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
 
 
 def test_sigterm_mid_run_exits_0_in_grace_and_leaves_nothing_claimed(
@@ -201,4 +201,4 @@ def test_sigterm_mid_run_exits_0_in_grace_and_leaves_nothing_claimed(
     assert held and held[0] == 0, "the stopped process left jobs claimed"
     with ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings, tmp_path / "serve2.log", port):
         report = finish_and_audit(fault_db, s3, sim_defaults.url, ids, catcher)
-    assert report.by_status == {"completed": N}
+    assert report.by_status == {"completed": N}, str(report)
