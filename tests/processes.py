@@ -43,7 +43,9 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout: float = 30.0) -> ServiceProcess:
+    # Generous: on a 2-core machine under other suites' load, importing and starting the
+    # service has taken 19 s (seen in a kill -9 scenario whose restart then timed out).
+    def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", *self.args], env=self.env, cwd=ROOT, stdout=log, stderr=log
