@@ -42,6 +42,7 @@ from service.db import engine as db
 from service.db import news_writer
 from service.db.listen import Notifications
 from service.db.models import ServiceSecret, table
+from service.db.pacing import Pacer
 from service.domain.errors import ConfigError
 from service.domain.sealing import Sealer
 from service.domain.signing import generate_standard_secret, standard_key
@@ -134,6 +135,7 @@ async def open_resources(
             worker_id=new_worker_id(),
             egress=egress,
             sealer=sealer,
+            pacer=Pacer(settings.lifecycle_pause_factor),
         )
         logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:

@@ -49,6 +49,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     from service.cli import _require_database, _settings
     from service.db.bulk import BulkResult, parse_bulk, run_bulk
     from service.db.engine import create_engine
+    from service.db.pacing import Pacer
 
     settings = _settings()
     url = _require_database(settings)
@@ -61,7 +62,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     async def go() -> BulkResult:
         engine = create_engine(url, 2)
         try:
-            return await run_bulk(engine, args.owner, request, settings.bulk_batch_size)
+            return await run_bulk(engine, args.owner, request, settings.bulk_batch_size,
+                                  Pacer(settings.lifecycle_pause_factor))
         finally:
             await engine.dispose()
 

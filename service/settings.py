@@ -10,7 +10,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,7 +83,10 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(1000, ge=1, le=10000)
     erase_batch_size: int = Field(500, ge=1, le=5000)
     erase_concurrency: int = Field(1, ge=1, le=32)
-    erase_pause_factor: float = Field(1.0, ge=0, le=100)
+    # After a background batch (bulk, sweep, erasure) that took t seconds, all of them rest
+    # factor * t (service/db/pacing.py); ERASE_PAUSE_FACTOR is its earlier name.
+    lifecycle_pause_factor: float = Field(
+        1.0, ge=0, le=100, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     bulk_batch_size: int = Field(500, ge=1, le=5000)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
 

@@ -21,6 +21,7 @@ from typing_extensions import TypedDict
 
 from service.db import admission, jobs, queries
 from service.db.history import HistoryFilter, page_query, parse_filter
+from service.db.pacing import Pacer
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.schemas import MODELS
 from service.domain.states import TERMINAL, JobStatus
@@ -203,8 +204,11 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
     return len(rows)
 
 
-async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int) -> BulkResult:
-    """Match, check the bound, then act batch by batch; the answer of POST /v1/jobs/bulk."""
+async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int, pacer: Pacer
+                   ) -> BulkResult:
+    """Match, check the bound, then act batch by batch, each batch its own transaction
+    paced by ``pacer`` (it rests in proportion to what the batch took, so the API keeps
+    its share of the database); the answer of POST /v1/jobs/bulk."""
     started = dt.datetime.now(dt.UTC)
     async with engine.begin() as conn:
         ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
@@ -216,7 +220,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
     affected = 0
     if not request.dry_run:
         for start in range(0, len(ids), batch_size):
-            async with engine.begin() as conn:
+            async with pacer.batch(), engine.begin() as conn:
                 affected += await _act(conn, request.action, owner, ids[start : start + batch_size])
     return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
             "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

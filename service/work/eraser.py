@@ -18,8 +18,6 @@ records an object, and deletes what it uploaded for a deleted job itself.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import structlog
@@ -81,12 +79,11 @@ class Eraser:
         return tokens
 
     async def run(self, token: str) -> None:
-        started = time.monotonic()
-        await self._erase(token)
-        # Background work yields to the hot paths: after a batch that took t seconds this
-        # slot rests ERASE_PAUSE_FACTOR * t, so erasure takes at most 1 / (1 + factor) of
-        # a slot's time (tests/benchmarks/bench_lifecycle.py retention measures the effect).
-        await asyncio.sleep((time.monotonic() - started) * self.res.settings.erase_pause_factor)
+        # Background work yields to the hot paths: batches of every lifecycle duty take
+        # turns and rest in proportion to what they took (service/db/pacing.py;
+        # tests/benchmarks/bench_lifecycle.py retention measures the effect).
+        async with self.res.pacer.batch():
+            await self._erase(token)
 
     async def _erase(self, token: str) -> None:
         res = self.res

@@ -10,7 +10,6 @@ a bounded number of batches, so it never holds many row locks or runs long.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import structlog
@@ -59,9 +58,11 @@ class Retention:
         if shortest is None:
             return 0  # no default and no owner with a retention of its own: keep everything
         limit = self.res.settings.retention_batch_size
-        total, started = 0, time.monotonic()
+        total = 0
         for _ in range(MAX_BATCHES_PER_SWEEP):
-            async with self.res.engine.begin() as conn:
+            # Each batch is its own short transaction, paced with the eraser's and the
+            # bulk actions' batches (service/db/pacing.py): the pause comes after the commit.
+            async with self.res.pacer.batch(), self.res.engine.begin() as conn:
                 rows = await conn.execute(
                     queries.RETENTION_BATCH,
                     {"days": days, "shortest": shortest, "terminal": TERMINAL_VALUES, "limit": limit},
@@ -72,8 +73,6 @@ class Retention:
             metrics.RETENTION_DELETED.inc(len(marked))
             if len(ids) < limit:
                 break
-            await asyncio.sleep(time.monotonic() - started)  # rest as long as the batch took
-            started = time.monotonic()
         if total:
             self.res.notifications.kick()
         return total
