@@ -12,8 +12,8 @@ rows claimed for it, never one another duty of the same process has claimed sinc
 LOCK ORDER. Every transaction that locks rows of more than one table (or more than one
 row of a table) takes them in this order, so no two can wait on each other in a cycle:
 
-1. ``jobs``, several rows in id order (``APPLY_NEWS``, ``RENEW_JOB_LEASE``);
-2. ``deliveries``, several rows in id order (``RENEW_DELIVERY_LEASE``);
+1. ``jobs``, several rows in id order (``APPLY_NEWS``, ``RENEW_LEASES["jobs"]``);
+2. ``deliveries``, several rows in id order (``RENEW_LEASES["deliveries"]``);
 3. the rest, which are only appended to or belong to the job already locked
    (``job_events``, ``webhook_events``, ``job_outputs``, the tables kept by triggers).
 
@@ -38,46 +38,99 @@ Transactions that write more than one table, and how they keep the order:
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import re
+from collections.abc import Iterable
 
+from sqlalchemy import TextClause, text
+
+from service.domain.states import DeliveryStatus, JobStatus
+
+_IDENTIFIER = re.compile(r"[a-z_]+")
+
+
+def sql_values(values: Iterable[str]) -> str:
+    """Status values as SQL literals, rendered once at import time from states.py (a
+    literal, unlike a bind parameter, lets the planner use the partial indexes whose
+    predicates name a status). Only plain lowercase names pass, so nothing is injected."""
+    items = [str(v) for v in values]
+    if not items or not all(_IDENTIFIER.fullmatch(v) for v in items):
+        raise ValueError(f"not a status set: {items!r}")
+    return ", ".join(f"'{v}'" for v in items)
+
+
+# --- Leases: ONE template for every duty table (jobs, deliveries, erasures).
 # Why: SKIP LOCKED lets concurrent claimers pass over rows another claimer is taking
-# right now; the lease makes the claim outlive this short transaction.
-CLAIM_JOBS = text(
-    """
-    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease),
-                    locked_by = :worker, attempts = attempts + 1
-    WHERE id IN (
-        SELECT id FROM jobs
-        WHERE status = ANY(:statuses) AND run_after <= now()
-          AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY run_after
+# right now; the lease makes the claim outlive this short transaction, and ``locked_by``
+# (the duty's holder, or the eraser's batch token) is what every later write is fenced on.
+def claim(table: str, *, due: str, order: str, key: str = "id", count_attempt: bool = True) -> TextClause:
+    """The claim of the duty whose rows of ``table`` are ``due`` (a condition on the row),
+    oldest ``order`` first. Parameters: ``:holder``, ``:lease`` (s), ``:limit``; answers
+    the claimed keys as ``id``. ``count_attempt``: the duty counts its tries in
+    ``attempts``."""
+    attempts = ", attempts = attempts + 1" if count_attempt else ""
+    return text(f"""
+    UPDATE {table} SET locked_until = now() + make_interval(secs => :lease), locked_by = :holder{attempts}
+    WHERE {key} IN (
+        SELECT {key} FROM {table}
+        WHERE {due} AND (locked_until IS NULL OR locked_until < now())
+        ORDER BY {order}
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
+    RETURNING {key} AS id
+    """)
 
-# Why: a long download or a slow provider must not let the lease lapse under a live
-# worker; renewing is fenced so a worker that already lost the lease learns it.
-# Many rows in one statement: locked in id order, as every multi-job statement does.
-RENEW_JOB_LEASE = text(
-    """
-    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease)
-    WHERE id IN (SELECT jobs.id FROM jobs
+
+def _renew(table: str) -> TextClause:
+    # Why: a long download or a slow provider must not let the lease lapse under a live
+    # worker; renewing is fenced on each row's holder so a worker that already lost the
+    # lease learns it. Many rows in one statement: locked in id order (the lock order).
+    return text(f"""
+    UPDATE {table} SET locked_until = now() + make_interval(secs => :lease)
+    WHERE id IN (SELECT {table}.id FROM {table}
                  JOIN unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
-                   ON jobs.id = held.id AND jobs.locked_by = held.holder
-                 ORDER BY jobs.id FOR UPDATE OF jobs)
+                   ON {table}.id = held.id AND {table}.locked_by = held.holder
+                 ORDER BY {table}.id FOR UPDATE OF {table})
     RETURNING id
-    """
-)
+    """)
 
-# Why: on graceful shutdown, claimed work is handed back at once rather than after
-# the lease runs out.
-# ``keep``: rows whose task still runs (it outlived its cancellation) keep their lease,
-# so no other worker takes them while this one may still write.
-RELEASE_WORKER_JOBS = text(
-    "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = ANY(:holders) AND id <> ALL(:keep)"
-)
+
+def _release(table: str) -> TextClause:
+    # Why: on graceful shutdown, claimed work is handed back at once rather than after
+    # the lease runs out. ``keep``: rows whose task still runs (it outlived its
+    # cancellation) keep their lease, so no other worker takes them while it may write.
+    return text(f"UPDATE {table} SET locked_until = NULL, locked_by = NULL "
+                "WHERE locked_by = ANY(:holders) AND id <> ALL(:keep)")
+
+
+# The tables whose leases the runner renews and releases, in the lock order (one
+# transaction per table). Erasures are not here: their lease is generous instead of
+# renewed, and a lapse only costs a second, harmless erasure (service/work/eraser.py).
+LEASED_TABLES = ("jobs", "deliveries")
+RENEW_LEASES: dict[str, TextClause] = {t: _renew(t) for t in LEASED_TABLES}
+RELEASE_LEASES: dict[str, TextClause] = {t: _release(t) for t in LEASED_TABLES}
+
+_QUEUED = sql_values([JobStatus.QUEUED])
+
+# The claims, one per duty. Jobs in ``:statuses`` (storer, reconciler).
+CLAIM_JOBS = claim("jobs", due="status = ANY(:statuses) AND run_after <= now()", order="run_after")
+# Why: a queued job with its submit marker set and its lease lapsed was being sent by a
+# worker that died: it is recovered (its task looked for), never sent again blindly.
+# Fresh queued jobs are claimed in fair order by claim_submits (service/work/throttle.py).
+CLAIM_LOST_SENDS = claim(
+    "jobs", due=f"status = {_QUEUED} AND submit_sent_at IS NOT NULL AND run_after <= now()", order="run_after")
+# Why: the partial index jobs_start_deadline holds only queued jobs that have a start
+# deadline; a job whose send has begun (submit marker set) is past the point of no return.
+CLAIM_EXPIRED_STARTS = claim(
+    "jobs", due=f"status = {_QUEUED} AND start_deadline_at <= now() AND submit_sent_at IS NULL",
+    order="start_deadline_at", count_attempt=False)
+# Why: deliveries are claimed like jobs, so one slow endpoint only holds its own row.
+CLAIM_DELIVERIES = claim(
+    "deliveries", due=f"status = {sql_values([DeliveryStatus.PENDING])} AND next_attempt_at <= now()",
+    order="next_attempt_at", count_attempt=False)
+# Why: erasures are claimed in batches (one DeleteObjects call serves up to 1,000 keys)
+# under a token unique per batch (the holder), so every later statement works on exactly
+# the rows this batch holds.
+CLAIM_ERASURES = claim("erasures", key="job_id", due="run_after <= now()", order="run_after")
 
 # Why: the submit is not idempotent upstream, so we record that it is about to go out
 # *before* sending it, in a committed row. If we crash or lose the answer, the next
@@ -102,37 +155,6 @@ INSERT_WEBHOOK_EVENT = text(
     ON CONFLICT (webhook_id) DO NOTHING
     RETURNING id
     """
-)
-
-# Why: deliveries are claimed like jobs, so one slow endpoint only holds its own row.
-CLAIM_DELIVERIES = text(
-    """
-    UPDATE deliveries SET locked_until = now() + make_interval(secs => :lease), locked_by = :worker
-    WHERE id IN (
-        SELECT id FROM deliveries
-        WHERE status = 'pending' AND next_attempt_at <= now()
-          AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
-
-RENEW_DELIVERY_LEASE = text(
-    """
-    UPDATE deliveries SET locked_until = now() + make_interval(secs => :lease)
-    WHERE id IN (SELECT deliveries.id FROM deliveries
-                 JOIN unnest(CAST(:ids AS text[]), CAST(:holders AS text[])) AS held(id, holder)
-                   ON deliveries.id = held.id AND deliveries.locked_by = held.holder
-                 ORDER BY deliveries.id FOR UPDATE OF deliveries)
-    RETURNING id
-    """
-)
-
-RELEASE_WORKER_DELIVERIES = text(
-    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL "
-    "WHERE locked_by = ANY(:holders) AND id <> ALL(:keep)"
 )
 
 # --- Provider news (service/db/news.py), raw asyncpg SQL ($n params): the ONE statement
@@ -319,23 +341,6 @@ RETENTION_BATCH = text(
 # The shortest retention anyone has: the sweep's index walk starts no later than that.
 SHORTEST_RETENTION = text(
     "SELECT least(CAST(:days AS integer), (SELECT min(retention_days) FROM owners)) AS days"
-)
-
-# Why: erasures are claimed in batches (one DeleteObjects call serves up to 1,000 keys);
-# the claim token is unique per batch, so every later statement works on exactly the
-# rows this batch holds, and a lapsed lease only means a second, harmless erasure.
-CLAIM_ERASURES = text(
-    """
-    UPDATE erasures SET locked_until = now() + make_interval(secs => :lease),
-                        locked_by = :token, attempts = attempts + 1
-    WHERE job_id IN (
-        SELECT job_id FROM erasures
-        WHERE run_after <= now() AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY run_after
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING job_id
-    """
 )
 
 ERASURE_OBJECTS = text(

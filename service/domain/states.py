@@ -24,6 +24,15 @@ class JobStatus(enum.StrEnum):
     TIMED_OUT = "timed_out"
 
 
+class DeliveryStatus(enum.StrEnum):
+    """A callback delivery's status (``deliveries.status``; ``jobs.callback_status``
+    mirrors the latest delivery's)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 ORDER: dict[JobStatus, int] = {
     JobStatus.QUEUED: 0,
     JobStatus.SUBMITTED: 1,

@@ -39,7 +39,7 @@ from service.domain.serialize import iso, job_dict
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work.runner import holder_for
+from service.work.runner import claim_rows, holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -142,12 +142,7 @@ class Deliverer:
         self._rng = rng or random.Random()
 
     async def claim(self, limit: int) -> list[str]:
-        async with self.res.engine.begin() as conn:
-            rows = await conn.execute(
-                queries.CLAIM_DELIVERIES,
-                {"lease": self.res.settings.lease_seconds, "worker": self.holder, "limit": limit},
-            )
-            return [r.id for r in rows]
+        return await claim_rows(self.res, queries.CLAIM_DELIVERIES, limit, holder=self.holder)
 
     async def run(self, delivery_id: str) -> None:
         res, worker = self.res, self.holder

@@ -28,7 +28,7 @@ from service.db import queries
 from service.domain.states import TERMINAL
 from service.observability import metrics
 from service.resources import Resources
-from service.work.runner import holder_for
+from service.work.runner import claim_rows, holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +69,7 @@ class Eraser:
         tokens = []
         for _ in range(limit):
             token = f"{self.res.worker_id}/{uuid.uuid4().hex[:12]}"
-            async with self.res.engine.begin() as conn:
-                rows = (await conn.execute(
-                    queries.CLAIM_ERASURES, {"lease": self.lease, "token": token, "limit": self.batch_size}
-                )).all()
-            if not rows:
+            if not await claim_rows(self.res, queries.CLAIM_ERASURES, self.batch_size, holder=token, lease=self.lease):
                 break
             tokens.append(token)
         return tokens

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
+from sqlalchemy import TextClause
 
 from service.db import queries
 from service.resources import Resources
@@ -24,14 +25,19 @@ from service.resources import Resources
 log = structlog.get_logger(__name__)
 
 
+async def claim_rows(
+    res: Resources, statement: TextClause, limit: int, *, holder: str, lease: float | None = None, **params: object
+) -> list[str]:
+    """Claim up to ``limit`` due rows for ``holder`` with one of the claims made by
+    ``queries.claim`` (every duty claims through here); ``lease`` defaults to LEASE_SECONDS."""
+    values = {"holder": holder, "lease": res.settings.lease_seconds if lease is None else lease, "limit": limit}
+    async with res.engine.begin() as conn:
+        return [r.id for r in await conn.execute(statement, values | params)]
+
+
 async def claim_jobs(res: Resources, statuses: Sequence[str], limit: int, *, holder: str) -> list[str]:
     """Claim up to ``limit`` due jobs in ``statuses`` for ``holder`` (queries.CLAIM_JOBS)."""
-    async with res.engine.begin() as conn:
-        rows = await conn.execute(
-            queries.CLAIM_JOBS,
-            {"statuses": list(statuses), "lease": res.settings.lease_seconds, "worker": holder, "limit": limit},
-        )
-        return [r.id for r in rows]
+    return await claim_rows(res, queries.CLAIM_JOBS, limit, holder=holder, statuses=list(statuses))
 
 
 def new_worker_id() -> str:
@@ -69,7 +75,7 @@ class Runner:
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in duties}
         # (row id, holder) of every row a duty is working on, by table.
-        self._held: dict[str, set[tuple[str, str]]] = {"jobs": set(), "deliveries": set()}
+        self._held: dict[str, set[tuple[str, str]]] = {table: set() for table in queries.LEASED_TABLES}
 
     async def start(self) -> None:
         for duty in self.duties:
@@ -106,10 +112,9 @@ class Runner:
     async def _release_all(self) -> None:
         holders = [d.holder for d in self.duties]
         try:
-            for table, statement in (("jobs", queries.RELEASE_WORKER_JOBS),
-                                     ("deliveries", queries.RELEASE_WORKER_DELIVERIES)):
+            for table, statement in queries.RELEASE_LEASES.items():  # one table per transaction
                 still_running = sorted(row_id for row_id, _ in self._held[table])
-                async with self.res.engine.begin() as conn:  # one table per transaction
+                async with self.res.engine.begin() as conn:
                     await conn.execute(statement, {"holders": holders, "keep": still_running})
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
@@ -167,7 +172,7 @@ class Runner:
         lease = self.res.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            for table, statement in (("jobs", queries.RENEW_JOB_LEASE), ("deliveries", queries.RENEW_DELIVERY_LEASE)):
+            for table, statement in queries.RENEW_LEASES.items():
                 if not self._held[table]:
                     continue
                 ids, holders = zip(*sorted(self._held[table]), strict=True)

@@ -9,30 +9,14 @@ a lease), then moved through the one guarded transition, which queues its
 from __future__ import annotations
 
 import structlog
-from sqlalchemy import text
 
-from service.db import jobs
+from service.db import jobs, queries
 from service.domain.states import JobStatus
 from service.resources import Resources
-from service.work.runner import holder_for
+from service.work.runner import claim_rows, holder_for
 
 log = structlog.get_logger(__name__)
 
-# Why: the partial index jobs_start_deadline holds only queued jobs that have a start
-# deadline; a job whose send has begun (submit marker set) is past the point of no return.
-CLAIM_EXPIRED = text(
-    """
-    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease), locked_by = :worker
-    WHERE id IN (
-        SELECT id FROM jobs
-        WHERE status = 'queued' AND start_deadline_at <= now() AND submit_sent_at IS NULL
-          AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY start_deadline_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
 NEVER_STARTED = "the job was not sent to the provider within its start_timeout_seconds ({seconds} s); it never started"
 
 
@@ -46,10 +30,7 @@ class StartTimeouts:
         self.holder = holder_for(res, self.name)
 
     async def claim(self, limit: int) -> list[str]:
-        async with self.res.engine.begin() as conn:
-            rows = await conn.execute(CLAIM_EXPIRED, {"lease": self.res.settings.lease_seconds,
-                                                      "worker": self.holder, "limit": limit})
-            return [r.id for r in rows]
+        return await claim_rows(self.res, queries.CLAIM_EXPIRED_STARTS, limit, holder=self.holder)
 
     async def run(self, job_id: str) -> None:
         worker = self.holder

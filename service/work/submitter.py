@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from sqlalchemy import func, update
 
-from service.db import jobs
+from service.db import jobs, queries
 from service.domain.errors import ProviderError, SubmitOutcomeUnknown
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -23,7 +23,7 @@ from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
 from service.work import throttle
-from service.work.runner import holder_for
+from service.work.runner import claim_rows, holder_for
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)
@@ -61,13 +61,13 @@ class Submitter:
         (service/work/throttle.py) and already marked as being sent."""
         res = self.res
         settings = res.settings
-        async with res.engine.begin() as conn:
-            if not self._capacity_ready:
+        if not self._capacity_ready:
+            async with res.engine.begin() as conn:
                 await throttle.ensure_capacity(conn, max_in_flight=settings.provider_max_in_flight,
                                                max_per_minute=settings.provider_max_per_minute)
-                self._capacity_ready = True
-            lost = [r.id for r in await conn.execute(
-                throttle.CLAIM_LOST_SENDS, {"lease": settings.lease_seconds, "worker": self.holder, "limit": limit})]
+            self._capacity_ready = True
+        # Sends begun under a worker that died: recovered (their task looked for), never re-sent blindly.
+        lost = await claim_rows(res, queries.CLAIM_LOST_SENDS, limit, holder=self.holder)
         if len(lost) >= limit:
             return lost
         async with res.engine.begin() as conn:

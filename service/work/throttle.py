@@ -33,24 +33,6 @@ ENSURE_SLOTS = text(
 ENSURE_TOKENS = text(
     "INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING"
 )
-# Why: a queued job with its submit marker set and its lease lapsed was being sent by
-# a worker that died: it is recovered (its task looked for), never sent again blindly.
-# Fresh queued jobs are claimed in fair order by claim_submits (below).
-CLAIM_LOST_SENDS = text(
-    """
-    UPDATE jobs SET locked_until = now() + make_interval(secs => :lease),
-                    locked_by = :worker, attempts = attempts + 1
-    WHERE id IN (
-        SELECT id FROM jobs
-        WHERE status = 'queued' AND submit_sent_at IS NOT NULL AND run_after <= now()
-          AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY run_after
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
-
 CLAIM = text("SELECT claim_submits(:worker, :lease, :limit, :max_in_flight, :max_per_minute) AS id")
 TAKE = text("SELECT take_provider_slot(:id, :worker, :max_in_flight, :max_per_minute) AS verdict")
 
