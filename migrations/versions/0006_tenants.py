@@ -23,6 +23,8 @@ Revises: 0008
 Create Date: 2026-12-02
 """
 
+from typing import Any
+
 from alembic import op
 
 revision = "0006"
@@ -225,7 +227,22 @@ def _throttle() -> None:
     )
     op.execute(
         """
-        CREATE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
+        CREATE FUNCTION provider_free_token(p_max integer) RETURNS integer LANGUAGE sql AS $$
+            SELECT token FROM provider_rate_tokens
+            WHERE used_at <= now() - interval '60 seconds' AND token < p_max
+            ORDER BY used_at LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        $$
+        """
+    )
+    claim_functions(op)
+
+
+def claim_functions(op: Any) -> None:
+    """The claim and its helpers; revision 0009 runs this again to downgrade to them."""
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
             SELECT slot FROM provider_slots
             WHERE slot < p_max AND (job_id IS NULL OR NOT job_in_flight(job_id))
             ORDER BY slot LIMIT 1
@@ -235,17 +252,8 @@ def _throttle() -> None:
     )
     op.execute(
         """
-        CREATE FUNCTION provider_free_token(p_max integer) RETURNS integer LANGUAGE sql AS $$
-            SELECT token FROM provider_rate_tokens
-            WHERE used_at <= now() - interval '60 seconds' AND token < p_max
-            ORDER BY used_at LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        $$
-        """
-    )
-    op.execute(
-        """
-        CREATE FUNCTION owner_in_flight(p_owner text, p_max integer) RETURNS integer LANGUAGE sql STABLE AS $$
+        CREATE OR REPLACE FUNCTION owner_in_flight(p_owner text, p_max integer) RETURNS integer
+        LANGUAGE sql STABLE AS $$
             SELECT count(*)::integer FROM provider_slots
             WHERE owner = p_owner AND slot < p_max AND job_in_flight(job_id)
         $$
@@ -255,7 +263,7 @@ def _throttle() -> None:
     # priority, then the owners' weighted turn (vtag), one index probe per owner.
     op.execute(
         """
-        CREATE FUNCTION submit_heads(p_max integer, p_skip text[])
+        CREATE OR REPLACE FUNCTION submit_heads(p_max integer, p_skip text[])
         RETURNS TABLE (owner text, priority smallint, vtag double precision, id text, max_in_flight integer)
         LANGUAGE sql STABLE AS $$
             SELECT o.name, h.priority, h.vtag, h.id, o.max_in_flight
@@ -275,7 +283,7 @@ def _throttle() -> None:
     )
     op.execute(
         f"""
-        CREATE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
+        CREATE OR REPLACE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
                                       p_max_in_flight integer, p_max_per_minute integer)
         RETURNS SETOF text LANGUAGE plpgsql AS $$
         DECLARE
@@ -334,7 +342,7 @@ def _throttle() -> None:
     # A job already chosen (the reconciler's verified re-send) takes a slot and a token.
     op.execute(
         """
-        CREATE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
+        CREATE OR REPLACE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
                                            p_max_per_minute integer)
         RETURNS text LANGUAGE plpgsql AS $$
         DECLARE
