@@ -61,6 +61,10 @@ class ServiceProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.args} exited with {self.proc.returncode}; see {self.log_path}")
                 if time.monotonic() > deadline:
+                    # The caller's `with` never got this process to stop: stop it here, or it
+                    # outlives the test (seen: a serve still claiming after its database was dropped).
+                    self.proc.kill()
+                    self.proc.wait(10)
                     raise TimeoutError(f"{self.args} not ready in {ready_timeout} s; see {self.log_path}")
                 time.sleep(0.1)
         else:
