@@ -18,6 +18,10 @@ Per run it measures, from outside:
   object in S3 (the SDK polls, once a second by default);
 - jobs/s: jobs ÷ (first submit → last callback, or the script's wall time).
 
+Logs: every service process writes its log (``--log-level``, JSON) to a directory that is
+kept after the run (its path is printed first). For every job not called back within
+``--timeout``, the run prints its status, lease, events and deliveries from the database.
+
 Scenarios: a burst (all N submitted at once by 32 concurrent clients) and a steady rate
 (``--rate`` jobs/s for N/rate seconds). The second process (``serve`` + ``worker``) runs
 the burst only. Medians over ``--reps`` repetitions are printed with their ratios.
@@ -26,9 +30,11 @@ the burst only. Medians over ``--reps`` repetitions are printed with their ratio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -108,7 +114,7 @@ def _service_env(args: argparse.Namespace, db_url: str, s3_url: str, sim_url: st
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "ALLOW_PRIVATE_NETWORKS": "true",
         # The script has no account limits: neither does the service here.
         "PROVIDER_MAX_IN_FLIGHT": "100000", "PROVIDER_MAX_PER_MINUTE": "1000000",
-        "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
+        "LOG_LEVEL": args.log_level, "LOG_FORMAT": "json",
     }
 
 
@@ -144,20 +150,30 @@ def _event_times(meter: Any, ids: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, processes: int,
-                catcher: WebhookCatcher, key: str, tmp: Path) -> Run:
+                catcher: WebhookCatcher, key: str, logs: Path, label: str) -> Run:
     port = free_port()
     env = _service_env(args, env_base["db"], env_base["s3"], env_base["sim"], port)
     side = "serve" if processes == 1 else "serve+worker"
-    with procs.running([procs.PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                       env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
-                       log_path=tmp / f"serve-{port}.log") as serve:
+    entry = "tests.benchmarks.statement_counter" if args.count_statements else "service"
+    counts = logs / f"{label}-statements.json"
+    env["STATEMENT_COUNTS"] = str(counts)
+    with (
+        procs.running([procs.PYTHON, "-m", entry, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                      env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
+                      log_path=logs / f"{label}-serve.log") as serve,
+        contextlib.ExitStack() as stack,
+    ):
         pids = [serve.pid]
         worker = None
         if processes > 1:
-            worker = procs.spawn([procs.PYTHON, "-m", "service", "worker"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            worker_log = stack.enter_context(open(logs / f"{label}-worker.log", "wb"))
+            worker = procs.spawn([procs.PYTHON, "-m", entry, "worker"], env={**env, "STATEMENT_COUNTS": ""},
+                                 stdout=worker_log, stderr=worker_log)
             pids.append(worker.pid)
             time.sleep(3.0)  # its start-up (imports, pools) is not charged to the jobs
+        spies = [_spy(pid, logs / f"{label}-{name}.pyspy") for pid, name in zip(pids, ("serve", "worker"),
+                                                                                  strict=False)
+                 if args.profile]
         try:
             catcher.clear()
             meter = env_base["meter"]  # one connection held all along: Postgres's slots are shared
@@ -171,16 +187,28 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             except TimeoutError as exc:
                 print(f"  ! {exc}", flush=True)
             cpu1, pg1 = _cpu(pids), _pg_backends(meter)
+            for spy in spies:
+                _stop_spy(spy)
             time.sleep(1.0)  # backends report their counters at most once a second
             tx1 = _transactions(meter)
         finally:
             if worker is not None:
                 procs.stop(worker)
+    if args.count_statements and counts.exists():  # written by serve as it stopped
+        _print_counts(json.loads(counts.read_text()), len(ids))
     callbacks: dict[str, float] = {}
-    for request in catcher.snapshot():
+    caught = [r for r in catcher.snapshot() if r.json()["data"]["id"] in wanted]
+    for request in caught:
         callbacks.setdefault(request.json()["data"]["id"], request.received_at)
+    if len(caught) > len(callbacks):  # the same job's event twice: a duplicate callback
+        print(f"  ! {len(caught) - len(callbacks)} duplicate callback(s)", flush=True)
     events = _event_times(env_base["meter"], ids)
     done = [i for i in ids if i in events and i in callbacks]
+    # Not measured: never called back, or called back without the webhook's event (the
+    # reconciler fetched the result, so there is no webhook → completed latency).
+    unmeasured = [i for i in ids if i not in done]
+    if unmeasured:
+        _report_unfinished(env_base["meter"], unmeasured, callbacks, logs / f"{label}-unmeasured.txt")
     last = max(callbacks[i] for i in done) if done else float("nan")
     return Run(
         side=side, scenario=scenario, jobs=len(ids), cpu_ms=(cpu1 - cpu0) / len(ids) * 1000,
@@ -190,8 +218,58 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
         },
-        errors=len(ids) - len(done),
+        errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
     )
+
+
+def _print_counts(counts: dict[str, int], jobs: int) -> None:
+    print(f"  statements per job through SQLAlchemy (serve, start-up included): {sum(counts.values()) / jobs:.1f}")
+    for statement, n in list(counts.items())[:25]:
+        print(f"  {n / jobs:6.2f}  {statement[:140]}")
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """``py-spy record`` on ``pid`` until _stop_spy (collapsed stacks in ``out``)."""
+    spy = Path(procs.PYTHON).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking",
+            "--output", str(out)]
+    return procs.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_spy(spy: subprocess.Popen[bytes]) -> None:
+    # SIGINT makes py-spy write what it sampled; SIGTERM would lose it.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(spy.pid, signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        procs.stop(spy)
+
+
+def _report_unfinished(meter: Any, ids: list[str], callbacks: dict[str, float], path: Path) -> None:
+    """Print (and keep in ``path``) what the database says of jobs not measured: their
+    row, events and deliveries."""
+    states = dict(meter.execute(
+        "SELECT j.status || CASE WHEN d.status IS NULL THEN '' ELSE ', callback ' || d.status END, count(*) "
+        "FROM jobs j LEFT JOIN deliveries d ON d.job_id = j.id WHERE j.id = ANY(%s) GROUP BY 1", (ids,)).fetchall())
+    lines = [f"{len(ids)} job(s) not measured ({sum(i not in callbacks for i in ids)} never called back); "
+             f"where they are: {states}"]
+    for job_id in ids:
+        lines.append(f"- job {job_id}: {'called back' if job_id in callbacks else 'NOT called back'}")
+        job = meter.execute(
+            "SELECT status, provider_task_id, provider_status, locked_by, locked_until, run_after, attempts, "
+            "callback_status, callback_attempts, created_at, updated_at FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        lines.append(f"    row {job}")
+        for at, kind, detail in meter.execute(
+                "SELECT at, type, detail FROM job_events WHERE job_id = %s ORDER BY at, id", (job_id,)):
+            lines.append(f"    event {at.isoformat()} {kind} {json.dumps(detail)}")
+        for row in meter.execute(
+                "SELECT id, status, attempts, next_attempt_at, locked_by, locked_until, last_status_code, last_error, "
+                "created_at, delivered_at FROM deliveries WHERE job_id = %s ORDER BY created_at", (job_id,)):
+            lines.append(f"    delivery {tuple(row)}")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:200]), flush=True)
+    print(f"  (kept in {path})", flush=True)
 
 
 def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str) -> Run:
@@ -277,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="longest wait for one run's jobs")
     parser.add_argument("--scenarios", default="burst,steady")
     parser.add_argument("--no-second-process", action="store_true")
+    parser.add_argument("--sides", default="serve,script,serve+worker", help="which sides to run")
+    parser.add_argument("--count-statements", action="store_true",
+                        help="count serve's SQL statements by text (tests/benchmarks/statement_counter.py)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy each service process during its runs (pip install py-spy); stacks in the log dir")
+    parser.add_argument("--log-level", default="warning",
+                        help="the service's LOG_LEVEL (info logs every step of every job, at a cost in CPU)")
     args = parser.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
     print(f"== pipeline: {args.jobs} jobs per run, {args.reps} reps, load {os.getloadavg()[0]:.2f}, "
@@ -285,8 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s3_url, sim_url = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{sim_port}"
     sim_env = {**os.environ, "SIM_WEBHOOK_SECRET": SIM_SECRET, "SIM_API_KEY": SIM_KEY}
     runs: list[Run] = []
+    # Kept after the run, so a job that went wrong can be read about afterwards.
+    logs = Path(tempfile.mkdtemp(prefix="wsj-pipeline-logs-"))
+    print(f"   service logs (kept): {logs}", flush=True)
     with (
-        tempfile.TemporaryDirectory(prefix="wsj-pipeline-") as tmp_dir,
         database.fresh_database("wsj_bench_pipeline") as db_url,
         procs.running([procs.PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
                       ready_url=s3_url),
@@ -300,9 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = create_key_blocking(db_url, "bench")
         meter = database.connect(db_url)
         env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter}
-        tmp = Path(tmp_dir)
         try:
-            _all_runs(args, env_base, scenarios, catcher, key, tmp, runs)
+            _all_runs(args, env_base, scenarios, catcher, key, logs, runs)
         except Exception as exc:  # noqa: BLE001  a crashed run must not hide the figures measured so far
             print(f"STOPPED: {type(exc).__name__}: {exc}", flush=True)
             runs.append(Run(side="crashed", scenario="", jobs=0, cpu_ms=float("nan"), errors=1))
@@ -313,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: list[str], catcher: WebhookCatcher,
-              key: str, tmp: Path, runs: list[Run]) -> None:
+              key: str, logs: Path, runs: list[Run]) -> None:
     for rep in range(args.reps):
         for scenario in scenarios:
             sides = ["serve", "script"] + (["serve+worker"] if scenario == "burst" and not
@@ -321,11 +407,13 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
             if rep % 2:
                 sides.reverse()
             for side in sides:
+                if side not in args.sides.split(","):
+                    continue
                 if side == "script":
                     run = run_script(args, env_base, scenario)
                 else:
                     run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
-                                      catcher, key, tmp)
+                                      catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}")
                 runs.append(run)
                 print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
 
