@@ -21,6 +21,21 @@ from service.db.queries import CHANNEL_DONE, CHANNEL_JOB, CHANNEL_WORK
 
 log = structlog.get_logger(__name__)
 
+# Which duties (service/work, by name) a ``wsj_work`` payload concerns. Waking every duty
+# on every notification cost each of them a claim transaction that found nothing, about
+# five times per job. ``submitted``/``processing`` wake nobody: such a job is due only
+# after RECONCILE_AFTER_SECONDS (or 30 s), which polling covers. Any payload not listed
+# wakes every duty, and every duty also polls, so a missing entry only costs claims.
+WAKES: dict[str, tuple[str, ...]] = {
+    "submit": ("submit",),
+    "queued": ("submit",),
+    "storing": ("store",),
+    "deliver": ("deliver",),
+    "erase": ("erase",),
+    "submitted": (),
+    "processing": (),
+}
+
 
 class Notifications:
     def __init__(self, dsn: str) -> None:
@@ -45,7 +60,11 @@ class Notifications:
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         if channel == CHANNEL_WORK:
-            self.kick()
+            duties = WAKES.get(payload)
+            if duties is None:
+                self.kick()
+            elif duties:
+                self.kick(*duties)
         elif channel == CHANNEL_DONE:
             for event in self._done.pop(payload, []):
                 event.set()
@@ -92,10 +111,11 @@ class Notifications:
             await asyncio.wait_for(event.wait(), timeout)
         event.clear()
 
-    def kick(self) -> None:
-        """Wake every local duty (also used after in-process changes)."""
-        for event in self._work.values():
-            event.set()
+    def kick(self, *duties: str) -> None:
+        """Wake the named local duties, or every one when none is named (also used
+        after in-process changes)."""
+        for name in duties or list(self._work):
+            self._work[name].set()
 
     def done_waiter(self, job_id: str) -> asyncio.Event:
         """An Event set when ``job_id`` becomes terminal. Register before re-reading the
