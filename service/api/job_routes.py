@@ -154,9 +154,12 @@ async def submit_job(
             provider_max_in_flight=res.settings.provider_max_in_flight,
         ),
     )
-    if created:
-        res.notifications.kick()
-    return await render(res, row.id, owner), created
+    if not created:  # the first job of this Idempotency-Key, as it stands now
+        return await render(res, row.id, owner), created
+    res.notifications.kick("submit")
+    # The row the insert returned is the job as created (no outputs yet): reading it
+    # back would cost a transaction per submit for the same answer.
+    return job_dict(row, [], res.presign), created
 
 
 @documented(

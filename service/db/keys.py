@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import owners
+from service.db.engine import one_statement
 from service.db.models import ApiKey, DashboardSession, table
 from service.domain.errors import FieldError, NotFound, ValidationFailed
 from service.domain.serialize import iso
@@ -106,7 +107,7 @@ def create_key_blocking(database_url: str, owner: str) -> str:
 async def owner_for(engine: AsyncEngine, key: str) -> str | None:
     """The owner of a live key, or None. The lookup is by hash: an index probe, and the
     database never sees the key itself."""
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         row = (await conn.execute(LOOKUP, {"hash": hash_key(key)})).first()
     return str(row.owner) if row else None
 

@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import TextClause
 
 from service.db import queries
+from service.db.engine import one_statement
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -31,7 +32,7 @@ async def claim_rows(
     """Claim up to ``limit`` due rows for ``holder`` with one of the claims made by
     ``queries.claim`` (every duty claims through here); ``lease`` defaults to LEASE_SECONDS."""
     values = {"holder": holder, "lease": res.settings.lease_seconds if lease is None else lease, "limit": limit}
-    async with res.engine.begin() as conn:
+    async with one_statement(res.engine) as conn:  # a claim is one statement: no BEGIN/COMMIT round trips
         return [r.id for r in await conn.execute(statement, values | params)]
 
 
@@ -114,7 +115,7 @@ class Runner:
         try:
             for table, statement in queries.RELEASE_LEASES.items():  # one table per transaction
                 still_running = sorted(row_id for row_id, _ in self._held[table])
-                async with self.res.engine.begin() as conn:
+                async with one_statement(self.res.engine) as conn:
                     await conn.execute(statement, {"holders": holders, "keep": still_running})
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
@@ -177,7 +178,7 @@ class Runner:
                     continue
                 ids, holders = zip(*sorted(self._held[table]), strict=True)
                 try:
-                    async with self.res.engine.begin() as conn:
+                    async with one_statement(self.res.engine) as conn:
                         await conn.execute(statement, {"ids": list(ids), "holders": list(holders), "lease": lease})
                 except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
                     log.warning("workers.renew_failed", table=table, error=type(exc).__name__)

@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import func, update
 
 from service.db import jobs, queries
+from service.db.engine import one_statement
 from service.domain.errors import ProviderError, SubmitOutcomeUnknown
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -70,7 +71,7 @@ class Submitter:
         lost = await claim_rows(res, queries.CLAIM_LOST_SENDS, limit, holder=self.holder)
         if len(lost) >= limit:
             return lost
-        async with res.engine.begin() as conn:
+        async with one_statement(res.engine) as conn:
             fresh = await throttle.claim_submits(
                 conn, self.holder, lease=settings.lease_seconds, limit=limit - len(lost),
                 max_in_flight=settings.provider_max_in_flight, max_per_minute=settings.provider_max_per_minute,

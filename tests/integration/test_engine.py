@@ -61,3 +61,39 @@ async def test_a_connection_that_died_while_idle_is_replaced_unseen(
         await engine.dispose()
     assert second != first
     assert pings  # the dead one was found by its ping
+
+
+async def test_one_statement_commits_each_statement_without_begin_and_commit(own_db: str) -> None:
+    """The claim path's connection: each statement is its own transaction (visible to
+    others at once, no BEGIN/COMMIT round trips: no transaction is open between them)."""
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.one_statement(engine) as conn:
+            await conn.execute(text("CREATE TABLE t (x int)"))
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            xids = [(await conn.execute(text("SELECT txid_current()"))).scalar() for _ in range(2)]
+            assert xids[0] != xids[1]  # in one transaction they would be equal
+            with psycopg.connect(own_db, autocommit=True) as other:  # committed while conn is still open
+                assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_back_from_one_statement_is_transactional_again(own_db: str) -> None:
+    """The pool resets the isolation level on return: the next ``begin()`` on the same
+    connection (pool of one) is one transaction again, rolled back as a whole."""
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.one_statement(engine) as conn:
+            await conn.execute(text("CREATE TABLE t (x int)"))
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar() == pid
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+                raise RuntimeError("roll back")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        await engine.dispose()
