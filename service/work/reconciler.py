@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import select, update
@@ -29,8 +29,9 @@ from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs
 from service.resources import Resources
+from service.work.backoff import backoff
 from service.work.runner import claim_jobs, holder_for
-from service.work.submitter import Submitter, backoff
+from service.work.submitter import Submitter
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +97,61 @@ class LostSearch:
     verified_absent: bool  # the whole window was listed, with inputs, and nothing matched
 
 
+@dataclass
+class ListReading:
+    """The provider's list for one lost job, read page by page (no I/O here: the
+    reconciler fetches each page and hands it in)."""
+
+    job: JobRecord
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    inputs_shown: bool = True
+    complete: bool = False
+
+    def read(self, data: dict[str, Any]) -> bool:
+        """Take one page of the list; True when there is no point reading another."""
+        items = [i for i in (data.get("items") or []) if isinstance(i, dict)]
+        self.inputs_shown = self.inputs_shown and all(isinstance(i.get("input"), dict) for i in items)
+        self.candidates += [i for i in items if isinstance(i.get("id"), str) and matches(self.job, i)]
+        self.seen.update(i["id"] for i in items if isinstance(i.get("id"), str))
+        verdict = list_complete(data, len(items), len(self.seen))
+        if verdict is None:
+            return False
+        self.complete = verdict
+        return True
+
+    def verdict(self, owned: set[str]) -> LostSearch:
+        """``owned``: the candidates' task ids some job already holds."""
+        if not self.candidates:
+            # Absence is proof only if we saw the whole window and could compare inputs.
+            return LostSearch(match=None, verified_absent=self.complete and self.inputs_shown)
+        free = [c for c in self.candidates if c["id"] not in owned]
+        if len(free) != 1:
+            # Two identical jobs sent in the same minutes cannot be told apart: wait for
+            # the webhook (it names the job in its URL) rather than guess.
+            return LostSearch(match=None, verified_absent=False)
+        return LostSearch(match=free[0], verified_absent=False)
+
+
+def lost_task_plan(search: LostSearch, lost_for: dt.timedelta, lost_deadline_seconds: float
+                   ) -> Literal["adopt", "wait", "resend", "fail"]:
+    """After searching for a lost submit's task: adopt the one match; before the
+    deadline, wait (its own webhook may still come); after it, send again only if the
+    provider's record proves the task was never created, else fail rather than risk
+    paying twice."""
+    if search.match is not None:
+        return "adopt"
+    if lost_for.total_seconds() <= lost_deadline_seconds:
+        return "wait"
+    return "resend" if search.verified_absent else "fail"
+
+
+def next_check(reconcile_after: float, attempts: int) -> float:
+    """When to ask again about a job still without news: doubling from
+    RECONCILE_AFTER_SECONDS for the first five checks, never more than 15 minutes apart."""
+    return min(reconcile_after * 2.0 ** min(max(attempts - 1, 0), 4), 900.0)
+
+
 class Reconciler:
     name = "reconcile"
     table = "jobs"
@@ -108,10 +164,6 @@ class Reconciler:
     async def claim(self, limit: int) -> list[str]:
         return await claim_jobs(self.res, [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value], limit,
                                 holder=self.holder)
-
-    def _next_check(self, attempts: int) -> float:
-        base = self.res.settings.reconcile_after_seconds
-        return min(base * 2.0 ** min(max(attempts - 1, 0), 4), 900.0)
 
     async def run(self, job_id: str) -> None:
         res, worker = self.res, self.holder
@@ -126,9 +178,10 @@ class Reconciler:
             if job.provider_task_id is None:
                 search = await self._find_lost_task(job)
                 prediction = search.match
-                lost_for = now - (job.submit_sent_at or job.created_at)
-                if prediction is None and lost_for.total_seconds() > res.settings.submit_lost_deadline_seconds:
-                    await self._give_up_or_resend(job, search)
+                plan = lost_task_plan(search, now - (job.submit_sent_at or job.created_at),
+                                      res.settings.submit_lost_deadline_seconds)
+                if plan in ("resend", "fail"):
+                    await self._give_up_or_resend(job, resend=plan == "resend")
                     return
             else:
                 prediction = await res.wavespeed.result(job.provider_task_id)
@@ -159,7 +212,8 @@ class Reconciler:
                                       values={"error": "the provider did not finish the job before its deadline"})
                 log.warning("job.timed_out", job_id=job_id, task_id=locked.provider_task_id)
                 return
-            await jobs.reschedule(conn, job_id, worker, self._next_check(locked.attempts))
+            await jobs.reschedule(conn, job_id, worker,
+                                  next_check(res.settings.reconcile_after_seconds, locked.attempts))
 
     async def _apply(self, conn: AsyncConnection, job_id: str, prediction: dict[str, Any]) -> str:
         """The result goes through the one path for provider news, exactly as a webhook
@@ -172,14 +226,14 @@ class Reconciler:
         await news.notify(raw, result.wake)
         return result.outcome
 
-    async def _give_up_or_resend(self, job: JobRecord, search: LostSearch) -> None:
-        """The lost submit's deadline passed with no task found. If the provider's own
-        record proves the task was never created (the request died with us before it
-        went out), send the job now: that is not a blind re-send. Otherwise fail it
-        rather than risk paying twice."""
+    async def _give_up_or_resend(self, job: JobRecord, *, resend: bool) -> None:
+        """The lost submit's deadline passed with no task found (lost_task_plan). With
+        ``resend``, the provider's own record proves the task was never created (the
+        request died with us before it went out): send the job now, which is not a blind
+        re-send. Otherwise fail it rather than risk paying twice."""
         worker = self.holder
         async with self.res.engine.begin() as conn:
-            if not search.verified_absent:
+            if not resend:
                 await jobs.fail(
                     conn, job,
                     "the submit answer was lost and no matching task was found at the provider; "
@@ -210,37 +264,22 @@ class Reconciler:
         sent = job.submit_sent_at or job.created_at
         after = (sent - SEARCH_BEFORE).isoformat()
         before = (sent + SEARCH_AFTER).isoformat()
-        candidates: list[dict[str, Any]] = []
-        complete = False
-        inputs_shown = True
-        seen: set[str] = set()
+        reading = ListReading(job)
         for page in range(1, LIST_PAGES + 1):
             data = await self.res.wavespeed.predictions(
                 page=page, page_size=PAGE_SIZE, model=job.model, created_after=after, created_before=before
             )
-            items = [i for i in (data.get("items") or []) if isinstance(i, dict)]
-            inputs_shown = inputs_shown and all(isinstance(i.get("input"), dict) for i in items)
-            candidates += [i for i in items if isinstance(i.get("id"), str) and matches(job, i)]
-            seen.update(i["id"] for i in items if isinstance(i.get("id"), str))
-            verdict = list_complete(data, len(items), len(seen))
-            if verdict is not None:
-                complete = verdict
+            if reading.read(data):
                 break
-        if not candidates:
-            # Absence is proof only if we saw the whole window and could compare inputs.
-            return LostSearch(match=None, verified_absent=complete and inputs_shown)
-        async with self.res.engine.connect() as conn:
-            owned = {
-                r.provider_task_id
-                for r in await conn.execute(
-                    select(jobs.jobs_t.c.provider_task_id).where(
-                        jobs.jobs_t.c.provider_task_id.in_([c["id"] for c in candidates])
+        owned: set[str] = set()
+        if reading.candidates:
+            async with self.res.engine.connect() as conn:
+                owned = {
+                    r.provider_task_id
+                    for r in await conn.execute(
+                        select(jobs.jobs_t.c.provider_task_id).where(
+                            jobs.jobs_t.c.provider_task_id.in_([c["id"] for c in reading.candidates])
+                        )
                     )
-                )
-            }
-        free = [c for c in candidates if c["id"] not in owned]
-        if len(free) != 1:
-            # Two identical jobs sent in the same minutes cannot be told apart: wait for
-            # the webhook (it names the job in its URL) rather than guess.
-            return LostSearch(match=None, verified_absent=False)
-        return LostSearch(match=free[0], verified_absent=False)
+                }
+        return reading.verdict(owned)

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import TextClause
@@ -24,6 +24,10 @@ from service.db.engine import one_statement
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)
+
+# After the grace period, how long cancelled work gets to unwind before the rows are
+# handed back (a row whose task is still running then keeps its lease).
+CANCEL_WAIT_SECONDS = 5.0
 
 
 async def claim_rows(
@@ -101,7 +105,7 @@ class Runner:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
         for task in self._loops:
             task.cancel()
         for task in self._loops:
@@ -110,13 +114,18 @@ class Runner:
         await self._release_all()
         log.info("workers.stopped", worker=self.res.worker_id)
 
-    async def _release_all(self) -> None:
+    def release_plan(self) -> list[tuple[TextClause, dict[str, Any]]]:
+        """The statements that hand back every row this process's duties hold, except
+        rows whose task is still running: those keep their lease until it lapses."""
         holders = [d.holder for d in self.duties]
+        return [(statement, {"holders": holders, "keep": sorted(row_id for row_id, _ in self._held[table])})
+                for table, statement in queries.RELEASE_LEASES.items()]
+
+    async def _release_all(self) -> None:
         try:
-            for table, statement in queries.RELEASE_LEASES.items():  # one table per transaction
-                still_running = sorted(row_id for row_id, _ in self._held[table])
+            for statement, params in self.release_plan():  # one table per transaction
                 async with one_statement(self.res.engine) as conn:
-                    await conn.execute(statement, {"holders": holders, "keep": still_running})
+                    await conn.execute(statement, params)
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
 

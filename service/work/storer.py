@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import structlog
@@ -27,8 +28,8 @@ from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
 from service.work.backlog_limit import BacklogLimit
+from service.work.backoff import backoff
 from service.work.runner import claim_jobs, holder_for
-from service.work.submitter import backoff
 from service.work.thumbnails import make_thumbnail
 
 log = structlog.get_logger(__name__)
@@ -39,6 +40,54 @@ KEEP_FOR_THUMBNAIL_BYTES = 16 * 1024 * 1024
 
 class NotAnImage(ServiceError):
     """The output is not a JPEG, PNG or WebP image."""
+
+
+# Failures that may pass (a provider or S3 hiccup, a cut download): the job waits and tries again.
+RETRYABLE: tuple[type[Exception], ...] = (Retry, StorageError, httpx.HTTPError)
+# Failures no retry can change (what the bytes are, where the URL points): the job fails.
+REFUSED: tuple[type[Exception], ...] = (EgressRefused, NotAnImage)
+# Anything else is a bug or an outage: it propagates, the runner logs it, the lease
+# lapses and the job is claimed again.
+
+
+@dataclass(frozen=True)
+class StoreRetry:
+    delay: float
+    message: str
+
+
+@dataclass(frozen=True)
+class StoreRefused:
+    message: str
+
+
+def after_failure(exc: Exception, attempts: int) -> StoreRetry | StoreRefused | None:
+    """What a failure while storing a job's outputs means for the job (None: not a
+    failure the storer handles)."""
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, REFUSED):
+        return StoreRefused(message)
+    if isinstance(exc, RETRYABLE):
+        # A Retry names its own delay (an oversized output waits an hour, not seconds).
+        delay = exc.delay if isinstance(exc, Retry) else backoff(attempts, base=2.0, cap=300.0)
+        return StoreRetry(delay, message)
+    return None
+
+
+def retention_warning_hours(job: JobRecord, now: dt.datetime) -> float | None:
+    """The job's age in hours once its outputs are within a day of the provider
+    deleting them (7 days after the news), else None."""
+    age = now - (job.last_news_at or job.created_at)
+    if age > PROVIDER_RETENTION - dt.timedelta(days=1):
+        return round(age.total_seconds() / 3600, 1)
+    return None
+
+
+def outputs_to_store(outputs: list[OutputRecord], asked: int) -> tuple[list[OutputRecord], list[int]]:
+    """The outputs the job asked for (by index), and the indexes of any beyond that:
+    extra ones are neither fetched, stored nor paid for, so a hostile or broken answer
+    cannot fill the bucket."""
+    return [o for o in outputs if o.index < asked], [o.index for o in outputs if o.index >= asked]
 
 
 async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -78,11 +127,8 @@ class Storer:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
-        # Never more outputs than the job asked for: extra ones are neither fetched,
-        # stored nor paid for (a hostile or broken answer cannot fill the bucket).
         asked = output_count(job.input)
-        extra = [o.index for o in outputs if o.index >= asked]
-        outputs = [o for o in outputs if o.index < asked]
+        outputs, extra = outputs_to_store(outputs, asked)
         pending = [o for o in outputs if o.stored_at is None]
         try:
             # Each output but the last is recorded on its own, so a retry does not copy
@@ -91,14 +137,14 @@ class Storer:
                 if not await self._store_one(job, output):
                     return  # the job was deleted meanwhile
             last = await self._upload(job, pending[-1]) if pending else None
-        except (Retry, StorageError, httpx.HTTPError) as exc:
-            await self._retry_later(job, exc)
-            return
-        except (EgressRefused, NotAnImage) as exc:
-            # Retrying cannot change what the bytes or the addresses are.
-            async with res.engine.begin() as conn:
-                await jobs.fail(conn, job, exc.message, reason="output.refused", worker=worker)
-            log.warning("output.refused", job_id=job_id, error=exc.message)
+        except (*RETRYABLE, *REFUSED) as exc:
+            verdict = after_failure(exc, job.attempts)
+            if isinstance(verdict, StoreRetry):
+                await self._retry_later(job, verdict)
+            elif verdict is not None:
+                async with res.engine.begin() as conn:
+                    await jobs.fail(conn, job, verdict.message, reason="output.refused", worker=worker)
+                log.warning("output.refused", job_id=job_id, error=verdict.message)
             return
         async with res.engine.begin() as conn:
             if last is not None and not await self._record(conn, job, pending[-1], *last):
@@ -115,18 +161,16 @@ class Storer:
             metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
 
-    async def _retry_later(self, job: JobRecord, exc: Exception) -> None:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        delay = exc.delay if isinstance(exc, Retry) else backoff(job.attempts, base=2.0, cap=300.0)
+    async def _retry_later(self, job: JobRecord, verdict: StoreRetry) -> None:
+        message, delay = verdict.message, verdict.delay
         async with self.res.engine.begin() as conn:
             await jobs.add_event(conn, job.id, "output.store_failed",
                                  {"error": message[:500], "retry_in": round(delay, 2)})
-            age = dt.datetime.now(dt.UTC) - (job.last_news_at or job.created_at)
-            if age > PROVIDER_RETENTION - dt.timedelta(days=1):
+            age_hours = retention_warning_hours(job, dt.datetime.now(dt.UTC))
+            if age_hours is not None:
                 # The provider deletes outputs after 7 days: say so loudly while there is time.
-                await jobs.add_event(conn, job.id, "output.retention_warning",
-                                     {"age_hours": round(age.total_seconds() / 3600, 1)})
-                log.error("output.retention_warning", job_id=job.id, age_hours=round(age.total_seconds() / 3600, 1))
+                await jobs.add_event(conn, job.id, "output.retention_warning", {"age_hours": age_hours})
+                log.error("output.retention_warning", job_id=job.id, age_hours=age_hours)
             await jobs.reschedule(conn, job.id, self.holder, delay)
         log.warning("output.store_failed", job_id=job.id, task_id=job.provider_task_id, error=message[:200])
 

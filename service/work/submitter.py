@@ -9,15 +9,13 @@ provider's predictions list (service/work/reconciler.py) — never by sending ag
 from __future__ import annotations
 
 import datetime as dt
-import random
-from typing import Any
 
 import structlog
 from sqlalchemy import func, update
 
 from service.db import jobs, queries
 from service.db.engine import one_statement
-from service.domain.errors import ProviderError, SubmitOutcomeUnknown
+from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
@@ -25,17 +23,19 @@ from service.observability import logs, metrics
 from service.resources import Resources
 from service.work import throttle
 from service.work.runner import claim_rows, holder_for
+from service.work.submit_rules import (
+    Accepted,
+    AnswerLost,
+    Rejected,
+    RetryLater,
+    after_marking,
+    next_step,
+    outcome_of_answer,
+    outcome_of_error,
+)
 from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)
-
-
-SUBMIT_BACKOFF_CAP = 120.0  # a provider outage is retried at least every two minutes
-
-
-def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter (attempt 1 → up to ``base`` seconds)."""
-    return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
 class Submitter:
@@ -99,21 +99,18 @@ class Submitter:
         log.warning("submit.answer_lost", job_id=job_id, why=why)
 
     async def run(self, job_id: str) -> None:
-        res, worker = self.res, self.holder
         fresh = job_id in self._marked
         self._marked.discard(job_id)
-        async with res.engine.connect() as conn:
+        async with self.res.engine.connect() as conn:
             job = await jobs.get_job(conn, job_id)
-        if job.status != JobStatus.QUEUED or job.locked_by != worker:
-            return
-        if fresh and job.submit_sent_at is not None:
+        step = next_step(job, self.holder, marked_by_this_claim=fresh)
+        if step == "post":
             await self._post(job)
-            return
-        if job.submit_sent_at is not None:
+        elif step == "recover":
             # A previous attempt sent the request and then died or lost the answer.
             await self._answer_lost(job_id, "a previous submit attempt did not record its answer")
-            return
-        await self.send(job)
+        elif step == "send":
+            await self.send(job)
 
     async def send(self, job: JobRecord) -> None:
         """Take a provider slot for a job already chosen, mark it as being sent, POST it
@@ -121,31 +118,30 @@ class Submitter:
         for a submitted job whose task the provider verifiably never created."""
         res, worker, job_id = self.res, self.holder, job.id
         async with res.engine.begin() as conn:
-            verdict = await mark_submit_sent(
+            then = after_marking(await mark_submit_sent(
                 conn, job_id, worker,
                 max_in_flight=res.settings.provider_max_in_flight,
                 max_per_minute=res.settings.provider_max_per_minute,
-            )
-            if verdict == "throttled":
-                # The account's limits are reached: queue instead of collecting 429s.
+            ))
+            if then == "wait":
                 await jobs.reschedule(conn, job_id, worker, THROTTLE_RECHECK_SECONDS, was_attempt=False)
-        if verdict == "marked":
+        if then == "post":
             await self._post(job)
 
-    async def _post(self, job: Any) -> None:
+    async def _post(self, job: JobRecord) -> None:
         """POST a job marked as being sent, and record the outcome."""
-        res, job_id = self.res, job.id
         try:
-            prediction = await res.wavespeed.submit(job.model, upstream_body(job.input), self.webhook_url(job_id))
-        except SubmitOutcomeUnknown as exc:
-            await self._answer_lost(job_id, exc.message)
-            return
+            prediction = await self.res.wavespeed.submit(job.model, upstream_body(job.input), self.webhook_url(job.id))
         except ProviderError as exc:
-            await self._refused(job, exc)
+            outcome = outcome_of_error(exc, job.attempts)
+            if isinstance(outcome, AnswerLost):
+                await self._answer_lost(job.id, outcome.why)
+            else:
+                await self._refused(job, outcome)
             return
-        await self._accepted(job, prediction)
+        await self._accepted(job, outcome_of_answer(prediction))
 
-    async def _refused(self, job: JobRecord, exc: ProviderError) -> None:
+    async def _refused(self, job: JobRecord, outcome: Rejected | RetryLater) -> None:
         """The provider said no (or could not be reached): no task exists."""
         worker = self.holder
         async with self.res.engine.begin() as conn:
@@ -154,29 +150,26 @@ class Submitter:
                 update(jobs.jobs_t).where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.locked_by == worker)
                 .values(submit_sent_at=None)
             )
-            if exc.is_permanent:
-                await jobs.fail(conn, job, f"the provider rejected the job: {exc.message}", reason="submit.rejected",
-                                worker=worker)
-                log.info("submit.rejected", job_id=job.id, http_status=exc.http_status)
+            if isinstance(outcome, Rejected):
+                await jobs.fail(conn, job, f"the provider rejected the job: {outcome.message}",
+                                reason="submit.rejected", worker=worker)
+                log.info("submit.rejected", job_id=job.id, http_status=outcome.http_status)
                 return
-            told_when = exc.retry_after is not None
-            delay = exc.retry_after if exc.retry_after is not None else backoff(job.attempts, cap=SUBMIT_BACKOFF_CAP)
-            await jobs.add_event(conn, job.id, "submit.retry",
-                                 {"http_status": exc.http_status, "error": exc.message, "retry_in": round(delay, 2)})
-            # A refusal that says when to come back (429 + Retry-After) is waiting our
-            # turn, not a failure: it must not grow the backoff of later 5xx retries.
-            await jobs.reschedule(conn, job.id, worker, delay, was_attempt=not told_when)
-        log.info("submit.retry", job_id=job.id, http_status=exc.http_status, delay=round(delay, 2))
+            await jobs.add_event(conn, job.id, "submit.retry", {"http_status": outcome.http_status,
+                                                                "error": outcome.message,
+                                                                "retry_in": round(outcome.delay, 2)})
+            await jobs.reschedule(conn, job.id, worker, outcome.delay, was_attempt=outcome.counts_as_attempt)
+        log.info("submit.retry", job_id=job.id, http_status=outcome.http_status, delay=round(outcome.delay, 2))
 
-    async def _accepted(self, job: JobRecord, prediction: dict[str, Any]) -> None:
+    async def _accepted(self, job: JobRecord, accepted: Accepted) -> None:
         settings = self.res.settings
-        task_id = prediction["id"]
+        task_id = accepted.task_id
         logs.bind_job(job.id, task_id)
         async with self.res.engine.begin() as conn:
             moved = await jobs.transition(
                 conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.holder,
                 run_after_seconds=settings.reconcile_after_seconds,
-                values={"provider_task_id": task_id, "provider_status": prediction.get("status"),
+                values={"provider_task_id": task_id, "provider_status": accepted.provider_status,
                         "submitted_at": func.now(),
                         "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
             )
@@ -186,7 +179,7 @@ class Submitter:
                 await conn.execute(
                     update(jobs.jobs_t)
                     .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.provider_task_id.is_(None))
-                    .values(provider_task_id=task_id, provider_status=prediction.get("status"))
+                    .values(provider_task_id=task_id, provider_status=accepted.provider_status)
                 )
                 await jobs.reschedule(conn, job.id, self.holder, settings.reconcile_after_seconds)
             await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
