@@ -49,6 +49,23 @@ FAST_SETTINGS: dict[str, Any] = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The lint tests go last, and their type check starts now in the background
+    (tests/unit/test_lint.py says why)."""
+    lint = [item for item in items if item.path.name == "test_lint.py"]
+    if lint:
+        items[:] = [item for item in items if item.path.name != "test_lint.py"] + lint
+        from tests.unit import test_lint
+
+        test_lint.start_mypy()
+
+
+def pytest_unconfigure() -> None:
+    from tests.unit import test_lint
+
+    test_lint.stop_mypy()
+
+
 def _system_postgres_up() -> bool:
     try:
         with psycopg.connect(SYSTEM_POSTGRES, connect_timeout=3):
