@@ -21,6 +21,9 @@ earlier webhook-id):
    counts of /metrics equal the jobs table.
 
 ``python -m tests.benchmarks.bench_receiver [--duration 20] [--rounds 3] [--rate 1000]``
+
+``--compare-rev REV`` measures instead HEAD's receiver beside an earlier revision's, same
+run (tests/benchmarks/receiver_compare.py).
 """
 
 from __future__ import annotations
@@ -190,14 +193,19 @@ def serve_env(database_url: str, s3_endpoint: str, port: int, pool_size: int) ->
 
 @contextlib.contextmanager
 def serve(database_url: str, s3_endpoint: str, pool_size: int, log_path: Path,
-          gc_report: Path | None = None) -> Iterator[tuple[int, psutil.Process]]:
+          gc_report: Path | None = None, checkout: Path | None = None) -> Iterator[tuple[int, psutil.Process]]:
     """``wavespeed-jobs serve --no-workers`` (as ``python -m service``), optionally under
-    gcwatch, which records every garbage-collector pause into ``gc_report``."""
+    gcwatch, which records every garbage-collector pause into ``gc_report``. With
+    ``checkout`` (another revision's tree, --compare-rev), that tree's service runs."""
     port = free_port()
     watch = ["-m", "tests.benchmarks.gcwatch", str(gc_report)] if gc_report else ["-m"]
     argv = [procs.PYTHON, *watch, "service", "serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
     env = serve_env(database_url, s3_endpoint, port, pool_size)
-    with procs.running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path) as proc:
+    cwd = procs.ROOT
+    if checkout is not None:
+        env["PYTHONPATH"], cwd = str(checkout), checkout
+    with procs.running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path,
+                       cwd=cwd) as proc:
         yield port, psutil.Process(proc.pid)
 
 
@@ -537,7 +545,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeline", action="store_true", help="per-second answers and p99 of the open loop")
     parser.add_argument("--gc-report", action="store_true", help="record the service's garbage-collector pauses")
     parser.add_argument("--profile", type=Path, help="py-spy the service during the wrk phase; collapsed stacks here")
+    parser.add_argument("--compare-rev", metavar="REV",
+                        help="instead: HEAD's receiver beside REV's (a git revision) and the bare app, "
+                             "alternating rounds (tests/benchmarks/receiver_compare.py)")
     args = parser.parse_args(argv)
+    if args.compare_rev:
+        from tests.benchmarks import receiver_compare
+
+        return receiver_compare.main(args)
 
     print(f"== receiver benchmark: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"{args.duration:g} s per phase", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -22,13 +22,15 @@ def _url_for(server_url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(prefix: str = "wsj_bench") -> Iterator[str]:
+def fresh_database(prefix: str = "wsj_bench", migrate_with: Callable[[str], None] = migrate) -> Iterator[str]:
+    """``migrate_with``: how to bring it to the schema (another revision's own migrate, for
+    bench_receiver --compare-rev)."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _url_for(POSTGRES, name)
     try:
-        migrate(url)
+        migrate_with(url)
         yield url
     finally:
         with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=10) as conn:

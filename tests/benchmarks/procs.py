@@ -33,9 +33,10 @@ _DIE_WITH_PARENT = (
 
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, stdout: int | IO[bytes] | None = None,
-          stderr: int | IO[bytes] | None = None, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+          stderr: int | IO[bytes] | None = None, stdin: int | None = subprocess.DEVNULL,
+          cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     wrapped = [PYTHON, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
-    return subprocess.Popen(wrapped, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
+    return subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
                             start_new_session=True)
 
 
@@ -55,11 +56,12 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int | None:
 
 @contextlib.contextmanager
 def running(argv: Sequence[str], *, env: dict[str, str] | None = None, ready_url: str | None = None,
-            ready_timeout: float = 30.0, log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+            ready_timeout: float = 30.0, log_path: Path | None = None,
+            cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     """A child process for the duration of the block; with ``ready_url``, wait until it
-    answers (any HTTP status) first."""
+    answers (any HTTP status) first. ``cwd``: where it runs (``python -m`` imports from there first)."""
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
-    proc = spawn(argv, env=env, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    proc = spawn(argv, env=env, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, cwd=cwd)
     try:
         if ready_url:
             wait_http(ready_url, proc, ready_timeout, log_path)
