@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -13,6 +12,7 @@ from typing_extensions import TypedDict
 
 from service.api.auth import resources
 from service.api.openapi_doc import answer, documented
+from service.db import queries
 
 
 class Health(TypedDict):
@@ -40,7 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
 
     async def database() -> None:
         async with res.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            await conn.execute(queries.PING)
 
     for name, check in (("database", database), ("s3", res.storage.ping)):
         try:

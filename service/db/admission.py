@@ -17,7 +17,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, text
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import fairness, ledger, owners, queries
@@ -95,25 +95,6 @@ async def create_job(
         return job_record(row), True
 
 
-# Why: a bulk retry is a submit too. Each new job's estimate is its retried job's
-# reservation (same model and input), checked against the budget for the whole batch
-# under the owner's row lock; jobs admitted before the ledger existed reserve nothing.
-RETRY_ESTIMATES = text(
-    """
-    SELECT n.id, n.model, n.created_at, coalesce(r.amount_usd, 0) AS amount, coalesce(r.images, 1) AS images
-    FROM jobs n LEFT JOIN ledger r ON r.job_id = n.retry_of AND r.kind = 'reserve'
-    WHERE n.id = ANY(:ids) AND n.owner = :owner
-    ORDER BY n.id
-    """
-)
-# Why: the copies take consecutive turns after the owner's waiting jobs, like submits.
-RETRY_TAGS = text(
-    """
-    UPDATE jobs SET vtag = :base + t.ord / :weight
-    FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(id, ord)
-    WHERE jobs.id = t.id
-    """
-)
 ANY_SLOT = 2**31 - 1  # count every slot an owner holds (no provider setting here)
 
 
@@ -123,7 +104,7 @@ async def admit_retries(conn: AsyncConnection, owner: str, ids: list[str]) -> No
     if not ids:
         return
     tenant = await owners.lock(conn, owner)
-    rows = (await conn.execute(RETRY_ESTIMATES, {"ids": ids, "owner": owner})).all()
+    rows = (await conn.execute(queries.RETRY_ESTIMATES, {"ids": ids, "owner": owner})).all()
     now = dt.datetime.now(dt.UTC)
     total = sum((Decimal(r.amount) for r in rows), Decimal(0))
     if tenant.monthly_budget_usd is not None:
@@ -132,5 +113,5 @@ async def admit_retries(conn: AsyncConnection, owner: str, ids: list[str]) -> No
         job = SimpleNamespace(id=row.id, owner=owner, model=row.model, created_at=row.created_at)
         await ledger.reserve(conn, job, None, Decimal(row.amount), int(row.images), now)
     first = await fairness.next_tag(conn, owner, tenant.weight, PRIORITY_DEFAULT, ANY_SLOT)
-    await conn.execute(RETRY_TAGS, {"base": first - 1.0 / tenant.weight, "weight": float(tenant.weight),
+    await conn.execute(queries.RETRY_TAGS, {"base": first - 1.0 / tenant.weight, "weight": float(tenant.weight),
                                     "ids": [r.id for r in rows]})

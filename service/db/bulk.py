@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import TypedDict
 
@@ -151,35 +151,6 @@ async def _count(conn: AsyncConnection, owner: str, f: HistoryFilter) -> int:
     return int((await conn.execute(select(func.count()).select_from(page))).scalar_one())
 
 
-# Why: a retry is a new job with the old one's model, input, metadata and callback URL;
-# only failed or timed-out jobs of the owner qualify, and a job already retried is not
-# retried again (a repeated bulk retry must not pay twice).
-RETRY_MANY = text(
-    """
-    WITH made AS (
-        INSERT INTO jobs (id, owner, model, input, metadata, callback_url, status, run_after, retry_of)
-        SELECT n.new_id, j.owner, j.model, j.input, j.metadata, j.callback_url, 'queued', now(), j.id
-        FROM unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS n(old_id, new_id)
-        JOIN jobs j ON j.id = n.old_id
-        WHERE j.owner = :owner AND j.status = ANY(:retryable) AND j.deleted_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
-        RETURNING id, model, retry_of)
-    INSERT INTO job_events (job_id, type, detail)
-    SELECT id, 'job.created', jsonb_build_object('model', model, 'retry_of', retry_of) FROM made
-    RETURNING job_id
-    """
-)
-
-REDELIVERABLE = text(
-    """
-    SELECT id, status, callback_url FROM jobs
-    WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:terminal) AND callback_url IS NOT NULL
-      AND deleted_at IS NULL
-    ORDER BY id FOR UPDATE
-    """
-)
-
-
 async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) -> int:
     if action in ("cancel", "delete"):
         canceled = await jobs.finish_many(conn, owner, batch, JobStatus.CANCELED, reason=f"bulk.{action}")
@@ -187,7 +158,7 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
             return len(canceled)
         return len(await mark_deleted(conn, batch, "request", owner))
     if action == "retry":
-        made = await conn.execute(RETRY_MANY, {
+        made = await conn.execute(queries.RETRY_MANY, {
             "old": batch, "new": [jobs.new_job_id() for _ in batch], "owner": owner, "retryable": RETRYABLE,
         })
         created = [r.job_id for r in made.all()]
@@ -196,7 +167,7 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
         if count:
             await jobs.notify(conn, queries.CHANNEL_WORK, "submit")
         return count
-    rows = (await conn.execute(REDELIVERABLE, {
+    rows = (await conn.execute(queries.REDELIVERABLE, {
         "ids": batch, "owner": owner, "terminal": sorted(s.value for s in TERMINAL)})).all()
     for row in rows:
         delivery_id = await deliverer.redeliver(conn, row.id, row.callback_url, JobStatus(row.status))

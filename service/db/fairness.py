@@ -15,31 +15,12 @@ concurrent submits take consecutive turns.
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# Why: both parts are index probes (jobs_fair_queue, backward for the owner's last
-# tag; one LIMIT 1 per owner for the heads). Paused owners and owners at their cap do
-# not hold virtual time back: a newcomer would otherwise get turns in front of owners
-# who are being served.
-NEXT_TAG = text(
-    """
-    SELECT greatest(
-        (SELECT max(vtag) FROM jobs
-         WHERE owner = :owner AND priority = :priority AND status = 'queued' AND submit_sent_at IS NULL),
-        (SELECT min(h.vtag) FROM owners o
-         CROSS JOIN LATERAL (
-             SELECT j.vtag FROM jobs j
-             WHERE j.owner = o.name AND j.priority = :priority AND j.status = 'queued' AND j.submit_sent_at IS NULL
-             ORDER BY j.vtag LIMIT 1) AS h
-         WHERE NOT o.paused
-           AND (o.max_in_flight IS NULL OR owner_in_flight(o.name, :max_in_flight) < o.max_in_flight)),
-        0) + 1.0 / :weight AS tag
-    """
-)
+from service.db import queries
 
 
 async def next_tag(conn: AsyncConnection, owner: str, weight: int, priority: int, max_in_flight: int) -> float:
-    row = (await conn.execute(NEXT_TAG, {"owner": owner, "priority": priority, "weight": max(1, weight),
-                                         "max_in_flight": max_in_flight})).one()
+    row = (await conn.execute(queries.NEXT_TAG, {"owner": owner, "priority": priority, "weight": max(1, weight),
+                                                 "max_in_flight": max_in_flight})).one()
     return float(row.tag)

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import FromClause, Select, and_, select, text, tuple_, union_all
+from sqlalchemy import FromClause, Select, and_, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.db import queries
 from service.db.models import Job, JobMetadata, table
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.records import JobRecord
@@ -42,16 +43,6 @@ DEFAULT_LIMIT = 50
 # a page to a handful of rows.
 MAX_JOINED_KEYS = 3
 ALL_STATUSES = frozenset(s.value for s in JobStatus)
-# For the rest of the caller's transaction (set_config(..., true) is SET LOCAL):
-# - custom plans: the statement is prepared and cached per connection, and after five
-#   runs Postgres may switch to a generic plan blind to the values, yet the best plan
-#   for a rare metadata value is the worst for a common one (measured: 2 ms → 500 ms);
-# - no JIT and no parallel workers: a page reads about a hundred rows, and compiling
-#   (≈ 280 ms) or starting workers only pays off for scans of millions.
-PAGE_SETTINGS = text(
-    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true),"
-    " set_config('max_parallel_workers_per_gather', '0', true)"
-)
 
 
 @dataclass
@@ -231,7 +222,7 @@ def history_query(owner: str, f: HistoryFilter) -> Select[Any]:
 async def page_query(conn: AsyncConnection, owner: str, f: HistoryFilter) -> Select[Any]:
     """The statement ``list_jobs`` runs, with the settings it runs under applied to the
     transaction (tests/benchmarks/bench_history.py explains this very statement)."""
-    await conn.execute(PAGE_SETTINGS)
+    await conn.execute(queries.PAGE_SETTINGS)
     return history_query(owner, f)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, text, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
@@ -188,41 +188,6 @@ async def transition(
     return True
 
 
-# Why: the batch form of a terminal ``transition`` (bulk cancel and delete). Rows are
-# locked in id order and the guard is re-checked on the locked row (EvalPlanQual), so a
-# job that became terminal meanwhile is left alone; the owner is in the query.
-_FINISH_MANY = text(
-    """
-    WITH locked AS (
-        SELECT id, status FROM jobs
-        WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:allowed)
-        ORDER BY id FOR UPDATE)
-    UPDATE jobs j SET status = :target, updated_at = now(), locked_until = NULL, locked_by = NULL,
-                      run_after = NULL, completed_at = now(),
-                      callback_status = CASE WHEN j.callback_url IS NULL THEN j.callback_status ELSE 'pending' END,
-                      callback_attempts = CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
-    FROM locked WHERE j.id = locked.id
-    RETURNING j.id, locked.status AS old, j.callback_url
-    """
-)
-_EVENTS_MANY = text(
-    """
-    INSERT INTO job_events (job_id, type, detail)
-    SELECT id, 'status.changed',
-           jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
-    FROM unnest(CAST(:ids AS text[]), CAST(:olds AS text[])) AS t(id, old)
-    """
-)
-_DELIVERIES_MANY = text(
-    """
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT d, j, :event, u, '', 'pending', now()
-    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:ids AS text[]), CAST(:urls AS text[])) AS t(d, j, u)
-    """
-)
-_NOTIFY_EACH = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS t(id)")
-
-
 async def finish_many(
     conn: AsyncConnection, owner: str, ids: Sequence[str], target: JobStatus, *, reason: str
 ) -> list[str]:
@@ -230,22 +195,22 @@ async def finish_many(
     machine allows it, with what ``transition`` does for each (event, callback, NOTIFY)
     in a fixed number of statements; returns the ids moved."""
     assert target in TERMINAL
-    rows = (await conn.execute(_FINISH_MANY, {
+    rows = (await conn.execute(queries.FINISH_MANY, {
         "ids": list(ids), "owner": owner, "allowed": allowed_from(target), "target": target.value,
     })).all()
     if not rows:
         return []
     moved = [r.id for r in rows]
-    await conn.execute(_EVENTS_MANY, {"ids": moved, "olds": [r.old for r in rows], "target": target.value,
+    await conn.execute(queries.EVENTS_MANY, {"ids": moved, "olds": [r.old for r in rows], "target": target.value,
                                       "reason": reason})
     with_callback = [r for r in rows if r.callback_url]
     if with_callback:
-        await conn.execute(_DELIVERIES_MANY, {
+        await conn.execute(queries.DELIVERIES_MANY, {
             "delivery_ids": [new_delivery_id() for _ in with_callback], "ids": [r.id for r in with_callback],
             "urls": [r.callback_url for r in with_callback], "event": CALLBACK_EVENT[target],
         })
         await notify(conn, queries.CHANNEL_WORK, "deliver")
-    await conn.execute(_NOTIFY_EACH, {"channel": queries.CHANNEL_DONE, "ids": moved})
+    await conn.execute(queries.NOTIFY_EACH, {"channel": queries.CHANNEL_DONE, "ids": moved})
     return moved
 
 

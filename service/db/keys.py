@@ -11,10 +11,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import owners
+from service.db import owners, queries
 from service.db.engine import one_statement
 from service.db.models import ApiKey, DashboardSession, table
 from service.domain.errors import FieldError, NotFound, ValidationFailed
@@ -26,21 +26,6 @@ KEY_PREFIX = "wsj_"
 PUBLIC_ID_PREFIX = "key_"
 MAX_LABEL = 200
 MAX_EXPIRES_IN_DAYS = 3650
-
-# Why one statement: the lookup and the last_used_at stamp in one round trip. The stamp
-# is written at most once a minute per key, so busy keys cost no write per request.
-LOOKUP = text(
-    """
-    WITH k AS (
-        SELECT id, owner, last_used_at FROM api_keys
-        WHERE key_hash = :hash AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-    ), used AS (
-        UPDATE api_keys SET last_used_at = now() FROM k
-        WHERE api_keys.id = k.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')
-    )
-    SELECT owner FROM k
-    """
-)
 
 
 def hash_key(key: str) -> str:
@@ -108,7 +93,7 @@ async def owner_for(engine: AsyncEngine, key: str) -> str | None:
     """The owner of a live key, or None. The lookup is by hash: an index probe, and the
     database never sees the key itself."""
     async with one_statement(engine) as conn:
-        row = (await conn.execute(LOOKUP, {"hash": hash_key(key)})).first()
+        row = (await conn.execute(queries.LOOKUP_KEY, {"hash": hash_key(key)})).first()
     return str(row.owner) if row else None
 
 

@@ -23,63 +23,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.db import queries
 from service.domain.errors import BudgetExceeded
 
 CENT = Decimal("0.0001")
 
-# Why: one statement, so one snapshot: a job's spend and release (one transaction) are
-# seen together or not at all. The horizon is four index probes of (owner, status,
-# created_at), never a read of the owner's history.
-FIGURES = text(
-    """
-    WITH horizon AS (
-        SELECT LEAST(
-            (SELECT min(created_at) FROM jobs WHERE owner = :owner AND status = 'queued'),
-            (SELECT min(created_at) FROM jobs WHERE owner = :owner AND status = 'submitted'),
-            (SELECT min(created_at) FROM jobs WHERE owner = :owner AND status = 'processing'),
-            (SELECT min(created_at) FROM jobs WHERE owner = :owner AND status = 'storing')) AS h
-    )
-    SELECT
-        coalesce((SELECT sum(amount_usd) FROM ledger
-                  WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end), 0) AS spent,
-        coalesce((SELECT sum(CASE kind WHEN 'reserve' THEN amount_usd ELSE -amount_usd END)
-                  FROM ledger, horizon
-                  WHERE owner = :owner AND kind IN ('reserve', 'release') AND reserved_at >= horizon.h), 0)
-          AS reserved
-    """
-)
 
-RESERVE = text(
-    """
-    INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
-    VALUES (:owner, :job_id, 'reserve', :amount, :images, :model, :reserved_at)
-    ON CONFLICT (job_id, kind) DO NOTHING
-    """
-)
-
-# Why: the same function the end-of-job trigger calls; a second call changes nothing.
-RELEASE = text("SELECT ledger_release(:job_id)")
-
-USAGE_BY = {
-    "day": "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-    "model": "model",
-}
+# The groupings of /v1/usage, each its own statement (queries.USAGE).
+USAGE_BY = tuple(queries.USAGE)
 
 
-def usage_query(group_by: str) -> Any:
-    """Completed jobs' spend in [from, to), grouped; read from the spend index alone."""
-    key = USAGE_BY[group_by]  # a fixed expression chosen from a closed set, never user text
-    return text(
-        f"""
-        SELECT {key} AS key, count(*) AS jobs, sum(images) AS images, sum(amount_usd) AS cost
-        FROM ledger
-        WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end
-        GROUP BY 1 ORDER BY 1
-        """
-    )
+def usage_query(group_by: str) -> TextClause:
+    """Completed jobs' spend in [from, to), grouped by ``group_by`` (one of USAGE_BY)."""
+    return queries.USAGE[group_by]
 
 
 def month_period(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -117,7 +76,7 @@ class Figures:
 
 async def figures(conn: AsyncConnection, owner: str, budget: Decimal | None, now: dt.datetime) -> Figures:
     start, end = month_period(now)
-    row = (await conn.execute(FIGURES, {"owner": owner, "start": start, "end": end})).one()
+    row = (await conn.execute(queries.BUDGET_FIGURES, {"owner": owner, "start": start, "end": end})).one()
     return Figures(budget, Decimal(row.spent), Decimal(row.reserved), start, end)
 
 
@@ -130,7 +89,7 @@ async def reserve(
     (the caller's transaction then rolls the job back)."""
     if budget is not None:
         await check(conn, job.owner, budget, estimate, now)
-    await conn.execute(RESERVE, {"owner": job.owner, "job_id": job.id, "amount": estimate, "images": images,
+    await conn.execute(queries.RESERVE, {"owner": job.owner, "job_id": job.id, "amount": estimate, "images": images,
                                  "model": job.model, "reserved_at": job.created_at})
 
 
@@ -152,4 +111,4 @@ async def release_reservation(conn: AsyncConnection, job_id: str) -> None:
     """Release ``job_id``'s reservation now (idempotent). Ending a job through any
     UPDATE of its status already does this; call it for a job that leaves by another
     road (e.g. a queued job erased without a status change)."""
-    await conn.execute(RELEASE, {"job_id": job_id})
+    await conn.execute(queries.RELEASE_RESERVATION, {"job_id": job_id})

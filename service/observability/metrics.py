@@ -35,9 +35,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import queries
 from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
 from service.observability.tenant_metrics import TenantCollector, TenantSnapshot, read_tenants
@@ -188,54 +188,6 @@ def callback_attempt(outcome: str) -> None:
 # --------------------------------------------------------------------------- database
 
 
-# Why: fold first (tried, never waited for: see migrations/versions/0008), then read
-# the folded counts of terminal jobs plus, live, the terminal jobs not folded yet (a
-# range of the jobs_terminal index) and the active ones (the small jobs_active index).
-# One statement, so one snapshot: the mark and the counts it folded agree.
-FOLD_COUNTS = text("SELECT fold_job_counts()")
-JOB_COUNTS = text(
-    """
-    SELECT status, model, sum(n)::bigint AS n
-    FROM (SELECT status, model, n FROM job_counts
-          UNION ALL
-          SELECT status, model, count(*) FROM jobs, job_counts_mark m
-          WHERE terminal_at >= m.counted_until AND status IN ('completed', 'failed', 'canceled', 'timed_out')
-          GROUP BY status, model
-          UNION ALL
-          SELECT status, model, count(*) FROM jobs
-          WHERE status IN ('queued', 'submitted', 'processing', 'storing')
-          GROUP BY status, model) c
-    GROUP BY status, model
-    HAVING sum(n) <> 0
-    """
-)
-# Why: only active jobs carry run_after, so this walks the small partial index jobs_due,
-# never the history. "Due" is exactly what a claim would take now (queries.CLAIM_JOBS).
-JOB_WORK = text(
-    """
-    SELECT CASE status WHEN 'queued' THEN 'submit' WHEN 'storing' THEN 'store' ELSE 'reconcile' END AS duty,
-           count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
-           count(*) FILTER (WHERE locked_until >= now()) AS leased,
-           extract(epoch FROM now() - min(run_after) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
-             AS oldest
-    FROM jobs
-    WHERE run_after IS NOT NULL AND run_after <= now()
-      AND status IN ('queued', 'submitted', 'processing', 'storing')
-    GROUP BY 1
-    """
-)
-# Why: the partial index deliveries_due holds pending deliveries only.
-DELIVERY_WORK = text(
-    """
-    SELECT 'deliver' AS duty,
-           count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
-           count(*) FILTER (WHERE locked_until >= now()) AS leased,
-           extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
-             AS oldest
-    FROM deliveries
-    WHERE status = 'pending' AND next_attempt_at <= now()
-    """
-)
 DUTIES = ("submit", "store", "reconcile", "deliver")
 
 
@@ -253,10 +205,10 @@ class DatabaseSnapshot:
 async def read_database(engine: AsyncEngine) -> DatabaseSnapshot:
     snap = DatabaseSnapshot()
     async with engine.begin() as conn:
-        await conn.execute(FOLD_COUNTS)
-        for row in await conn.execute(JOB_COUNTS):
+        await conn.execute(queries.FOLD_COUNTS)
+        for row in await conn.execute(queries.JOB_COUNTS):
             snap.jobs[(row.status, row.model)] = int(row.n)
-        for statement in (JOB_WORK, DELIVERY_WORK):
+        for statement in (queries.JOB_WORK, queries.DELIVERY_WORK):
             for row in await conn.execute(statement):
                 snap.due[row.duty] = int(row.due)
                 snap.leased[row.duty] = int(row.leased)

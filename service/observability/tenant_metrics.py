@@ -10,22 +10,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import ledger, owners
+from service.db import ledger, owners, queries
 
 PREFIX = "wavespeed_jobs"
-
-# Why: the partial index jobs_fair_queue holds exactly the jobs waiting to be sent; the
-# count reads that index alone (its size is the backlog, not the history).
-WAITING = text(
-    """
-    SELECT owner, priority, count(*) AS n FROM jobs
-    WHERE status = 'queued' AND submit_sent_at IS NULL
-    GROUP BY owner, priority
-    """
-)
 
 
 @dataclass
@@ -43,7 +32,7 @@ async def read_tenants(engine: AsyncEngine) -> TenantSnapshot:
             money = await ledger.figures(conn, name, None, now)
             snap.spent[name] = float(money.spent)
             snap.reserved[name] = float(money.reserved)
-        for row in await conn.execute(WAITING):
+        for row in await conn.execute(queries.WAITING):
             snap.waiting[(row.owner, int(row.priority))] = int(row.n)
     return snap
 

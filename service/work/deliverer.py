@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients import callbacks
@@ -49,35 +49,6 @@ CALLBACK_URL_SECONDS = 604800  # S3's longest presigned URL: 7 days
 JITTER = 0.2  # each delay is scaled by a random factor in [1 - JITTER, 1 + JITTER]
 RETRY_AFTER_CAP = 86400.0  # a Retry-After longer than a day is read as a day
 RETRY_AFTER_STATUSES = frozenset({429, 503})
-
-# Why: a non-zero first entry of the schedule delays the first attempt. Counted from
-# the delivery's creation (the terminal transition), fenced on our lease, and a no-op
-# once that moment has passed.
-DEFER_FIRST_ATTEMPT = text(
-    """
-    UPDATE deliveries
-    SET next_attempt_at = created_at + make_interval(secs => :delay), locked_until = NULL, locked_by = NULL
-    WHERE id = :id AND locked_by = :worker AND attempts = 0
-      AND created_at + make_interval(secs => :delay) > now()
-    RETURNING id
-    """
-)
-
-# Why: a redelivery is the same event again, so it keeps its webhook-id (a backend that
-# did process it can recognise it) and starts a new attempt series with a fresh body
-# (fresh presigned URLs). A delivery still pending is only brought forward, never reset
-# under a worker that may be sending it right now.
-REDELIVER = text(
-    """
-    UPDATE deliveries
-    SET status = 'pending',
-        attempts = CASE WHEN status = 'pending' THEN attempts ELSE 0 END,
-        body = CASE WHEN status = 'pending' THEN body ELSE '' END,
-        next_attempt_at = now(), delivered_at = NULL
-    WHERE id = (SELECT id FROM deliveries WHERE job_id = :job_id ORDER BY created_at DESC, id DESC LIMIT 1)
-    RETURNING id, attempts
-    """
-)
 
 
 def next_delay(
@@ -120,7 +91,7 @@ def outcome_of(attempt: Attempt, attempts_done: int, delays: Sequence[float], rn
 async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobStatus) -> str:
     """Send a terminal job's event again (``POST /v1/jobs/{id}/callback/redeliver``);
     returns the delivery id (the webhook-id). Creates the delivery if the job has none."""
-    row = (await conn.execute(REDELIVER, {"job_id": job_id})).first()
+    row = (await conn.execute(queries.REDELIVER, {"job_id": job_id})).first()
     if row is None:
         return await jobs.queue_callback(conn, job_id, status, url)
     await conn.execute(
@@ -161,7 +132,7 @@ class Deliverer:
             logs.bind_job(row.job_id, row.task_id)
             if row.attempts == 0 and delays[0] > 0:
                 deferred = (await conn.execute(
-                    DEFER_FIRST_ATTEMPT, {"id": row.id, "worker": worker, "delay": delays[0]})).first()
+                    queries.DEFER_FIRST_ATTEMPT, {"id": row.id, "worker": worker, "delay": delays[0]})).first()
                 if deferred:
                     return
             body = row.body or await self._freeze(conn, row)

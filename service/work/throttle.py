@@ -20,26 +20,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db import queries
 
 THROTTLE_RECHECK_SECONDS = 1.0
 
-# Why: the rows must exist before they can be claimed; adding missing ones is idempotent
-# and safe to race (ON CONFLICT). Rows past a lowered limit are ignored by the claim.
-ENSURE_SLOTS = text(
-    "INSERT INTO provider_slots (slot) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING"
-)
-ENSURE_TOKENS = text(
-    "INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING"
-)
-CLAIM = text("SELECT claim_submits(:worker, :lease, :limit, :max_in_flight, :max_per_minute) AS id")
-TAKE = text("SELECT take_provider_slot(:id, :worker, :max_in_flight, :max_per_minute) AS verdict")
-
 
 async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> None:
-    await conn.execute(ENSURE_SLOTS, {"n": max_in_flight})
-    await conn.execute(ENSURE_TOKENS, {"n": max_per_minute})
+    await conn.execute(queries.ENSURE_SLOTS, {"n": max_in_flight})
+    await conn.execute(queries.ENSURE_TOKENS, {"n": max_per_minute})
 
 
 async def claim_submits(
@@ -47,8 +37,9 @@ async def claim_submits(
 ) -> list[str]:
     """Up to ``limit`` queued jobs, fairly chosen, each holding a provider slot and a
     rate token, leased to ``worker`` and marked as being sent."""
-    rows = await conn.execute(CLAIM, {"worker": worker, "lease": lease, "limit": limit,
-                                      "max_in_flight": max_in_flight, "max_per_minute": max_per_minute})
+    rows = await conn.execute(queries.CLAIM_SUBMITS, {"worker": worker, "lease": lease, "limit": limit,
+                                                      "max_in_flight": max_in_flight,
+                                                      "max_per_minute": max_per_minute})
     return [r.id for r in rows]
 
 
@@ -58,7 +49,8 @@ async def mark_submit_sent(
     """For a job already chosen and leased (the reconciler's verified re-send): take a
     slot and a token and mark it as about to be sent; "throttled" when the account's
     limits are reached, "gone" when the job is no longer ours to send."""
-    row = (await conn.execute(TAKE, {"id": job_id, "worker": worker, "max_in_flight": max_in_flight,
-                                     "max_per_minute": max_per_minute})).one()
+    row = (await conn.execute(queries.TAKE_PROVIDER_SLOT, {"id": job_id, "worker": worker,
+                                                           "max_in_flight": max_in_flight,
+                                                           "max_per_minute": max_per_minute})).one()
     verdict: Literal["marked", "throttled", "gone"] = row.verdict
     return verdict

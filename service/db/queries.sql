@@ -1,0 +1,507 @@
+-- The named SQL statements of the service, loaded by service/db/queries.py (which also
+-- holds the lock order every transaction keeps, and the lease template of the duty
+-- tables). Format: each statement starts with a line "-- name: NAME" ("(asyncpg)" after
+-- the name: raw asyncpg SQL with $n parameters), then "--" lines saying why it is safe,
+-- then the SQL up to the line that ends with ";". Lines between statements are notes.
+-- Status values are never written here: {status:NAME} (one job status),
+-- {statuses:terminal} / {statuses:active} (sets), {delivery:NAME} (a delivery status)
+-- and {provider:NAME} (a WaveSpeed status) are rendered from service/domain/states.py
+-- when the file is loaded; bind parameters (= ANY(:statuses)) take sets chosen at run time.
+
+-- === Submits and provider news (service/work/submitter.py, service/db/news.py)
+
+-- name: MARK_SUBMIT_SENT
+-- Why: the submit is not idempotent upstream, so we record that it is about to go out
+-- *before* sending it, in a committed row. If we crash or lose the answer, the next
+-- claimer sees submit_sent_at and recovers the task instead of sending again. (A
+-- submitted job without a task id gets here again only once the reconciler has verified
+-- that the provider never created its task, and cleared submit_sent_at.)
+UPDATE jobs SET submit_sent_at = now(), updated_at = now()
+WHERE id = :id AND locked_by = :worker AND submit_sent_at IS NULL
+  AND (status = {status:queued} OR (status = {status:submitted} AND provider_task_id IS NULL))
+RETURNING id;
+
+-- name: INSERT_WEBHOOK_EVENT
+-- Why: the webhook-id is the provider's event identity; ON CONFLICT makes a redelivered
+-- event a no-op for everything but the job's event log.
+INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
+VALUES (:webhook_id, :job_id, :task_id, CAST(:body AS jsonb), :outcome)
+ON CONFLICT (webhook_id) DO NOTHING
+RETURNING id;
+
+-- name: APPLY_NEWS (asyncpg)
+-- --- Provider news (service/db/news.py), raw asyncpg SQL ($n params): the ONE statement
+-- by which a webhook or a result the reconciler fetched changes jobs. It takes a batch
+-- (group commit: the receiver writes every webhook that arrived together in one
+-- transaction) as parallel arrays, one element per item, and answers one row per item.
+-- Parameters (arrays): $1 job id, $2 webhook-id (NULL: a reconciler result, no webhook
+-- log), $3 task id (NULL when the body has none), $4 raw body (JSON text), $5 provider
+-- status, $6 inference ms, $7 has_nsfw_contents (JSON text), $8 output URLs (JSON array
+-- text), $9 target status (NULL: none), $10 statuses the target may be reached from
+-- (comma-separated), $11 target is terminal, $12 error, $13 delivery id, $14 callback
+-- event type, $15 source ("webhook"/"reconcile"), $16 delay before the target is due,
+-- $17 the webhook.received detail (JSON text); $18 terminal statuses (a plain array).
+--
+-- Why each part is safe:
+-- - job: every job of the batch is locked, in id order (the order every multi-job lock
+-- in this file uses), before its news is judged; the batch never holds one job twice
+-- (the writer keeps items for the same job apart), since a row may change only once
+-- per statement.
+-- - hook: the webhook-id is the provider's event identity; ON CONFLICT makes a
+-- redelivered event (committed earlier, or while we waited) a "duplicate" that changes
+-- nothing but the job's event log. A verified event for an unknown job is logged too;
+-- one for a deleted job without its body (its erased data must not come back).
+-- - c: the verdict on each item, from the locked row: unknown job, duplicate, another
+-- task (a webhook must name the job's task; a task id another job owns is never
+-- adopted), late (job terminal), stale (the provider said more already), or apply.
+-- - upd: provider fields and the guarded forward-only transition (could_move: the target
+-- is reachable from the locked status, states.allowed_from) in one UPDATE per job.
+-- - events: ordered per item: webhook.received, then task adoption/mismatch, then the
+-- status change. delivery: a terminal move queues its callback in this transaction,
+-- so a crash cannot lose it.
+WITH n AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::text[],
+                         $13::text[], $14::text[], $15::text[], $16::float8[], $17::text[])
+        WITH ORDINALITY AS n(job_id, webhook_id, task_id, body, pstatus, inference_ms, nsfw, outputs, target,
+                             allowed, terminal, error, delivery_id, event_type, source, delay, detail, ord)
+), job AS (
+    SELECT id, status, provider_task_id, provider_status, callback_url, deleted_at
+    FROM jobs WHERE id = ANY($1::text[])
+    ORDER BY id
+    FOR UPDATE
+), hook AS (
+    INSERT INTO webhook_events (webhook_id, job_id, task_id, body, outcome)
+    SELECT n.webhook_id, job.id, n.task_id,
+           CASE WHEN job.deleted_at IS NULL THEN n.body::jsonb ELSE '{}'::jsonb END,
+           CASE WHEN job.id IS NULL THEN 'unknown_job' ELSE 'received' END
+    FROM n LEFT JOIN job ON job.id = n.job_id
+    WHERE n.webhook_id IS NOT NULL
+    ORDER BY n.ord
+    ON CONFLICT (webhook_id) DO NOTHING
+    RETURNING webhook_id
+), c AS (
+    SELECT n.*, job.status AS was, job.callback_url,
+           job.provider_task_id IS NULL AND n.task_id IS NOT NULL AS adopting,
+           coalesce(n.target IS NOT NULL AND job.status = ANY(string_to_array(n.allowed, ',')), false)
+               AS could_move,
+           CASE
+               WHEN job.id IS NULL THEN 'unknown_job'
+               WHEN n.webhook_id IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM hook WHERE hook.webhook_id = n.webhook_id) THEN 'duplicate'
+               WHEN n.task_id IS NOT NULL AND job.provider_task_id IS NOT NULL
+                    AND n.task_id <> job.provider_task_id THEN 'task_mismatch'
+               WHEN n.task_id IS NULL AND n.webhook_id IS NOT NULL THEN 'task_mismatch'
+               WHEN job.status = ANY($18::text[]) THEN 'late'
+               WHEN job.provider_task_id IS NULL AND n.task_id IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM jobs o WHERE o.provider_task_id = n.task_id) THEN 'task_taken'
+               WHEN job.provider_status IN ({provider:completed}, {provider:failed})
+                    OR (CASE n.pstatus WHEN {provider:processing} THEN 1 WHEN {provider:completed} THEN 2 WHEN {provider:failed} THEN 2 ELSE 0 END)
+                     < (CASE job.provider_status WHEN {provider:processing} THEN 1 WHEN {provider:completed} THEN 2
+                                                 WHEN {provider:failed} THEN 2 ELSE 0 END) THEN 'unchanged'
+               ELSE 'apply'
+           END AS verdict
+    FROM n LEFT JOIN job ON job.id = n.job_id
+), upd AS (
+    UPDATE jobs AS j SET
+        last_news_at = now(),
+        updated_at = now(),
+        provider_task_id = coalesce(j.provider_task_id, c.task_id),
+        provider_status = coalesce(c.pstatus, j.provider_status),
+        inference_ms = coalesce(c.inference_ms, j.inference_ms),
+        has_nsfw_contents = coalesce(c.nsfw::jsonb, j.has_nsfw_contents),
+        submitted_at = coalesce(j.submitted_at, now()),
+        status = CASE WHEN c.could_move THEN c.target ELSE j.status END,
+        locked_until = CASE WHEN c.could_move THEN NULL ELSE j.locked_until END,
+        locked_by = CASE WHEN c.could_move THEN NULL ELSE j.locked_by END,
+        run_after = CASE WHEN NOT c.could_move THEN j.run_after WHEN c.terminal THEN NULL
+                         ELSE now() + make_interval(secs => c.delay) END,
+        completed_at = CASE WHEN c.could_move AND c.terminal THEN now() ELSE j.completed_at END,
+        attempts = CASE WHEN c.could_move AND NOT c.terminal THEN 0 ELSE j.attempts END,
+        error = CASE WHEN c.could_move AND c.error IS NOT NULL THEN c.error ELSE j.error END,
+        callback_status = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
+                               THEN {delivery:pending} ELSE j.callback_status END,
+        callback_attempts = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
+                                 THEN 0 ELSE j.callback_attempts END
+    FROM c
+    WHERE c.verdict = 'apply' AND j.id = c.job_id
+), outs AS (
+    INSERT INTO job_outputs (job_id, index, source_url)
+    SELECT c.job_id, o.ord - 1, o.url
+    FROM c, jsonb_array_elements_text(c.outputs::jsonb) WITH ORDINALITY AS o(url, ord)
+    WHERE c.verdict = 'apply' AND c.target = {status:storing}
+    ON CONFLICT DO NOTHING
+), events AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT e.job_id, e.type, e.detail FROM (
+        SELECT c.ord, 1 AS step, c.job_id, 'webhook.received' AS type,
+               c.detail::jsonb || jsonb_build_object('duplicate', c.verdict = 'duplicate') AS detail
+        FROM c WHERE c.webhook_id IS NOT NULL AND c.verdict <> 'unknown_job'
+        UNION ALL
+        SELECT c.ord, 2, c.job_id, 'provider.task_mismatch',
+               jsonb_build_object('task_id', c.task_id, 'source', c.source)
+               || CASE WHEN c.verdict = 'task_taken' THEN '{"reason": "another job has this task"}'::jsonb
+                       WHEN c.task_id IS NULL THEN '{"reason": "the body names no task"}'::jsonb
+                       ELSE '{}'::jsonb END
+        FROM c WHERE c.verdict IN ('task_mismatch', 'task_taken')
+        UNION ALL
+        SELECT c.ord, 3, c.job_id, 'provider.task_adopted', jsonb_build_object('task_id', c.task_id, 'source', c.source)
+        FROM c WHERE c.verdict = 'apply' AND c.adopting
+        UNION ALL
+        SELECT c.ord, 4, c.job_id, 'status.changed',
+               jsonb_build_object('from', c.was, 'to', c.target, 'reason', c.source)
+               || CASE WHEN c.error IS NOT NULL THEN jsonb_build_object('error', c.error) ELSE '{}'::jsonb END
+        FROM c WHERE c.verdict = 'apply' AND c.could_move
+    ) AS e ORDER BY e.ord, e.step
+), delivery AS (
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+    SELECT c.delivery_id, c.job_id, c.event_type, c.callback_url, '', {delivery:pending}, now()
+    FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal AND c.callback_url IS NOT NULL
+)
+SELECT c.ord, c.verdict, c.verdict = 'apply' AND c.could_move AS moved,
+       c.callback_url IS NOT NULL AS has_callback
+FROM c ORDER BY c.ord;
+
+-- name: NOTIFY_MANY (asyncpg)
+-- Why one statement: unnest + pg_notify sends any number of wake-ups in one transaction
+-- (Postgres drops repeats within it), so under load one serialised NOTIFY commit serves
+-- many webhooks. A transaction that only notifies writes no WAL of its own, so its commit
+-- does not wait for a flush either.
+SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p);
+
+-- name: NOTIFY
+SELECT pg_notify(:channel, :payload);
+
+-- name: NOTIFY_EACH
+SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS t(id);
+
+-- === Transitions of many jobs at once (service/db/jobs.py: bulk cancel and delete)
+
+-- name: FINISH_MANY
+-- Why: the batch form of a terminal ``transition`` (bulk cancel and delete). Rows are
+-- locked in id order and the guard is re-checked on the locked row (EvalPlanQual), so a
+-- job that became terminal meanwhile is left alone; the owner is in the query.
+WITH locked AS (
+    SELECT id, status FROM jobs
+    WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:allowed)
+    ORDER BY id FOR UPDATE)
+UPDATE jobs j SET status = :target, updated_at = now(), locked_until = NULL, locked_by = NULL,
+                  run_after = NULL, completed_at = now(),
+                  callback_status = CASE WHEN j.callback_url IS NULL THEN j.callback_status ELSE {delivery:pending} END,
+                  callback_attempts = CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
+FROM locked WHERE j.id = locked.id
+RETURNING j.id, locked.status AS old, j.callback_url;
+
+-- name: EVENTS_MANY
+INSERT INTO job_events (job_id, type, detail)
+SELECT id, 'status.changed',
+       jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
+FROM unnest(CAST(:ids AS text[]), CAST(:olds AS text[])) AS t(id, old);
+
+-- name: DELIVERIES_MANY
+INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+SELECT d, j, :event, u, '', {delivery:pending}, now()
+FROM unnest(CAST(:delivery_ids AS text[]), CAST(:ids AS text[]), CAST(:urls AS text[])) AS t(d, j, u);
+
+-- === Provider capacity and fair turns (service/work/throttle.py, service/db/fairness.py, service/db/admission.py)
+
+-- name: ENSURE_SLOTS
+-- Why: the rows must exist before they can be claimed; adding missing ones is idempotent
+-- and safe to race (ON CONFLICT). Rows past a lowered limit are ignored by the claim.
+INSERT INTO provider_slots (slot) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING;
+
+-- name: ENSURE_TOKENS
+INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING;
+
+-- name: CLAIM_SUBMITS
+SELECT claim_submits(:worker, :lease, :limit, :max_in_flight, :max_per_minute) AS id;
+
+-- name: TAKE_PROVIDER_SLOT
+SELECT take_provider_slot(:id, :worker, :max_in_flight, :max_per_minute) AS verdict;
+
+-- name: NEXT_TAG
+-- Why: both parts are index probes (jobs_fair_queue, backward for the owner's last
+-- tag; one LIMIT 1 per owner for the heads). Paused owners and owners at their cap do
+-- not hold virtual time back: a newcomer would otherwise get turns in front of owners
+-- who are being served.
+SELECT greatest(
+    (SELECT max(vtag) FROM jobs
+     WHERE owner = :owner AND priority = :priority AND status = {status:queued} AND submit_sent_at IS NULL),
+    (SELECT min(h.vtag) FROM owners o
+     CROSS JOIN LATERAL (
+         SELECT j.vtag FROM jobs j
+         WHERE j.owner = o.name AND j.priority = :priority AND j.status = {status:queued} AND j.submit_sent_at IS NULL
+         ORDER BY j.vtag LIMIT 1) AS h
+     WHERE NOT o.paused
+       AND (o.max_in_flight IS NULL OR owner_in_flight(o.name, :max_in_flight) < o.max_in_flight)),
+    0) + 1.0 / :weight AS tag;
+
+-- name: RETRY_ESTIMATES
+-- Why: a bulk retry is a submit too. Each new job's estimate is its retried job's
+-- reservation (same model and input), checked against the budget for the whole batch
+-- under the owner's row lock; jobs admitted before the ledger existed reserve nothing.
+SELECT n.id, n.model, n.created_at, coalesce(r.amount_usd, 0) AS amount, coalesce(r.images, 1) AS images
+FROM jobs n LEFT JOIN ledger r ON r.job_id = n.retry_of AND r.kind = 'reserve'
+WHERE n.id = ANY(:ids) AND n.owner = :owner
+ORDER BY n.id;
+
+-- name: RETRY_TAGS
+-- Why: the copies take consecutive turns after the owner's waiting jobs, like submits.
+UPDATE jobs SET vtag = :base + t.ord / :weight
+FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(id, ord)
+WHERE jobs.id = t.id;
+
+-- === Money (service/db/ledger.py)
+
+-- name: BUDGET_FIGURES
+-- Why: one statement, so one snapshot: a job's spend and release (one transaction) are
+-- seen together or not at all. The horizon is one index probe of (owner, status,
+-- created_at) per active status, never a read of the owner's history.
+WITH horizon AS (
+    SELECT min(oldest.at) AS h
+    FROM unnest(ARRAY[{statuses:active}]) AS s(status)
+    CROSS JOIN LATERAL (SELECT min(created_at) AS at FROM jobs
+                        WHERE owner = :owner AND jobs.status = s.status) AS oldest
+)
+SELECT
+    coalesce((SELECT sum(amount_usd) FROM ledger
+              WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end), 0) AS spent,
+    coalesce((SELECT sum(CASE kind WHEN 'reserve' THEN amount_usd ELSE -amount_usd END)
+              FROM ledger, horizon
+              WHERE owner = :owner AND kind IN ('reserve', 'release') AND reserved_at >= horizon.h), 0)
+      AS reserved;
+
+-- name: RESERVE
+INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
+VALUES (:owner, :job_id, 'reserve', :amount, :images, :model, :reserved_at)
+ON CONFLICT (job_id, kind) DO NOTHING;
+
+-- name: RELEASE_RESERVATION
+-- Why: the same function the end-of-job trigger calls; a second call changes nothing.
+SELECT ledger_release(:job_id);
+
+-- name: USAGE_BY_DAY
+-- Why: completed jobs' spend in [start, end), grouped; read from the spend index alone.
+SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS key, count(*) AS jobs, sum(images) AS images,
+       sum(amount_usd) AS cost
+FROM ledger WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end
+GROUP BY 1 ORDER BY 1;
+
+-- name: USAGE_BY_MODEL
+SELECT model AS key, count(*) AS jobs, sum(images) AS images, sum(amount_usd) AS cost
+FROM ledger WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end
+GROUP BY 1 ORDER BY 1;
+
+-- === Callbacks (service/work/deliverer.py)
+
+-- name: DEFER_FIRST_ATTEMPT
+-- Why: a non-zero first entry of the schedule delays the first attempt. Counted from
+-- the delivery's creation (the terminal transition), fenced on our lease, and a no-op
+-- once that moment has passed.
+UPDATE deliveries
+SET next_attempt_at = created_at + make_interval(secs => :delay), locked_until = NULL, locked_by = NULL
+WHERE id = :id AND locked_by = :worker AND attempts = 0
+  AND created_at + make_interval(secs => :delay) > now()
+RETURNING id;
+
+-- name: REDELIVER
+-- Why: a redelivery is the same event again, so it keeps its webhook-id (a backend that
+-- did process it can recognise it) and starts a new attempt series with a fresh body
+-- (fresh presigned URLs). A delivery still pending is only brought forward, never reset
+-- under a worker that may be sending it right now.
+UPDATE deliveries
+SET status = {delivery:pending},
+    attempts = CASE WHEN status = {delivery:pending} THEN attempts ELSE 0 END,
+    body = CASE WHEN status = {delivery:pending} THEN body ELSE '' END,
+    next_attempt_at = now(), delivered_at = NULL
+WHERE id = (SELECT id FROM deliveries WHERE job_id = :job_id ORDER BY created_at DESC, id DESC LIMIT 1)
+RETURNING id, attempts;
+
+-- === Bulk actions (service/db/bulk.py)
+
+-- name: RETRY_MANY
+-- Why: a retry is a new job with the old one's model, input, metadata and callback URL;
+-- only failed or timed-out jobs of the owner qualify, and a job already retried is not
+-- retried again (a repeated bulk retry must not pay twice).
+WITH made AS (
+    INSERT INTO jobs (id, owner, model, input, metadata, callback_url, status, run_after, retry_of)
+    SELECT n.new_id, j.owner, j.model, j.input, j.metadata, j.callback_url, {status:queued}, now(), j.id
+    FROM unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS n(old_id, new_id)
+    JOIN jobs j ON j.id = n.old_id
+    WHERE j.owner = :owner AND j.status = ANY(:retryable) AND j.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
+    RETURNING id, model, retry_of)
+INSERT INTO job_events (job_id, type, detail)
+SELECT id, 'job.created', jsonb_build_object('model', model, 'retry_of', retry_of) FROM made
+RETURNING job_id;
+
+-- name: REDELIVERABLE
+SELECT id, status, callback_url FROM jobs
+WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:terminal) AND callback_url IS NOT NULL
+  AND deleted_at IS NULL
+ORDER BY id FOR UPDATE;
+
+-- === Data lifecycle (service/work/eraser.py, service/work/retention.py, service/db/bulk.py)
+
+-- name: MARK_DELETED
+-- Why: the tombstone mark and the erasure duty row are written by one statement, so a
+-- deleted job always has its erasure due until the erasure itself removes the row. Only
+-- terminal jobs are marked (callers cancel first, in the same transaction); the owner is
+-- in the query (NULL only for the retention sweep, which works across owners).
+WITH marked AS (
+    UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now()
+    WHERE id = ANY(:ids) AND deleted_at IS NULL AND status = ANY(:terminal)
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+    RETURNING id),
+logged AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT id, 'job.deleted', jsonb_build_object('reason', CAST(:reason AS text)) FROM marked)
+INSERT INTO erasures (job_id, reason) SELECT id, :reason FROM marked
+ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id;
+
+-- name: RETENTION_BATCH
+-- Why: retention picks its batch on the partial index jobs_retention (terminal, not yet
+-- deleted, oldest first); SKIP LOCKED so a job a worker or the API holds right now is
+-- simply taken by a later sweep. The owner's retention_days wins over the default
+-- (OUTPUT_RETENTION_DAYS); with neither, make_interval gives NULL and the job is kept.
+SELECT j.id FROM jobs j LEFT JOIN owners o ON o.name = j.owner
+WHERE j.deleted_at IS NULL AND j.completed_at IS NOT NULL
+  AND j.completed_at < now() - make_interval(days => :shortest)
+  AND j.completed_at < now() - make_interval(days => coalesce(o.retention_days, CAST(:days AS integer)))
+  AND j.status = ANY(:terminal)
+ORDER BY j.completed_at
+LIMIT :limit
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: SHORTEST_RETENTION
+-- The shortest retention anyone has: the sweep's index walk starts no later than that.
+SELECT least(CAST(:days AS integer), (SELECT min(retention_days) FROM owners)) AS days;
+
+-- name: ERASURE_OBJECTS
+SELECT o.job_id, o.key, o.thumbnail_key, coalesce(o.size_bytes, 0) AS size_bytes
+FROM erasures e JOIN job_outputs o ON o.job_id = e.job_id
+WHERE e.locked_by = :token;
+
+-- name: ERASE_LOCK_JOBS
+-- Why: the erasure of a batch is one transaction that takes row locks in the documented
+-- order (jobs, then deliveries, then the rest) and ends by removing the duty rows: the
+-- data is either all erased with no duty left, or untouched with the duty still due.
+SELECT j.id FROM jobs j JOIN erasures e ON e.job_id = j.id
+WHERE e.locked_by = :token ORDER BY j.id FOR UPDATE OF j;
+
+-- name: ERASE_JOB_DATA
+-- The erasure statements, run in this order in the batch's transaction (queries.ERASE_STATEMENTS).
+UPDATE jobs SET input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
+    request_hash = NULL, has_nsfw_contents = NULL, updated_at = now()
+WHERE id = ANY(:ids);
+
+-- name: ERASE_DELIVERY_BODIES
+UPDATE deliveries SET body = '' WHERE job_id = ANY(:ids) AND body <> '';
+
+-- name: ERASE_OUTPUTS
+DELETE FROM job_outputs WHERE job_id = ANY(:ids);
+
+-- name: ERASE_WEBHOOK_BODIES
+UPDATE webhook_events SET body = '{}'::jsonb WHERE job_id = ANY(:ids) AND body <> '{}'::jsonb;
+
+-- name: ERASE_EVENT_DETAILS
+-- Event details may hold a prompt, a key or an output URL: only a status change's
+-- from/to/reason survive.
+UPDATE job_events SET detail = CASE WHEN type = 'status.changed'
+    THEN jsonb_strip_nulls(jsonb_build_object('from', detail->'from', 'to', detail->'to',
+                                              'reason', detail->'reason'))
+    ELSE '{}'::jsonb END
+WHERE job_id = ANY(:ids) AND detail <> '{}'::jsonb;
+
+-- name: FINISH_ERASURES
+WITH done AS (DELETE FROM erasures WHERE locked_by = :token AND job_id = ANY(:ids) RETURNING job_id, reason)
+INSERT INTO job_events (job_id, type, detail)
+SELECT job_id, 'job.erased', jsonb_build_object('reason', reason) FROM done
+RETURNING job_id;
+
+-- name: RETRY_ERASURES
+-- Why: a batch that failed (S3 down) is handed back with a delay, fenced on its token.
+UPDATE erasures SET locked_until = NULL, locked_by = NULL, last_error = :error,
+                    run_after = now() + make_interval(secs => :delay)
+WHERE locked_by = :token;
+
+-- === Keys and pages (service/db/keys.py, service/db/history.py, service/api/health.py)
+
+-- name: LOOKUP_KEY
+-- Why one statement: the lookup and the last_used_at stamp in one round trip. The stamp
+-- is written at most once a minute per key, so busy keys cost no write per request.
+WITH k AS (
+    SELECT id, owner, last_used_at FROM api_keys
+    WHERE key_hash = :hash AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+), used AS (
+    UPDATE api_keys SET last_used_at = now() FROM k
+    WHERE api_keys.id = k.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')
+)
+SELECT owner FROM k;
+
+-- name: PING
+-- Why: the readiness probe asks the database for the least it can answer.
+SELECT 1;
+
+-- name: PAGE_SETTINGS
+-- For the rest of the caller's transaction (set_config(..., true) is SET LOCAL):
+-- - custom plans: the statement is prepared and cached per connection, and after five
+-- runs Postgres may switch to a generic plan blind to the values, yet the best plan
+-- for a rare metadata value is the worst for a common one (measured: 2 ms → 500 ms);
+-- - no JIT and no parallel workers: a page reads about a hundred rows, and compiling
+-- (≈ 280 ms) or starting workers only pays off for scans of millions.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true);
+
+-- === Metrics (service/observability/metrics.py, tenant_metrics.py)
+
+-- name: FOLD_COUNTS
+-- Why: fold first (tried, never waited for: see migrations/versions/0008), then read
+-- the folded counts of terminal jobs plus, live, the terminal jobs not folded yet (a
+-- range of the jobs_terminal index) and the active ones (the small jobs_active index).
+-- One statement, so one snapshot: the mark and the counts it folded agree.
+SELECT fold_job_counts();
+
+-- name: JOB_COUNTS
+SELECT status, model, sum(n)::bigint AS n
+FROM (SELECT status, model, n FROM job_counts
+      UNION ALL
+      SELECT status, model, count(*) FROM jobs, job_counts_mark m
+      WHERE terminal_at >= m.counted_until AND status IN ({statuses:terminal})
+      GROUP BY status, model
+      UNION ALL
+      SELECT status, model, count(*) FROM jobs
+      WHERE status IN ({statuses:active})
+      GROUP BY status, model) c
+GROUP BY status, model
+HAVING sum(n) <> 0;
+
+-- name: JOB_WORK
+-- Why: only active jobs carry run_after, so this walks the small partial index jobs_due,
+-- never the history. "Due" is exactly what a claim would take now (queries.CLAIM_JOBS).
+SELECT CASE status WHEN {status:queued} THEN 'submit' WHEN {status:storing} THEN 'store' ELSE 'reconcile' END AS duty,
+       count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
+       count(*) FILTER (WHERE locked_until >= now()) AS leased,
+       extract(epoch FROM now() - min(run_after) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
+         AS oldest
+FROM jobs
+WHERE run_after IS NOT NULL AND run_after <= now()
+  AND status IN ({statuses:active})
+GROUP BY 1;
+
+-- name: DELIVERY_WORK
+-- Why: the partial index deliveries_due holds pending deliveries only.
+SELECT 'deliver' AS duty,
+       count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
+       count(*) FILTER (WHERE locked_until >= now()) AS leased,
+       extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE locked_until IS NULL OR locked_until < now()))
+         AS oldest
+FROM deliveries
+WHERE status = {delivery:pending} AND next_attempt_at <= now();
+
+-- name: WAITING
+-- Why: the partial index jobs_fair_queue holds exactly the jobs waiting to be sent; the
+-- count reads that index alone (its size is the backlog, not the history).
+SELECT owner, priority, count(*) AS n FROM jobs
+WHERE status = {status:queued} AND submit_sent_at IS NULL
+GROUP BY owner, priority;
