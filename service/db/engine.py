@@ -34,6 +34,14 @@ def asyncpg_dsn(url: str) -> str:
 # A connection back from the pool after this long idle is checked before use.
 PING_AFTER_IDLE_SECONDS = 5.0
 
+# Every session of the service runs without JIT. Its statements are short and each does
+# little work, but Postgres JIT-compiles any plan whose *estimated* cost passes
+# jit_above_cost, and a plan's estimate can pass it while the work stays small: the
+# submit claim's owner cap check (revision 0009), planned generically over 100,000
+# provider slots, was estimated at 800,000 and compiled for 2.5 s on every claim
+# (bench_pipeline with the service's limits set high: 47 of 200 jobs sent in 180 s).
+SESSION_SETTINGS = {"jit": "off"}
+
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     engine = create_async_engine(
@@ -41,6 +49,7 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        connect_args={"server_settings": SESSION_SETTINGS},
     )
     _ping_when_idle(engine)
     return engine
