@@ -150,17 +150,17 @@ def _event_times(meter: Any, ids: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, processes: int,
-                catcher: WebhookCatcher, key: str, logs: Path, label: str) -> Run:
+                catcher: WebhookCatcher, key: str, logs: Path, label: str, cwd: Path | None = None) -> Run:
     port = free_port()
     env = _service_env(args, env_base["db"], env_base["s3"], env_base["sim"], port)
-    side = "serve" if processes == 1 else "serve+worker"
+    side = ("serve" if processes == 1 else "serve+worker") if cwd is None else "baseline"
     entry = "tests.benchmarks.statement_counter" if args.count_statements else "service"
     counts = logs / f"{label}-statements.json"
     env["STATEMENT_COUNTS"] = str(counts)
     with (
         procs.running([procs.PYTHON, "-m", entry, "serve", "--host", "127.0.0.1", "--port", str(port)],
                       env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
-                      log_path=logs / f"{label}-serve.log") as serve,
+                      log_path=logs / f"{label}-serve.log", cwd=cwd or procs.ROOT) as serve,
         contextlib.ExitStack() as stack,
     ):
         pids = [serve.pid]
@@ -325,10 +325,10 @@ def summary(runs: list[Run]) -> None:
     print("\n== medians over repetitions")
     for scenario in ("burst", "steady"):
         service, two, script = of("serve", scenario), of("serve+worker", scenario), of("script", scenario)
-        if not service or not script:
+        if not service:
             continue
         s_cpu, s_pg = _median(service, lambda r: r.cpu_ms), _median(service, lambda r: r.pg_ms)
-        c_cpu = _median(script, lambda r: r.cpu_ms)
+        c_cpu = _median(script, lambda r: r.cpu_ms)  # nan without the script's side
         print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms "
               f"({_median(service, lambda r: r.xacts):.1f} transactions/job); script {c_cpu:.1f} ms "
               f"→ service/script {s_cpu / c_cpu:.2f}× ({(s_cpu + s_pg) / c_cpu:.2f}× with postgres)")
@@ -336,9 +336,18 @@ def summary(runs: list[Run]) -> None:
             p99 = _median(service, lambda r, n=name: percentile(r.latencies[n], 99) * 1000)
             p50 = _median(service, lambda r, n=name: percentile(r.latencies[n], 50) * 1000)
             print(f"  service {name}: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-        p99 = _median(script, lambda r: percentile(r.latencies["done→in S3"], 99) * 1000)
-        print(f"  script done→in S3: p99 {p99:.0f} ms; jobs/s service "
-              f"{_median(service, lambda r: r.jobs_per_s):.1f}, script {_median(script, lambda r: r.jobs_per_s):.1f}")
+        if script:
+            p99 = _median(script, lambda r: percentile(r.latencies["done→in S3"], 99) * 1000)
+            print(f"  script done→in S3: p99 {p99:.0f} ms; jobs/s service "
+                  f"{_median(service, lambda r: r.jobs_per_s):.1f}, "
+                  f"script {_median(script, lambda r: r.jobs_per_s):.1f}")
+        base = of("baseline", scenario)
+        if service and base:
+            print(f"  this checkout vs baseline: cpu/job {s_cpu:.1f} vs {_median(base, lambda r: r.cpu_ms):.1f} ms "
+                  f"({s_cpu / _median(base, lambda r: r.cpu_ms):.2f}×), postgres {s_pg:.1f} vs "
+                  f"{_median(base, lambda r: r.pg_ms):.1f} ms, tx/job {_median(service, lambda r: r.xacts):.1f} vs "
+                  f"{_median(base, lambda r: r.xacts):.1f}, jobs/s {_median(service, lambda r: r.jobs_per_s):.1f} vs "
+                  f"{_median(base, lambda r: r.jobs_per_s):.1f}")
         if two:
             one_rate, two_rate = _median(service, lambda r: r.jobs_per_s), _median(two, lambda r: r.jobs_per_s)
             print(f"  serve+worker {two_rate:.1f} jobs/s vs serve {one_rate:.1f}: {two_rate / one_rate:.2f}× "
@@ -355,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="longest wait for one run's jobs")
     parser.add_argument("--scenarios", default="burst,steady")
     parser.add_argument("--no-second-process", action="store_true")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run `serve` from this other checkout (e.g. `git worktree add /tmp/base main~3`), "
+                             "alternating with this one, on the same database schema: before/after a change")
     parser.add_argument("--sides", default="serve,script,serve+worker", help="which sides to run")
     parser.add_argument("--count-statements", action="store_true",
                         help="count serve's SQL statements by text (tests/benchmarks/statement_counter.py)")
@@ -404,16 +416,19 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
         for scenario in scenarios:
             sides = ["serve", "script"] + (["serve+worker"] if scenario == "burst" and not
                                            args.no_second_process else [])
+            if args.baseline:
+                sides.insert(1, "baseline")
             if rep % 2:
                 sides.reverse()
             for side in sides:
-                if side not in args.sides.split(","):
+                if side not in args.sides.split(",") and not (side == "baseline" and args.baseline):
                     continue
                 if side == "script":
                     run = run_script(args, env_base, scenario)
                 else:
                     run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
-                                      catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}")
+                                      catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
+                                      cwd=args.baseline if side == "baseline" else None)
                 runs.append(run)
                 print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
 
