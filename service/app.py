@@ -169,6 +169,7 @@ def create_app(
         async with open_resources(settings, resolver, network) as res, news_writer.open_writer(settings) as writer:
             app.state.resources = res
             app.state.news_writer = writer  # the receiver's group commit (service/db/news_writer.py)
+            app.state.streams = job_stream.StreamGate(settings.streams_max_per_process)  # live streams' cap
             # What start-up built (modules, botocore's service models, SQLAlchemy metadata:
             # ~140,000 objects) lives as long as the process. Freezing it keeps the
             # garbage collector's full passes from rescanning it: each took ~70 ms and

@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -120,6 +121,14 @@ class GracefulServer(uvicorn.Server):
     """uvicorn's Server, except that a SIGTERM/SIGINT that led to a clean shutdown ends
     the process with exit code 0 (uvicorn re-raises the signal afterwards, which
     orchestrators read as a crash)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Live streams never end by themselves: end them first (each sends a last comment
+        # and completes its response), or the graceful wait would run to its timeout.
+        streams = getattr(getattr(self.config.app, "state", None), "streams", None)
+        if streams is not None:
+            streams.close_all()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

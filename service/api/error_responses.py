@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
-from service.domain.errors import ServiceError, ValidationFailed
+from service.domain.errors import ServiceError, Unavailable, ValidationFailed
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,8 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code >= 500:
         log.error("request.failed", path=request.url.path, error=exc.message, **job_fields(request))
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, Unavailable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
 
 

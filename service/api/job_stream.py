@@ -5,28 +5,74 @@ the terminal one; a comment every STREAM_KEEPALIVE_SECONDS keeps idle connection
 Streams are woken by the process's one LISTEN connection (service/db/listen.py): an
 open stream costs an Event and a parked coroutine, and reads the row only when told its
 job changed, never on a timer.
+
+A process holds at most STREAMS_MAX_PER_PROCESS streams (``StreamGate``); one more is
+refused with 503, ``Retry-After`` and error type ``too_many_streams`` before anything is
+read. On shutdown ``serve`` closes the gate first: every open stream sends a last comment
+and ends its response, so the graceful wait is not spent on streams that never end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy import select, tuple_
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service.api.auth import authenticate, resources
 from service.api.openapi_doc import BEARER, JOB_ID, documented, errors
 from service.db import jobs
-from service.domain.errors import NotFound
+from service.domain.errors import NotFound, TooManyStreams
 from service.domain.serialize import Job, job_dict
 from service.domain.states import TERMINAL
+from service.observability import metrics
 from service.resources import Resources
 
 READ_BATCH = 500
+RETRY_AFTER_SECONDS = 5
+CLOSING = ": closing: the server is shutting down, reconnect\n\n"
+
+
+class StreamGate:
+    """Counts this process's open streams, refuses one past the cap, and ends them all
+    at shutdown. Made in the app's lifespan (``app.state.streams``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.closing = False
+        self._open: set[asyncio.Event] = set()
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    def enter(self, wake: asyncio.Event) -> None:
+        """Admit a stream whose waits end when ``wake`` is set, or raise."""
+        if self.closing:
+            metrics.STREAMS_REFUSED.inc()
+            raise TooManyStreams("the server is shutting down; reconnect", retry_after=RETRY_AFTER_SECONDS)
+        if len(self._open) >= self.limit:
+            metrics.STREAMS_REFUSED.inc()
+            raise TooManyStreams(f"this server holds its maximum of {self.limit:,} live streams "
+                                 f"(STREAMS_MAX_PER_PROCESS); retry in {RETRY_AFTER_SECONDS} s",
+                                 retry_after=RETRY_AFTER_SECONDS)
+        self._open.add(wake)
+        metrics.STREAMS_OPEN.set(len(self._open))
+
+    def leave(self, wake: asyncio.Event) -> None:
+        self._open.discard(wake)
+        metrics.STREAMS_OPEN.set(len(self._open))
+
+    def close_all(self) -> None:
+        """Shutdown: refuse new streams and wake every open one, which then ends."""
+        self.closing = True
+        for wake in self._open:
+            wake.set()
 
 
 def sse(job: Job) -> str:
@@ -100,40 +146,67 @@ def reader(request: Request) -> JobReader:
                        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": Job}},
     }}}}, **errors(401, 404)},
 )
-async def stream(request: Request) -> StreamingResponse:
+async def stream(request: Request) -> EventStream:
     owner = await authenticate(request)
     res = resources(request)
     job_id = request.path_params["job_id"]
     keepalive = res.settings.stream_keepalive_seconds
+    gate: StreamGate = request.app.state.streams
     # Watch before the first read, so a change between the read and the wait is not lost.
     changed = res.notifications.watch(job_id)
     try:
+        gate.enter(changed)  # 503 past the cap, before any read
+    except TooManyStreams:
+        res.notifications.unwatch(job_id, changed)
+        raise
+    try:
         first = await reader(request).read(owner, job_id)  # 404 before the stream starts
     except BaseException:
+        gate.leave(changed)
         res.notifications.unwatch(job_id, changed)
         raise
 
     async def events() -> AsyncIterator[str]:
         job, sent = first, None
-        try:
-            while True:
-                if job["status"] != sent:
-                    sent = job["status"]
-                    yield sse(job)
-                    if sent in TERMINAL:
-                        return
-                try:
-                    await asyncio.wait_for(changed.wait(), keepalive)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                changed.clear()
-                job = await reader(request).read(owner, job_id)
-        finally:
-            res.notifications.unwatch(job_id, changed)
+        while True:
+            if job["status"] != sent:
+                sent = job["status"]
+                yield sse(job)
+                if sent in TERMINAL:
+                    return
+            try:
+                await asyncio.wait_for(changed.wait(), keepalive)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            changed.clear()
+            if gate.closing:
+                yield CLOSING
+                return
+            job = await reader(request).read(owner, job_id)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def release() -> None:
+        gate.leave(changed)
+        res.notifications.unwatch(job_id, changed)
+
+    return EventStream(events(), release)
+
+
+class EventStream(StreamingResponse):
+    """The SSE answer; ``release`` runs however the response ends (finished, failed, or
+    the client gone before the first event, when the generator's own ``finally`` would
+    never run), so a slot of the gate is never leaked."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 routes = [Route("/v1/jobs/{job_id}/stream", stream, methods=["GET"])]

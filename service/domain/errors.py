@@ -145,3 +145,13 @@ class Unavailable(ServiceError):
 
     status_code = 503
     error_type = "unavailable"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        self.retry_after = retry_after  # seconds, sent as Retry-After
+        super().__init__(message)
+
+
+class TooManyStreams(Unavailable):
+    """This process holds as many live streams as it may; try again shortly."""
+
+    error_type = "too_many_streams"

@@ -27,6 +27,7 @@ import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -107,6 +108,13 @@ ERASED_OBJECTS = Counter(
 )
 RETENTION_DELETED = Counter(
     f"{PREFIX}_retention_deleted_jobs", "Jobs the retention sweep marked deleted.", registry=REGISTRY,
+)
+STREAMS_OPEN = Gauge(
+    f"{PREFIX}_streams_open", "Live streams (GET /v1/jobs/{id}/stream) this process holds open.", registry=REGISTRY,
+)
+STREAMS_REFUSED = Counter(
+    f"{PREFIX}_streams_refused", "Streams refused with 503: STREAMS_MAX_PER_PROCESS reached, or shutting down.",
+    registry=REGISTRY,
 )
 
 
