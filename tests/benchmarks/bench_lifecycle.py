@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -99,26 +100,51 @@ def seed(db: str, owner: str, prefix: str, count: int, status: str, batch: str =
 
 
 class Probe:
-    """A closed loop of PROBE_CONCURRENCY workers making one kind of request; records
-    (start time, latency, status)."""
+    """Requests of one kind while a phase lasts; records (due time, latency, status).
 
-    def __init__(self, make: Any) -> None:
-        self.make = make
+    Open loop by default (``rate`` requests a second, each latency measured from when the
+    request was *due*, so a stall shows in the tail): a steady API under ordinary load, as
+    a backend sees it. ``rate=0`` is the closed loop of earlier runs (PROBE_CONCURRENCY
+    workers back to back): it saturates the two cores by itself, so any other work at all
+    shows up one for one in its latency."""
+
+    def __init__(self, make: Any, rate: float) -> None:
+        self.make, self.rate = make, rate
         self.samples: list[tuple[float, float, int]] = []
         self._stop = asyncio.Event()
 
-    async def _worker(self, client: httpx.AsyncClient, worker: int) -> None:
+    async def _one(self, client: httpx.AsyncClient, n: int, due: float) -> None:
+        method, url, kwargs = self.make(n)
+        try:
+            status = (await client.request(method, url, **kwargs)).status_code
+        except httpx.HTTPError:
+            status = 599
+        self.samples.append((due, time.perf_counter() - due, status))
+
+    async def _closed(self, client: httpx.AsyncClient, worker: int) -> None:
         n = worker
         while not self._stop.is_set():
-            method, url, kwargs = self.make(n)
+            await self._one(client, n, time.perf_counter())
             n += PROBE_CONCURRENCY
-            started = time.perf_counter()
-            answer = await client.request(method, url, **kwargs)
-            self.samples.append((started, time.perf_counter() - started, answer.status_code))
+
+    async def _open(self, client: httpx.AsyncClient) -> None:
+        started, n, pending = time.perf_counter(), 0, set()
+        while not self._stop.is_set():
+            due = started + n / self.rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            task = asyncio.create_task(self._one(client, n, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            n += 1
+        await asyncio.gather(*pending)
 
     async def run(self, base: str, seconds_or_event: float | asyncio.Event) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            tasks = [asyncio.create_task(self._worker(client, w)) for w in range(PROBE_CONCURRENCY)]
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+            if self.rate:
+                tasks = [asyncio.create_task(self._open(client))]
+            else:
+                tasks = [asyncio.create_task(self._closed(client, w)) for w in range(PROBE_CONCURRENCY)]
             if isinstance(seconds_or_event, asyncio.Event):
                 await seconds_or_event.wait()
             else:
@@ -134,29 +160,43 @@ class Probe:
         return sum(1 for s in self.samples if s[2] >= 500)
 
 
-def _report(name: str, idle: list[Probe], busy: list[Probe], extra: list[str]) -> None:
+def _pooled(probes: list[Probe], pct: float) -> float:
+    values = sorted(s[1] for p in probes for s in p.samples)
+    return percentile(values, pct) * 1000 if values else float("nan")
+
+
+def _report(name: str, idle: list[Probe], busy: list[Probe], extra: list[str], loads: list[float]) -> None:
+    """Per-round figures, then one RESULT line: the median of the rounds' p99 ratios
+    (idle and busy phases alternate, so each ratio compares neighbours in time)."""
     print(f"\n== {name}")
     for line in extra:
         print("  " + line)
+    ratios = []
     for i, (a, b) in enumerate(zip(idle, busy, strict=True), start=1):
+        ratios.append(b.p(99) / a.p(99))
         print(f"  round {i}: probe p50 idle {a.p(50):.1f} ms / busy {b.p(50):.1f} ms; "
-              f"p99 idle {a.p(99):.1f} ms / busy {b.p(99):.1f} ms; ratio p99 {b.p(99) / a.p(99):.2f} "
+              f"p99 idle {a.p(99):.1f} ms / busy {b.p(99):.1f} ms; ratio p99 {ratios[-1]:.2f} "
               f"({len(a.samples)} / {len(b.samples)} requests, {a.errors() + b.errors()} 5xx)")
+    probe = f"open loop {idle[0].rate:g}/s" if idle[0].rate else f"closed loop x{PROBE_CONCURRENCY}"
+    print(f"RESULT {name.split(' ')[0]}: p99 ratio busy/idle median {statistics.median(ratios):.2f} "
+          f"over {len(ratios)} rounds (each {', '.join(f'{r:.2f}' for r in ratios)}; pooled "
+          f"{_pooled(busy, 99):.1f} / {_pooled(idle, 99):.1f} ms = {_pooled(busy, 99) / _pooled(idle, 99):.2f}); "
+          f"goal <= 1.20; probe {probe}; load average {min(loads):.2f}-{max(loads):.2f}", flush=True)
 
 
 # --------------------------------------------------------------------------- bulk cancel
 
 
-async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str], seconds: float
+async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str], seconds: float, rate: float
                       ) -> tuple[Probe, Probe, dict[str, Any], float]:
     headers = {"Authorization": f"Bearer {probe_key}"}
 
     def read(n: int) -> tuple[str, str, dict[str, Any]]:
         return "GET", f"/v1/jobs/{probe_ids[n % len(probe_ids)]}", {"headers": headers}
 
-    idle = Probe(read)
+    idle = Probe(read, rate)
     await idle.run(base, seconds)
-    busy, done = Probe(read), asyncio.Event()
+    busy, done = Probe(read, rate), asyncio.Event()
     running = asyncio.create_task(busy.run(base, done))
     await asyncio.sleep(0.5)  # the probe is under way before the bulk starts
     started = time.perf_counter()
@@ -169,21 +209,25 @@ async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str],
     return idle, busy, answer.json(), took
 
 
-def bench_bulk(jobs: int, rounds: int) -> None:
+def bench_bulk(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None:
     with database.fresh_database("wsj_bench_bulk") as db, s3_server() as s3:
         key, probe_key = create_key_blocking(db, "bulk"), create_key_blocking(db, "probe")
         seed(db, "probe", "job_probe_", 1000, "completed", completed_days_ago=0)
         probe_ids = [f"job_probe_{n:07d}" for n in range(1, 1001)]
-        idle_all, busy_all, lines = [], [], []
-        with serve(db, s3, workers=False, BULK_BATCH_SIZE="500") as (base, _):
+        idle_all, busy_all, lines, loads, tooks = [], [], [], [os.getloadavg()[0]], []
+        with serve(db, s3, workers=False, **env) as (base, _):
             for r in range(rounds):
                 seed(db, "bulk", f"job_bulk{r}_", jobs, "queued")
-                idle, busy, result, took = asyncio.run(_bulk_round(base, key, probe_key, probe_ids, 5.0))
+                idle, busy, result, took = asyncio.run(_bulk_round(base, key, probe_key, probe_ids, 10.0, rate))
                 idle_all.append(idle)
                 busy_all.append(busy)
+                loads.append(os.getloadavg()[0])
+                tooks.append(took)
                 lines.append(f"round {r + 1}: canceled {result.get('affected')} of {result.get('matched')} jobs in "
-                             f"{took:.2f} s (batches of 500, one transaction each)")
-    _report(f"bulk cancel of {jobs:,} jobs while GET /v1/jobs/{{id}} is probed", idle_all, busy_all, lines)
+                             f"{took:.2f} s (load {loads[-1]:.2f})")
+        lines.append(f"times: median {statistics.median(tooks):.2f} s"
+                     f" (goal < 10 s); settings {env}")
+    _report(f"bulk cancel of {jobs:,} jobs while GET /v1/jobs/{{id}} is probed", idle_all, busy_all, lines, loads)
 
 
 # --------------------------------------------------------------------------- retention
@@ -211,10 +255,10 @@ def _webhook(n: int, prefix: str) -> tuple[str, str, dict[str, Any]]:
     return "POST", f"/webhooks/wavespeed/{job}", {"content": body, "headers": headers}
 
 
-async def _retention_round(base: str, db: str, r: int, seconds: float) -> tuple[Probe, Probe, float]:
-    idle = Probe(lambda n: _webhook(n, f"job_hookidle{r}_"))
+async def _retention_round(base: str, db: str, r: int, seconds: float, rate: float) -> tuple[Probe, Probe, float]:
+    idle = Probe(lambda n: _webhook(n, f"job_hookidle{r}_"), rate)
     await idle.run(base, seconds)
-    busy, done = Probe(lambda n: _webhook(n, f"job_hookbusy{r}_")), asyncio.Event()
+    busy, done = Probe(lambda n: _webhook(n, f"job_hookbusy{r}_"), rate), asyncio.Event()
     running = asyncio.create_task(busy.run(base, done))
     started = time.perf_counter()
     with database.connect(db) as conn:
@@ -232,11 +276,12 @@ async def _retention_round(base: str, db: str, r: int, seconds: float) -> tuple[
     return idle, busy, took
 
 
-def bench_retention(jobs: int, rounds: int) -> None:
+def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None:
     per_round = jobs // rounds
     with database.fresh_database("wsj_bench_retention") as db, s3_server() as s3:
-        lines, idle_all, busy_all = [], [], []
-        with serve(db, s3, workers=True, OUTPUT_RETENTION_DAYS="30", RETENTION_INTERVAL_SECONDS="1") as (base, _):
+        lines, idle_all, busy_all, loads = [], [], [], [os.getloadavg()[0]]
+        with serve(db, s3, workers=True, OUTPUT_RETENTION_DAYS="30", RETENTION_INTERVAL_SECONDS="1",
+                   **env) as (base, _):
             for r in range(rounds):
                 prefix = f"job_keep{r}_"
                 seed(db, "keep", prefix, per_round, "completed", completed_days_ago=1)
@@ -251,7 +296,8 @@ def bench_retention(jobs: int, rounds: int) -> None:
                 put = _put_objects(s3, [f"outputs/{prefix}{n:07d}/0.jpeg" for n in range(1, real + 1)])
                 for kind in ("hookidle", "hookbusy"):
                     seed(db, "hooks", f"job_{kind}{r}_", 60000, "submitted")
-                idle, busy, took = asyncio.run(_retention_round(base, db, r, 10.0))
+                idle, busy, took = asyncio.run(_retention_round(base, db, r, 20.0, rate))
+                loads.append(os.getloadavg()[0])
                 client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
                                       aws_access_key_id=DEV_ACCESS_KEY, aws_secret_access_key=DEV_SECRET_KEY)
                 left = sum(page.get("KeyCount", 0) for page in client.get_paginator("list_objects_v2").paginate(
@@ -260,8 +306,9 @@ def bench_retention(jobs: int, rounds: int) -> None:
                 busy_all.append(busy)
                 lines.append(f"round {r + 1}: {per_round:,} jobs past retention swept and erased in {took:.1f} s "
                              f"({per_round / took:,.0f} jobs/s; {real:,} real objects, {left} left; "
-                             f"seeding S3 took {put:.0f} s)")
-    _report(f"retention of {jobs:,} jobs while signed webhooks are posted", idle_all, busy_all, lines)
+                             f"seeding S3 took {put:.0f} s; load {loads[-1]:.2f})")
+        lines.append(f"settings {env}")
+    _report(f"retention of {jobs:,} jobs while signed webhooks are posted", idle_all, busy_all, lines, loads)
 
 
 # --------------------------------------------------------------------------- streams
@@ -327,15 +374,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_lifecycle", description=__doc__)
     parser.add_argument("which", nargs="*", default=["bulk", "streams", "retention"])
     parser.add_argument("--jobs", type=int, default=None, help="jobs (bulk/retention) or streams")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="idle/busy pairs (default: bulk 5, retention 2, streams 2)")
+    parser.add_argument("--rate", type=float, default=25.0,
+                        help="probe requests per second, open loop (0: closed loop of 4 connections)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the serve process, e.g. LIFECYCLE_PAUSE_FACTOR=2 (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    env = dict(e.split("=", 1) for e in args.env)
+    print(f"== bench_lifecycle: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     for which in args.which:
         if which == "bulk":
-            bench_bulk(args.jobs or 10_000, args.rounds)
+            bench_bulk(args.jobs or 10_000, args.rounds or 5, args.rate, env)
         elif which == "retention":
-            bench_retention(args.jobs or 100_000, args.rounds)
+            bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env)
         elif which == "streams":
-            bench_streams(args.jobs or 1_000, args.rounds)
+            bench_streams(args.jobs or 1_000, args.rounds or 2)
         else:
             raise SystemExit(f"unknown benchmark {which!r}")
     return 0
