@@ -162,18 +162,21 @@ async def submit_job(
     return job_dict(row, [], res.presign), created
 
 
+def _query(name: str, schema: dict[str, Any], *, where: str = "query", **extra: Any) -> dict[str, Any]:
+    """An optional parameter of an operation (``where``: "query" or "header")."""
+    return {"name": name, "in": where, "required": False, "schema": schema, **extra}
+
+
 @documented(
     operationId="createJob", tags=["jobs"], summary="Submit a job", security=BEARER,
     description="Validates the input against the model's table, fills in every default, records the job and "
                 "queues its submission to WaveSpeed. With `wait`, holds the answer until the job is terminal "
                 "or the seconds pass.",
     parameters=[
-        {"name": "wait", "in": "query", "required": False,
-         "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
-         "description": "Seconds to hold the answer until the job is terminal."},
-        {"name": "Idempotency-Key", "in": "header", "required": False,
-         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-         "description": "The same key and body from the same owner return the first job (200)."},
+        _query("wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+               description="Seconds to hold the answer until the job is terminal."),
+        _query("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+               where="header", description="The same key and body from the same owner return the first job (200)."),
     ],
     requestBody=json_body({"oneOf": list(_BODIES.values()),
                            "discriminator": {"propertyName": "model", "mapping": _BODIES}}),
@@ -197,10 +200,6 @@ async def create(request: Request) -> JSONResponse:
 async def retrieve(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     return JSONResponse(await render(resources(request), request.path_params["job_id"], owner))
-
-
-def _query(name: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, **extra}
 
 
 @documented(
