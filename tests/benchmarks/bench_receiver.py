@@ -48,8 +48,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # comes with the dev extra
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, embedded_s3, free_port
+from service.db import queries
 from service.domain.signing import wavespeed_signature
-from service.observability import metrics
 from tests.benchmarks import database, loadgen, procs, wrk
 
 SECRET = "whsec_bench_receiver_0123456789abcdef"
@@ -437,7 +437,7 @@ def verify(url: str, phases: Sequence[Sent], jobs_seeded: int) -> tuple[list[str
             problems.append(f"{stale_metadata} job_metadata rows disagree with their job's status")
         conn.execute("SELECT fold_job_counts()")
         counted: dict[str, int] = {}
-        for status, _model, n in conn.execute(metrics.JOB_COUNTS.text):
+        for status, _model, n in conn.execute(queries.JOB_COUNTS.text):
             counted[status] = counted.get(status, 0) + n
         actual = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"))
         if counted != actual:
