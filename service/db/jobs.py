@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
@@ -162,8 +162,14 @@ async def transition(
     """
     now = func.now()
     sets: dict[str, Any] = {"status": target.value, "updated_at": now, "locked_until": None, "locked_by": None}
-    if target in TERMINAL:
-        sets.update(run_after=None, completed_at=now)
+    terminal = target in TERMINAL
+    if terminal:
+        # A job with a callback URL has its callback pending from this moment (the
+        # delivery row is written below, in this transaction).
+        has_callback = func.coalesce(jobs_t.c.callback_url, "") != ""
+        sets.update(run_after=None, completed_at=now,
+                    callback_status=case((has_callback, "pending"), else_=jobs_t.c.callback_status),
+                    callback_attempts=case((has_callback, 0), else_=jobs_t.c.callback_attempts))
     else:
         sets.update(attempts=0, run_after=func.now() + dt.timedelta(seconds=run_after_seconds or 0))
     if values:
@@ -177,14 +183,16 @@ async def transition(
     detail: dict[str, Any] = {"from": job.status, "to": target.value, "reason": reason}
     if values and values.get("error"):
         detail["error"] = values["error"]
-    await add_event(conn, job.id, "status.changed", detail)
-    if target in TERMINAL:
-        if result.callback_url:
-            await queue_callback(conn, job.id, target, result.callback_url)
-        await notify(conn, queries.CHANNEL_DONE, job.id)
-    else:
-        await notify(conn, queries.CHANNEL_WORK, target.value)
-        await notify(conn, queries.CHANNEL_JOB, job.id)  # live streams (GET /v1/jobs/{id}/stream)
+    url = result.callback_url if terminal and result.callback_url else None
+    if terminal:
+        wakes = ([(queries.CHANNEL_WORK, "deliver")] if url else []) + [(queries.CHANNEL_DONE, job.id)]
+    else:  # the duty that takes it from here, and live streams (GET /v1/jobs/{id}/stream)
+        wakes = [(queries.CHANNEL_WORK, target.value), (queries.CHANNEL_JOB, job.id)]
+    await conn.execute(queries.AFTER_MOVE, {
+        "job_id": job.id, "detail": json.dumps(detail), "url": url,
+        "delivery_id": new_delivery_id() if url else None, "event_type": CALLBACK_EVENT.get(target),
+        "channels": [c for c, _ in wakes], "payloads": [p for _, p in wakes],
+    })
     return True
 
 

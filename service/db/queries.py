@@ -22,7 +22,7 @@ Transactions that write more than one table, and how they keep the order:
 - provider news (``APPLY_NEWS``, service/db/news.py): one statement locks the batch's jobs
   in id order before judging them, then appends events, outputs and deliveries;
 - ``jobs.transition`` (storer, submitter, reconciler, cancel, time-outs): the guarded
-  UPDATE of the job comes first, then its event, its delivery (``queue_callback``);
+  UPDATE of the job comes first, then its event and delivery (``AFTER_MOVE``);
 - the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
   redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
   they update the delivery and mirror its state on the job;
@@ -132,6 +132,8 @@ APPLY_NEWS = _SQL.asyncpg("APPLY_NEWS")
 NOTIFY_MANY = _SQL.asyncpg("NOTIFY_MANY")
 NOTIFY = _SQL.text("NOTIFY")
 NOTIFY_EACH = _SQL.text("NOTIFY_EACH")
+# One job's status change, after its guarded UPDATE (service/db/jobs.py transition)
+AFTER_MOVE = _SQL.text("AFTER_MOVE")
 # Transitions of many jobs at once (service/db/jobs.py)
 FINISH_MANY = _SQL.text("FINISH_MANY")
 EVENTS_MANY = _SQL.text("EVENTS_MANY")

@@ -175,6 +175,23 @@ SELECT pg_notify(:channel, :payload);
 -- name: NOTIFY_EACH
 SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS t(id);
 
+-- === One job's status change (service/db/jobs.py transition)
+
+-- name: AFTER_MOVE
+-- Why one statement: what follows a status change made by ``jobs.transition`` (its
+-- event; for a terminal move with a callback URL, the pending delivery, whose id is the
+-- stable webhook-id; the wake-ups) costs one round trip instead of up to five. It runs
+-- after the guarded UPDATE, in its transaction: the job is locked first, the delivery is
+-- a new row nobody else can hold.
+WITH event AS (
+    INSERT INTO job_events (job_id, type, detail) VALUES (:job_id, 'status.changed', CAST(:detail AS jsonb))
+), delivery AS (
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+    SELECT :delivery_id, :job_id, :event_type, CAST(:url AS text), '', {delivery:pending}, now()
+    WHERE CAST(:url AS text) IS NOT NULL
+)
+SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(c, p);
+
 -- === Transitions of many jobs at once (service/db/jobs.py: bulk cancel and delete)
 
 -- name: FINISH_MANY
