@@ -165,11 +165,30 @@ def _ledger() -> None:
         $$
         """
     )
+    ledger_trigger_function(op)
+    op.execute(
+        f"""
+        CREATE TRIGGER jobs_ledger AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN (OLD.status IN ({ACTIVE}) AND NEW.status IN ({TERMINAL}))
+        EXECUTE FUNCTION jobs_ledger()
+        """
+    )
+    op.execute(
+        f"""
+        CREATE TRIGGER jobs_ledger_delete AFTER DELETE ON jobs FOR EACH ROW
+        WHEN (OLD.status IN ({ACTIVE}))
+        EXECUTE FUNCTION jobs_ledger()
+        """
+    )
+
+
+def ledger_trigger_function(op: Any) -> None:
+    """The trigger function; revision 0010 runs this again to downgrade to it."""
     # A job's end settles its money in the same statement: completion spends the job's
     # cost_usd (set in that same UPDATE) for its stored outputs; every end releases.
     op.execute(
         """
-        CREATE FUNCTION jobs_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE OR REPLACE FUNCTION jobs_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'UPDATE' AND NEW.status = 'completed' THEN
                 INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
@@ -184,20 +203,6 @@ def _ledger() -> None:
             RETURN NULL;
         END
         $$
-        """
-    )
-    op.execute(
-        f"""
-        CREATE TRIGGER jobs_ledger AFTER UPDATE OF status ON jobs FOR EACH ROW
-        WHEN (OLD.status IN ({ACTIVE}) AND NEW.status IN ({TERMINAL}))
-        EXECUTE FUNCTION jobs_ledger()
-        """
-    )
-    op.execute(
-        f"""
-        CREATE TRIGGER jobs_ledger_delete AFTER DELETE ON jobs FOR EACH ROW
-        WHEN (OLD.status IN ({ACTIVE}))
-        EXECUTE FUNCTION jobs_ledger()
         """
     )
 

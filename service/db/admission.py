@@ -1,10 +1,12 @@
 """Admission: a submit becomes a queued job, with its owner's budget checked and its
 reservation written, and its place in its owner's turn, in one transaction.
 
-The owner's row is locked first (owners.lock), so every submit of one owner passes
-through here one at a time: the budget check cannot be raced past (200 concurrent
-submits never overshoot), an Idempotency-Key replay finds its first job before any
-money moves (never reserved twice), and the owner's jobs take consecutive turns.
+The owner's row is locked first, so every submit of one owner passes through here one
+at a time: the budget check cannot be raced past (200 concurrent submits never
+overshoot), an Idempotency-Key replay finds its first job before any money moves (never
+reserved twice), and the owner's jobs take consecutive turns. A submit is one statement
+(``admit_job``, revision 0010) committed by the server before it answers, so the row is
+held for the server's own work and the commit, not for round trips to this process.
 Lock order: the owner's row, then the new job row (which nobody else can hold yet),
 then the ledger; jobs that exist already are never locked here.
 """
@@ -17,15 +19,14 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import fairness, ledger, owners, queries
-from service.db.jobs import add_event, job_record, jobs_t, new_job_id, notify
+from service.db.jobs import job_record, jobs_t, new_job_id
 from service.domain.errors import Conflict
 from service.domain.records import JobRecord
 from service.domain.schemas import PRIORITY_DEFAULT
-from service.domain.states import JobStatus
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,6 @@ class Admission:
     priority: int = 5
     start_timeout_seconds: int | None = None
     provider_max_in_flight: int = 100  # fairness ignores owners at their cap (fairness.py)
-
-
-async def _replayed(conn: AsyncConnection, owner: str, key: str, body_hash: str | None) -> Row[Any] | None:
-    """The job first created with this Idempotency-Key, or None; Conflict when the key
-    came with another body. The caller holds the owner's row lock, so no submit with the
-    same key can be between this lookup and the insert."""
-    existing = (
-        await conn.execute(select(jobs_t).where(jobs_t.c.owner == owner, jobs_t.c.idempotency_key == key))
-    ).first()
-    if existing is not None and existing.request_hash != body_hash:
-        raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
-    return existing
 
 
 async def create_job(
@@ -65,34 +54,30 @@ async def create_job(
 ) -> tuple[JobRecord, bool]:
     """Insert a queued job; with an Idempotency-Key, return the first job instead.
 
-    One transaction with the owner's row locked (owners.lock): the idempotency lookup,
-    the budget check and the reservation (ledger.reserve, BudgetExceeded rolls it all
-    back), the job's place in its owner's turn (fairness.next_tag) and the insert.
-    A replay finds the first job before any of that, so it is never reserved twice.
-    Returns (job row, created). Raises Conflict when the key was used with another body.
+    ``admit_job`` locks the owner's row, then: an Idempotency-Key replay returns the
+    first job before any money moves (never reserved twice); the budget check
+    (BudgetExceeded: nothing is written); the job in its owner's turn, its reservation,
+    its event and the wake-up of the submitters; the commit. Returns (job row, created).
+    Raises Conflict when the key was used with another body.
     """
     adm = admission or Admission()
-    job_id = new_job_id()
-    async with engine.begin() as conn:
-        tenant = await owners.lock(conn, owner)
-        if idempotency_key is not None and (first := await _replayed(conn, owner, idempotency_key, body_hash)):
-            return job_record(first), False
-        vtag = await fairness.next_tag(conn, owner, tenant.weight, adm.priority, adm.provider_max_in_flight)
-        start_deadline = (
-            func.now() + dt.timedelta(seconds=adm.start_timeout_seconds) if adm.start_timeout_seconds else None
-        )
-        stmt = insert(jobs_t).values(
-            id=job_id, owner=owner, model=model, input=input_, metadata=metadata, callback_url=callback_url,
-            idempotency_key=idempotency_key, request_hash=body_hash, status=JobStatus.QUEUED.value,
-            run_after=func.now(), priority=adm.priority, vtag=vtag, start_timeout_seconds=adm.start_timeout_seconds,
-            start_deadline_at=start_deadline,
-        )
-        row = (await conn.execute(stmt.returning(jobs_t))).one()
-        await ledger.reserve(conn, row, tenant.monthly_budget_usd, adm.estimate_usd, adm.images,
-                             dt.datetime.now(dt.UTC))
-        await add_event(conn, job_id, "job.created", {"model": model})
-        await notify(conn, queries.CHANNEL_WORK, "submit")
-        return job_record(row), True
+    month_start, month_end = ledger.month_period(dt.datetime.now(dt.UTC))
+    params = {
+        "id": new_job_id(), "owner": owner, "model": model, "input": input_, "metadata": metadata,
+        "callback_url": callback_url, "idempotency_key": idempotency_key, "request_hash": body_hash,
+        "priority": adm.priority, "start_timeout_seconds": adm.start_timeout_seconds or None,
+        "estimate": adm.estimate_usd, "images": adm.images, "provider_max_in_flight": adm.provider_max_in_flight,
+        "month_start": month_start, "month_end": month_end, "channel": queries.CHANNEL_WORK,
+    }
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        verdict = (await autocommit.execute(queries.ADMIT_JOB, params)).one()
+        if verdict.verdict == "budget_exceeded":
+            raise ledger.exceeded(verdict.budget, verdict.spent, verdict.reserved, adm.estimate_usd)
+        if verdict.verdict == "conflict":
+            raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
+        row = (await autocommit.execute(select(jobs_t).where(jobs_t.c.id == verdict.job_id))).one()
+        return job_record(row), verdict.verdict == "created"
 
 
 ANY_SLOT = 2**31 - 1  # count every slot an owner holds (no provider setting here)

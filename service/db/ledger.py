@@ -96,15 +96,18 @@ async def reserve(
 async def check(conn: AsyncConnection, owner: str, budget: Decimal, estimate: Decimal, now: dt.datetime) -> None:
     """BudgetExceeded unless ``estimate`` fits in what the budget has left."""
     current = await figures(conn, owner, budget, now)
-    remaining = current.remaining
-    assert remaining is not None
-    if estimate > remaining:
-        left = usd(max(remaining, Decimal(0)))
-        raise BudgetExceeded(
-            f"the monthly budget of ${usd(budget)} has ${left} left (spent ${usd(current.spent)}, "
-            f"reserved ${usd(current.reserved)}); this needs ${usd(estimate)}",
-            remaining_usd=left,
-        )
+    if estimate > budget - current.spent - current.reserved:
+        raise exceeded(budget, current.spent, current.reserved, estimate)
+
+
+def exceeded(budget: Decimal, spent: Decimal, reserved: Decimal, estimate: Decimal) -> BudgetExceeded:
+    """The 402 for an estimate that does not fit: what the budget has left and why."""
+    left = usd(max(budget - spent - reserved, Decimal(0)))
+    return BudgetExceeded(
+        f"the monthly budget of ${usd(budget)} has ${left} left (spent ${usd(spent)}, "
+        f"reserved ${usd(reserved)}); this needs ${usd(estimate)}",
+        remaining_usd=left,
+    )
 
 
 async def release_reservation(conn: AsyncConnection, job_id: str) -> None:

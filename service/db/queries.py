@@ -32,15 +32,17 @@ Transactions that write more than one table, and how they keep the order:
   was sent twice.)
 - claims take no wait at all: ``FOR UPDATE SKIP LOCKED`` (the submit claim's provider
   slots and tokens too, service/work/throttle.py);
-- admission (service/db/admission.py) locks the owner's row, one of "the rest", and
-  only inserts the new job, a row nobody else can hold; the ledger is appended to.
+- admission (service/db/admission.py, ``ADMIT_JOB``) locks the owner's row, one of "the
+  rest", and only inserts the new job, a row nobody else can hold; the ledger is
+  appended to.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from service.db import statements
 from service.db.statements import sql_values
@@ -148,6 +150,7 @@ RETRY_ESTIMATES = _SQL.text("RETRY_ESTIMATES")
 RETRY_TAGS = _SQL.text("RETRY_TAGS")
 # Money
 BUDGET_FIGURES = _SQL.text("BUDGET_FIGURES")
+ADMIT_JOB = _SQL.text("ADMIT_JOB").bindparams(bindparam("input", type_=JSONB), bindparam("metadata", type_=JSONB))
 RESERVE = _SQL.text("RESERVE")
 RELEASE_RESERVATION = _SQL.text("RELEASE_RESERVATION")
 USAGE: dict[str, TextClause] = {"day": _SQL.text("USAGE_BY_DAY"), "model": _SQL.text("USAGE_BY_MODEL")}

@@ -237,21 +237,12 @@ SELECT claim_submits(:worker, :lease, :limit, :max_in_flight, :max_per_minute) A
 SELECT take_provider_slot(:id, :worker, :max_in_flight, :max_per_minute) AS verdict;
 
 -- name: NEXT_TAG
--- Why: both parts are index probes (jobs_fair_queue, backward for the owner's last
--- tag; one LIMIT 1 per owner for the heads). Paused owners and owners at their cap do
--- not hold virtual time back: a newcomer would otherwise get turns in front of owners
--- who are being served.
-SELECT greatest(
-    (SELECT max(vtag) FROM jobs
-     WHERE owner = :owner AND priority = :priority AND status = {status:queued} AND submit_sent_at IS NULL),
-    (SELECT min(h.vtag) FROM owners o
-     CROSS JOIN LATERAL (
-         SELECT j.vtag FROM jobs j
-         WHERE j.owner = o.name AND j.priority = :priority AND j.status = {status:queued} AND j.submit_sent_at IS NULL
-         ORDER BY j.vtag LIMIT 1) AS h
-     WHERE NOT o.paused
-       AND (o.max_in_flight IS NULL OR owner_in_flight(o.name, :max_in_flight) < o.max_in_flight)),
-    0) + 1.0 / :weight AS tag;
+-- Why: one definition of a job's turn (owner_next_vtag, revision 0010), which admission
+-- computes under the owner's row lock. Both of its parts are index probes
+-- (jobs_fair_queue, backward for the owner's last tag; one LIMIT 1 per owner for the
+-- heads). Paused owners and owners at their cap do not hold virtual time back: a
+-- newcomer would otherwise get turns in front of owners who are being served.
+SELECT owner_next_vtag(:owner, :priority, :weight, :max_in_flight) AS tag;
 
 -- name: RETRY_ESTIMATES
 -- Why: a bulk retry is a submit too. Each new job's estimate is its retried job's
@@ -272,21 +263,21 @@ WHERE jobs.id = t.id;
 
 -- name: BUDGET_FIGURES
 -- Why: one statement, so one snapshot: a job's spend and release (one transaction) are
--- seen together or not at all. The horizon is one index probe of (owner, status,
--- created_at) per active status, never a read of the owner's history.
-WITH horizon AS (
-    SELECT min(oldest.at) AS h
-    FROM unnest(ARRAY[{statuses:active}]) AS s(status)
-    CROSS JOIN LATERAL (SELECT min(created_at) AS at FROM jobs
-                        WHERE owner = :owner AND jobs.status = s.status) AS oldest
-)
-SELECT
-    coalesce((SELECT sum(amount_usd) FROM ledger
-              WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end), 0) AS spent,
-    coalesce((SELECT sum(CASE kind WHEN 'reserve' THEN amount_usd ELSE -amount_usd END)
-              FROM ledger, horizon
-              WHERE owner = :owner AND kind IN ('reserve', 'release') AND reserved_at >= horizon.h), 0)
-      AS reserved;
+-- seen together or not at all. The function (owner_money, revision 0010) is also what
+-- admission checks under the owner's row lock: one definition of the figures. Its
+-- horizon is one index probe of (owner, status, created_at) per active status, never a
+-- read of the owner's history.
+SELECT spent, reserved FROM owner_money(:owner, :start, :end);
+
+-- name: ADMIT_JOB
+-- Why: the whole admission in one statement (admit_job, revision 0010), sent outside
+-- any transaction block so the server commits it before answering: the owner's row is
+-- held from its lock to the commit with no round trip to the API process in between,
+-- and the budget figures are read after the lock (a new snapshot per statement inside
+-- the function), so concurrent submits never overshoot.
+SELECT verdict, job_id, budget, spent, reserved FROM admit_job(
+    :id, :owner, :model, :input, :metadata, :callback_url, :idempotency_key, :request_hash, :priority,
+    :start_timeout_seconds, :estimate, :images, :provider_max_in_flight, :month_start, :month_end, :channel);
 
 -- name: RESERVE
 INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)

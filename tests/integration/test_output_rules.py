@@ -5,10 +5,12 @@ the content type."""
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psycopg
 
 from tests.conftest import BUCKET, Service
 from tests.integration.helpers import events_of, wait_terminal
@@ -49,7 +51,7 @@ def test_a_data_url_is_stored_as_what_its_bytes_are_not_what_it_declares(
     assert head["ContentType"] == "image/png"
 
 
-def test_more_outputs_than_asked_are_neither_stored_nor_paid_for(
+def test_more_outputs_than_asked_are_neither_stored_nor_paid_for_nor_counted_as_spent(
     service: Service, database_url: str, s3: Any
 ) -> None:
     key = service.new_key()
@@ -63,6 +65,10 @@ def test_more_outputs_than_asked_are_neither_stored_nor_paid_for(
     assert job["cost_usd"] == "0.03"  # two images at 0.015, not five
     assert [k.rsplit("/", 1)[1] for k in stored_keys(s3, job_id) if ".thumb." not in k] == ["0.jpeg", "1.jpeg"]
     assert ignored and ignored[0]["detail"]["count"] == 3
+    with psycopg.connect(database_url) as conn:  # the ledger's spend: two images, not five
+        spend = conn.execute("SELECT amount_usd, images FROM ledger WHERE job_id = %s AND kind = 'spend'",
+                             (job_id,)).fetchone()
+    assert spend == (Decimal("0.03"), 2)
 
 
 def test_presigned_output_urls_pin_the_content_type(service: Service, database_url: str) -> None:
