@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -190,3 +192,31 @@ def test_cli_bulk_matches_the_api(api_only: Service, bulk_db: str, sql: psycopg.
     bad = subprocess.run([sys.executable, "-m", "service", "bulk", "cancel", "--owner", owner], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "filter" in bad.stderr
+
+
+def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
+    bulk_db: str, s3_endpoint: str, simulator: ServerThread, sql: psycopg.Connection[Any]
+) -> None:
+    """Each batch is its own transaction (its locks end with it) and the pacer rests
+    between batches: from outside, whole batches are seen canceled while the rest are
+    still queued, for a while."""
+    owner = f"paced_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_paced_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
+        " 'queued', NULL FROM generate_series(1, 30) g", (owner, owner))
+    seen: set[int] = set()
+    with (run_service(bulk_db, s3_endpoint, simulator.url, run_workers=False, bulk_batch_size=10,
+                      lifecycle_pause_factor=20.0) as svc, svc.client(svc.new_key(owner)) as client,
+          ThreadPoolExecutor(1) as pool):
+        answer = pool.submit(client.post, "/v1/jobs/bulk", json={"action": "cancel", "filter": {"status": ["queued"]}})
+        while not answer.done():
+            row = sql.execute("SELECT count(*) FROM jobs WHERE owner = %s AND status = 'canceled'",
+                              (owner,)).fetchone()
+            assert row is not None
+            seen.add(int(row[0]))
+            time.sleep(0.005)
+        result = answer.result().json()
+    assert (result["matched"], result["affected"]) == (30, 30)
+    assert seen & {10, 20}, f"no moment between batches was seen: {sorted(seen)}"
+    assert seen <= {0, 10, 20, 30}  # never part of a batch: each commits whole
