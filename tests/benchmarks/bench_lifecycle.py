@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="jobs (bulk/retention) or streams")
     parser.add_argument("--rounds", type=int, default=None,
                         help="idle/busy pairs (default: bulk 5, retention 2, streams 2)")
-    parser.add_argument("--rate", type=float, default=25.0,
+    parser.add_argument("--rate", type=float, default=50.0,
                         help="probe requests per second, open loop (0: closed loop of 4 connections)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the serve process, e.g. LIFECYCLE_PAUSE_FACTOR=2 (repeatable)")
