@@ -227,6 +227,39 @@ FROM unnest(CAST(:delivery_ids AS text[]), CAST(:ids AS text[]), CAST(:urls AS t
 -- and safe to race (ON CONFLICT). Rows past a lowered limit are ignored by the claim.
 INSERT INTO provider_slots (slot) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING;
 
+-- name: ADOPT_LOCK
+-- Why: one adopter at a time (0x77736A04: "wsj" then 04; owner caps use ...03); held to
+-- the end of the transaction, taken only when a process starts claiming.
+SELECT pg_advisory_xact_lock(2004052484);
+
+-- name: ADOPT_IN_FLIGHT
+-- Why: a job sent before the provider slots existed (revision 0006 applied under a
+-- running service) or by a process without them holds no slot, yet the provider counts
+-- it: each takes a free slot, oldest send first, so the claim never has more than
+-- PROVIDER_MAX_IN_FLIGHT upstream from the first claim on. Run once per process, under
+-- ADOPT_LOCK, so two processes starting together cannot bind one job to two slots;
+-- the free slots are locked SKIP LOCKED like the claim's. Jobs beyond the free slots
+-- stay unbound (the provider is over the limit already; they end on their own).
+WITH orphan AS (
+    SELECT j.id, j.owner, row_number() OVER (ORDER BY j.submit_sent_at, j.id) AS n
+    FROM jobs j
+    WHERE j.status IN ({status:queued}, {status:submitted}, {status:processing}) AND j.submit_sent_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM provider_slots s WHERE s.job_id = j.id)
+), free AS (
+    SELECT f.slot, row_number() OVER (ORDER BY f.slot) AS n
+    FROM (SELECT s.slot FROM provider_slots s
+          WHERE s.slot < :n
+            AND (s.job_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.submit_sent_at IS NOT NULL
+                  AND j.status IN ({status:queued}, {status:submitted}, {status:processing})))
+          ORDER BY s.slot
+          FOR UPDATE OF s SKIP LOCKED) AS f
+)
+UPDATE provider_slots s SET job_id = o.id, owner = o.owner
+FROM orphan o JOIN free f ON f.n = o.n
+WHERE s.slot = f.slot
+RETURNING s.slot;
+
 -- name: ENSURE_TOKENS
 INSERT INTO provider_rate_tokens (token) SELECT generate_series(0, :n - 1) ON CONFLICT DO NOTHING;
 

@@ -27,9 +27,14 @@ from service.db import queries
 THROTTLE_RECHECK_SECONDS = 1.0
 
 
-async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> None:
+async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> int:
+    """The slot and token rows the limits need, and a slot for every job already in
+    flight without one (queries.ADOPT_IN_FLIGHT); returns how many were adopted. The
+    submitter runs this in its first claim, before it sends anything."""
     await conn.execute(queries.ENSURE_SLOTS, {"n": max_in_flight})
     await conn.execute(queries.ENSURE_TOKENS, {"n": max_per_minute})
+    await conn.execute(queries.ADOPT_LOCK)
+    return len((await conn.execute(queries.ADOPT_IN_FLIGHT, {"n": max_in_flight})).all())
 
 
 async def claim_submits(

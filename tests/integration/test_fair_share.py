@@ -8,6 +8,7 @@ submitter calls, so the order is observed exactly, round by round."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
+from service.db.engine import create_engine
+from service.work import throttle
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
 
@@ -185,6 +188,29 @@ def test_concurrent_claimers_never_wait_share_a_slot_or_break_a_cap(fair: tuple[
         a_sent = conn.execute("SELECT count(*) FROM jobs WHERE owner = %s AND submit_sent_at IS NOT NULL",
                               (a,)).fetchone()
     assert a_sent == (1,)
+
+
+def test_jobs_already_in_flight_without_a_slot_take_one_before_anything_is_sent(fair: tuple[Service, str]) -> None:
+    """After an upgrade under a running service, tasks sent before the slots existed
+    hold none; the submitter's first claim (ensure_capacity) binds each to a free slot,
+    so the claim counts them against PROVIDER_MAX_IN_FLIGHT."""
+    svc, db = fair
+    _, client = owner(svc, db)
+    ids = enqueue(client, 4)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET status = 'submitted', submit_sent_at = now() WHERE id = ANY(%s)", (ids[:2],))
+
+    async def first_claim() -> int:
+        engine = create_engine(db, 1)
+        try:
+            async with engine.begin() as conn:
+                return await throttle.ensure_capacity(conn, max_in_flight=3, max_per_minute=100)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(first_claim()) == 2
+    assert asyncio.run(first_claim()) == 0  # a second process adopts nothing again
+    assert [i for _, i in claim(db, 10, slots=3, per_minute=100)] == [ids[2]]  # 3 slots, 2 already upstream
 
 
 def test_pause_holds_jobs_back_end_to_end_and_resume_sends_them(
