@@ -210,7 +210,7 @@ async def finish_many(
         return []
     moved = [r.id for r in rows]
     await conn.execute(queries.EVENTS_MANY, {"ids": moved, "olds": [r.old for r in rows], "target": target.value,
-                                      "reason": reason})
+                                             "reason": reason})
     with_callback = [r for r in rows if r.callback_url]
     if with_callback:
         await conn.execute(queries.DELIVERIES_MANY, {

@@ -26,6 +26,12 @@ Transactions that write more than one table, and how they keep the order:
 - the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
   redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
   they update the delivery and mirror its state on the job;
+- bulk cancel and delete (``FINISH_MANY`` then ``EVENTS_MANY``/``DELIVERIES_MANY``,
+  service/db/jobs.py ``finish_many``) and bulk redeliver (``REDELIVERABLE``) lock the
+  batch's jobs in id order first, then append to the rest;
+- an erasure batch (service/work/eraser.py) locks its jobs in id order
+  (``ERASE_LOCK_JOBS``), then runs ``ERASE_STATEMENTS`` in table order (jobs,
+  deliveries, then the rest) and removes its duty rows last (``FINISH_ERASURES``);
 - lease renewal and release (service/work/runner.py) are one table per transaction.
   (Renewal once updated jobs then deliveries in one transaction while the deliverer
   locked a delivery then its job: Postgres aborted one with a deadlock and a callback
