@@ -25,6 +25,7 @@ from service.db import admission, jobs
 from service.domain.schemas import validate_input
 from service.work.runner import Runner
 from service.work.storer import Storer
+from service.work.submit_rules import outcome_of_answer
 from service.work.submitter import Submitter
 from tests.conftest import fresh_database, make_settings
 
@@ -74,7 +75,8 @@ async def test_late_submit_answer_leaves_the_storers_claim_alone(
             _webhook_moves_job_to_storing(sql, job.id, "task_fence_1")
             assert await storer.claim(10) == [job.id]
             # The submit answer arrives now, after the storer claimed the job.
-            await submitter._accepted(claimed_for_submit, {"id": "task_fence_1", "status": "created"})
+            answer = outcome_of_answer({"id": "task_fence_1", "status": "created"})
+            await submitter._accepted(claimed_for_submit, answer)
             row = sql.execute(
                 "SELECT status, locked_by, run_after > now() + interval '60 seconds' AS pushed "
                 "FROM jobs WHERE id = %s", (job.id,),
