@@ -135,6 +135,7 @@ _SQL = statements.load(Path(__file__).with_name("queries.sql"))
 
 # Submits and provider news
 MARK_SUBMIT_SENT = _SQL.text("MARK_SUBMIT_SENT")
+UNMARK_UNSENT = _SQL.text("UNMARK_UNSENT")
 INSERT_WEBHOOK_EVENT = _SQL.text("INSERT_WEBHOOK_EVENT")
 APPLY_NEWS = _SQL.asyncpg("APPLY_NEWS")
 NOTIFY_MANY = _SQL.asyncpg("NOTIFY_MANY")

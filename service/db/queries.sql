@@ -21,6 +21,17 @@ WHERE id = :id AND locked_by = :worker AND submit_sent_at IS NULL
   AND (status = {status:queued} OR (status = {status:submitted} AND provider_task_id IS NULL))
 RETURNING id;
 
+-- name: UNMARK_UNSENT
+-- Why: a graceful stop hands back the jobs its submit claim marked as being sent but
+-- whose request never started (the claim returned as the stop began). They were never
+-- sent, so they go back to the queue as fresh jobs, not as lost sends to be searched for
+-- upstream (which delays them by RECONCILE_AFTER_SECONDS and more, or fails them when
+-- the provider's list cannot prove the task absent). Fenced on the claim's holder; the
+-- attempt the claim counted is taken back; the slot is free once the marker is gone.
+UPDATE jobs SET submit_sent_at = NULL, locked_until = NULL, locked_by = NULL,
+                attempts = greatest(attempts - 1, 0), updated_at = now()
+WHERE id = ANY(:ids) AND locked_by = :holder AND status = {status:queued};
+
 -- name: INSERT_WEBHOOK_EVENT
 -- Why: the webhook-id is the provider's event identity; ON CONFLICT makes a redelivered
 -- event a no-op for everything but the job's event log.

@@ -123,6 +123,12 @@ class Runner:
 
     async def _release_all(self) -> None:
         try:
+            for duty in self.duties:
+                # A duty whose claim already changed its rows (the submitter marks them
+                # as being sent) undoes that for rows it never started working on.
+                unsent = getattr(duty, "release_unsent", None)
+                if unsent is not None:
+                    await unsent()
             for statement, params in self.release_plan():  # one table per transaction
                 async with one_statement(self.res.engine) as conn:
                     await conn.execute(statement, params)

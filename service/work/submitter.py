@@ -56,6 +56,17 @@ class Submitter:
     def webhook_url(self, job_id: str) -> str:
         return f"{self.res.settings.public_base_url}/webhooks/wavespeed/{job_id}"
 
+    async def release_unsent(self) -> None:
+        """On a graceful stop (Runner): the jobs this process's claim marked as being sent
+        whose run never began go back to the queue unmarked (queries.UNMARK_UNSENT).
+        ``run`` takes a job out of ``_marked`` before its first await, so each one left
+        here was never POSTed; a job whose run began keeps its marker (it may be sent)."""
+        if not self._marked:
+            return
+        async with one_statement(self.res.engine) as conn:
+            await conn.execute(queries.UNMARK_UNSENT, {"ids": sorted(self._marked), "holder": self.holder})
+        self._marked.clear()
+
     async def claim(self, limit: int) -> list[str]:
         """Queued jobs whose send began under a worker that died (recovered, never sent
         blindly), then fresh ones in fair order, each holding a provider slot

@@ -109,3 +109,39 @@ def test_work_claimed_while_stopping_is_never_run_unwatched_nor_released_while_r
     assert duty.started == started
     # Every lease was handed back (none left to lapse), and none while its work still ran.
     assert leases == [(f"job_stop_{n}", None) for n in range(3)]
+
+
+def test_a_graceful_stop_unmarks_jobs_claimed_for_sending_but_never_sent(quiet_database: str) -> None:
+    """The submit claim marks its jobs as being sent (submit_sent_at). A stop that begins
+    as the claim returns starts none of them; they used to go back *marked*, so the next
+    worker took each for a lost send (recovered through the reconciler: minutes late, or
+    failed when the provider's list could not prove the task absent). Found by
+    bench_pipeline: ``submit.answer_lost`` for jobs claimed just before a stop."""
+    from service.work.submitter import Submitter
+
+    with psycopg.connect(quiet_database, autocommit=True) as sql:
+        sql.execute("INSERT INTO owners (name) VALUES ('o')")
+        for n in range(3):
+            sql.execute("INSERT INTO jobs (id, owner, model, status, input, run_after) "
+                        "VALUES (%s, 'o', 'wavespeed-ai/flux-dev-lora', 'queued', %s, now())",
+                        (f"job_unsent_{n}", Jsonb({"prompt": "p"})))
+
+    async def go() -> list[tuple[Any, ...]]:
+        engine = create_engine(quiet_database, 2)
+        settings = Settings(database_url=quiet_database, lease_seconds=30, poll_interval_seconds=0.1)
+        res = types.SimpleNamespace(settings=settings, engine=engine, notifications=NoNews(),
+                                    worker_id=new_worker_id())
+        submitter = Submitter(res)  # type: ignore[arg-type]
+        try:
+            claimed = await submitter.claim(2)  # marked as being sent; their runs never start
+            assert len(claimed) == 2
+            await Runner(res, [submitter]).stop(grace=1)  # type: ignore[arg-type]
+            with psycopg.connect(quiet_database) as sql:
+                return sql.execute("SELECT id, submit_sent_at IS NULL, locked_by, attempts FROM jobs "
+                                   "ORDER BY id").fetchall()
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(go())
+    # Queued, unmarked, unleased, no attempt counted: fresh jobs for the next claim.
+    assert rows == [(f"job_unsent_{n}", True, None, 0) for n in range(3)]
