@@ -260,9 +260,9 @@ WITH orphan AS (
     SELECT f.slot, row_number() OVER (ORDER BY f.slot) AS n
     FROM (SELECT s.slot FROM provider_slots s
           WHERE s.slot < :n
-            AND (s.job_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.submit_sent_at IS NOT NULL
-                  AND j.status IN ({status:queued}, {status:submitted}, {status:processing})))
+            AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
+                                     AND j.status IN ({status:queued}, {status:submitted}, {status:processing})
+                              FROM jobs j WHERE j.id = s.job_id), false)
           ORDER BY s.slot
           FOR UPDATE OF s SKIP LOCKED) AS f
 )

@@ -171,16 +171,18 @@ def explain(url: str) -> None:
         queued = conn.execute("SELECT count(*) FROM jobs WHERE status = 'queued' AND submit_sent_at IS NULL").fetchone()
         print(f"\n== plan at {queued[0] if queued else 0:,} queued jobs", flush=True)
         statements = {
-            "heads (one probe per owner)": "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
-                                           "SELECT * FROM submit_heads(50, '{}') LIMIT 1",
-            "heads, inlined": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
-                SELECT o.name, h.priority, h.vtag, h.id, o.max_in_flight FROM owners o
+            "heads (the claim's statement, revisions 0009 and 0011)": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
+                SELECT o.name, h.priority, o.max_in_flight FROM owners o
                 CROSS JOIN LATERAL (SELECT j.id, j.priority, j.vtag FROM jobs j
                     WHERE j.owner = o.name AND j.status = 'queued' AND j.submit_sent_at IS NULL
                       AND j.run_after <= now() AND (j.locked_until IS NULL OR j.locked_until < now())
                       AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
                     ORDER BY j.priority, j.vtag, j.id LIMIT 1) AS h
-                WHERE NOT o.paused AND (o.max_in_flight IS NULL OR owner_in_flight(o.name, 50) < o.max_in_flight)
+                WHERE NOT o.paused AND o.name <> ALL ('{}')
+                  AND (o.max_in_flight IS NULL OR (SELECT count(*) FROM provider_slots s
+                       WHERE s.owner = o.name AND s.slot < 50 AND coalesce((SELECT j.submit_sent_at IS NOT NULL
+                         AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id),
+                         false)) < o.max_in_flight)
                 ORDER BY h.priority, h.vtag, h.id LIMIT 1""",
             "the chosen owner's job": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
                 SELECT j.id FROM jobs j WHERE j.owner = 'A' AND j.priority = 5 AND j.status = 'queued'
@@ -188,7 +190,11 @@ def explain(url: str) -> None:
                   AND (j.locked_until IS NULL OR j.locked_until < now())
                   AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
                 ORDER BY j.vtag, j.id LIMIT 1 FOR UPDATE SKIP LOCKED""",
-            "a free slot": "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT provider_free_slot(50)",
+            "a free slot (one primary-key probe of jobs per slot passed)": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
+                SELECT s.slot FROM provider_slots s
+                WHERE s.slot < 50 AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
+                      AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
+                ORDER BY s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED""",
         }
         for name, sql in statements.items():
             print(f"-- {name}")
