@@ -171,7 +171,7 @@ def explain(url: str) -> None:
         queued = conn.execute("SELECT count(*) FROM jobs WHERE status = 'queued' AND submit_sent_at IS NULL").fetchone()
         print(f"\n== plan at {queued[0] if queued else 0:,} queued jobs", flush=True)
         statements = {
-            "heads (the claim's statement, revisions 0009 and 0011)": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
+            "heads (the claim's statement, revisions 0009 and 0012)": """EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
                 SELECT o.name, h.priority, o.max_in_flight FROM owners o
                 CROSS JOIN LATERAL (SELECT j.id, j.priority, j.vtag FROM jobs j
                     WHERE j.owner = o.name AND j.status = 'queued' AND j.submit_sent_at IS NULL

@@ -15,8 +15,8 @@ with no job answers NULL there, i.e. free, so the ``IS NULL`` arm is not needed.
 The bodies are revision 0009's with that one expression replaced (0009's module builds
 them; this sets its two fragments first).
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-02
 """
 
@@ -24,8 +24,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
