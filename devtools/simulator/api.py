@@ -193,6 +193,7 @@ async def list_predictions(request: Request) -> Response:
         query = parse_history_query(raw)
     except InvalidField as exc:
         return error(422, str(exc))
+    _arrive(sim, request, query.get("model"), sim.config.list_arrivals)
     oldest = datetime.now(UTC).timestamp() - RETENTION_DAYS * 86400
     matches = [
         task
@@ -210,6 +211,15 @@ async def list_predictions(request: Request) -> Response:
             "items": [task.prediction() for task in items],
         }
     )
+
+
+def _arrive(sim: SimulatorState, request: Request, model: str | None, count: int) -> None:
+    """``count`` tasks of another user of the account, created now (never run)."""
+    for i in range(count):
+        model_id = model or "wavespeed-ai/flux-dev-lora"
+        sim.add_task(SimTask(id=new_id(), model=model_id, input={"prompt": f"another user's task {i}"},
+                             base_url=base_url(request), webhook_url=None, created_at=datetime.now(UTC),
+                             seed=sim.dice.seed()))
 
 
 def parse_history_query(raw: Any) -> dict[str, Any]:

@@ -91,6 +91,9 @@ class SimulatorConfig:
     # 0: none. Otherwise the history list answers at most this many items per page,
     # still echoing the page_size asked for (a provider whose "up to 100" is lower).
     list_page_cap: int = 0
+    # A busy account: before answering each history list request, this many tasks of
+    # someone else arrive (same model as the filter), so the list grows while it is read.
+    list_arrivals: int = 0
 
     image_cache_size: int = 64
     max_tasks: int = 10_000

@@ -44,6 +44,22 @@ LIST_PAGES = 20
 PAGE_SIZE = 100
 
 
+def search_window(sent: dt.datetime, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The creation times to list for a send marked at ``sent``, read at ``now``.
+
+    The window never reaches past ``now``: on a busy account tasks keep arriving, and a
+    window open to the future grows between page reads (the newest come first, so later
+    pages shift and repeat items), which leaves its total unreachable and the lost job
+    failed at SUBMIT_LOST_DEADLINE_SECONDS although its task provably never existed
+    (seen in the kill -9 fault scenario, whose deadline is 20 s). Closed at ``now``, the
+    list is a fixed set. A lost task was created before we look (its request left before
+    the sender died or timed out), so it is inside; a provider clock running ahead of ours
+    by more than SUBMIT_LOST_DEADLINE_SECONDS - WAVESPEED_TIMEOUT_SECONDS could hide it
+    only until the verdict, which with the defaults (600 s, 30 s) is far beyond the
+    one-minute skew SEARCH_BEFORE already assumes."""
+    return sent - SEARCH_BEFORE, min(sent + SEARCH_AFTER, now)
+
+
 def list_complete(data: dict[str, Any], page_items: int, seen_ids: int) -> bool | None:
     """Whether the provider's list has been read to its end, judged only from the
     answer's own figures: True (proved complete), False (stop: it cannot be proved) or
@@ -262,8 +278,8 @@ class Reconciler:
     async def _find_lost_task(self, job: JobRecord) -> LostSearch:
         """Search the provider's recent predictions for this job's task."""
         sent = job.submit_sent_at or job.created_at
-        after = (sent - SEARCH_BEFORE).isoformat()
-        before = (sent + SEARCH_AFTER).isoformat()
+        start, end = search_window(sent, dt.datetime.now(dt.UTC))
+        after, before = start.isoformat(), end.isoformat()
         reading = ListReading(job)
         for page in range(1, LIST_PAGES + 1):
             data = await self.res.wavespeed.predictions(

@@ -70,3 +70,34 @@ def test_a_complete_list_under_the_cap_still_proves_absence(postgres_server: str
             seen = events(client, job_id)
     assert seen.count("submit.resend") == 1
     assert done["status"] == "completed"
+
+
+@pytest.fixture
+def busy_sim() -> Iterator[ServerThread]:
+    """A provider whose account keeps receiving other users' tasks: every history list
+    request first sees 7 new ones arrive (the newest are listed first)."""
+    config = SimulatorConfig(completion_delay=0.05, processing_delay=0.0, webhook_secret=SIM_SECRET, seed=17,
+                             list_arrivals=7)
+    with ServerThread(create_simulator_app(config)) as server:
+        yield server
+
+
+def test_tasks_arriving_while_the_list_is_read_do_not_hide_a_proved_absence(
+    postgres_server: str, s3_endpoint: str, busy_sim: ServerThread
+) -> None:
+    """Two pages of others' tasks and more arriving between page reads: the search's window
+    ends when the search starts, so the set it reads is fixed and its total is reached. (A
+    window open to the future grew by 7 per page, page 2 repeated page 1's tail, the total
+    was never reached and the job failed although its task never existed.)"""
+    fill(busy_sim, 150)
+    with fresh_database(postgres_server) as db, run_service(
+        db, s3_endpoint, busy_sim.url, submit_lost_deadline_seconds=1.0
+    ) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "never left a busy account", 60)
+        with svc.client(key) as client:
+            done = wait_terminal(client, job_id, timeout=40)
+            seen = events(client, job_id)
+    assert done["status"] == "completed", done.get("error")
+    assert seen.count("submit.resend") == 1
+    assert len(tasks_for(busy_sim.url, job_id)) == 1

@@ -16,6 +16,7 @@ from service.work.reconciler import (
     lost_task_plan,
     matches,
     next_check,
+    search_window,
 )
 from tests.unit.records_factory import MODEL, T0, job
 
@@ -126,3 +127,15 @@ def test_after_the_lost_submit_deadline_only_proven_absence_sends_again(
 def test_silent_jobs_are_asked_about_doubling_and_at_most_every_15_minutes(attempts: int, delay: float) -> None:
     assert next_check(120.0, attempts) == delay
     assert next_check(2.0, attempts) == 2.0 * 2 ** min(max(attempts - 1, 0), 4)
+
+
+def test_the_search_window_never_reaches_past_the_moment_of_the_search() -> None:
+    # Read 20 s after the send (a short SUBMIT_LOST_DEADLINE_SECONDS): the window ends now,
+    # so tasks arriving while its pages are read cannot make it grow.
+    now = T0 + dt.timedelta(seconds=20)
+    assert search_window(T0, now) == (T0 - dt.timedelta(minutes=1), now)
+
+
+def test_the_search_window_is_the_full_margin_once_it_lies_in_the_past() -> None:
+    now = T0 + dt.timedelta(minutes=10)
+    assert search_window(T0, now) == (T0 - dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=3))
