@@ -5,6 +5,7 @@ like the end of the list, so a lost submit is never "proved absent" and sent aga
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -37,20 +38,27 @@ def fill(sim: ServerThread, count: int) -> None:
             assert answer.status_code == 200, answer.text
 
 
+def outcome_of_a_lost_job(postgres_server: str, s3_endpoint: str, sim: ServerThread,
+                          prompt: str) -> tuple[str, dict[str, Any], list[str]]:
+    """A job lost between "about to send" and its answer (sent 60 s ago), run through a
+    service on ``sim`` to its end: its id, its final answer and its event types."""
+    with fresh_database(postgres_server) as db, run_service(
+        db, s3_endpoint, sim.url, submit_lost_deadline_seconds=1.0
+    ) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(db, svc.keys[key], MODEL, prompt, 60)
+        with svc.client(key) as client:
+            return job_id, wait_terminal(client, job_id, timeout=40), events(client, job_id)
+
+
 def test_a_page_cap_of_50_never_proves_a_task_absent(postgres_server: str, s3_endpoint: str,
                                                       capped_sim: ServerThread) -> None:
     fill(capped_sim, 60)
     listing = httpx.post(capped_sim.url + "/api/v3/predictions", json={"page": 1, "page_size": 100, "model": MODEL},
                          headers={"Authorization": "Bearer sim-key"}, timeout=10).json()["data"]
     assert len(listing["items"]) == 50 and listing["total"] == 60  # the cap is real
-    with fresh_database(postgres_server) as db, run_service(
-        db, s3_endpoint, capped_sim.url, submit_lost_deadline_seconds=1.0
-    ) as svc:
-        key = svc.new_key()
-        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "lost while the list is capped", 60)
-        with svc.client(key) as client:
-            done = wait_terminal(client, job_id, timeout=40)
-            seen = events(client, job_id)
+    job_id, done, seen = outcome_of_a_lost_job(postgres_server, s3_endpoint, capped_sim,
+                                               "lost while the list is capped")
     # The task may exist past the 50 shown: the job fails rather than risk a second task.
     assert "submit.resend" not in seen
     assert tasks_for(capped_sim.url, job_id) == []
@@ -60,14 +68,7 @@ def test_a_page_cap_of_50_never_proves_a_task_absent(postgres_server: str, s3_en
 def test_a_complete_list_under_the_cap_still_proves_absence(postgres_server: str, s3_endpoint: str,
                                                              capped_sim: ServerThread) -> None:
     fill(capped_sim, 20)  # everything fits on one capped page: total says so
-    with fresh_database(postgres_server) as db, run_service(
-        db, s3_endpoint, capped_sim.url, submit_lost_deadline_seconds=1.0
-    ) as svc:
-        key = svc.new_key()
-        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "never left", 60)
-        with svc.client(key) as client:
-            done = wait_terminal(client, job_id, timeout=40)
-            seen = events(client, job_id)
+    _, done, seen = outcome_of_a_lost_job(postgres_server, s3_endpoint, capped_sim, "never left")
     assert seen.count("submit.resend") == 1
     assert done["status"] == "completed"
 
@@ -90,14 +91,7 @@ def test_tasks_arriving_while_the_list_is_read_do_not_hide_a_proved_absence(
     window open to the future grew by 7 per page, page 2 repeated page 1's tail, the total
     was never reached and the job failed although its task never existed.)"""
     fill(busy_sim, 150)
-    with fresh_database(postgres_server) as db, run_service(
-        db, s3_endpoint, busy_sim.url, submit_lost_deadline_seconds=1.0
-    ) as svc:
-        key = svc.new_key()
-        job_id = stage_lost_submit(db, svc.keys[key], MODEL, "never left a busy account", 60)
-        with svc.client(key) as client:
-            done = wait_terminal(client, job_id, timeout=40)
-            seen = events(client, job_id)
+    job_id, done, seen = outcome_of_a_lost_job(postgres_server, s3_endpoint, busy_sim, "never left a busy account")
     assert done["status"] == "completed", done.get("error")
     assert seen.count("submit.resend") == 1
     assert len(tasks_for(busy_sim.url, job_id)) == 1
