@@ -14,6 +14,7 @@ then the ledger; jobs that exist already are never locked here.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import fairness, ledger, owners, queries
 from service.db.jobs import job_record, jobs_t, new_job_id
+from service.domain import schemas
 from service.domain.errors import Conflict
 from service.domain.records import JobRecord
 from service.domain.schemas import PRIORITY_DEFAULT
@@ -63,7 +65,10 @@ async def create_job(
     adm = admission or Admission()
     month_start, month_end = ledger.month_period(dt.datetime.now(dt.UTC))
     params = {
-        "id": new_job_id(), "owner": owner, "model": model, "input": input_, "metadata": metadata,
+        # A seed of its own per job: its task is then told apart by input in the provider's
+        # list (service/work/reconciler.py), see schemas.with_chosen_seed.
+        "id": new_job_id(), "owner": owner, "model": model,
+        "input": schemas.with_chosen_seed(input_, secrets.randbelow), "metadata": metadata,
         "callback_url": callback_url, "idempotency_key": idempotency_key, "request_hash": body_hash,
         "priority": adm.priority, "start_timeout_seconds": adm.start_timeout_seconds or None,
         "estimate": adm.estimate_usd, "images": adm.images, "provider_max_in_flight": adm.provider_max_in_flight,

@@ -8,6 +8,7 @@ simulator validate with them, and /openapi.json is generated from them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -89,6 +90,9 @@ SizeStr = Annotated[str, AfterValidator(_size), WithJsonSchema(SIZE_JSON_SCHEMA)
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_LENGTH)]
 
 
+RANDOM_SEED = -1  # the provider picks a seed (we pick it at admission: with_chosen_seed)
+MAX_SEED = 2147483647
+
 class _Strict(BaseModel):
     # strict: "5" is not a number and 1.0 is not an integer; forbid: a typo in a field
     # name is an error rather than a silently ignored (and billed) default.
@@ -106,7 +110,7 @@ class _CommonInput(_Strict):
     size: SizeStr = "1024*1024"
     strength: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
     guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] = 3.5
-    seed: Annotated[int, Field(ge=-1, le=2147483647)] = -1
+    seed: Annotated[int, Field(ge=RANDOM_SEED, le=MAX_SEED)] = RANDOM_SEED
     output_format: Literal["jpeg", "png", "webp"] = "jpeg"
     enable_base64_output: bool = False
     enable_sync_mode: bool = False
@@ -251,6 +255,21 @@ def validate_job_create(raw: Any) -> tuple[JobCreate, dict[str, Any]]:
     if nul := nul_locations(raw):
         raise ValidationFailed([FieldError(loc, NUL_RULE) for loc in nul])
     return job, input_
+
+
+def with_chosen_seed(input_: dict[str, Any], pick: Callable[[int], int]) -> dict[str, Any]:
+    """The input to store: a random seed (-1) becomes one chosen now by ``pick(MAX_SEED + 1)``.
+
+    Why: the provider's list of tasks shows each task's input but not its webhook URL, so
+    a job whose submit answer was lost is found there by its input alone. Identical
+    requests (another service or test run on the same account, the same prompt sent
+    twice) would make the search ambiguous: a job never sent could not be proved absent
+    and would fail, or a job could adopt a stranger's task. A seed of its own makes every
+    job's input unique (one in 2**31), and the caller can reproduce the picture from it.
+    A seed the caller chose is kept as it is."""
+    if input_.get("seed", RANDOM_SEED) != RANDOM_SEED:
+        return input_
+    return {**input_, "seed": pick(MAX_SEED + 1)}
 
 
 def upstream_body(input_: dict[str, Any]) -> dict[str, Any]:

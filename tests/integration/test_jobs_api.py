@@ -145,6 +145,8 @@ def test_a_valid_job_is_202_with_defaults_and_metadata_stored(
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["input"]["guidance_scale"] == 3.5 and job["input"]["num_images"] == 1
+    # A random seed is chosen at admission and stored (schemas.with_chosen_seed).
+    assert 0 <= job["input"]["seed"] <= 2147483647
     assert job["metadata"] == {"user_id": "u_1"}
     row = sql.execute("SELECT owner, input, metadata FROM jobs WHERE id = %s", (job["id"],)).fetchone()
     assert row == (owner_of(service, client), job["input"], {"user_id": "u_1"})
@@ -257,3 +259,10 @@ def test_readyz_is_503_naming_s3_when_s3_is_unreachable(database_url: str, simul
     checks = response.json()["checks"]
     assert checks["database"] == "ok"
     assert checks["s3"].startswith("unavailable")
+
+
+def test_a_seed_the_caller_chose_is_kept_and_random_seeds_differ_per_job(client: httpx.Client) -> None:
+    kept = client.post("/v1/jobs", json=body(input={"prompt": "a red fox", "size": "256*256", "seed": 7}))
+    assert kept.status_code == 202 and kept.json()["input"]["seed"] == 7
+    seeds = {client.post("/v1/jobs", json=body()).json()["input"]["seed"] for _ in range(3)}
+    assert len(seeds) == 3

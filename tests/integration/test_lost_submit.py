@@ -61,7 +61,8 @@ def test_lost_answer_and_lost_webhook_are_recovered_from_the_provider_list(
     assert "submit.resend" not in seen
 
 
-def stage_lost_submit(database_url: str, owner: str, model: str, prompt: str, sent_ago_seconds: float) -> str:
+def stage_lost_submit(database_url: str, owner: str, model: str, prompt: str, sent_ago_seconds: float,
+                      seed: int = -1) -> str:
     """A job in the state a kill -9 between "about to send" and "answer recorded" leaves:
     submitted, submit_sent_at set, no task id. Inserted directly, so no worker races it."""
     job_id = new_job_id()
@@ -70,7 +71,7 @@ def stage_lost_submit(database_url: str, owner: str, model: str, prompt: str, se
             "INSERT INTO jobs (id, owner, model, input, status, submit_sent_at, submitted_at, run_after, deadline_at) "
             "VALUES (%s, %s, %s, %s, 'submitted', now() - make_interval(secs => %s), now(), now(), "
             "now() + interval '30 minutes')",
-            (job_id, owner, model, Jsonb(validate_input(model, {"prompt": prompt, "size": "256*256"})),
+            (job_id, owner, model, Jsonb(validate_input(model, {"prompt": prompt, "size": "256*256", "seed": seed})),
              sent_ago_seconds),
         )
     return job_id
@@ -107,3 +108,25 @@ def test_when_absence_cannot_be_proved_a_lost_submit_fails_instead_of_risking_a_
     assert done["status"] == "failed"
     assert "not sent again" in done["error"]
     assert tasks_for(own_sim.url, twin) == []
+
+
+def test_a_strangers_identical_request_is_neither_adopted_nor_blocks_the_resend(
+    own_db: str, s3_endpoint: str, own_sim: ServerThread
+) -> None:
+    """Another user of the account sent the same prompt and size a moment before (the
+    provider's list shows inputs, not webhooks). The job's own seed, chosen at admission,
+    tells the two apart: the stranger's task is not taken for the job's, and the job,
+    provably never sent, is sent once. (With the provider choosing seeds, the stranger's
+    task was adopted and the job completed with someone else's picture.)"""
+    model = "wavespeed-ai/flux-krea-dev-lora"
+    with httpx.Client(base_url=own_sim.url, headers={"Authorization": "Bearer sim-key"}, timeout=10) as c:
+        assert c.post(f"/api/v3/{model}", json={"prompt": "same words", "size": "256*256"}).status_code == 200
+    with run_service(own_db, s3_endpoint, own_sim.url, submit_lost_deadline_seconds=1.0) as svc:
+        key = svc.new_key()
+        job_id = stage_lost_submit(own_db, svc.keys[key], model, "same words", 30, seed=424242)
+        with svc.client(key) as client:
+            done = wait_terminal(client, job_id, timeout=40)
+            seen = events(client, job_id)
+    assert done["status"] == "completed", done.get("error")
+    assert seen.count("submit.resend") == 1
+    assert len(tasks_for(own_sim.url, job_id)) == 1

@@ -340,3 +340,18 @@ def test_callback_urls_with_spaces_or_control_characters_are_refused_at_the_door
         validate_job_create({"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "p"}, "callback_url": url})
     assert [f["loc"] for f in caught.value.fields] == ["callback_url"]
     assert "control characters" in caught.value.fields[0]["msg"]
+
+
+def test_a_random_seed_is_replaced_by_the_one_picked_and_a_chosen_seed_is_kept() -> None:
+    from service.domain.schemas import MAX_SEED, with_chosen_seed
+
+    asked: list[int] = []
+
+    def pick(bound: int) -> int:
+        asked.append(bound)
+        return 99
+
+    assert with_chosen_seed({"prompt": "p", "seed": -1}, pick) == {"prompt": "p", "seed": 99}
+    assert asked == [MAX_SEED + 1]  # the whole range the provider accepts
+    assert with_chosen_seed({"prompt": "p", "seed": 5}, pick) == {"prompt": "p", "seed": 5}
+    assert with_chosen_seed({"prompt": "p", "seed": 0}, pick) == {"prompt": "p", "seed": 0}
