@@ -46,15 +46,47 @@ FAST_SETTINGS: dict[str, Any] = {
     "download_timeout_seconds": 10.0,
     "submit_lost_deadline_seconds": 20.0,
     "shutdown_grace_seconds": 2.0,
+    # Four pytest workers, each with its services (and the fault scenarios' processes), share
+    # one Postgres of 100 connection slots: each pool holds at most 2 x 4.
+    "db_pool_size": 4,
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The lint tests go last, and their type check starts now in the background
-    (tests/unit/test_lint.py says why)."""
+# The longest tests (each a minute or more of two cores' time on its own), spread evenly
+# over the first two thirds of the run: with one test sent to a pytest-xdist worker at a
+# time (``--maxschedchunk 1`` in pyproject.toml) about one of them runs at any moment,
+# beside short tests, instead of all of them at once (four fault scenarios together
+# starved each other past their timeouts) or last, on one worker, while the others idle.
+SLOW = ("test_faults.py", "test_openapi.py::test_schemathesis")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The type check starts at once in the controller of a parallel run when the lint
+    tests may be selected (tests/unit/test_lint.py says why); workers never start it."""
+    parallel = config.getoption("dist", default="no") != "no"
+    if parallel and not hasattr(config, "workerinput") and _may_select_lint(config):
+        from tests.unit import test_lint
+
+        test_lint.start_mypy()
+
+
+def _may_select_lint(config: pytest.Config) -> bool:
+    lint = (Path(__file__).parent / "unit" / "test_lint.py").resolve()
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return any(path == lint or path in lint.parents for path in paths)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slowest tests spread out, the lint tests last; in a plain (one-process) run
+    the type check starts now, in the background."""
+    slow = [item for item in items if any(mark in item.nodeid for mark in SLOW)]
     lint = [item for item in items if item.path.name == "test_lint.py"]
-    if lint:
-        items[:] = [item for item in items if item.path.name != "test_lint.py"] + lint
+    rest = [item for item in items if item not in slow and item not in lint]
+    step = (len(rest) * 2 // 3) // max(len(slow), 1)
+    for n, item in enumerate(slow):
+        rest.insert(n * (step + 1), item)
+    items[:] = rest + lint
+    if lint and not hasattr(config, "workerinput"):
         from tests.unit import test_lint
 
         test_lint.start_mypy()

@@ -6,11 +6,13 @@ from typing import Annotated, Any, NotRequired
 
 import structlog
 from pydantic import Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
+from service.db.engine import UNREACHABLE, unavailable
 from service.domain.errors import ServiceError, Unavailable, ValidationFailed
 
 log = structlog.get_logger(__name__)
@@ -66,6 +68,15 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database out of reach is a 503 with Retry-After. Handled here, not by the
+    ``Exception`` handler: Starlette re-raises what that one handles, and uvicorn then
+    closes the connection, which can reset it before the client has read the answer."""
+    if (busy := unavailable(exc)) is not None:
+        return await service_error(request, busy)  # logged there, as a 503
+    raise exc  # a statement that failed: an unexpected error
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log the type only: an exception's text may carry secrets or user data.
     log.exception("request.crashed", path=request.url.path, error=type(exc).__name__, **job_fields(request))
@@ -74,6 +85,8 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 HANDLERS: dict[Any, Any] = {
     ServiceError: service_error,
+    DBAPIError: database_error,
+    **dict.fromkeys(UNREACHABLE, database_error),
     HTTPException: http_error,
     Exception: unexpected_error,
 }

@@ -29,7 +29,8 @@ from service.api.disconnect import unless_disconnected
 from service.api.error_responses import job_fields
 from service.api.job_routes import read_json, render, submit_job, wait_terminal
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
-from service.domain.errors import ServiceError, ValidationFailed
+from service.db.engine import unavailable
+from service.domain.errors import ServiceError, Unavailable, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA
 from service.domain.serialize import Job, Timestamp
 from service.domain.states import TERMINAL, JobStatus, WavespeedStatus, wavespeed_status
@@ -182,6 +183,15 @@ def allowed_methods(rest: str) -> list[str]:
 # --------------------------------------------------------------------------- plumbing
 
 
+def facade_error(request: Request, exc: ServiceError) -> Response:
+    if exc.status_code >= 500:
+        log.error("facade.failed", path=request.url.path, error=exc.message, **job_fields(request))
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, Unavailable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(exc.status_code, error_message(exc), headers)
+
+
 def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
     """Answer every error of ``endpoint`` in WaveSpeed's shape rather than /v1's."""
 
@@ -190,11 +200,10 @@ def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except ServiceError as exc:
-            if exc.status_code >= 500:
-                log.error("facade.failed", path=request.url.path, error=exc.message, **job_fields(request))
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-            return error_response(exc.status_code, error_message(exc), headers)
+            return facade_error(request, exc)
         except Exception as exc:
+            if (busy := unavailable(exc)) is not None:
+                return facade_error(request, busy)
             # The type only: an exception's text may carry secrets or user data.
             log.exception("facade.crashed", path=request.url.path, error=type(exc).__name__, **job_fields(request))
             return error_response(500, "internal error")

@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service.domain.errors import Unavailable
 
 # alembic.ini and migrations/ sit beside the package in a checkout (editable install);
 # in an image with a regular install they are in the working directory (/app).
@@ -43,6 +47,19 @@ PING_AFTER_IDLE_SECONDS = 5.0
 SESSION_SETTINGS = {"jit": "off"}
 
 
+# Errors that say the database could not be reached or took no more clients (a restart,
+# ``too many clients already``, the pool's wait running out), not that a statement was
+# wrong: a request that meets one is answered 503 with Retry-After, never a 500.
+UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError, OSError)
+
+
+def unavailable(exc: BaseException) -> Unavailable | None:
+    """The 503 to answer for ``exc`` when it means the database is out of reach."""
+    if isinstance(exc, UNREACHABLE) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
+        return Unavailable("the service cannot reach its database right now; try again", retry_after=1)
+    return None
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     engine = create_async_engine(
         async_url(url),
@@ -52,6 +69,7 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         connect_args={"server_settings": SESSION_SETTINGS},
     )
     _ping_when_idle(engine)
+    _discard_lost_sessions(engine)
     return engine
 
 
@@ -93,6 +111,32 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
         except Exception as exc:
             # The pool discards this connection and checks out another (or a new one).
             raise DisconnectionError("pooled connection failed its ping") from exc
+
+
+# The session behind a pooled connection is gone (Postgres restarted, or an operator
+# ended it), or asyncpg's protocol state says the connection is unusable. SQLAlchemy's
+# asyncpg dialect calls an error a disconnect only once asyncpg has seen the socket
+# closed, which it may not have yet: the connection went back to the pool and the next
+# request on it failed with "cannot switch to state 12; another operation is in progress"
+# (tests/integration/test_database_unavailable.py).
+LOST_SESSION = (
+    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InternalClientError,
+)
+
+
+def _discard_lost_sessions(engine: AsyncEngine) -> None:
+    """Count those errors as disconnects, so the connection (and the pool's others,
+    opened before the same restart) are replaced instead of reused; and so is any error
+    met while connecting (``context.connection`` is None then: refused, too many
+    clients, the database not accepting connections), which marks it for ``unavailable``."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _lost(context: Any) -> None:
+        error = context.original_exception
+        if context.connection is None or isinstance(error.__cause__, LOST_SESSION) or isinstance(error, LOST_SESSION):
+            context.is_disconnect = True
 
 
 def migrate(url: str, revision: str = "head") -> None:

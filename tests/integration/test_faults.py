@@ -141,12 +141,12 @@ def test_postgres_restart_mid_run_is_ridden_out(
             with run_service(url, s3_endpoint, sim_defaults.url) as svc:
                 ids = submit_many(svc.url, svc.new_key(), N, catcher.url("/cb"))
                 wait_some_terminal(url, ids, 0.2)
-                pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+                pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=120)
                 report = finish_and_audit(url, s3, sim_defaults.url, ids, catcher)
                 assert httpx.get(svc.url + "/readyz").status_code == 200
         finally:
             # pgserver's own cleanup tracks the pre-restart postmaster: stop the new one.
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=120)
     assert report.by_status == {"completed": N}, str(report)
 
 

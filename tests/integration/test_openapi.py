@@ -186,7 +186,7 @@ def test_schemathesis_fuzzes_path_parameters_without_a_server_error(fuzzed: Serv
         "--phases", "coverage,fuzzing",
         "--max-examples", "40",
         "--generation-allow-x00", "true",
-        "--max-time", "60",
+        "--max-time", "30",
         "--request-timeout", "70",
         "--workers", "1",
         "--seed", "9",
