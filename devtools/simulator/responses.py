@@ -109,6 +109,10 @@ class PacedResponse(Response):
                 raise ConnectionCut(f"cut after {self.cut_at} bytes on purpose")
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sent += len(chunk)
+            # uvicorn's send returns without suspending once the client is gone (it drops
+            # the write), so without a yield here the disconnect watcher never ran and a
+            # hung-up 1 GiB blob was generated in full, holding the event loop for seconds.
+            await asyncio.sleep(0)
             if self.bytes_per_second > 0:
                 # Pace against the start time, not per chunk, so sleeps do not drift.
                 ahead = started + sent / self.bytes_per_second - time.monotonic()
