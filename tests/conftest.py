@@ -46,7 +46,7 @@ FAST_SETTINGS: dict[str, Any] = {
     "download_timeout_seconds": 10.0,
     "submit_lost_deadline_seconds": 20.0,
     "shutdown_grace_seconds": 2.0,
-    # Four pytest workers, each with its services (and the fault scenarios' processes), share
+    # The pytest workers, each with its services (and the fault scenarios' processes), share
     # one Postgres of 100 connection slots: each pool holds at most 2 x 4.
     "db_pool_size": 4,
 }
