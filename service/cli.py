@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import httpx
 import uvicorn
 
 from service.domain.errors import ConfigError
@@ -183,6 +182,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 def _demo(base_url: str, api_key: str) -> None:
     """Submit one job, wait for it, and show where its image is stored."""
+    import httpx  # here, not at the top: every other command would pay for it
+
     headers = {"Authorization": f"Bearer {api_key}"}
     body = {"model": "wavespeed-ai/flux-dev-lora",
             "input": {"prompt": "a lighthouse at dusk, film photo", "size": "512*512"},

@@ -10,8 +10,12 @@ import json
 import sys
 from typing import Any
 
-from service.db.bulk import ACTIONS
 from service.domain.errors import ValidationFailed
+
+# service/db/bulk.py's ACTIONS, restated so that parsing the command line does not import
+# the database layer (every `wavespeed-jobs` command paid half a second for it);
+# tests/unit/test_cli_imports.py checks the two agree.
+ACTIONS = ("cancel", "retry", "redeliver", "delete")
 
 
 def add_parser(sub: Any) -> None:

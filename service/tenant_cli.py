@@ -8,12 +8,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.domain.errors import ServiceError, ValidationFailed
 from service.settings import Settings
+
+if TYPE_CHECKING:  # SQLAlchemy is imported by the commands that use it, not by `--help`
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
