@@ -55,10 +55,16 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         log.error("request.failed", path=request.url.path, error=exc.message, **job_fields(request))
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
+
+
+def error_headers(exc: ServiceError) -> dict[str, str] | None:
+    """The headers an error answer carries in either shape (/v1's and the facade's)."""
+    if exc.status_code == 401:
+        return {"WWW-Authenticate": "Bearer"}
     if isinstance(exc, Unavailable) and exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
-    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+        return {"Retry-After": str(exc.retry_after)}
+    return None
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -26,11 +26,11 @@ from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing
 
 from service.api.auth import authenticate, resources
 from service.api.disconnect import unless_disconnected
-from service.api.error_responses import job_fields
+from service.api.error_responses import error_headers, job_fields
 from service.api.job_routes import read_json, render, submit_job, wait_terminal
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db.engine import unavailable
-from service.domain.errors import ServiceError, Unavailable, ValidationFailed
+from service.domain.errors import ServiceError, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA
 from service.domain.serialize import Job, Timestamp
 from service.domain.states import TERMINAL, JobStatus, WavespeedStatus, wavespeed_status
@@ -186,10 +186,7 @@ def allowed_methods(rest: str) -> list[str]:
 def facade_error(request: Request, exc: ServiceError) -> Response:
     if exc.status_code >= 500:
         log.error("facade.failed", path=request.url.path, error=exc.message, **job_fields(request))
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    if isinstance(exc, Unavailable) and exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
-    return error_response(exc.status_code, error_message(exc), headers)
+    return error_response(exc.status_code, error_message(exc), error_headers(exc))
 
 
 def wavespeed_errors(endpoint: Endpoint) -> Endpoint:

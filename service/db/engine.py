@@ -50,7 +50,7 @@ SESSION_SETTINGS = {"jit": "off"}
 # Errors that say the database could not be reached or took no more clients (a restart,
 # ``too many clients already``, the pool's wait running out), not that a statement was
 # wrong: a request that meets one is answered 503 with Retry-After, never a 500.
-UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError, OSError)
+UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)  # OSError: refused, reset
 
 
 def unavailable(exc: BaseException) -> Unavailable | None:
