@@ -38,6 +38,7 @@ def routes() -> list[Route]:
         Route("/_sim/blob/{n_bytes:int}", files.blob, methods=["GET"]),
         Route("/_sim/tasks", control.list_tasks, methods=["GET"]),
         Route("/_sim/tasks/{task_id}", control.get_task, methods=["GET"]),
+        Route("/_sim/tasks/{task_id}/finish", control.finish_task, methods=["POST"]),
         Route("/_sim/stats", control.stats, methods=["GET"]),
         Route("/_sim/config", control.config, methods=["GET", "POST"]),
         Route("/_sim/reset", control.reset, methods=["POST"]),

@@ -23,6 +23,16 @@ async def get_task(request: Request) -> Response:
     return JSONResponse({**task.summary(), "prediction": task.prediction()})
 
 
+async def finish_task(request: Request) -> Response:
+    """End a task now rather than at its ``completion_delay`` (tests hold a job running
+    with a long delay, then let it go once they are ready to watch it end)."""
+    task = sim_of(request).tasks.get(request.path_params["task_id"])
+    if task is None:
+        return error(404, "Task not found")
+    task.finish_now.set()
+    return JSONResponse(task.summary())
+
+
 async def stats(request: Request) -> Response:
     sim = sim_of(request)
     return JSONResponse({**sim.stats.as_dict(), "tasks": len(sim.tasks), "background": len(sim.background)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 
 from devtools.simulator.images import content_type
 from devtools.simulator.state import COMPLETED, FAILED, PROCESSING, SimTask, SimulatorState
@@ -18,9 +19,9 @@ async def run_task(sim: SimulatorState, task: SimTask) -> None:
     config = sim.config
     total = config.completion_delay + sim.dice.uniform(config.completion_jitter)
     first = min(config.processing_delay, total)
-    await asyncio.sleep(first)
+    await _sleep_unless_finished(task, first)
     task.status = PROCESSING
-    await asyncio.sleep(total - first)
+    await _sleep_unless_finished(task, total - first)
     if sim.dice.hit(config.failure_rate):
         task.error = FAILURE_MESSAGE
         task.status = FAILED
@@ -32,6 +33,13 @@ async def run_task(sim: SimulatorState, task: SimTask) -> None:
     task.inference_ms = int(total * 1000)
     task.finished.set()
     await deliver_final(sim, task)
+
+
+async def _sleep_unless_finished(task: SimTask, seconds: float) -> None:
+    if task.finish_now.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(task.finish_now.wait(), max(0.0, seconds))
 
 
 async def _outputs(sim: SimulatorState, task: SimTask) -> list[str]:

@@ -74,6 +74,9 @@ class SimTask:
     deliveries: list[Delivery] = field(default_factory=list)
     # Set when the task is terminal and its outputs exist; sync-mode submits wait on it.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by ``POST /_sim/tasks/{id}/finish``: the task ends now instead of at its delay, so a
+    # test can hold a job running for as long as it needs (a loaded machine is slow to get there).
+    finish_now: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def output_format(self) -> str:

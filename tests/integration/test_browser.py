@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,13 +182,27 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     assert "/login" in page.url
 
 
+def wait_for_task_id(api: httpx.Client, job_id: str) -> str:
+    """The job's provider task id, once the submitter has sent it (bounded: 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        task_id = api.get(f"/v1/jobs/{job_id}").json()["provider"]["task_id"]
+        if task_id:
+            return str(task_id)
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} was not sent to the simulator within 60 s")
+
+
 def test_a_running_job_turns_completed_without_a_reload(
     service: Service, desktop: Any, output_dir: Path, sim_defaults: Any
 ) -> None:
     key = new_key(service)
-    sim_config(sim_defaults, completion_delay=4.0)
+    # Held running until both pages are up (a loaded machine took > 4 s to load them, and
+    # the job had ended first), then let go through the simulator's control endpoint.
+    sim_config(sim_defaults, completion_delay=120.0)
     with service.client(key) as api:
         job = submit(api, prompt="a paper boat on a rain puddle")
+        task_id = wait_for_task_id(api, job["id"])
     history, detail = Tab(desktop), Tab(desktop)
     sign_in(history, service, key)
     detail.page.goto(f"{service.url}/jobs/{job['id']}")
@@ -195,6 +210,7 @@ def test_a_running_job_turns_completed_without_a_reload(
         # Still running when the page loaded; a marker proves the page is never reloaded.
         assert tab.page.locator("[data-status=completed]").count() == 0
         tab.page.evaluate("() => { window.__sameDocument = true; }")
+    httpx.post(f"{sim_defaults.url}/_sim/tasks/{task_id}/finish", timeout=5).raise_for_status()
 
     detail.page.wait_for_selector("[data-section=status] [data-status=completed]", timeout=WAIT_MS)
     detail.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)

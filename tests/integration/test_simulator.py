@@ -193,6 +193,18 @@ def test_result_query_moves_through_the_states(api: httpx.Client) -> None:
     assert missing.json() == {"code": 404, "message": "Prediction not found", "data": None}
 
 
+def test_a_held_task_ends_when_told_to_and_not_before(api: httpx.Client) -> None:
+    knobs(api, completion_delay=120.0, processing_delay=0.0)
+    task_id = submit_ok(api, FLUX_DEV_LORA, {"prompt": "p"})
+    time.sleep(0.2)
+    assert api.get(f"/api/v3/predictions/{task_id}/result").json()["data"]["status"] == "processing"
+    finished = api.post(f"/_sim/tasks/{task_id}/finish")
+    assert finished.status_code == 200, finished.text
+    done = wait_terminal(api, task_id, timeout=5.0)  # not 120 s
+    assert done["status"] == "completed" and len(done["outputs"]) == 1
+    assert api.post("/_sim/tasks/nope/finish").status_code == 404
+
+
 def test_predictions_history(api: httpx.Client) -> None:
     ids = [
         submit_ok(api, FLUX_DEV_LORA, {"prompt": "one"}),
