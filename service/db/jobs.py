@@ -198,28 +198,17 @@ async def transition(
 
 async def finish_many(
     conn: AsyncConnection, owner: str, ids: Sequence[str], target: JobStatus, *, reason: str
-) -> list[str]:
+) -> int:
     """Move ``owner``'s jobs among ``ids`` to the terminal ``target`` where the state
-    machine allows it, with what ``transition`` does for each (event, callback, NOTIFY)
-    in a fixed number of statements; returns the ids moved."""
+    machine allows it, with what ``transition`` does for each (event, callback, NOTIFY),
+    in one statement; returns how many moved."""
     assert target in TERMINAL
-    rows = (await conn.execute(queries.FINISH_MANY, {
+    row = (await conn.execute(queries.FINISH_MANY, {
         "ids": list(ids), "owner": owner, "allowed": allowed_from(target), "target": target.value,
-    })).all()
-    if not rows:
-        return []
-    moved = [r.id for r in rows]
-    await conn.execute(queries.EVENTS_MANY, {"ids": moved, "olds": [r.old for r in rows], "target": target.value,
-                                             "reason": reason})
-    with_callback = [r for r in rows if r.callback_url]
-    if with_callback:
-        await conn.execute(queries.DELIVERIES_MANY, {
-            "delivery_ids": [new_delivery_id() for _ in with_callback], "ids": [r.id for r in with_callback],
-            "urls": [r.callback_url for r in with_callback], "event": CALLBACK_EVENT[target],
-        })
-        await notify(conn, queries.CHANNEL_WORK, "deliver")
-    await conn.execute(queries.NOTIFY_EACH, {"channel": queries.CHANNEL_DONE, "ids": moved})
-    return moved
+        "reason": reason, "event": CALLBACK_EVENT[target], "delivery_ids": [new_delivery_id() for _ in ids],
+        "done_channel": queries.CHANNEL_DONE, "work_channel": queries.CHANNEL_WORK,
+    })).one()
+    return int(row.moved)
 
 
 async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, url: str) -> str:

@@ -1,10 +1,11 @@
 """LISTEN/NOTIFY on one dedicated asyncpg connection per process.
 
 Workers wake on ``wsj_work``, waiters (``?wait=N``) on ``wsj_done``, and live streams
-(``GET /v1/jobs/{id}/stream``) on ``wsj_job`` and ``wsj_done`` (payload: the job id), so
-a thousand open streams cost one listening connection, not a poll each. Notifications
-are only a hint: workers also poll, so a notification lost while the connection was
-down (a Postgres restart) only delays work. The connection reconnects by itself.
+(``GET /v1/jobs/{id}/stream``) on ``wsj_job`` and ``wsj_done`` (payload: the job id,
+or a bulk batch's ids joined by commas), so a thousand open streams cost one listening
+connection, not a poll each. Notifications are only a hint: workers also poll, so a
+notification lost while the connection was down (a Postgres restart) only delays work.
+The connection reconnects by itself.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ class Notifications:
                 self.kick()
             elif duties:
                 self.kick(*duties)
-        elif channel == CHANNEL_DONE:
-            for event in self._done.pop(payload, []):
-                event.set()
-        if channel in (CHANNEL_JOB, CHANNEL_DONE):
-            for event in self._watchers.get(payload, ()):
+            return
+        # A payload is one job id, or several joined by commas (a bulk batch's ends).
+        for job_id in payload.split(","):
+            if channel == CHANNEL_DONE:
+                for event in self._done.pop(job_id, []):
+                    event.set()
+            for event in self._watchers.get(job_id, ()):
                 event.set()
 
     async def _run(self) -> None:

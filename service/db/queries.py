@@ -26,8 +26,8 @@ Transactions that write more than one table, and how they keep the order:
 - the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
   redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
   they update the delivery and mirror its state on the job;
-- bulk cancel and delete (``FINISH_MANY`` then ``EVENTS_MANY``/``DELIVERIES_MANY``,
-  service/db/jobs.py ``finish_many``) and bulk redeliver (``REDELIVERABLE``) lock the
+- bulk cancel and delete (``FINISH_MANY``, one statement, service/db/jobs.py
+  ``finish_many``) and bulk redeliver (``REDELIVERABLE``) lock the
   batch's jobs in id order first, then append to the rest;
 - an erasure batch (service/work/eraser.py) locks its jobs in id order
   (``ERASE_LOCK_JOBS``), then runs ``ERASE_STATEMENTS`` in table order (jobs,
@@ -140,13 +140,10 @@ INSERT_WEBHOOK_EVENT = _SQL.text("INSERT_WEBHOOK_EVENT")
 APPLY_NEWS = _SQL.asyncpg("APPLY_NEWS")
 NOTIFY_MANY = _SQL.asyncpg("NOTIFY_MANY")
 NOTIFY = _SQL.text("NOTIFY")
-NOTIFY_EACH = _SQL.text("NOTIFY_EACH")
 # One job's status change, after its guarded UPDATE (service/db/jobs.py transition)
 AFTER_MOVE = _SQL.text("AFTER_MOVE")
 # Transitions of many jobs at once (service/db/jobs.py)
 FINISH_MANY = _SQL.text("FINISH_MANY")
-EVENTS_MANY = _SQL.text("EVENTS_MANY")
-DELIVERIES_MANY = _SQL.text("DELIVERIES_MANY")
 # Provider capacity and fair turns
 ENSURE_SLOTS = _SQL.text("ENSURE_SLOTS")
 ADOPT_IN_FLIGHT = _SQL.text("ADOPT_IN_FLIGHT")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -220,3 +221,47 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
     assert (result["matched"], result["affected"]) == (30, 30)
     assert seen & {10, 20}, f"no moment between batches was seen: {sorted(seen)}"
     assert seen <= {0, 10, 20, 30}  # never part of a batch: each commits whole
+
+
+def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
+    """A batch tells waiters with one NOTIFY per 200 jobs (ids joined by commas): streams
+    on the first, a middle and the last job of a 450-job batch (three payloads) all get
+    their ``canceled`` event. Streams never poll, so only the notification can bring it
+    before the keep-alive (15 s)."""
+    owner = f"streams_{uuid.uuid4().hex[:8]}"
+    key = api_only.new_key(owner)
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after, callback_url)"
+        " SELECT 'job_st_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
+        " 'queued', NULL, CASE WHEN g %% 2 = 0 THEN 'http://127.0.0.1:9/hook' END FROM generate_series(1, 450) g",
+        (owner, owner))
+    watched = [f"job_st_{owner}_{n:03d}" for n in (1, 250, 450)]
+
+    opened = [threading.Event() for _ in watched]
+
+    def stream(job_id: str, first: threading.Event) -> tuple[list[str], float]:
+        with api_only.client(key) as client, client.stream("GET", f"/v1/jobs/{job_id}/stream", timeout=20) as answer:
+            seen, ended, deadline = [], 0.0, time.monotonic() + 10
+            for line in answer.iter_lines():  # a line at least every keep-alive (15 s)
+                if time.monotonic() > deadline:
+                    break
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:])["status"])
+                    first.set()
+                    if seen[-1] == "canceled":
+                        ended = time.monotonic()
+            return seen, ended
+
+    with ThreadPoolExecutor(len(watched)) as pool, api_only.client(key) as client:
+        futures = [pool.submit(stream, job_id, first) for job_id, first in zip(watched, opened, strict=True)]
+        assert all(first.wait(10) for first in opened)
+        result = client.post("/v1/jobs/bulk", json={"action": "cancel", "filter": {"status": ["queued"]}}).json()
+        answered = time.monotonic()
+        outcomes = [f.result(timeout=40) for f in futures]
+    assert (result["matched"], result["affected"]) == (450, 450)
+    assert [seen for seen, _ in outcomes] == [["queued", "canceled"]] * 3
+    assert all(ended - answered < 5 for _, ended in outcomes)
+    counts = sql.execute("SELECT count(*) FILTER (WHERE e.type = 'status.changed'), count(DISTINCT d.id)"
+                         " FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id LEFT JOIN deliveries d"
+                         " ON d.job_id = j.id WHERE j.owner = %s", (owner,)).fetchone()
+    assert counts == (450, 225)  # one event per job; one callback per job that has a URL
