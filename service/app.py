@@ -146,7 +146,7 @@ async def open_resources(
         await notifications.stop()
         await egress.aclose()
         await http.aclose()
-        storage.close()
+        await storage.aclose()
         await engine.dispose()
 
 

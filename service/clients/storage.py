@@ -7,7 +7,10 @@ bench_s3client.py: 1.6× boto3's on this machine); httpx's own per-request work 
 as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
 difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py;
 ~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
-boto3 resolved.
+boto3 resolved, and DeleteObjects written, signed and sent here (httpx, on the event
+loop): botocore spent ~19 ms of Python per 1,000-key call in its thread, and the event
+loop waited for the GIL meanwhile, so retention's erasure tripled the receiver's p99
+(tests/benchmarks/bench_lifecycle.py retention).
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
@@ -16,17 +19,21 @@ of ``part_size`` bytes, so memory holds at most about one part whatever the obje
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 import boto3
+import httpx
 from botocore.config import Config
 
 from service.clients.sigv4 import Credentials, Signer, uri_encode
@@ -35,6 +42,7 @@ from service.domain.image_types import content_type_of_key
 
 PRESIGN_CACHE_SIZE = 50_000
 DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
+S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
 class StorageError(ServiceError):
@@ -88,6 +96,7 @@ class Storage:
         self._base_path = origin.path.rstrip("/")
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
+        self._http: httpx.AsyncClient | None = None  # DeleteObjects' connections, made at first use
 
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -96,11 +105,14 @@ class Storage:
         except Exception as exc:  # botocore raises many unrelated types
             raise StorageError(f"S3 {getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _presign(self, key: str, expires: int) -> str:
+    def _creds(self) -> Credentials:
         if self._credentials is None:
-            raise StorageError("no S3 credentials to sign a URL with")
+            raise StorageError("no S3 credentials to sign a request with")
         frozen = self._credentials.get_frozen_credentials()
-        creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    def _presign(self, key: str, expires: int) -> str:
+        creds = self._creds()
         path = f"{self._base_path}/{uri_encode(self.bucket)}/{uri_encode(key, keep_slash=True)}"
         # response-content-type pins the answer's type to what the key stands for (only
         # image types are stored), whatever metadata the object might carry.
@@ -110,6 +122,11 @@ class Storage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self.close()
 
     async def ensure_bucket(self) -> None:
         try:
@@ -192,18 +209,31 @@ class Storage:
         repeated erasure is harmless. Raises StorageError if any key could not be deleted."""
         calls = 0
         for start in range(0, len(keys), DELETE_BATCH):
-            chunk = keys[start : start + DELETE_BATCH]
-            answer = await self._run(
-                self._client.delete_objects,
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-            )
+            await self._delete_objects(keys[start : start + DELETE_BATCH])
             calls += 1
-            errors = answer.get("Errors") or []
-            if errors:
-                first = errors[0]
-                raise StorageError(f"S3 could not delete {len(errors)} objects, e.g. {first.get('Key')!r}: "
-                                   f"{first.get('Code')}")
         return calls
+
+    async def _delete_objects(self, keys: Sequence[str]) -> None:
+        body = delete_objects_body(keys)
+        path = f"{self._base_path}/{uri_encode(self.bucket)}"
+        # Content-MD5: every S3 (AWS, MinIO, R2) takes it for DeleteObjects, which
+        # requires a checksum of its body.
+        headers = {"content-md5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+                   "content-type": "application/xml"}
+        signed = self._signer.sign_headers(self._creds(), "POST", self._host, path, [("delete", "")], headers,
+                                           payload_sha256=hashlib.sha256(body).hexdigest())
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5), follow_redirects=False)
+        try:
+            answer = await self._http.post(f"{self._origin}{path}?delete", content=body, headers=signed)
+        except httpx.HTTPError as exc:
+            raise StorageError(f"S3 DeleteObjects failed: {type(exc).__name__}: {exc}") from exc
+        if answer.status_code != 200:
+            raise StorageError(f"S3 DeleteObjects answered {answer.status_code} {s3_error_code(answer.content)}")
+        failed = delete_errors(answer.content)
+        if failed:
+            key, code = failed[0]
+            raise StorageError(f"S3 could not delete {len(failed)} objects, e.g. {key!r}: {code}")
 
     def presign(self, key: str, expires: int = 3600) -> str:
         """A presigned GET URL valid for at least ``expires * 5/6`` seconds from now.
@@ -221,3 +251,27 @@ class Storage:
             self._presigned.clear()  # crude but bounded; refills from the next page
         self._presigned[(key, expires)] = (url, now)
         return url
+
+
+def delete_objects_body(keys: Sequence[str]) -> bytes:
+    """DeleteObjects' request body; Quiet, so the answer lists only the failures."""
+    objects = "".join(f"<Object><Key>{escape(key)}</Key></Object>" for key in keys)
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Delete xmlns="{S3_XMLNS}"><Quiet>true</Quiet>'
+            f"{objects}</Delete>").encode()
+
+
+def delete_errors(answer: bytes) -> list[tuple[str, str]]:
+    """(key, code) of each key a DeleteObjects answer says could not be deleted."""
+    if b"<Error>" not in answer:
+        return []
+    root = ElementTree.fromstring(answer)
+    return [(e.findtext("{*}Key") or "", e.findtext("{*}Code") or "") for e in root.iter() if e.tag.endswith("Error")]
+
+
+def s3_error_code(answer: bytes) -> str:
+    """The <Code> of an S3 error answer, or "" when it is not one."""
+    try:
+        root = ElementTree.fromstring(answer)
+    except ElementTree.ParseError:
+        return ""
+    return root.findtext("Code") or root.findtext("{*}Code") or ""

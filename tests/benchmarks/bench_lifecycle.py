@@ -187,8 +187,8 @@ def _report(name: str, idle: list[Probe], busy: list[Probe], extra: list[str], l
 # --------------------------------------------------------------------------- bulk cancel
 
 
-async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str], seconds: float, rate: float
-                      ) -> tuple[Probe, Probe, dict[str, Any], float]:
+async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str], seconds: float, rate: float,
+                      control: float = 0.0) -> tuple[Probe, Probe, dict[str, Any], float]:
     headers = {"Authorization": f"Bearer {probe_key}"}
 
     def read(n: int) -> tuple[str, str, dict[str, Any]]:
@@ -204,8 +204,12 @@ async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str],
         running = asyncio.create_task(busy.run(base, done))
         await asyncio.sleep(0.5)  # the probe is under way before the bulk starts
         started = time.perf_counter()
-        answer = await client.post("/v1/jobs/bulk", headers={"Authorization": f"Bearer {key}"},
-                                   json={"action": "cancel", "filter": {"status": ["queued"]}})
+        if control:  # the A/A run: a "busy" phase with nothing in it, the noise floor of the ratio
+            await asyncio.sleep(control)
+            result: dict[str, Any] = {"matched": 0, "affected": 0}
+        else:
+            result = (await client.post("/v1/jobs/bulk", headers={"Authorization": f"Bearer {key}"},
+                                        json={"action": "cancel", "filter": {"status": ["queued"]}})).json()
         took = time.perf_counter() - started
     done.set()
     await running
@@ -213,10 +217,10 @@ async def _bulk_round(base: str, key: str, probe_key: str, probe_ids: list[str],
     print("  slowest during the bulk: " + ", ".join(
         f"{lat * 1000:.1f} ms at +{(due - started) * 1000:.0f} ms" for due, lat, _ in slowest)
         + f" (the bulk ran 0 to +{took * 1000:.0f} ms)", flush=True)
-    return idle, busy, answer.json(), took
+    return idle, busy, result, took
 
 
-def bench_bulk(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None:
+def bench_bulk(jobs: int, rounds: int, rate: float, env: dict[str, str], control: float = 0.0) -> None:
     with database.fresh_database("wsj_bench_bulk") as db, s3_server() as s3:
         key, probe_key = create_key_blocking(db, "bulk"), create_key_blocking(db, "probe")
         seed(db, "probe", "job_probe_", 1000, "completed", completed_days_ago=0)
@@ -225,7 +229,8 @@ def bench_bulk(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None
         with serve(db, s3, workers=False, **env) as (base, _):
             for r in range(rounds):
                 seed(db, "bulk", f"job_bulk{r}_", jobs, "queued")
-                idle, busy, result, took = asyncio.run(_bulk_round(base, key, probe_key, probe_ids, 10.0, rate))
+                idle, busy, result, took = asyncio.run(
+                    _bulk_round(base, key, probe_key, probe_ids, 10.0, rate, control))
                 idle_all.append(idle)
                 busy_all.append(busy)
                 loads.append(os.getloadavg()[0])
@@ -234,7 +239,8 @@ def bench_bulk(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None
                              f"{took:.2f} s (load {loads[-1]:.2f})")
         lines.append(f"times: median {statistics.median(tooks):.2f} s"
                      f" (goal < 10 s); settings {env}")
-    _report(f"bulk cancel of {jobs:,} jobs while GET /v1/jobs/{{id}} is probed", idle_all, busy_all, lines, loads)
+    what = f"no bulk (A/A control, {control:g} s)" if control else f"cancel of {jobs:,} jobs"
+    _report(f"bulk {what} while GET /v1/jobs/{{id}} is probed", idle_all, busy_all, lines, loads)
 
 
 # --------------------------------------------------------------------------- retention
@@ -388,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="idle/busy pairs (default: bulk 5, retention 2, streams 2)")
     parser.add_argument("--rate", type=float, default=50.0,
                         help="probe requests per second, open loop (0: closed loop of 4 connections)")
+    parser.add_argument("--control", type=float, default=0.0, metavar="SECONDS",
+                        help="bulk: an A/A run, each busy phase SECONDS with no bulk in it (the ratio's noise floor)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the serve process, e.g. LIFECYCLE_PAUSE_FACTOR=2 (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -395,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"== bench_lifecycle: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     for which in args.which:
         if which == "bulk":
-            bench_bulk(args.jobs or 10_000, args.rounds or 5, args.rate, env)
+            bench_bulk(args.jobs or 10_000, args.rounds or 5, args.rate, env, args.control)
         elif which == "retention":
             bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env)
         elif which == "streams":

@@ -100,3 +100,46 @@ async def test_a_refusal_is_a_storage_error_naming_s3s_code_without_credentials(
         assert "not-the-secret-0123" not in str(raised.value) and "Signature=" not in str(raised.value)
     finally:
         store.close()
+
+
+async def test_delete_keys_removes_exactly_those_keys_in_calls_of_at_most_1000(s3_endpoint: str, s3: Any) -> None:
+    """DeleteObjects is written and signed by hand (service/clients/storage.py): keys with
+    XML's special characters, keys already gone, and 1,000 keys a call."""
+    prefix = f"t/{uuid.uuid4().hex}/"
+    odd = [prefix + name for name in ("a&b <c>.png", "quote\"'.jpeg", "ü é+ ~.webp")]
+    kept = prefix + "kept.jpeg"
+    bulk = [f"{prefix}many/{n}.jpeg" for n in range(1200)]
+    store = _storage(s3_endpoint)
+    try:
+        for key in [*odd, kept, *bulk[:5], bulk[-1]]:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+        assert await store.delete_keys([*odd, prefix + "never-there.png"]) == 1
+        assert await store.delete_keys(bulk) == 2  # 1,000 + 200
+        left = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+        assert left == [kept]
+        assert await store.delete_keys([]) == 0
+    finally:
+        await store.aclose()
+
+
+async def test_delete_keys_in_a_missing_bucket_is_a_storage_error_naming_the_code(s3_endpoint: str) -> None:
+    store = _storage(s3_endpoint, f"wsj-missing-{uuid.uuid4().hex[:8]}", access_key_id="AKIAEXAMPLE",
+                     secret_access_key="not-the-secret-0123")
+    try:
+        with pytest.raises(StorageError) as raised:
+            await store.delete_keys(["outputs/job_x/0.jpeg"])
+        assert "404" in str(raised.value) and "NoSuchBucket" in str(raised.value)
+        assert "not-the-secret-0123" not in str(raised.value) and "Signature=" not in str(raised.value)
+    finally:
+        await store.aclose()
+
+
+async def test_delete_keys_unreachable_is_a_storage_error() -> None:
+    store = Storage(bucket="b", endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                    access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
+    try:
+        with pytest.raises(StorageError) as raised:
+            await store.delete_keys(["outputs/job_x/0.jpeg"])
+        assert "ConnectError" in str(raised.value)
+    finally:
+        await store.aclose()

@@ -25,6 +25,10 @@ CASES = [
     ("POST", "minio.local", "outputs/j/0.png", {"uploads": ""}, {"content-type": "image/png"}, b""),
     ("PUT", "r2.example.com", "outputs/j/0.png", {"partNumber": "3", "uploadId": "2~abc/DEF+g=="}, {}, b"x" * 100),
     ("HEAD", "127.0.0.1:9000", None, {}, {}, b""),
+    # DeleteObjects as service/clients/storage.py sends it (POST /bucket?delete)
+    ("POST", "127.0.0.1:9000", None, {"delete": ""},
+     {"content-md5": "1B2M2Y8AsgTpgAmY7PhCfg==", "content-type": "application/xml"},
+     b'<?xml version="1.0" encoding="UTF-8"?><Delete><Quiet>true</Quiet><Object><Key>a&amp;b</Key></Object></Delete>'),
 ]
 
 
