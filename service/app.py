@@ -113,6 +113,7 @@ async def open_resources(
         region=settings.s3_region,
         part_size=settings.s3_part_size_bytes,
         max_threads=settings.s3_max_threads,
+        http=http,
     )
     notifications = Notifications(db.asyncpg_dsn(settings.database_url))
     sealer = Sealer(_secret(settings.secrets_encryption_key))

@@ -8,9 +8,9 @@ as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
 difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py;
 ~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
 boto3 resolved, and DeleteObjects written, signed and sent here (httpx, on the event
-loop): botocore spent ~19 ms of Python per 1,000-key call in its thread, and the event
-loop waited for the GIL meanwhile, so retention's erasure tripled the receiver's p99
-(tests/benchmarks/bench_lifecycle.py retention).
+loop): botocore spends 18-22 ms of Python per 1,000-key call, in a thread that competes
+with the event loop for the GIL; this takes ~4 ms. (Retention's effect on the receiver's p99 did not move
+measurably with it: bench_lifecycle retention; the CPU did.)
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
@@ -68,7 +68,10 @@ class Storage:
         max_threads: int = 8,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
+        """``http``: the process's HTTP client for the calls made here by hand (the
+        lifespan's; without one, Storage makes its own, closed by ``aclose``)."""
         self.bucket = bucket
         self.part_size = part_size
         session = boto3.session.Session(
@@ -96,7 +99,10 @@ class Storage:
         self._base_path = origin.path.rstrip("/")
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
-        self._http: httpx.AsyncClient | None = None  # DeleteObjects' connections, made at first use
+        # Made now, not at the first erasure: building a client (its SSL context) holds
+        # the event loop for 20-40 ms, a stall every request in flight would wait out.
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(follow_redirects=False)
 
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -124,7 +130,7 @@ class Storage:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
-        if self._http is not None:
+        if self._owns_http:
             await self._http.aclose()
         self.close()
 
@@ -222,10 +228,9 @@ class Storage:
                    "content-type": "application/xml"}
         signed = self._signer.sign_headers(self._creds(), "POST", self._host, path, [("delete", "")], headers,
                                            payload_sha256=hashlib.sha256(body).hexdigest())
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5), follow_redirects=False)
         try:
-            answer = await self._http.post(f"{self._origin}{path}?delete", content=body, headers=signed)
+            answer = await self._http.post(f"{self._origin}{path}?delete", content=body, headers=signed,
+                                           timeout=httpx.Timeout(30, connect=5))
         except httpx.HTTPError as exc:
             raise StorageError(f"S3 DeleteObjects failed: {type(exc).__name__}: {exc}") from exc
         if answer.status_code != 200:
