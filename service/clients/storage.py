@@ -8,8 +8,8 @@ as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
 difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py;
 ~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
 boto3 resolved, and DeleteObjects written, signed and sent here (httpx, on the event
-loop): botocore spends 18-22 ms of Python per 1,000-key call, in a thread that competes
-with the event loop for the GIL; this takes ~4 ms. (Retention's effect on the receiver's p99 did not move
+loop): botocore spends 16-20 ms of Python per 1,000-key call, in a thread that competes
+with the event loop for the GIL; this takes 2-3 ms (bench_s3client's delete rounds). (Retention's effect on the receiver's p99 did not move
 measurably with it: bench_lifecycle retention; the CPU did.)
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts

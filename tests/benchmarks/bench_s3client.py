@@ -1,4 +1,4 @@
-"""S3 client cost per PUT, three sides on the same objects and S3 server, alternating:
+"""S3 client cost per PUT (and per DeleteObjects), three sides on the same objects and S3 server, alternating:
 the service's ``Storage`` (boto3 in a thread pool), plain boto3 in threads (the floor:
 no wrapper, no asyncio hop), and requests signed by hand over httpx
 (tests/benchmarks/s3_httpx.py, measured and not shipped).
@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -125,6 +125,38 @@ def presign_rounds(rounds: int = 3, n: int = 2000) -> None:
         storage.close()
 
 
+async def delete_rounds(endpoint: str, rounds: int = 5, keys: int = 1000) -> None:
+    """DeleteObjects of ``keys`` keys: the service's (written and signed by hand, on the
+    event loop) against botocore's ``delete_objects`` (in a thread, as the service once
+    called it), alternating; CPU of this process per call (the S3 server's is its own)."""
+    storage = Storage(bucket=BUCKET, endpoint_url=endpoint, region="us-east-1",
+                      access_key_id=DEV_ACCESS_KEY, secret_access_key=DEV_SECRET_KEY)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
+                          aws_secret_access_key=DEV_SECRET_KEY,
+                          config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    names = [f"outputs/job_{n:026d}/0.jpeg" for n in range(keys)]
+    loop, pool = asyncio.get_running_loop(), ThreadPoolExecutor(1)
+    sides: dict[str, Callable[[], Awaitable[Any]]] = {
+        "service": lambda: storage.delete_keys(names),
+        "botocore": lambda: loop.run_in_executor(pool, partial(
+            client.delete_objects, Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in names], "Quiet": True})),
+    }
+    try:
+        for work in sides.values():
+            await work()  # connections, lazy imports
+        for r in range(rounds):
+            figures = {}
+            for side in (sides if r % 2 == 0 else reversed(list(sides))):
+                cpu, _ = await _measure(sides[side]())
+                figures[side] = cpu * 1000
+            print(f"delete round {r + 1}: {keys:,} keys a call, botocore {figures['botocore']:.1f} ms, "
+                  f"service {figures['service']:.1f} ms of CPU → {figures['botocore'] / figures['service']:.1f}×",
+                  flush=True)
+    finally:
+        await storage.aclose()
+        pool.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_s3client", description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=300)
@@ -139,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with procs.running(server, ready_url=endpoint):
         # uvloop, as under `serve` (uvicorn picks it when installed).
         results = uvloop.run(_rounds(endpoint, args)) if args.loop == "uvloop" else asyncio.run(_rounds(endpoint, args))
+        uvloop.run(delete_rounds(endpoint))
     medians = {side: statistics.median(c for c, _ in runs) / args.objects * 1000 for side, runs in results.items()}
     base = medians["boto3 default"]
     print(f"median cpu/put ({args.kib} KiB objects, {IN_FLIGHT} in flight): " + ", ".join(
