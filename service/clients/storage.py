@@ -9,8 +9,9 @@ difference either. What did pay: presigned URLs signed here (service/clients/sig
 ~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
 boto3 resolved, and DeleteObjects written, signed and sent here (httpx, on the event
 loop): botocore spends 16-20 ms of Python per 1,000-key call, in a thread that competes
-with the event loop for the GIL; this takes 2-3 ms (bench_s3client's delete rounds). (Retention's effect on the receiver's p99 did not move
-measurably with it: bench_lifecycle retention; the CPU did.)
+with the event loop for the GIL; this takes 2-3 ms (bench_s3client's delete rounds).
+(Retention's effect on the receiver's p99 did not move measurably with it: bench_lifecycle
+retention; the CPU did.)
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
