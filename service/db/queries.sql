@@ -208,9 +208,10 @@ SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS 
 -- (EvalPlanQual), so a job that became terminal meanwhile is left alone; the owner is in
 -- the query. The moved jobs' events and deliveries (ids chosen by the caller, one per
 -- job, used for the jobs with a callback URL) are appended by the same statement, and
--- waiters are told with one NOTIFY per 200 jobs (payload: their ids joined by commas,
--- under Postgres's 8,000-byte payload limit) instead of one each: 500 notifications a
--- batch held serve's event loop for milliseconds while API requests waited.
+-- waiters are told with one NOTIFY per ~7,000 bytes of ids (about 230 jobs; ids joined
+-- by commas, grouped by their running length so a payload stays under Postgres's 8,000
+-- bytes whatever the ids' length) instead of one each: 500 notifications a batch reached
+-- serve's listener one by one while API requests waited.
 WITH locked AS (
     SELECT id, status FROM jobs
     WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:allowed)
@@ -234,7 +235,9 @@ delivered AS (
     FROM numbered WHERE callback_url IS NOT NULL
     RETURNING 1),
 told AS (
-    SELECT pg_notify(:done_channel, string_agg(id, ',')) FROM numbered GROUP BY (n - 1) / 200
+    SELECT pg_notify(:done_channel, string_agg(id, ',' ORDER BY n))
+    FROM (SELECT id, n, sum(length(id) + 1) OVER (ORDER BY n) / 7000 AS payload FROM numbered) AS c
+    GROUP BY payload
     UNION ALL
     SELECT pg_notify(:work_channel, 'deliver') WHERE EXISTS (SELECT FROM delivered))
 SELECT (SELECT count(*) FROM numbered) AS moved, (SELECT count(*) FROM told) AS notifications;

@@ -224,9 +224,9 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
 
 
 def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
-    """A batch tells waiters with one NOTIFY per 200 jobs (ids joined by commas): streams
-    on the first, a middle and the last job of a 450-job batch (three payloads) all get
-    their ``canceled`` event. Streams never poll, so only the notification can bring it
+    """A batch tells waiters with one NOTIFY per ~7,000 bytes of ids (joined by commas):
+    streams on the first, a middle and the last job of a 450-job batch of 27-character
+    ids (two payloads) all get their ``canceled`` event. Streams never poll, so only the notification can bring it
     before the keep-alive (15 s)."""
     owner = f"streams_{uuid.uuid4().hex[:8]}"
     key = api_only.new_key(owner)
