@@ -27,11 +27,8 @@ MAX_FORM_BYTES = 16 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Forbidden(ServiceError):
+class Forbidden(ServiceError, status=403, kind="forbidden"):
     """The form did not come from this site; reload the page and try again."""
-
-    status_code = 403
-    error_type = "forbidden"
 
 
 def safe_next(value: str | None) -> str:

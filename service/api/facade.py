@@ -283,7 +283,7 @@ def submit_endpoint(model: str) -> Endpoint:
                        **errors(401, 404, shape=ErrorEnvelope)})
 @wavespeed_errors
 async def result(request: Request) -> Response:
-    """``GET /api/v3/predictions/{id}/result``: the job as a prediction."""
+    """The job, in the shape of WaveSpeed's prediction result (`GET /api/v3/predictions/{id}/result`)."""
     owner = await authenticate(request)
     res = resources(request)
     job = await render(res, request.path_params["job_id"], owner)

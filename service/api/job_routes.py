@@ -169,9 +169,6 @@ def _query(name: str, schema: dict[str, Any], *, where: str = "query", **extra: 
 
 @documented(
     operationId="createJob", tags=["jobs"], summary="Submit a job", security=BEARER,
-    description="Validates the input against the model's table, fills in every default, records the job and "
-                "queues its submission to WaveSpeed. With `wait`, holds the answer until the job is terminal "
-                "or the seconds pass.",
     parameters=[
         _query("wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
                description="Seconds to hold the answer until the job is terminal."),
@@ -185,6 +182,9 @@ def _query(name: str, schema: dict[str, Any], *, where: str = "query", **extra: 
                **errors(400, 401, 402, 409, 413, 422)},
 )
 async def create(request: Request) -> JSONResponse:
+    """Validates the input against the model's table, fills in every default, records the job and
+    queues its submission to WaveSpeed. With `wait`, holds the answer until the job is terminal
+    or the seconds pass."""
     owner = await authenticate(request)
     res = resources(request)
     wait = parse_wait(request)
@@ -204,9 +204,6 @@ async def retrieve(request: Request) -> JSONResponse:
 
 @documented(
     operationId="listJobs", tags=["jobs"], summary="List jobs, newest first", security=BEARER,
-    description="Keyset pages: pass `next_cursor` back as `cursor`. Metadata filters are `metadata.<key>=<value>` "
-                "query parameters (any number, all must match); OpenAPI cannot name parameters by pattern, so "
-                "they are described here only.",
     parameters=[
         _query("status", {"type": "array", "items": {"type": "string", "enum": [s.value for s in JobStatus]}},
                style="form", explode=True, description="Repeatable, or comma-separated: any of the statuses."),
@@ -221,6 +218,9 @@ async def retrieve(request: Request) -> JSONResponse:
     responses={"200": answer(JobList, "One page of jobs."), **errors(401, 422)},
 )
 async def index(request: Request) -> JSONResponse:
+    """Keyset pages: pass `next_cursor` back as `cursor`. Metadata filters are
+    `metadata.<key>=<value>` query parameters (any number, all must match); OpenAPI cannot
+    name parameters by pattern, so they are described here only."""
     owner = await authenticate(request)
     res = resources(request)
     f = parse_filter(list(request.query_params.multi_items()))

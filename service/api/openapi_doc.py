@@ -53,9 +53,12 @@ Mode = Literal["validation", "serialization"]
 
 def documented(**operation: Any) -> Callable[[E], E]:
     """Attach an OpenAPI operation object to an endpoint. Values may hold classes (a
-    TypedDict or pydantic model) where a schema goes; they become ``$ref``s."""
+    TypedDict or pydantic model) where a schema goes; they become ``$ref``s. Without a
+    ``description``, the endpoint's docstring is the operation's (one paragraph)."""
 
     def mark(endpoint: E) -> E:
+        if "description" not in operation and endpoint.__doc__:
+            operation["description"] = " ".join(endpoint.__doc__.split())
         setattr(endpoint, ATTRIBUTE, operation)
         return endpoint
 

@@ -7,10 +7,21 @@ from typing import Any
 
 
 class ServiceError(Exception):
-    """Something went wrong in wavespeed-jobs."""
+    """Something went wrong in wavespeed-jobs.
+
+    A subclass names its HTTP status and error type in its header,
+    ``class NotFound(ServiceError, status=404, kind="not_found")``; without them it keeps
+    its parent's."""
 
     status_code: int = 500
     error_type: str = "internal_error"
+
+    def __init_subclass__(cls, *, status: int | None = None, kind: str | None = None, **rest: Any) -> None:
+        super().__init_subclass__(**rest)
+        if status is not None:
+            cls.status_code = status
+        if kind is not None:
+            cls.error_type = kind
 
     def __init__(self, message: str | None = None, **context: Any) -> None:
         self.message = message or (self.__doc__ or "").strip()
@@ -29,11 +40,8 @@ MAX_FIELD_ERRORS = 20
 MAX_FIELD_TEXT = 200
 
 
-class ValidationFailed(ServiceError):
+class ValidationFailed(ServiceError, status=422, kind="invalid_request"):
     """The request is invalid."""
-
-    status_code = 422
-    error_type = "invalid_request"
 
     def __init__(self, fields: list[FieldError], message: str | None = None) -> None:
         # Deduplicated and capped: 65 KB of one bad query value repeated must not answer
@@ -46,70 +54,44 @@ class ValidationFailed(ServiceError):
         super().__init__(message)
 
 
-class BadRequest(ServiceError):
+class BadRequest(ServiceError, status=400, kind="bad_request"):
     """The request could not be read."""
 
-    status_code = 400
-    error_type = "bad_request"
 
-
-class Unauthorized(ServiceError):
+class Unauthorized(ServiceError, status=401, kind="unauthorized"):
     """A valid API key is required: send `Authorization: Bearer <key>`."""
 
-    status_code = 401
-    error_type = "unauthorized"
 
-
-class SignatureInvalid(Unauthorized):
+class SignatureInvalid(Unauthorized, kind="invalid_signature"):
     """The webhook signature is invalid."""
 
-    error_type = "invalid_signature"
 
-
-class NotFound(ServiceError):
+class NotFound(ServiceError, status=404, kind="not_found"):
     """No such resource."""
 
-    status_code = 404
-    error_type = "not_found"
 
-
-class Conflict(ServiceError):
+class Conflict(ServiceError, status=409, kind="conflict"):
     """The request conflicts with the resource's current state."""
 
-    status_code = 409
-    error_type = "conflict"
 
-
-class BudgetExceeded(ServiceError):
+class BudgetExceeded(ServiceError, status=402, kind="budget_exceeded"):
     """The owner's monthly budget cannot cover this job's estimate."""
 
-    status_code = 402
-    error_type = "budget_exceeded"
 
-
-class PayloadTooLarge(ServiceError):
+class PayloadTooLarge(ServiceError, status=413, kind="payload_too_large"):
     """The request body is too large."""
 
-    status_code = 413
-    error_type = "payload_too_large"
 
-
-class EgressRefused(ServiceError):
+class EgressRefused(ServiceError, status=422, kind="egress_refused"):
     """The address is not one the service may reach on someone's behalf."""
-
-    status_code = 422
-    error_type = "egress_refused"
 
 
 class ConfigError(ServiceError):
     """The service is misconfigured."""
 
 
-class ProviderError(ServiceError):
+class ProviderError(ServiceError, status=502, kind="provider_error"):
     """The provider answered with an error."""
-
-    status_code = 502
-    error_type = "provider_error"
 
     def __init__(
         self,
@@ -140,18 +122,13 @@ class Retry(ServiceError):
         super().__init__(message)
 
 
-class Unavailable(ServiceError):
+class Unavailable(ServiceError, status=503, kind="unavailable"):
     """The service cannot record this right now; try again."""
-
-    status_code = 503
-    error_type = "unavailable"
 
     def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
         self.retry_after = retry_after  # seconds, sent as Retry-After
         super().__init__(message)
 
 
-class TooManyStreams(Unavailable):
+class TooManyStreams(Unavailable, kind="too_many_streams"):
     """This process holds as many live streams as it may; try again shortly."""
-
-    error_type = "too_many_streams"

@@ -48,6 +48,8 @@ class Accepted:
     """The provider created the task."""
 
     task_id: str
+    # The task's status in the answer (usually "created"); None when the answer had none,
+    # and the webhook or the reconciler brings it.
     provider_status: str | None
 
 
@@ -62,7 +64,7 @@ class AnswerLost:
 class Rejected:
     """The provider refused the request itself (a 4xx other than 429): the job fails."""
 
-    message: str
+    message: str  # the provider's words, quoted in the job's error
     http_status: int | None
 
 
