@@ -213,7 +213,9 @@ class Storage:
     async def delete_keys(self, keys: list[str]) -> int:
         """Delete ``keys`` with DeleteObjects, up to DELETE_BATCH per call; returns the
         number of calls made. A key already gone counts as deleted (S3 answers so), so a
-        repeated erasure is harmless. Raises StorageError if any key could not be deleted."""
+        repeated erasure is harmless. Raises StorageError if any key could not be deleted;
+        one attempt per call (the eraser retries a failed erasure later, the storer its
+        output), where boto3's calls make two."""
         calls = 0
         for start in range(0, len(keys), DELETE_BATCH):
             await self._delete_objects(keys[start : start + DELETE_BATCH])
