@@ -77,13 +77,20 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
     out = {name: used(proc) for name, proc in processes.items()}
     out["bench"] = used(psutil.Process())
-    out["postgres"] = sum(used(proc) for proc in psutil.process_iter(["name"]) if proc.info["name"] == "postgres")
+    # Each Postgres process by pid: a backend that ends between two readings must not take
+    # its whole life's CPU out of the sum (what it used in the phase is lost instead).
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            out[f"postgres:{proc.pid}"] = used(proc)
     return out
 
 
 def cpu_line(phase: str, before: dict[str, float], after: dict[str, float], seconds: float) -> str:
-    return f"CPU {phase} (cores): " + ", ".join(
-        f"{name} {(after[name] - before[name]) / seconds:.2f}" for name in sorted(after))
+    used: dict[str, float] = {}
+    for name, value in after.items():
+        total = name.split(":")[0]
+        used[total] = used.get(total, 0.0) + value - before.get(name, 0.0)
+    return f"CPU {phase} (cores): " + ", ".join(f"{name} {used[name] / seconds:.2f}" for name in sorted(used))
 
 
 @contextlib.contextmanager
