@@ -196,7 +196,11 @@ def test_result_query_moves_through_the_states(api: httpx.Client) -> None:
 def test_a_held_task_ends_when_told_to_and_not_before(api: httpx.Client) -> None:
     knobs(api, completion_delay=120.0, processing_delay=0.0)
     task_id = submit_ok(api, FLUX_DEV_LORA, {"prompt": "p"})
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while api.get(f"/api/v3/predictions/{task_id}/result").json()["data"]["status"] != "processing":
+        assert time.monotonic() < deadline, "the task never started processing"
+        time.sleep(0.02)
+    time.sleep(0.3)  # held: a task with a 120 s delay is still processing a moment later
     assert api.get(f"/api/v3/predictions/{task_id}/result").json()["data"]["status"] == "processing"
     finished = api.post(f"/_sim/tasks/{task_id}/finish")
     assert finished.status_code == 200, finished.text
