@@ -240,6 +240,7 @@ told AS (
     GROUP BY payload
     UNION ALL
     SELECT pg_notify(:work_channel, 'deliver') WHERE EXISTS (SELECT FROM delivered))
+-- ``told`` is a plain SELECT: Postgres runs it only if the outer query reads it, hence its count.
 SELECT (SELECT count(*) FROM numbered) AS moved, (SELECT count(*) FROM told) AS notifications;
 
 -- === Provider capacity and fair turns (service/work/throttle.py, service/db/fairness.py, service/db/admission.py)
