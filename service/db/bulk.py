@@ -164,7 +164,7 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
         return len(await mark_deleted(conn, batch, "request", owner))
     if action == "retry":
         made = await conn.execute(queries.RETRY_MANY, {
-            "old": batch, "new": [jobs.new_job_id() for _ in batch], "owner": owner, "retryable": RETRYABLE,
+            "old": batch, "new": jobs.sortable_ids("job", len(batch)), "owner": owner, "retryable": RETRYABLE,
         })
         created = [r.job_id for r in made.all()]
         await admission.admit_retries(conn, owner, created)  # reserved and in turn, like a submit

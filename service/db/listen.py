@@ -67,8 +67,13 @@ class Notifications:
             elif duties:
                 self.kick(*duties)
             return
-        # A payload is one job id, or several joined by commas (a bulk batch's ends).
-        for job_id in payload.split(","):
+        # A payload is one job id, or several joined by commas (a bulk batch's ends): only
+        # the ids someone waits on are looked at (a set intersection, in C).
+        ids = payload.split(",")
+        if len(ids) > 1:
+            ids = [*(self._done.keys() | self._watchers.keys()) & set(ids)] if channel == CHANNEL_DONE \
+                else [*self._watchers.keys() & set(ids)]
+        for job_id in ids:
             if channel == CHANNEL_DONE:
                 for event in self._done.pop(job_id, []):
                     event.set()

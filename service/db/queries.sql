@@ -212,9 +212,12 @@ SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS 
 -- by commas, grouped by their running length so a payload stays under Postgres's 8,000
 -- bytes whatever the ids' length) instead of one each: 500 notifications a batch reached
 -- serve's listener one by one while API requests waited.
+-- The ids come as one comma-joined string, and each delivery id as the caller's prefix
+-- plus its 16 characters of one random string: a Python list of 500 strings cost serve's
+-- event loop ~1.5 ms a batch to encode (asyncpg checks every element), one string ~nothing.
 WITH locked AS (
     SELECT id, status FROM jobs
-    WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:allowed)
+    WHERE id = ANY(string_to_array(:ids, ',')) AND owner = :owner AND status = ANY(:allowed)
     ORDER BY id FOR UPDATE),
 moved AS (
     UPDATE jobs j SET status = :target, updated_at = now(), locked_until = NULL, locked_by = NULL,
@@ -231,7 +234,8 @@ events AS (
     FROM numbered),
 delivered AS (
     INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT (CAST(:delivery_ids AS text[]))[n], id, :event, callback_url, '', {delivery:pending}, now()
+    SELECT :delivery_head || substr(:delivery_tails, CAST(n AS integer) * 16 - 15, 16), id, :event, callback_url, '',
+           {delivery:pending}, now()
     FROM numbered WHERE callback_url IS NOT NULL
     RETURNING 1),
 told AS (
