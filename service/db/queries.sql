@@ -418,60 +418,73 @@ ORDER BY id FOR UPDATE;
 -- in the query (NULL only for the retention sweep, which works across owners).
 WITH marked AS (
     UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now()
-    WHERE id = ANY(:ids) AND deleted_at IS NULL AND status = ANY(:terminal)
+    WHERE id = ANY(string_to_array(:ids, ',')) AND deleted_at IS NULL AND status = ANY(:terminal)
       AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING id),
 logged AS (
     INSERT INTO job_events (job_id, type, detail)
-    SELECT id, 'job.deleted', jsonb_build_object('reason', CAST(:reason AS text)) FROM marked)
-INSERT INTO erasures (job_id, reason) SELECT id, :reason FROM marked
-ON CONFLICT (job_id) DO NOTHING
-RETURNING job_id;
+    SELECT id, 'job.deleted', jsonb_build_object('reason', CAST(:reason AS text)) FROM marked),
+queued AS (
+    INSERT INTO erasures (job_id, reason) SELECT id, :reason FROM marked
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id)
+SELECT coalesce(array_agg(job_id), '{}') AS job_ids FROM queued;
 
 -- name: RETENTION_BATCH
 -- Why: retention picks its batch on the partial index jobs_retention (terminal, not yet
 -- deleted, oldest first); SKIP LOCKED so a job a worker or the API holds right now is
 -- simply taken by a later sweep. The owner's retention_days wins over the default
 -- (OUTPUT_RETENTION_DAYS); with neither, make_interval gives NULL and the job is kept.
-SELECT j.id FROM jobs j LEFT JOIN owners o ON o.name = j.owner
-WHERE j.deleted_at IS NULL AND j.completed_at IS NOT NULL
-  AND j.completed_at < now() - make_interval(days => :shortest)
-  AND j.completed_at < now() - make_interval(days => coalesce(o.retention_days, CAST(:days AS integer)))
-  AND j.status = ANY(:terminal)
-ORDER BY j.completed_at
-LIMIT :limit
-FOR UPDATE OF j SKIP LOCKED;
+SELECT coalesce(array_agg(id), '{}') AS ids FROM (
+    SELECT j.id FROM jobs j LEFT JOIN owners o ON o.name = j.owner
+    WHERE j.deleted_at IS NULL AND j.completed_at IS NOT NULL
+      AND j.completed_at < now() - make_interval(days => :shortest)
+      AND j.completed_at < now() - make_interval(days => coalesce(o.retention_days, CAST(:days AS integer)))
+      AND j.status = ANY(:terminal)
+    ORDER BY j.completed_at
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED) AS due;
 
 -- name: SHORTEST_RETENTION
 -- The shortest retention anyone has: the sweep's index walk starts no later than that.
 SELECT least(CAST(:days AS integer), (SELECT min(retention_days) FROM owners)) AS days;
 
 -- name: ERASURE_OBJECTS
-SELECT o.job_id, o.key, o.thumbnail_key, coalesce(o.size_bytes, 0) AS size_bytes
-FROM erasures e JOIN job_outputs o ON o.job_id = e.job_id
-WHERE e.locked_by = :token;
+-- Why one row of arrays: a batch's 500-1,000 objects as rows cost serve's event loop a
+-- Row object each (the receiver shares that loop); arrays are decoded in C. Sizes are
+-- summed per job, for the bytes metric of the jobs actually erased.
+WITH o AS (
+    SELECT o.job_id, o.key, o.thumbnail_key, coalesce(o.size_bytes, 0) AS size_bytes
+    FROM erasures e JOIN job_outputs o ON o.job_id = e.job_id
+    WHERE e.locked_by = :token),
+per_job AS (SELECT job_id, CAST(sum(size_bytes) AS bigint) AS bytes FROM o GROUP BY job_id)
+SELECT coalesce((SELECT array_agg(v.k) FROM o CROSS JOIN LATERAL (VALUES (o.key), (o.thumbnail_key)) AS v(k)
+                 WHERE v.k IS NOT NULL), '{}') AS keys,
+       coalesce((SELECT array_agg(job_id ORDER BY job_id) FROM per_job), '{}') AS job_ids,
+       coalesce((SELECT array_agg(bytes ORDER BY job_id) FROM per_job), '{}') AS job_bytes;
 
 -- name: ERASE_LOCK_JOBS
 -- Why: the erasure of a batch is one transaction that takes row locks in the documented
 -- order (jobs, then deliveries, then the rest) and ends by removing the duty rows: the
 -- data is either all erased with no duty left, or untouched with the duty still due.
-SELECT j.id FROM jobs j JOIN erasures e ON e.job_id = j.id
-WHERE e.locked_by = :token ORDER BY j.id FOR UPDATE OF j;
+SELECT coalesce(array_agg(id), '{}') AS ids FROM (
+    SELECT j.id FROM jobs j JOIN erasures e ON e.job_id = j.id
+    WHERE e.locked_by = :token ORDER BY j.id FOR UPDATE OF j) AS locked;
 
 -- name: ERASE_JOB_DATA
 -- The erasure statements, run in this order in the batch's transaction (queries.ERASE_STATEMENTS).
 UPDATE jobs SET input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
     request_hash = NULL, has_nsfw_contents = NULL, updated_at = now()
-WHERE id = ANY(:ids);
+WHERE id = ANY(string_to_array(:ids, ','));
 
 -- name: ERASE_DELIVERY_BODIES
-UPDATE deliveries SET body = '' WHERE job_id = ANY(:ids) AND body <> '';
+UPDATE deliveries SET body = '' WHERE job_id = ANY(string_to_array(:ids, ',')) AND body <> '';
 
 -- name: ERASE_OUTPUTS
-DELETE FROM job_outputs WHERE job_id = ANY(:ids);
+DELETE FROM job_outputs WHERE job_id = ANY(string_to_array(:ids, ','));
 
 -- name: ERASE_WEBHOOK_BODIES
-UPDATE webhook_events SET body = '{}'::jsonb WHERE job_id = ANY(:ids) AND body <> '{}'::jsonb;
+UPDATE webhook_events SET body = '{}'::jsonb WHERE job_id = ANY(string_to_array(:ids, ',')) AND body <> '{}'::jsonb;
 
 -- name: ERASE_EVENT_DETAILS
 -- Event details may hold a prompt, a key or an output URL: only a status change's
@@ -480,13 +493,14 @@ UPDATE job_events SET detail = CASE WHEN type = 'status.changed'
     THEN jsonb_strip_nulls(jsonb_build_object('from', detail->'from', 'to', detail->'to',
                                               'reason', detail->'reason'))
     ELSE '{}'::jsonb END
-WHERE job_id = ANY(:ids) AND detail <> '{}'::jsonb;
+WHERE job_id = ANY(string_to_array(:ids, ',')) AND detail <> '{}'::jsonb;
 
 -- name: FINISH_ERASURES
-WITH done AS (DELETE FROM erasures WHERE locked_by = :token AND job_id = ANY(:ids) RETURNING job_id, reason)
-INSERT INTO job_events (job_id, type, detail)
-SELECT job_id, 'job.erased', jsonb_build_object('reason', reason) FROM done
-RETURNING job_id;
+WITH done AS (DELETE FROM erasures WHERE locked_by = :token AND job_id = ANY(string_to_array(:ids, ','))
+              RETURNING job_id, reason),
+logged AS (INSERT INTO job_events (job_id, type, detail)
+           SELECT job_id, 'job.erased', jsonb_build_object('reason', reason) FROM done)
+SELECT coalesce(array_agg(job_id), '{}') AS job_ids FROM done;
 
 -- name: RETRY_ERASURES
 -- Why: a batch that failed (S3 down) is handed back with a delay, fenced on its token.

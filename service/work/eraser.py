@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError
 from service.db import queries
+from service.db.engine import one_statement
+from service.db.jobs import id_list
 from service.domain.states import TERMINAL
 from service.observability import metrics
 from service.resources import Resources
@@ -40,10 +42,8 @@ async def mark_deleted(conn: AsyncConnection, ids: list[str], reason: str, owner
     erasure, in the caller's transaction; returns the ids newly marked."""
     if not ids:
         return []
-    rows = await conn.execute(
-        queries.MARK_DELETED, {"ids": ids, "reason": reason, "terminal": TERMINAL_VALUES, "owner": owner}
-    )
-    marked = [r.job_id for r in rows]
+    marked: list[str] = (await conn.execute(queries.MARK_DELETED, {
+        "ids": id_list(ids), "reason": reason, "terminal": TERMINAL_VALUES, "owner": owner})).scalar_one()
     if marked:
         await conn.execute(queries.NOTIFY, {"channel": queries.CHANNEL_WORK, "payload": "erase"})
     return marked
@@ -83,9 +83,11 @@ class Eraser:
 
     async def _erase(self, token: str) -> None:
         res = self.res
-        async with res.engine.connect() as conn:
-            objects = (await conn.execute(queries.ERASURE_OBJECTS, {"token": token})).all()
-        keys = [k for o in objects for k in (o.key, o.thumbnail_key) if k]
+        # The batch's ids and keys travel as arrays and one string, never as rows or lists
+        # of parameters: this runs in serve's event loop, beside the receiver.
+        async with one_statement(res.engine) as conn:
+            objects = (await conn.execute(queries.ERASURE_OBJECTS, {"token": token})).one()
+        keys: list[str] = objects.keys
         try:
             await res.storage.delete_keys(keys)
         except StorageError as exc:
@@ -94,11 +96,11 @@ class Eraser:
             log.warning("erasure.storage_failed", token=token, error=exc.message[:200])
             return
         async with res.engine.begin() as conn:
-            ids = [r.id for r in await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})]
+            ids = id_list((await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})).scalar_one())
             for statement in queries.ERASE_STATEMENTS:
                 await conn.execute(statement, {"ids": ids})
-            done = (await conn.execute(queries.FINISH_ERASURES, {"token": token, "ids": ids})).all()
-        erased = {d.job_id for d in done}
-        size = sum(o.size_bytes for o in objects if o.job_id in erased)
+            done: list[str] = (await conn.execute(queries.FINISH_ERASURES, {"token": token, "ids": ids})).scalar_one()
+        erased = set(done)
+        size = sum(b for j, b in zip(objects.job_ids, objects.job_bytes, strict=True) if j in erased)
         metrics.observe_erasure(len(done), size, len(keys))
         log.info("erasure.done", jobs=len(done), objects=len(keys), bytes=size)

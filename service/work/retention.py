@@ -63,11 +63,10 @@ class Retention:
             # Each batch is its own short transaction, paced with the eraser's and the
             # bulk actions' batches (service/db/pacing.py): the pause comes after the commit.
             async with self.res.pacer.batch(), self.res.engine.begin() as conn:
-                rows = await conn.execute(
+                ids: list[str] = (await conn.execute(
                     queries.RETENTION_BATCH,
                     {"days": days, "shortest": shortest, "terminal": TERMINAL_VALUES, "limit": limit},
-                )
-                ids = [r.id for r in rows]
+                )).scalar_one()
                 marked = await mark_deleted(conn, ids, "retention", None)
             total += len(marked)
             metrics.RETENTION_DELETED.inc(len(marked))

@@ -60,6 +60,8 @@ def s3_server(processes: dict[str, psutil.Process] | None = None) -> Iterator[st
     """moto's S3 server; ``processes`` gets it as "s3 emulator" (for ``cpu_seconds``)."""
     port = free_port()
     argv = [str(Path(procs.PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    if os.environ.get("BENCH_NICE_S3"):
+        argv = ["nice", "-n", "19", *argv]
     with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/") as proc:
         if processes is not None:
             processes["s3 emulator"] = psutil.Process(proc.pid)
