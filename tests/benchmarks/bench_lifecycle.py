@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -60,7 +61,7 @@ def s3_server(processes: dict[str, psutil.Process] | None = None) -> Iterator[st
     """moto's S3 server; ``processes`` gets it as "s3 emulator" (for ``cpu_seconds``)."""
     port = free_port()
     argv = [str(Path(procs.PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    if os.environ.get("BENCH_NICE_S3"):
+    if os.environ.get("BENCH_NICE_S3"):  # the emulator stands in for a remote S3: not on the service's cores
         argv = ["nice", "-n", "19", *argv]
     with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/") as proc:
         if processes is not None:
@@ -145,7 +146,18 @@ class Probe:
     def __init__(self, make: Any, rate: float) -> None:
         self.make, self.rate = make, rate
         self.samples: list[tuple[float, float, int]] = []
+        self.stalls: list[tuple[float, float]] = []  # (when, how long) this process's loop was held
         self._stop = asyncio.Event()
+
+    async def _tick(self) -> None:
+        """This process's own event-loop stalls over 5 ms (a probe due then is sent late:
+        its latency is the client's, not the service's)."""
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            held = time.perf_counter() - before - 0.001
+            if held > 0.005:
+                self.stalls.append((before, held))
 
     async def _one(self, client: httpx.AsyncClient, n: int, due: float) -> None:
         method, url, kwargs = self.make(n)
@@ -173,10 +185,17 @@ class Probe:
         await asyncio.gather(*pending)
 
     async def run(self, base: str, seconds_or_event: float | asyncio.Event) -> None:
+        # This process holds boto3's service models, psycopg and the samples: a full
+        # collection of its garbage took 110-160 ms (gc.callbacks), and every probe due
+        # meanwhile was sent late, counted as the service's latency (the retention round's
+        # clusters of five slow probes 20 ms apart, ~90 ms down to ~50). Frozen, the old
+        # objects are left out of every pass; each phase starts the same way.
+        gc.collect()
+        gc.freeze()
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
             if self.rate:
-                tasks = [asyncio.create_task(self._open(client))]
+                tasks = [asyncio.create_task(self._open(client)), asyncio.create_task(self._tick())]
             else:
                 tasks = [asyncio.create_task(self._closed(client, w)) for w in range(PROBE_CONCURRENCY)]
             if isinstance(seconds_or_event, asyncio.Event):
@@ -197,6 +216,9 @@ class Probe:
         print("  slowest during " + what + ": " + ", ".join(
             f"{lat * 1000:.1f} ms at +{(due - started) * 1000:.0f} ms" for due, lat, _ in slowest)
             + f" ({what} ran 0 to +{took * 1000:.0f} ms)", flush=True)
+        held = sorted(self.stalls, key=lambda s: -s[1])[:count]
+        print("  the probe's own loop held: " + (", ".join(
+            f"{h * 1000:.1f} ms at +{(at - started) * 1000:.0f} ms" for at, h in held) or "never over 5 ms"), flush=True)
 
     def errors(self) -> int:
         return sum(1 for s in self.samples if s[2] >= 500)
