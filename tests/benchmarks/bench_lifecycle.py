@@ -217,8 +217,8 @@ class Probe:
             f"{lat * 1000:.1f} ms at +{(due - started) * 1000:.0f} ms" for due, lat, _ in slowest)
             + f" ({what} ran 0 to +{took * 1000:.0f} ms)", flush=True)
         held = sorted(self.stalls, key=lambda s: -s[1])[:count]
-        print("  the probe's own loop held: " + (", ".join(
-            f"{h * 1000:.1f} ms at +{(at - started) * 1000:.0f} ms" for at, h in held) or "never over 5 ms"), flush=True)
+        stalls = ", ".join(f"{h * 1000:.1f} ms at +{(at - started) * 1000:.0f} ms" for at, h in held)
+        print("  the probe's own loop held: " + (stalls or "never over 5 ms"), flush=True)
 
     def errors(self) -> int:
         return sum(1 for s in self.samples if s[2] >= 500)
