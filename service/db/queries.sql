@@ -183,15 +183,6 @@ SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p);
 -- name: NOTIFY
 SELECT pg_notify(:channel, :payload);
 
--- name: ASYNC_COMMIT
--- Why: a retention sweep's or an erasure's transaction writes 1-1.5 MB of WAL, and its
--- COMMIT's fsync made the receiver's commits queue behind it (pg_stat_activity sampled
--- every 5 ms: receiver statements 20-42 ms in IO/WALSync and LWLock/WALWrite). Only for
--- work that is redone when lost: a crash that loses such a commit loses the whole
--- transaction, duty rows included, so the sweep marks again and the erasure runs again
--- (S3 answers "deleted" for a key already gone). Never for what an API call answered.
-SET LOCAL synchronous_commit = off;
-
 -- === One job's status change (service/db/jobs.py transition)
 
 -- name: AFTER_MOVE

@@ -96,7 +96,6 @@ class Eraser:
             log.warning("erasure.storage_failed", token=token, error=exc.message[:200])
             return
         async with res.engine.begin() as conn:
-            await conn.execute(queries.ASYNC_COMMIT)  # lost in a crash: the duty rows come back, erased again
             ids = id_list((await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})).scalar_one())
             for statement in queries.ERASE_STATEMENTS:
                 await conn.execute(statement, {"ids": ids})

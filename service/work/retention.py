@@ -63,7 +63,6 @@ class Retention:
             # Each batch is its own short transaction, paced with the eraser's and the
             # bulk actions' batches (service/db/pacing.py): the pause comes after the commit.
             async with self.res.pacer.batch(), self.res.engine.begin() as conn:
-                await conn.execute(queries.ASYNC_COMMIT)  # redone by the next sweep if lost
                 ids: list[str] = (await conn.execute(
                     queries.RETENTION_BATCH,
                     {"days": days, "shortest": shortest, "terminal": TERMINAL_VALUES, "limit": limit},
