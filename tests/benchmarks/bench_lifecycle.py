@@ -67,9 +67,9 @@ def s3_server(processes: dict[str, psutil.Process] | None = None) -> Iterator[st
     argv = [str(Path(procs.PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     if not os.environ.get("BENCH_S3_SAME_PRIORITY"):
         # The emulator stands in for a remote S3, whose CPU is not on the service's cores;
-        # at the same priority its own garbage collections (gen 2: 50-270 ms, gc.callbacks)
-        # took one of the two cores from serve in the middle of an erasure: the retention
-        # round's 65 ms stalls. BENCH_S3_SAME_PRIORITY=1 runs it as before (session 5).
+        # at the same priority its work (its full garbage collections alone take 50-270 ms)
+        # competes with serve and Postgres for the two cores: retention ratio 3.78 against
+        # 1.59-1.83 niced (session 6). BENCH_S3_SAME_PRIORITY=1 runs it as before.
         argv = ["nice", "-n", "19", *argv]
     with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/") as proc:
         if processes is not None:
@@ -194,9 +194,8 @@ class Probe:
 
     async def run(self, base: str, seconds_or_event: float | asyncio.Event) -> None:
         # This process holds boto3's service models, psycopg and the samples: a full
-        # collection of its garbage took 110-160 ms (gc.callbacks), and every probe due
-        # meanwhile was sent late, counted as the service's latency (the retention round's
-        # clusters of five slow probes 20 ms apart, ~90 ms down to ~50). Frozen, the old
+        # collection of its garbage took 110-160 ms (gc.callbacks), and a probe due
+        # meanwhile would be sent late, counted as the service's latency. Frozen, the old
         # objects are left out of every pass; each phase starts the same way.
         gc.collect()
         gc.freeze()
