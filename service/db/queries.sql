@@ -416,8 +416,14 @@ ORDER BY id FOR UPDATE;
 -- deleted job always has its erasure due until the erasure itself removes the row. Only
 -- terminal jobs are marked (callers cancel first, in the same transaction); the owner is
 -- in the query (NULL only for the retention sweep, which works across owners).
+-- The row's own data (input, metadata, idempotency key, request hash) is erased by the
+-- same UPDATE: the row is rewritten once, not again by the eraser (each rewrite of a jobs
+-- row puts a new entry in every one of its indexes: ~2 MB of WAL per 1,000 jobs, WAL the
+-- receiver's commits wait to flush). ERASE_JOB_DATA still covers rows marked before.
 WITH marked AS (
-    UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now()
+    UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now(),
+                    input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
+                    request_hash = NULL, has_nsfw_contents = NULL
     WHERE id = ANY(string_to_array(:ids, ',')) AND deleted_at IS NULL AND status = ANY(:terminal)
       AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING id),
@@ -473,9 +479,13 @@ SELECT coalesce(array_agg(id), '{}') AS ids FROM (
 
 -- name: ERASE_JOB_DATA
 -- The erasure statements, run in this order in the batch's transaction (queries.ERASE_STATEMENTS).
+-- Rows already erased by MARK_DELETED are left alone (an UPDATE to the same values still
+-- writes a new row version, and WAL for every index).
 UPDATE jobs SET input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
     request_hash = NULL, has_nsfw_contents = NULL, updated_at = now()
-WHERE id = ANY(string_to_array(:ids, ','));
+WHERE id = ANY(string_to_array(:ids, ','))
+  AND (input <> '{}'::jsonb OR metadata <> '{}'::jsonb OR idempotency_key IS NOT NULL
+       OR request_hash IS NOT NULL OR has_nsfw_contents IS NOT NULL);
 
 -- name: ERASE_DELIVERY_BODIES
 UPDATE deliveries SET body = '' WHERE job_id = ANY(string_to_array(:ids, ',')) AND body <> '';
