@@ -466,8 +466,9 @@ WITH o AS (
 per_job AS (SELECT job_id, CAST(sum(size_bytes) AS bigint) AS bytes FROM o GROUP BY job_id)
 SELECT coalesce((SELECT array_agg(v.k) FROM o CROSS JOIN LATERAL (VALUES (o.key), (o.thumbnail_key)) AS v(k)
                  WHERE v.k IS NOT NULL), '{}') AS keys,
-       coalesce((SELECT array_agg(job_id ORDER BY job_id) FROM per_job), '{}') AS job_ids,
-       coalesce((SELECT array_agg(bytes ORDER BY job_id) FROM per_job), '{}') AS job_bytes;
+       coalesce(p.job_ids, '{}') AS job_ids, coalesce(p.job_bytes, '{}') AS job_bytes
+FROM (SELECT array_agg(job_id ORDER BY job_id) AS job_ids, array_agg(bytes ORDER BY job_id) AS job_bytes
+      FROM per_job) AS p;
 
 -- name: ERASE_LOCK_JOBS
 -- Why: the erasure of a batch is one transaction that takes row locks in the documented
