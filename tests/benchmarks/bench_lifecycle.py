@@ -7,8 +7,8 @@ bulk|retention|streams [--jobs N] [--rounds N]`` runs one. Each starts a real ``
 * bulk: ``POST /v1/jobs/bulk`` cancels N queued jobs (default 10,000) in batches while a
   probe reads ``GET /v1/jobs/{id}`` of another owner; the probe's p99 during the bulk is
   compared with its p99 idle, alternating idle and bulk phases in the same run.
-* retention: N jobs (default 100,000) whose outputs are in S3 fall past
-  OUTPUT_RETENTION_DAYS; the sweep marks them and the eraser deletes their objects
+* retention: N jobs (default 100,000) completed 60 days ago, whose outputs are in S3, fall
+  past retention when their owner is given ``retention_days`` 30; the sweep marks them and the eraser deletes their objects
   (DeleteObjects, 1,000 keys a call) and erases the rows, while a probe posts signed
   ``failed`` webhooks to the receiver; receiver p99 during the erasure vs idle.
 * streams: N (default 1,000) concurrent ``GET /v1/jobs/{id}/stream`` on one serve process:
@@ -220,8 +220,11 @@ class Probe:
         """The slowest requests and when they were due, from ``started`` (where in the
         busy phase the tail comes from)."""
         slowest = sorted(self.samples, key=lambda s: -s[1])[:count]
+        wall = time.time() - time.perf_counter()  # to match the times with a server's log
         print("  slowest during " + what + ": " + ", ".join(
-            f"{lat * 1000:.1f} ms at +{(due - started) * 1000:.0f} ms" for due, lat, _ in slowest)
+            f"{lat * 1000:.1f} ms at +{(due - started) * 1000:.0f} ms"
+            f" ({time.strftime('%H:%M:%S', time.gmtime(due + wall))}.{int((due + wall) % 1 * 1000):03d})"
+            for due, lat, _ in slowest)
             + f" ({what} ran 0 to +{took * 1000:.0f} ms)", flush=True)
         held = sorted(self.stalls, key=lambda s: -s[1])[:count]
         stalls = ", ".join(f"{h * 1000:.1f} ms at +{(at - started) * 1000:.0f} ms" for at, h in held)
@@ -343,10 +346,13 @@ async def _retention_round(base: str, db: str, r: int, seconds: float, rate: flo
     await idle.run(base, seconds)
     print("  " + cpu_line("idle", before, cpu_seconds(processes), seconds), flush=True)
     with database.connect(db) as conn:
-        # The round's jobs fall past retention now (the bench's own setup: before the busy
-        # phase, since it writes every row once); the sweep finds them within a second.
-        conn.execute("UPDATE jobs SET completed_at = now() - interval '60 days' WHERE id LIKE %s",
-                     (f"job_keep{r}_%",))
+        # The round's jobs fall past retention now: their owner is given a retention (one
+        # row written, as `owners set keepN --retention-days 30` does; an UPDATE of the
+        # jobs themselves wrote ~100 MB of WAL just before the phase, and with it the
+        # checkpoint that then ran during it). The sweep finds them within a second.
+        conn.execute("INSERT INTO owners (name, retention_days) VALUES (%s, 30)"
+                     " ON CONFLICT (name) DO UPDATE SET retention_days = 30", (f"keep{r}",))
+        wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         busy, done = Probe(lambda n: _webhook(n, f"job_hookbusy{r}_"), rate), asyncio.Event()
         before = cpu_seconds(processes)
         running = asyncio.create_task(busy.run(base, done))
@@ -363,9 +369,11 @@ async def _retention_round(base: str, db: str, r: int, seconds: float, rate: flo
             if left == (False,) or time.perf_counter() - started > 1800:
                 break
         took = time.perf_counter() - started
+        wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal_before,)).fetchone()[0]
     done.set()
     await running
     print("  " + cpu_line("busy", before, cpu_seconds(processes), took), flush=True)
+    print(f"  WAL written during the erasure: {float(wal) / 1e6:,.0f} MB", flush=True)
     busy.print_slowest("the erasure", started, took)
     return idle, busy, took
 
@@ -375,12 +383,12 @@ def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str]) ->
     processes: dict[str, psutil.Process] = {}
     with database.fresh_database("wsj_bench_retention") as db, s3_server(processes) as s3:
         lines, idle_all, busy_all, loads = [], [], [], [os.getloadavg()[0]]
-        with serve(db, s3, workers=True, OUTPUT_RETENTION_DAYS="30", RETENTION_INTERVAL_SECONDS="1",
+        with serve(db, s3, workers=True, RETENTION_INTERVAL_SECONDS="1",
                    **env) as (base, serve_proc):
             processes["serve"] = serve_proc
             for r in range(rounds):
                 prefix = f"job_keep{r}_"
-                seed(db, "keep", prefix, per_round, "completed", completed_days_ago=1)
+                seed(db, f"keep{r}", prefix, per_round, "completed", completed_days_ago=60)
                 with database.connect(db) as conn:
                     conn.execute("INSERT INTO job_outputs (job_id, index, source_url, key, content_type, size_bytes,"
                                  " sha256, stored_at) SELECT id, 0, 'https://cdn.invalid/x', 'outputs/' || id ||"
@@ -392,6 +400,13 @@ def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str]) ->
                 put = _put_objects(s3, [f"outputs/{prefix}{n:07d}/0.jpeg" for n in range(1, real + 1)])
                 for kind in ("hookidle", "hookbusy"):
                     seed(db, "hooks", f"job_{kind}{r}_", 60000, "submitted")
+                with database.connect(db) as conn:
+                    # The seeding wrote hundreds of MB of WAL in seconds, which starts a
+                    # checkpoint spread over the next minutes: over both phases, where
+                    # (with no recycled WAL segment left) a commit waited 60-80 ms for a
+                    # new one to be written (IO/WALInitWrite). A service's jobs arrive over
+                    # days; the phases start from a finished checkpoint.
+                    conn.execute("CHECKPOINT")
                 idle, busy, took = asyncio.run(_retention_round(base, db, r, 20.0, rate, processes))
                 loads.append(os.getloadavg()[0])
                 client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
