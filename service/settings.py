@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     lifecycle_pause_factor: float = Field(
         1.0, ge=0, le=100, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     bulk_batch_size: int = Field(500, ge=1, le=5000)
+    # A bulk action's batches rest longer than the background duties' (the same pacer's
+    # turn): a bulk runs in the API's own process and event loop while its caller and
+    # every other API request wait, and at factor 1 its per-batch work in that loop
+    # added a quarter to the API's p99 (docs/benchmarks.md "Session 7"). 10,000 jobs take
+    # ~2.8 s at 3 instead of ~1.5 s.
+    bulk_pause_factor: float = Field(3.0, ge=0, le=100)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
     streams_max_per_process: int = Field(2000, ge=1, le=100_000)

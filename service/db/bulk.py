@@ -186,11 +186,11 @@ def _transaction(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnec
     return engine.begin()
 
 
-async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int, pacer: Pacer
-                   ) -> BulkResult:
+async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int, pacer: Pacer,
+                   pause_factor: float | None = None) -> BulkResult:
     """Match, check the bound, then act batch by batch, each batch its own transaction
-    paced by ``pacer`` (it rests in proportion to what the batch took, so the API keeps
-    its share of the database); the answer of POST /v1/jobs/bulk."""
+    paced by ``pacer`` (it rests ``pause_factor`` times what the batch took, so the API
+    keeps its share of the database and of its process); the answer of POST /v1/jobs/bulk."""
     started = dt.datetime.now(dt.UTC)
     async with engine.begin() as conn:
         ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
@@ -206,7 +206,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
         # which costs serve's event loop a turn while API requests wait.
         connect = one_statement if request.action == "cancel" else _transaction
         for start in range(0, len(ids), batch_size):
-            async with pacer.batch(), connect(engine) as conn:
+            async with pacer.batch(pause_factor), connect(engine) as conn:
                 affected += await _act(conn, request.action, owner, ids[start : start + batch_size])
     return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
             "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

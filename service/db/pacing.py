@@ -28,14 +28,18 @@ class Pacer:
         self.paused_seconds = 0.0
 
     @contextlib.asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
+    async def batch(self, factor: float | None = None) -> AsyncIterator[None]:
         """One background batch: waits for its turn, runs, then keeps the turn for the
-        pause. A batch that raises gives the turn back at once (nothing to pace)."""
+        pause (``factor`` times the batch's duration; the pacer's own factor if None). A
+        batch that raises gives the turn back at once (nothing to pace)."""
+        factor = self.factor if factor is None else factor
+        if factor < 0:
+            raise ValueError("the pause factor must be >= 0")
         async with self._turn:
             started = time.monotonic()
             yield
             took = time.monotonic() - started
             self.busy_seconds += took
-            pause = took * self.factor
+            pause = took * factor
             self.paused_seconds += pause
             await asyncio.sleep(pause)

@@ -200,7 +200,7 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
 ) -> None:
     """Each batch is its own transaction (its locks end with it) and the pacer rests
     between batches: from outside, whole batches are seen canceled while the rest are
-    still queued, for a while."""
+    still queued, for a while (BULK_PAUSE_FACTOR)."""
     owner = f"paced_{uuid.uuid4().hex[:8]}"
     sql.execute(
         "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
@@ -208,7 +208,7 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
         " 'queued', NULL FROM generate_series(1, 30) g", (owner, owner))
     seen: set[int] = set()
     with (run_service(bulk_db, s3_endpoint, simulator.url, run_workers=False, bulk_batch_size=10,
-                      lifecycle_pause_factor=20.0) as svc, svc.client(svc.new_key(owner)) as client,
+                      bulk_pause_factor=20.0) as svc, svc.client(svc.new_key(owner)) as client,
           ThreadPoolExecutor(1) as pool):
         answer = pool.submit(client.post, "/v1/jobs/bulk", json={"action": "cancel", "filter": {"status": ["queued"]}})
         while not answer.done():

@@ -61,6 +61,34 @@ async def test_a_failing_batch_gives_the_turn_back_without_a_pause() -> None:
     assert pacer.paused_seconds < 1.0  # only the empty second batch's own (tiny) pause
 
 
-def test_a_negative_factor_is_refused() -> None:
+async def test_a_batch_may_rest_by_its_own_factor_and_still_takes_turns() -> None:
+    """Bulk actions pass BULK_PAUSE_FACTOR; the duties' batches keep the pacer's own."""
+    pacer = Pacer(0.0)
+    marks: dict[str, float] = {}
+
+    async def bulk_batch() -> None:
+        async with pacer.batch(3.0):
+            marks["bulk_start"] = time.monotonic()
+            await asyncio.sleep(0.05)
+            marks["bulk_end"] = time.monotonic()
+
+    async def duty_batch() -> None:
+        await asyncio.sleep(0.01)  # asks while the bulk's batch runs
+        async with pacer.batch():
+            marks["duty_start"] = time.monotonic()
+
+    await asyncio.gather(bulk_batch(), duty_batch())
+    took = marks["bulk_end"] - marks["bulk_start"]
+    assert marks["duty_start"] - marks["bulk_end"] >= 3.0 * took * 0.99
+    async with asyncio.timeout(5):  # the pacer's own factor (0) for a batch that names none
+        async with pacer.batch():
+            await asyncio.sleep(0.01)
+    assert pacer.paused_seconds < 3.0 * took + 0.01
+
+
+async def test_a_negative_factor_is_refused() -> None:
     with pytest.raises(ValueError, match="factor"):
         Pacer(-1.0)
+    with pytest.raises(ValueError, match="factor"):
+        async with Pacer(1.0).batch(-0.5):
+            pass
