@@ -8,9 +8,11 @@ bulk|retention|streams [--jobs N] [--rounds N]`` runs one. Each starts a real ``
   probe reads ``GET /v1/jobs/{id}`` of another owner; the probe's p99 during the bulk is
   compared with its p99 idle, alternating idle and bulk phases in the same run.
 * retention: N jobs (default 100,000) completed 60 days ago, whose outputs are in S3, fall
-  past retention when their owner is given ``retention_days`` 30; the sweep marks them and the eraser deletes their objects
-  (DeleteObjects, 1,000 keys a call) and erases the rows, while a probe posts signed
-  ``failed`` webhooks to the receiver; receiver p99 during the erasure vs idle.
+  past retention when their owner is given ``retention_days`` 30; the sweep marks them and
+  the eraser deletes their objects (DeleteObjects, 1,000 keys a call) and erases the rows,
+  while a probe posts signed ``failed`` webhooks to the receiver; receiver p99 during the
+  erasure vs idle. The duties run in ``serve`` (its default), or with ``--separate-workers``
+  in a ``wavespeed-jobs worker`` process beside ``serve --no-workers``.
 * streams: N (default 1,000) concurrent ``GET /v1/jobs/{id}/stream`` on one serve process:
   its RSS per open stream, and the delay from a status change (one bulk cancel of all N
   jobs) to the event on every stream (p50/p99/max).
@@ -105,16 +107,30 @@ def cpu_line(phase: str, before: dict[str, float], after: dict[str, float], seco
     return f"CPU {phase} (cores): " + ", ".join(f"{name} {used[name] / seconds:.2f}" for name in sorted(used))
 
 
-@contextlib.contextmanager
-def serve(db: str, s3: str, *, workers: bool, **env: str) -> Iterator[tuple[str, psutil.Process]]:
-    port = free_port()
-    environ = {
+def _service_env(db: str, s3: str, port: int, env: dict[str, str]) -> dict[str, str]:
+    return {
         **os.environ, "DATABASE_URL": db, "S3_BUCKET": BUCKET, "S3_ENDPOINT_URL": s3, "S3_CREATE_BUCKET": "true",
         "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
         "WAVESPEED_API_KEY": "bench-not-used", "WAVESPEED_BASE_URL": "http://127.0.0.1:9",
         "WAVESPEED_WEBHOOK_SECRET": SECRET, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "LOG_LEVEL": "warning", "LOG_FORMAT": "json", "POLL_INTERVAL_SECONDS": "0.5", **env,
     }
+
+
+@contextlib.contextmanager
+def worker(db: str, s3: str, **env: str) -> Iterator[psutil.Process]:
+    """``wavespeed-jobs worker``: the duties in a process of their own, beside a
+    ``serve --no-workers`` (README "Deploy": API-only nodes beside worker processes)."""
+    log = LOG_DIR / f"bench_lifecycle_worker_{os.getpid()}.log"
+    with procs.running([procs.PYTHON, "-m", "service", "worker"], env=_service_env(db, s3, 9, env),
+                       log_path=log) as proc:
+        yield psutil.Process(proc.pid)
+
+
+@contextlib.contextmanager
+def serve(db: str, s3: str, *, workers: bool, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+    port = free_port()
+    environ = _service_env(db, s3, port, env)
     argv = [procs.PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if not workers:
         argv.append("--no-workers")
@@ -378,12 +394,15 @@ async def _retention_round(base: str, db: str, r: int, seconds: float, rate: flo
     return idle, busy, took
 
 
-def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str]) -> None:
+def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str], separate_workers: bool = False) -> None:
     per_round = jobs // rounds
     processes: dict[str, psutil.Process] = {}
-    with database.fresh_database("wsj_bench_retention") as db, s3_server(processes) as s3:
+    with (database.fresh_database("wsj_bench_retention") as db, s3_server(processes) as s3,
+          contextlib.ExitStack() as stack):
         lines, idle_all, busy_all, loads = [], [], [], [os.getloadavg()[0]]
-        with serve(db, s3, workers=True, RETENTION_INTERVAL_SECONDS="1",
+        if separate_workers:
+            processes["worker"] = stack.enter_context(worker(db, s3, RETENTION_INTERVAL_SECONDS="1", **env))
+        with serve(db, s3, workers=not separate_workers, RETENTION_INTERVAL_SECONDS="1",
                    **env) as (base, serve_proc):
             processes["serve"] = serve_proc
             for r in range(rounds):
@@ -418,7 +437,8 @@ def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str]) ->
                 lines.append(f"round {r + 1}: {per_round:,} jobs past retention swept and erased in {took:.1f} s "
                              f"({per_round / took:,.0f} jobs/s; {real:,} real objects, {left} left; "
                              f"seeding S3 took {put:.0f} s; load {loads[-1]:.2f})")
-        lines.append(f"settings {env}")
+        lines.append(f"settings {env}; duties in " + ("a worker process of their own" if separate_workers
+                                                      else "the serve process (its default)"))
     _report(f"retention of {jobs:,} jobs while signed webhooks are posted", idle_all, busy_all, lines, loads)
 
 
@@ -510,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="probe requests per second, open loop (0: closed loop of 4 connections)")
     parser.add_argument("--control", type=float, default=0.0, metavar="SECONDS",
                         help="bulk: an A/A run, each busy phase SECONDS with no bulk in it (the ratio's noise floor)")
+    parser.add_argument("--separate-workers", action="store_true",
+                        help="retention: the duties in a `wavespeed-jobs worker` process beside `serve --no-workers`")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the serve process, e.g. LIFECYCLE_PAUSE_FACTOR=2 (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -519,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if which == "bulk":
             bench_bulk(args.jobs or 10_000, args.rounds or 5, args.rate, env, args.control)
         elif which == "retention":
-            bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env)
+            bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env, args.separate_workers)
         elif which == "streams":
             bench_streams(args.jobs or 1_000, args.rounds or 2)
         else:
