@@ -89,10 +89,10 @@ class Settings(BaseSettings):
         1.0, ge=0, le=100, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     bulk_batch_size: int = Field(500, ge=1, le=5000)
     # A bulk action's batches rest longer than the background duties' (the same pacer's
-    # turn): a bulk runs in the API's own process and event loop while its caller and
-    # every other API request wait, and at factor 1 its per-batch work in that loop
-    # added a quarter to the API's p99 (docs/benchmarks.md "Session 7"). 10,000 jobs take
-    # ~2.8 s at 3 instead of ~1.5 s.
+    # turns): a bulk runs in the API's own process and event loop while its caller and
+    # every other API request wait. At 3 the API's p99 ratio during a bulk of 10,000 was
+    # 1.43 (median of six runs) against 1.55 at 1, for ~2.9 s instead of ~1.45 s
+    # (docs/benchmarks.md "Session 7").
     bulk_pause_factor: float = Field(3.0, ge=0, le=100)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
