@@ -3,6 +3,7 @@ what GET /v1/jobs means, bounds answer 422 and change nothing, dry runs change n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,6 +19,9 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
+from service.db import bulk
+from service.db.engine import create_engine
+from service.db.pacing import Pacer
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
 from tests.processes import ROOT
@@ -221,6 +225,33 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
     assert (result["matched"], result["affected"]) == (30, 30)
     assert seen & {10, 20}, f"no moment between batches was seen: {sorted(seen)}"
     assert seen <= {0, 10, 20, 30}  # never part of a batch: each commits whole
+
+
+def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
+    """The pause follows each batch but the last: after it nothing of the bulk is left, and
+    a rest would only hold back the answer. Counted by the pacer, not timed."""
+    owner = f"lastrest_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_lastrest_' || %s || '_' || lpad(g::text, 2, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
+        " 'queued', NULL FROM generate_series(1, 20) g", (owner, owner))
+    request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
+
+    async def run(batch_size: int) -> tuple[bulk.BulkResult, Pacer]:
+        engine, pacer = create_engine(bulk_db, pool_size=1), Pacer(0.0)
+        try:
+            return await bulk.run_bulk(engine, owner, request, batch_size, pacer, 50.0), pacer
+        finally:
+            await engine.dispose()
+
+    result, pacer = asyncio.run(run(10))  # two batches: one rest, after the first
+    assert (result["matched"], result["affected"]) == (20, 20)
+    # the first batch rested, the second did not (both resting would make it 50 x busy exactly)
+    assert 0 < pacer.paused_seconds < 50.0 * pacer.busy_seconds * 0.999
+    sql.execute("UPDATE jobs SET status = 'queued', completed_at = NULL WHERE owner = %s", (owner,))
+    result, pacer = asyncio.run(run(100))  # one batch: no rest at all
+    assert result["affected"] == 20
+    assert pacer.paused_seconds == 0.0
 
 
 def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
