@@ -122,6 +122,7 @@ def worker(db: str, s3: str, **env: str) -> Iterator[psutil.Process]:
     """``wavespeed-jobs worker``: the duties in a process of their own, beside a
     ``serve --no-workers`` (README "Deploy": API-only nodes beside worker processes)."""
     log = LOG_DIR / f"bench_lifecycle_worker_{os.getpid()}.log"
+    # A worker serves no HTTP: its PUBLIC_BASE_URL (port 9) would only name webhook targets of submits.
     with procs.running([procs.PYTHON, "-m", "service", "worker"], env=_service_env(db, s3, 9, env),
                        log_path=log) as proc:
         yield psutil.Process(proc.pid)
