@@ -108,8 +108,9 @@ class OutputRecord:
     stored_at: dt.datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Self:
-        return cls(*[row[n] for n in _OUTPUT_FIELDS])
+    def from_row(cls, row: Mapping[Any, Any], prefix: str = "") -> Self:
+        """From a row whose columns bear the field names, after ``prefix`` if given."""
+        return cls(*[row[prefix + n] for n in _OUTPUT_FIELDS])
 
 
 _OUTPUT_FIELDS = tuple(f.name for f in dataclasses.fields(OutputRecord))
