@@ -19,7 +19,7 @@ from service.api.auth import authenticate, resources
 from service.api.body import parse_json, read_capped
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import admission, jobs
-from service.db.engine import one_statement
+from service.db.engine import raw_statement
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import JobEvent as JobEventRow
 from service.db.models import table
@@ -98,7 +98,7 @@ def parse_wait(request: Request) -> float:
 
 
 async def render(res: Resources, job_id: str, owner: str | None = None) -> Job:
-    async with one_statement(res.engine) as conn:
+    async with raw_statement(res.engine) as conn:
         job, outputs = await jobs.get_job_with_outputs(conn, job_id, owner)
     return job_dict(job, outputs, res.presign)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Row, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -127,31 +128,17 @@ async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, 
     return job_record(row)
 
 
-# The output columns under names of their own: in the join below they sit beside the
-# job's, and OutputRecord reads them back by field name.
-_OUTPUT_COLUMNS = [c.label(f"output_{c.name}") for c in outputs_t.c]
-
-
-async def get_job_with_outputs(conn: AsyncConnection, job_id: str, owner: str | None = None,
+async def get_job_with_outputs(conn: asyncpg.Connection, job_id: str, owner: str | None = None,
                                ) -> tuple[JobRecord, list[OutputRecord]]:
-    """A job and its stored outputs in one statement: one round trip and one snapshot
-    (read apart, a request paid two more round trips, each a wake-up of the service and
-    of its Postgres backend, which is what a busy machine makes wait)."""
+    """A job and its stored outputs: one statement, one round trip, one snapshot, on the
+    raw connection of ``engine.raw_statement`` (the reads every status poll makes)."""
     if impossible_id(job_id):
         raise NotFound("no job with that id")
-    stmt = (
-        select(jobs_t, *_OUTPUT_COLUMNS)
-        .select_from(jobs_t.outerjoin(outputs_t, outputs_t.c.job_id == jobs_t.c.id))
-        .where(jobs_t.c.id == job_id)
-        .order_by(outputs_t.c.index)
-    )
-    if owner is not None:
-        stmt = stmt.where(jobs_t.c.owner == owner)
-    rows = (await conn.execute(stmt)).all()
+    rows = await conn.fetch(queries.JOB_WITH_OUTPUTS, job_id, owner)
     if not rows:
         raise NotFound(f"no job with id {job_id!r}")
-    outputs = [OutputRecord.from_row(r._mapping, prefix="output_") for r in rows if r._mapping["output_job_id"]]
-    return job_record(rows[0]), outputs
+    outputs = [OutputRecord.from_row(r, prefix="output_") for r in rows if r["output_job_id"] is not None]
+    return JobRecord.from_row(rows[0]), outputs
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> JobRecord | None:

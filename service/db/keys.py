@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import owners, queries
-from service.db.engine import one_statement
+from service.db.engine import raw_statement
 from service.db.models import ApiKey, DashboardSession, table
 from service.domain.errors import FieldError, NotFound, ValidationFailed
 from service.domain.serialize import iso
@@ -92,9 +92,9 @@ def create_key_blocking(database_url: str, owner: str) -> str:
 async def owner_for(engine: AsyncEngine, key: str) -> str | None:
     """The owner of a live key, or None. The lookup is by hash: an index probe, and the
     database never sees the key itself."""
-    async with one_statement(engine) as conn:
-        row = (await conn.execute(queries.LOOKUP_KEY, {"hash": hash_key(key)})).first()
-    return str(row.owner) if row else None
+    async with raw_statement(engine) as conn:
+        owner = await conn.fetchval(queries.LOOKUP_KEY, hash_key(key))
+    return None if owner is None else str(owner)
 
 
 def key_dict(row: Any) -> dict[str, Any]:

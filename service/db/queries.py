@@ -177,7 +177,8 @@ ERASE_STATEMENTS = tuple(_SQL.text(name) for name in (
 FINISH_ERASURES = _SQL.text("FINISH_ERASURES")
 RETRY_ERASURES = _SQL.text("RETRY_ERASURES")
 # Keys, pages, health
-LOOKUP_KEY = _SQL.text("LOOKUP_KEY")
+LOOKUP_KEY = _SQL.asyncpg("LOOKUP_KEY")
+JOB_WITH_OUTPUTS = _SQL.asyncpg("JOB_WITH_OUTPUTS")
 PING = _SQL.text("PING")
 PAGE_SETTINGS = _SQL.text("PAGE_SETTINGS")
 # Metrics

@@ -521,17 +521,30 @@ WHERE locked_by = :token;
 
 -- === Keys and pages (service/db/keys.py, service/db/history.py, service/api/health.py)
 
--- name: LOOKUP_KEY
+-- name: LOOKUP_KEY (asyncpg)
 -- Why one statement: the lookup and the last_used_at stamp in one round trip. The stamp
 -- is written at most once a minute per key, so busy keys cost no write per request.
+-- $1: the key's hash. Raw asyncpg: every API request runs it (engine.raw_statement).
 WITH k AS (
     SELECT id, owner, last_used_at FROM api_keys
-    WHERE key_hash = :hash AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+    WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 ), used AS (
     UPDATE api_keys SET last_used_at = now() FROM k
     WHERE api_keys.id = k.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')
 )
 SELECT owner FROM k;
+
+-- name: JOB_WITH_OUTPUTS (asyncpg)
+-- Why one statement: a job and its stored outputs read in one round trip and one
+-- snapshot (GET /v1/jobs/{id}, the answer of a submit or a cancel). One row per output
+-- in index order, or one row with NULL output columns; none if the job is not the
+-- owner's ($2 NULL: any owner's, for the operator's own reads).
+SELECT j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS output_source_url,
+       o.key AS output_key, o.content_type AS output_content_type, o.size_bytes AS output_size_bytes,
+       o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at
+FROM jobs j LEFT JOIN job_outputs o ON o.job_id = j.id
+WHERE j.id = $1 AND ($2::text IS NULL OR j.owner = $2)
+ORDER BY o.index;
 
 -- name: PING
 -- Why: the readiness probe asks the database for the least it can answer.

@@ -4,14 +4,17 @@ terminated) is replaced before anyone uses it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import asyncpg
 import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 
 from service.db import engine as engine_module
+from service.domain.errors import Unavailable
 from tests.conftest import fresh_database
 
 
@@ -106,5 +109,78 @@ async def test_sessions_run_without_jit(own_db: str) -> None:
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(text("SHOW jit"))).scalar() == "off"
+    finally:
+        await engine.dispose()
+
+
+async def test_raw_statement_runs_in_autocommit_and_the_pool_gets_the_connection_back(own_db: str) -> None:
+    """The hot reads' path (key lookup, job read): no transaction is open on the raw
+    connection, and the same pooled connection then serves SQLAlchemy as before."""
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.raw_statement(engine) as raw:
+            assert not raw.is_in_transaction()
+            await raw.execute("CREATE TABLE t (x int)")
+            await raw.execute("INSERT INTO t VALUES (1)")
+            pid = await raw.fetchval("SELECT pg_backend_pid()")
+            with psycopg.connect(own_db, autocommit=True) as other:  # committed while raw is still held
+                assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar() == pid
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_statement_on_raw_statement_keeps_the_connection(own_db: str) -> None:
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.raw_statement(engine) as raw:
+            pid = await raw.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(asyncpg.UndefinedTableError):
+            async with engine_module.raw_statement(engine) as raw:
+                await raw.fetch("SELECT * FROM no_such_table")
+        async with engine_module.raw_statement(engine) as raw:
+            assert await raw.fetchval("SELECT pg_backend_pid()") == pid
+    finally:
+        await engine.dispose()
+
+
+async def test_a_lost_session_on_raw_statement_is_503_and_the_connection_is_replaced(own_db: str) -> None:
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.raw_statement(engine) as raw:
+            first = await raw.fetchval("SELECT pg_backend_pid()")
+        with psycopg.connect(own_db, autocommit=True) as sql:
+            sql.execute("SELECT pg_terminate_backend(%s)", (first,))
+        with pytest.raises(Unavailable) as caught:
+            async with engine_module.raw_statement(engine) as raw:
+                await raw.fetchval("SELECT 1")
+        assert caught.value.retry_after == 1
+        async with engine_module.raw_statement(engine) as raw:
+            assert await raw.fetchval("SELECT pg_backend_pid()") != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_statement_cancelled_on_raw_statement_never_serves_the_next_caller(own_db: str) -> None:
+    """A request whose client went away is cancelled mid-statement: that connection is
+    dropped (asyncpg may still be cancelling on the server), the next caller gets a fresh
+    one that works."""
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async def slow() -> None:
+            async with engine_module.raw_statement(engine) as raw:
+                await raw.fetchval("SELECT pg_sleep(5)")
+
+        async with engine_module.raw_statement(engine) as raw:
+            first = await raw.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with engine_module.raw_statement(engine) as raw:
+            assert await raw.fetchval("SELECT pg_backend_pid()") != first
+            assert await raw.fetchval("SELECT 1") == 1
     finally:
         await engine.dispose()
