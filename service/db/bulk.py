@@ -209,7 +209,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
             # No rest after the last batch: nothing of this bulk follows it, and the rest
             # would only hold back the caller's answer (3 x 60 ms for a batch of 500).
             last = start + batch_size >= len(ids)
-            async with pacer.batch(0.0 if last else pause_factor), connect(engine) as conn:
+            async with pacer.batch(pause_factor, rest_after=not last), connect(engine) as conn:
                 affected += await _act(conn, request.action, owner, ids[start : start + batch_size])
     return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
             "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

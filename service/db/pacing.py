@@ -3,11 +3,26 @@ yield the database to the hot paths (the API, the receiver, the pipeline).
 
 One ``Pacer`` per process, held by the resources: every background batch runs inside
 ``async with pacer.batch():``. The batches of all lifecycle work in the process take
-turns (one at a time), and after a batch that took ``t`` seconds the pacer stays closed
-for ``factor * t`` more, so together they hold at most ``1 / (1 + factor)`` of the
-wall clock (a half by default) however many of them are due. The pause follows the
-batch's own duration, so on a busy machine, where the same batch takes longer, the
-background work slows down with it instead of taking a fixed share of a scarce CPU.
+turns (one at a time), and after a batch that took ``t`` seconds it rests, and the next
+one waits, ``factor * t`` more, so together they hold at most ``1 / (1 + factor)`` of the wall
+clock however many of them are due. The pause follows the batch's own duration, so on a
+busy machine, where the same batch takes longer, the background work slows down with it
+instead of taking a fixed share of a scarce CPU.
+
+Two paces share the turns: the duties' (retention, erasure: ``LIFECYCLE_PAUSE_FACTOR``,
+30 by default, work nobody waits for) and a bulk action's (``BULK_PAUSE_FACTOR``, 3: an
+operator waits for it). The rest between two batches is the previous batch's duration
+times the *smaller* of the two batches' factors: a bulk arriving during a retention
+backlog runs at its own pace instead of waiting out the duties' long rests, and the
+duties resume theirs once it is done.
+
+Why the duties rest so long: the hot paths' p99 moves with the *share of requests* that
+meet background work, not with how long each batch is. Every background batch, however
+short, adds 1-3 ms to a request that meets it on a machine whose cores Postgres shares;
+once more than 1 % of requests meet one, the p99 is one of them. At factor 1 the
+receiver's p99 during a retention backlog was 1.4-1.6 times idle whatever the batch
+size, pace up to 3, or process layout; at 30 it was 0.97-1.06 (docs/benchmarks.md,
+session 8).
 """
 
 from __future__ import annotations
@@ -16,6 +31,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class _Done:
+    ended: float  # time.monotonic() at the batch's end
+    took: float
+    factor: float  # 0 when the batch asked for no rest after it
 
 
 class Pacer:
@@ -23,23 +46,51 @@ class Pacer:
         if factor < 0:
             raise ValueError("the pause factor must be >= 0")
         self.factor = factor
-        self._turn = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._running = False
+        self._last: _Done | None = None  # None: nothing to rest after (start, or a batch that failed)
         self.busy_seconds = 0.0  # time spent inside batches (tests and benchmarks read it)
-        self.paused_seconds = 0.0
+        self.paused_seconds = 0.0  # rests taken after batches
+
+    def _ready_at(self, factor: float) -> float:
+        last = self._last
+        return 0.0 if last is None else last.ended + last.took * min(last.factor, factor)
 
     @contextlib.asynccontextmanager
-    async def batch(self, factor: float | None = None) -> AsyncIterator[None]:
-        """One background batch: waits for its turn, runs, then keeps the turn for the
-        pause (``factor`` times the batch's duration; the pacer's own factor if None). A
-        batch that raises gives the turn back at once (nothing to pace)."""
+    async def batch(self, factor: float | None = None, *, rest_after: bool = True) -> AsyncIterator[None]:
+        """One background batch: waits for its turn (no batch running, and the rest owed
+        to the last one over), runs, then rests ``factor`` times its duration before it
+        returns, so its caller claims no more work meanwhile. ``factor``: this batch's pace
+        (the pacer's own if None). ``rest_after=False`` (a bulk's last batch: nothing of it
+        follows, a rest would only hold back the caller's answer) and a batch that raises
+        leave no rest behind them."""
         factor = self.factor if factor is None else factor
         if factor < 0:
             raise ValueError("the pause factor must be >= 0")
-        async with self._turn:
-            started = time.monotonic()
+        async with self._changed:
+            while True:
+                if not self._running:
+                    wait = self._ready_at(factor) - time.monotonic()
+                    if wait <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        # Woken early if a batch ends (the rest owed changes).
+                        await asyncio.wait_for(self._changed.wait(), timeout=wait)
+                else:
+                    await self._changed.wait()
+            self._running = True
+        started = time.monotonic()
+        done: _Done | None = None
+        try:
             yield
-            took = time.monotonic() - started
-            self.busy_seconds += took
-            pause = took * factor
+            ended = time.monotonic()
+            done = _Done(ended, ended - started, factor if rest_after else 0.0)
+        finally:
+            self.busy_seconds += time.monotonic() - started
+            async with self._changed:
+                self._running, self._last = False, done
+                self._changed.notify_all()
+        if done is not None and done.factor:
+            pause = done.took * done.factor
             self.paused_seconds += pause
             await asyncio.sleep(pause)

@@ -32,8 +32,10 @@ def crash_db(postgres_server: str) -> Iterator[str]:
 
 def serve(db: str, s3_endpoint: str, simulator_url: str, port: int, log: Path) -> ServiceProcess:
     # One job per batch and one batch at a time: the erasure takes long enough to be cut.
+    # Each batch rests as long as it worked (not the default 30 times): the test is about
+    # the crash, and the default pace would stretch it to a minute.
     settings = make_settings(db, s3_endpoint, simulator_url, port, erase_batch_size=1, erase_concurrency=1,
-                             lease_seconds=1.0)
+                             lease_seconds=1.0, lifecycle_pause_factor=1.0)
     return ServiceProcess(["serve", "--host", "127.0.0.1", "--port", str(port)], settings, log, port)
 
 

@@ -1,6 +1,7 @@
 """The pacer of background batches (service/db/pacing.py): batches take turns, and the
-turn stays closed for factor × the batch's own duration after it. Only lower bounds on
-time are checked (a sleep never ends early), so a busy machine cannot fail these."""
+next one waits factor × the last one's duration (the smaller of the two batches'
+factors). Only lower bounds on time are checked (a sleep never ends early), and the
+upper ones leave a margin of ten times the expected rest."""
 
 from __future__ import annotations
 
@@ -61,29 +62,53 @@ async def test_a_failing_batch_gives_the_turn_back_without_a_pause() -> None:
     assert pacer.paused_seconds < 1.0  # only the empty second batch's own (tiny) pause
 
 
-async def test_a_batch_may_rest_by_its_own_factor_and_still_takes_turns() -> None:
-    """Bulk actions pass BULK_PAUSE_FACTOR; the duties' batches keep the pacer's own."""
-    pacer = Pacer(0.0)
+async def _two_batches(pacer: Pacer, first: float | None, second: float | None,
+                       rest_after: bool = True) -> tuple[float, float]:
+    """A batch of 50 ms with ``first``'s factor, then one with ``second``'s asking while
+    the first runs: (the first's duration, the gap between them)."""
     marks: dict[str, float] = {}
 
-    async def bulk_batch() -> None:
-        async with pacer.batch(3.0):
-            marks["bulk_start"] = time.monotonic()
+    async def one() -> None:
+        async with pacer.batch(first, rest_after=rest_after):
+            marks["start"] = time.monotonic()
             await asyncio.sleep(0.05)
-            marks["bulk_end"] = time.monotonic()
+            marks["end"] = time.monotonic()
 
-    async def duty_batch() -> None:
-        await asyncio.sleep(0.01)  # asks while the bulk's batch runs
-        async with pacer.batch():
-            marks["duty_start"] = time.monotonic()
+    async def two() -> None:
+        await asyncio.sleep(0.01)
+        async with pacer.batch(second):
+            marks["next"] = time.monotonic()
 
-    await asyncio.gather(bulk_batch(), duty_batch())
-    took = marks["bulk_end"] - marks["bulk_start"]
-    assert marks["duty_start"] - marks["bulk_end"] >= 3.0 * took * 0.99
-    async with asyncio.timeout(5):  # the pacer's own factor (0) for a batch that names none
-        async with pacer.batch():
-            await asyncio.sleep(0.01)
-    assert pacer.paused_seconds < 3.0 * took + 0.01
+    async with asyncio.timeout(30):
+        await asyncio.gather(one(), two())
+    return marks["end"] - marks["start"], marks["next"] - marks["end"]
+
+
+async def test_a_batch_may_rest_by_its_own_factor_and_still_takes_turns() -> None:
+    """Bulk actions pass BULK_PAUSE_FACTOR; the duties' batches keep the pacer's own."""
+    took, gap = await _two_batches(Pacer(30.0), 3.0, 3.0)
+    assert 3.0 * took * 0.99 <= gap < 30.0 * took
+
+
+async def test_a_bulk_does_not_wait_out_the_duties_long_rest() -> None:
+    """After a duty's batch (factor 30) a bulk's batch (3) waits 3 x its duration, not 30 x:
+    the rest is the previous batch's duration times the smaller of the two factors."""
+    took, gap = await _two_batches(Pacer(30.0), None, 3.0)
+    assert 3.0 * took * 0.99 <= gap < 30.0 * took
+
+
+async def test_duties_in_a_row_rest_by_the_duties_factor() -> None:
+    took, gap = await _two_batches(Pacer(30.0), None, None)
+    assert gap >= 30.0 * took * 0.99
+
+
+async def test_no_rest_follows_a_batch_that_asks_for_none() -> None:
+    """A bulk's last batch: the duties' next batch starts without a rest."""
+    pacer = Pacer(30.0)
+    async with pacer.batch(3.0, rest_after=False):
+        await asyncio.sleep(0.05)
+    assert pacer.paused_seconds == 0.0  # its caller did not rest
+    assert pacer._ready_at(30.0) <= time.monotonic()  # and nothing waits behind it
 
 
 async def test_a_negative_factor_is_refused() -> None:
