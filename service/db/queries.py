@@ -127,7 +127,8 @@ CLAIM_DELIVERIES = claim(
 # Why: erasures are claimed in batches (one DeleteObjects call serves up to 1,000 keys)
 # under a token unique per batch (the holder), so every later statement works on exactly
 # the rows this batch holds.
-CLAIM_ERASURES = claim("erasures", key="job_id", due="run_after <= now()", order="run_after")
+# Erasures someone asked for before retention's backlog (revision 0013's index).
+CLAIM_ERASURES = claim("erasures", key="job_id", due="run_after <= now()", order="(reason = 'retention'), run_after")
 
 # --- The named statements of queries.sql. Each name is taken here exactly once; a name
 # in the file that nobody takes, or taken but missing, fails at import.

@@ -3,14 +3,17 @@ background sweep (deleted_reason "retention") and erased like a DELETE."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import psycopg
 
 from devtools.serverthread import ServerThread
+from service.db import queries
+from service.db.engine import create_engine
 from service.observability import metrics
-from tests.conftest import run_service
+from tests.conftest import fresh_database, run_service
 from tests.integration.helpers import eventually, submit, wait_terminal
 from tests.integration.test_deletion import erased, everything_mentioning, s3_keys
 
@@ -70,3 +73,34 @@ def test_an_owners_retention_days_wins_over_the_default(
 
         found = eventually(reasons, timeout=20)
     assert found == {jobs["short"]: "retention", jobs["default"]: "retention", jobs["long"]: None}
+
+
+def test_an_erasure_someone_asked_for_is_claimed_before_retentions_backlog(postgres_server: str) -> None:
+    """A job deleted during a retention backlog does not wait behind it (the duties rest
+    30 x each batch, so a backlog of 100,000 is minutes): the eraser's claim takes
+    erasures asked for (``request``) first, then retention's, each oldest first."""
+    with fresh_database(postgres_server) as url:
+        with psycopg.connect(url, autocommit=True) as sql:
+            sql.execute("INSERT INTO jobs (id, owner, model, input, metadata, status)"
+                        " SELECT 'job_order_' || g, 'o', 'wavespeed-ai/flux-dev-lora', '{}', '{}', 'completed'"
+                        " FROM generate_series(1, 4) g")
+            sql.execute("INSERT INTO erasures (job_id, reason, run_after) VALUES"
+                        " ('job_order_1', 'retention', now() - interval '3 hours'),"
+                        " ('job_order_2', 'retention', now() - interval '2 hours'),"
+                        " ('job_order_3', 'request', now() - interval '1 second'),"
+                        " ('job_order_4', 'request', now() - interval '1 minute')")
+
+        async def claim_one_at_a_time() -> list[str]:
+            engine = create_engine(url, pool_size=1)
+            try:
+                order = []
+                for n in range(4):
+                    async with engine.begin() as conn:
+                        rows = (await conn.execute(queries.CLAIM_ERASURES,
+                                                   {"holder": f"t{n}", "lease": 60, "limit": 1})).all()
+                    order += [r.id for r in rows]
+                return order
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(claim_one_at_a_time()) == ["job_order_4", "job_order_3", "job_order_1", "job_order_2"]
