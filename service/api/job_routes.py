@@ -97,7 +97,7 @@ def parse_wait(request: Request) -> float:
     return value
 
 
-async def render(res: Resources, job_id: str, owner: str | None = None) -> Job:
+async def render(res: Resources, job_id: str, owner: str) -> Job:
     async with raw_statement(res.engine) as conn:
         job, outputs = await jobs.get_job_with_outputs(conn, job_id, owner)
     return job_dict(job, outputs, res.presign)

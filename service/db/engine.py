@@ -57,7 +57,7 @@ UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErr
 def unavailable(exc: BaseException) -> Unavailable | None:
     """The 503 to answer for ``exc`` when it means the database is out of reach."""
     if isinstance(exc, UNREACHABLE) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
-        return Unavailable("the service cannot reach its database right now; try again", retry_after=1)
+        return _unreachable()
     return None
 
 
@@ -90,28 +90,52 @@ async def raw_statement(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection
     """A pooled connection's asyncpg connection itself, in autocommit (no transaction is
     open on it), for the one-statement reads every API request makes: the key lookup and
     the job read. SQLAlchemy's execution path costs more than the round trip it wraps:
-    0.24 ms a statement back to back and 0.77 ms at 50 requests a second, when the
-    machine idles between them (a ``SELECT 1``: 0.37 / 1.10 ms through SQLAlchemy, 0.13
-    / 0.34 ms on the asyncpg connection; docs/benchmarks.md, session 8). Statements here
-    are ``(asyncpg)`` ones of queries.sql.
+    +0.22 ms a statement back to back, +0.31 ms at 50 requests a second, when the machine
+    idles between them (``python -m tests.benchmarks.bench_db_path``; docs/benchmarks.md,
+    session 8). Statements here are ``(asyncpg)`` ones of queries.sql.
 
-    The pool, its idle ping and its checks stay SQLAlchemy's. What SQLAlchemy's error
-    handling would do is done here: a session found lost, or a statement cut short by a
-    cancelled request (asyncpg is then still cancelling it on the server), takes the
-    connection out of the pool; a lost session is a 503 like any unreachable database."""
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
+    The pool, its idle ping and its checks stay SQLAlchemy's; what SQLAlchemy's error
+    handling does on its own path is done here. A session found lost (Postgres restarted,
+    the backend ended) invalidates the whole pool, as a disconnect does there: a
+    connection found closed at checkout is replaced once before the caller sees it, and
+    one lost mid-statement is a 503. A statement cut short (the request cancelled: asyncpg
+    may still be cancelling it on the server) takes its connection out of the pool. Any
+    other error (a statement's, the caller's own) leaves the session sound."""
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in (1, 2):
+            conn = await stack.enter_async_context(engine.connect())
+            fairy = await conn.get_raw_connection()
+            raw: asyncpg.Connection = fairy.driver_connection
+            if not raw.is_closed():
+                break
+            _lost(engine, fairy, None)
+            if attempt == 2:
+                raise _unreachable()
         try:
             yield raw
-        except (*LOST_SESSION, OSError) as exc:
+        except (*LOST_SESSION, OSError) as exc:  # OSError: TimeoutError too
+            _lost(engine, fairy, exc)
+            raise _unreachable() from exc
+        except asyncpg.InterfaceError as exc:
+            if raw.is_closed():  # "connection is closed": lost between checkout and use
+                _lost(engine, fairy, exc)
+                raise _unreachable() from exc
             await conn.invalidate(exc)
-            raise Unavailable("the service cannot reach its database right now; try again", retry_after=1) from exc
-        except (asyncio.CancelledError, TimeoutError, asyncpg.InterfaceError):
-            # Cut short mid-statement (the caller went away) or misused: asyncpg may still
-            # be cancelling it on the server, so this connection serves nobody else. Any
-            # other error (a statement's, the caller's own) leaves the session sound.
+            raise
+        except asyncio.CancelledError:
             await conn.invalidate()
             raise
+
+
+def _lost(engine: AsyncEngine, fairy: Any, exc: BaseException | None) -> None:
+    """Invalidate every connection of ``engine``'s pool opened before now (and this one):
+    what SQLAlchemy does when its own path meets a disconnect. ``Pool._invalidate`` is
+    the method it calls for that; there is no public one."""
+    engine.sync_engine.pool._invalidate(fairy, exc)
+
+
+def _unreachable() -> Unavailable:
+    return Unavailable("the service cannot reach its database right now; try again", retry_after=1)
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:

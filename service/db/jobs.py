@@ -128,10 +128,11 @@ async def get_job(conn: AsyncConnection, job_id: str, owner: str | None = None, 
     return job_record(row)
 
 
-async def get_job_with_outputs(conn: asyncpg.Connection, job_id: str, owner: str | None = None,
+async def get_job_with_outputs(conn: asyncpg.Connection, job_id: str, owner: str,
                                ) -> tuple[JobRecord, list[OutputRecord]]:
-    """A job and its stored outputs: one statement, one round trip, one snapshot, on the
-    raw connection of ``engine.raw_statement`` (the reads every status poll makes)."""
+    """``owner``'s job and its stored outputs: one statement, one round trip, one snapshot,
+    on the raw connection of ``engine.raw_statement`` (the reads every status poll makes).
+    The owner is required: this is the API's read, never an operator's."""
     if impossible_id(job_id):
         raise NotFound("no job with that id")
     rows = await conn.fetch(queries.JOB_WITH_OUTPUTS, job_id, owner)

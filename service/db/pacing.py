@@ -41,14 +41,26 @@ class _Done:
     factor: float  # 0 when the batch asked for no rest after it
 
 
+@dataclass
+class Turn:
+    """A batch's turn; ``rest = False`` inside the batch waives the rest after it (a batch
+    whose S3 call failed and timed out: its duration says nothing about the work)."""
+
+    rest: bool = True
+
+
 class Pacer:
     def __init__(self, factor: float) -> None:
         if factor < 0:
             raise ValueError("the pause factor must be >= 0")
         self.factor = factor
-        self._changed = asyncio.Condition()
+        # No lock: every change of the state below happens between two awaits (one event
+        # loop), so a cancelled task can never leave it half changed. Waiters wait on the
+        # current event; each change sets it and starts a new one.
+        self._changed = asyncio.Event()
         self._running = False
         self._last: _Done | None = None  # None: nothing to rest after (start, or a batch that failed)
+        self._stopping = asyncio.Event()
         self.busy_seconds = 0.0  # time spent inside batches (tests and benchmarks read it)
         self.paused_seconds = 0.0  # rests taken after batches
 
@@ -56,41 +68,53 @@ class Pacer:
         last = self._last
         return 0.0 if last is None else last.ended + last.took * min(last.factor, factor)
 
+    def _change(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def stop(self) -> None:
+        """Shutting down: rests end now (a duty resting 30 x its batch would otherwise
+        hold the shutdown for its whole grace period); no new batch waits for a turn."""
+        self._stopping.set()
+        self._change()
+
     @contextlib.asynccontextmanager
-    async def batch(self, factor: float | None = None, *, rest_after: bool = True) -> AsyncIterator[None]:
+    async def batch(self, factor: float | None = None, *, rest_after: bool = True) -> AsyncIterator[Turn]:
         """One background batch: waits for its turn (no batch running, and the rest owed
         to the last one over), runs, then rests ``factor`` times its duration before it
         returns, so its caller claims no more work meanwhile. ``factor``: this batch's pace
         (the pacer's own if None). ``rest_after=False`` (a bulk's last batch: nothing of it
-        follows, a rest would only hold back the caller's answer) and a batch that raises
-        leave no rest behind them."""
+        follows, a rest would only hold back the caller's answer), ``turn.rest = False``
+        and a batch that raises leave no rest behind them."""
         factor = self.factor if factor is None else factor
         if factor < 0:
             raise ValueError("the pause factor must be >= 0")
-        async with self._changed:
-            while True:
-                if not self._running:
-                    wait = self._ready_at(factor) - time.monotonic()
-                    if wait <= 0:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        # Woken early if a batch ends (the rest owed changes).
-                        await asyncio.wait_for(self._changed.wait(), timeout=wait)
-                else:
-                    await self._changed.wait()
-            self._running = True
+        while True:
+            changed = self._changed
+            if not self._running:
+                wait = 0.0 if self._stopping.is_set() else self._ready_at(factor) - time.monotonic()
+                if wait <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):  # or sooner, when a batch ends
+                        await changed.wait()
+            else:
+                await changed.wait()
+        self._running = True  # no await since the check above: the turn is this batch's
+        turn = Turn(rest_after)
         started = time.monotonic()
         done: _Done | None = None
         try:
-            yield
+            yield turn
             ended = time.monotonic()
-            done = _Done(ended, ended - started, factor if rest_after else 0.0)
+            done = _Done(ended, ended - started, factor if turn.rest else 0.0)
         finally:
             self.busy_seconds += time.monotonic() - started
-            async with self._changed:
-                self._running, self._last = False, done
-                self._changed.notify_all()
-        if done is not None and done.factor:
+            self._running, self._last = False, done
+            self._change()
+        if done is not None and done.factor and not self._stopping.is_set():
             pause = done.took * done.factor
             self.paused_seconds += pause
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._stopping.wait()

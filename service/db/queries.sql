@@ -455,6 +455,12 @@ SELECT coalesce(array_agg(id), '{}') AS ids FROM (
 -- The shortest retention anyone has: the sweep's index walk starts no later than that.
 SELECT least(CAST(:days AS integer), (SELECT min(retention_days) FROM owners)) AS days;
 
+-- name: EXTEND_ERASURE_LEASE
+-- Why: a batch is claimed, then waits for the pacer's turn, and the duties' rests are long
+-- (30 x a batch); its lease is extended when the turn comes, so it covers the work and not
+-- the wait. Fenced on the token: rows another worker took after a lapse stay theirs.
+UPDATE erasures SET locked_until = now() + make_interval(secs => :lease) WHERE locked_by = :token;
+
 -- name: ERASURE_OBJECTS
 -- Why one row of arrays: a batch's 500-1,000 objects as rows cost serve's event loop a
 -- Row object each (the receiver shares that loop); arrays are decoded in C. Sizes are
@@ -538,12 +544,12 @@ SELECT owner FROM k;
 -- Why one statement: a job and its stored outputs read in one round trip and one
 -- snapshot (GET /v1/jobs/{id}, the answer of a submit or a cancel). One row per output
 -- in index order, or one row with NULL output columns; none if the job is not the
--- owner's ($2 NULL: any owner's, for the operator's own reads).
+-- owner's ($2: the caller's, always; the owner filter is in the statement itself).
 SELECT j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS output_source_url,
        o.key AS output_key, o.content_type AS output_content_type, o.size_bytes AS output_size_bytes,
        o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at
 FROM jobs j LEFT JOIN job_outputs o ON o.job_id = j.id
-WHERE j.id = $1 AND ($2::text IS NULL OR j.owner = $2)
+WHERE j.id = $1 AND j.owner = $2
 ORDER BY o.index;
 
 -- name: PING

@@ -27,6 +27,7 @@ from service.clients.storage import StorageError
 from service.db import queries
 from service.db.engine import one_statement
 from service.db.jobs import id_list
+from service.db.pacing import Turn
 from service.domain.states import TERMINAL
 from service.observability import metrics
 from service.resources import Resources
@@ -78,14 +79,15 @@ class Eraser:
         # Background work yields to the hot paths: batches of every lifecycle duty take
         # turns and rest in proportion to what they took (service/db/pacing.py;
         # tests/benchmarks/bench_lifecycle.py retention measures the effect).
-        async with self.res.pacer.batch():
-            await self._erase(token)
+        async with self.res.pacer.batch() as turn:
+            await self._erase(token, turn)
 
-    async def _erase(self, token: str) -> None:
+    async def _erase(self, token: str, turn: Turn) -> None:
         res = self.res
         # The batch's ids and keys travel as arrays and one string, never as rows or lists
         # of parameters: this runs in serve's event loop, beside the receiver.
         async with one_statement(res.engine) as conn:
+            await conn.execute(queries.EXTEND_ERASURE_LEASE, {"token": token, "lease": self.lease})
             objects = (await conn.execute(queries.ERASURE_OBJECTS, {"token": token})).one()
         keys: list[str] = objects.keys
         try:
@@ -94,6 +96,9 @@ class Eraser:
             async with res.engine.begin() as conn:
                 await conn.execute(queries.RETRY_ERASURES, {"token": token, "error": exc.message[:500], "delay": 30})
             log.warning("erasure.storage_failed", token=token, error=exc.message[:200])
+            # Its time (up to S3's timeout) says nothing of the work: 30 x it would stall
+            # every lifecycle batch of the process for minutes.
+            turn.rest = False
             return
         async with res.engine.begin() as conn:
             ids = id_list((await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})).scalar_one())

@@ -98,6 +98,7 @@ class Runner:
         while it still runs.
         """
         self._stopping.set()
+        self.res.pacer.stop()  # resting duties end their rests now (their work is done)
         self.res.notifications.kick()
         running = [t for tasks in self._running.values() for t in tasks]
         if running:

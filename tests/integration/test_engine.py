@@ -5,6 +5,7 @@ terminated) is replaced before anyone uses it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -145,16 +146,39 @@ async def test_a_failed_statement_on_raw_statement_keeps_the_connection(own_db: 
         await engine.dispose()
 
 
-async def test_a_lost_session_on_raw_statement_is_503_and_the_connection_is_replaced(own_db: str) -> None:
+async def test_a_connection_lost_between_uses_is_replaced_unseen_by_raw_statement(own_db: str) -> None:
+    """Postgres ended the session moments after its last use (under the idle ping's 5 s):
+    asyncpg already knows it is closed, and the caller gets a fresh connection instead
+    of a 500 ("connection is closed")."""
     engine = engine_module.create_engine(own_db, pool_size=1)
     try:
         async with engine_module.raw_statement(engine) as raw:
             first = await raw.fetchval("SELECT pg_backend_pid()")
         with psycopg.connect(own_db, autocommit=True) as sql:
             sql.execute("SELECT pg_terminate_backend(%s)", (first,))
+        await asyncio.sleep(0.2)  # asyncpg reads the end of the socket
+        async with engine_module.raw_statement(engine) as raw:
+            assert await raw.fetchval("SELECT pg_backend_pid()") != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_session_lost_mid_statement_on_raw_statement_is_503_and_then_replaced(own_db: str) -> None:
+    engine = engine_module.create_engine(own_db, pool_size=1)
+    try:
+        async with engine_module.raw_statement(engine) as raw:
+            first = await raw.fetchval("SELECT pg_backend_pid()")
+
+        def terminate_soon() -> None:  # in a thread, while the statement runs
+            time.sleep(0.3)
+            with psycopg.connect(own_db, autocommit=True) as sql:
+                sql.execute("SELECT pg_terminate_backend(%s)", (first,))
+
+        killer = asyncio.create_task(asyncio.to_thread(terminate_soon))
         with pytest.raises(Unavailable) as caught:
             async with engine_module.raw_statement(engine) as raw:
-                await raw.fetchval("SELECT 1")
+                await raw.fetchval("SELECT pg_sleep(5)")
+        await killer
         assert caught.value.retry_after == 1
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") != first

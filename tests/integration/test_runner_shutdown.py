@@ -18,6 +18,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from service.db.engine import create_engine
+from service.db.pacing import Pacer
 from service.settings import Settings
 from service.work.runner import Runner, claim_jobs, holder_for, new_worker_id
 from tests.conftest import fresh_database
@@ -84,7 +85,7 @@ def test_work_claimed_while_stopping_is_never_run_unwatched_nor_released_while_r
         engine = create_engine(quiet_database, 2)
         settings = Settings(database_url=quiet_database, lease_seconds=30, poll_interval_seconds=0.1)
         res = types.SimpleNamespace(settings=settings, engine=engine, notifications=NoNews(),
-                                    worker_id=new_worker_id())
+                                    worker_id=new_worker_id(), pacer=Pacer(settings.lifecycle_pause_factor))
         duty = SlowClaimDuty(res)
         runner = Runner(res, [duty])  # type: ignore[arg-type]
         try:
@@ -130,7 +131,7 @@ def test_a_graceful_stop_unmarks_jobs_claimed_for_sending_but_never_sent(quiet_d
         engine = create_engine(quiet_database, 2)
         settings = Settings(database_url=quiet_database, lease_seconds=30, poll_interval_seconds=0.1)
         res = types.SimpleNamespace(settings=settings, engine=engine, notifications=NoNews(),
-                                    worker_id=new_worker_id())
+                                    worker_id=new_worker_id(), pacer=Pacer(settings.lifecycle_pause_factor))
         submitter = Submitter(res)  # type: ignore[arg-type]
         try:
             claimed = await submitter.claim(2)  # marked as being sent; their runs never start

@@ -111,6 +111,59 @@ async def test_no_rest_follows_a_batch_that_asks_for_none() -> None:
     assert pacer._ready_at(30.0) <= time.monotonic()  # and nothing waits behind it
 
 
+async def test_a_batch_may_waive_its_rest() -> None:
+    """The eraser's batch whose S3 call failed (its time, up to S3's timeout, says nothing
+    of the work) leaves no rest: the next batch does not wait 30 x a timeout."""
+    pacer = Pacer(30.0)
+    async with pacer.batch() as turn:
+        await asyncio.sleep(0.05)
+        turn.rest = False
+    assert pacer.paused_seconds == 0.0
+    assert pacer._ready_at(30.0) <= time.monotonic()
+
+
+async def test_stop_ends_a_rest_at_once() -> None:
+    pacer = Pacer(1000.0)
+
+    async def batch() -> None:
+        async with pacer.batch():
+            await asyncio.sleep(0.01)  # then a rest of ~10 s
+
+    task = asyncio.create_task(batch())
+    await asyncio.sleep(0.1)
+    assert not task.done()  # resting
+    pacer.stop()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_a_batch_cancelled_while_waiting_or_running_leaves_the_turn_free() -> None:
+    pacer = Pacer(0.0)
+    started = asyncio.Event()
+
+    async def long_batch() -> None:
+        async with pacer.batch():
+            started.set()
+            await asyncio.sleep(30)
+
+    async def waiting_batch() -> None:
+        async with pacer.batch():
+            pass
+
+    running = asyncio.create_task(long_batch())
+    await started.wait()
+    waiting = asyncio.create_task(waiting_batch())
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # cancelled while it waits for the turn
+    running.cancel()  # and the batch holding it, mid-batch
+    for task in (waiting, running):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(5):  # the turn is free and nothing is owed
+        async with pacer.batch():
+            pass
+
+
 async def test_a_negative_factor_is_refused() -> None:
     with pytest.raises(ValueError, match="factor"):
         Pacer(-1.0)
