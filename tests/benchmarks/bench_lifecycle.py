@@ -395,7 +395,56 @@ async def _retention_round(base: str, db: str, r: int, seconds: float, rate: flo
     return idle, busy, took
 
 
-def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str], separate_workers: bool = False) -> None:
+async def _retention_alternating(base: str, db: str, r: int, window: float, rate: float,
+                                 worker_proc: psutil.Process) -> tuple[list[Probe], list[Probe], float]:
+    """The erasure paused and resumed in turn (SIGSTOP / SIGCONT of the worker process),
+    ``window`` seconds each, until it is done: each busy window has an idle neighbour
+    probed over the same backlog, the same tables and the same point of the checkpoint
+    cycle. (At the duties' pace, 30 x each batch, a backlog of 50,000 is minutes of
+    erasure, and one idle phase before it no longer compares like with like: Postgres
+    here runs with autovacuum off and a timed checkpoint every 5 minutes.) Answers the
+    idle and busy windows in pairs and the busy time."""
+    idle_all: list[Probe] = []
+    busy_all: list[Probe] = []
+    offset = {"hookidle": 0, "hookbusy": 0}
+
+    def probe(kind: str) -> Probe:
+        start = offset[kind]
+        offset[kind] += int(window * rate) + 100  # fresh jobs for every window's webhooks
+        return Probe(lambda n: _webhook(n + start, f"job_{kind}{r}_"), rate)
+
+    worker_proc.suspend()
+    busy_seconds = 0.0
+    try:
+        with database.connect(db) as conn:
+            conn.execute("INSERT INTO owners (name, retention_days) VALUES (%s, 30)"
+                         " ON CONFLICT (name) DO UPDATE SET retention_days = 30", (f"keep{r}",))
+            while True:
+                worker_proc.resume()
+                busy = probe("hookbusy")
+                started = time.perf_counter()
+                await busy.run(base, window)
+                busy_seconds += time.perf_counter() - started
+                worker_proc.suspend()
+                left = await asyncio.to_thread(lambda: conn.execute(
+                    "SELECT EXISTS (SELECT FROM erasures) OR EXISTS (SELECT FROM jobs WHERE deleted_at IS NULL"
+                    " AND completed_at < now() - interval '31 days' AND status = 'completed')").fetchone())
+                idle = probe("hookidle")
+                await idle.run(base, window)
+                idle_all.append(idle)
+                busy_all.append(busy)
+                print(f"  window pair {len(busy_all)}: p99 idle {idle.p(99):.1f} ms / busy {busy.p(99):.1f} ms",
+                      flush=True)
+                if left == (False,) or busy_seconds > 1800:
+                    break
+    finally:
+        worker_proc.resume()
+    return idle_all, busy_all, busy_seconds
+
+
+def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str], separate_workers: bool = False,
+                    alternate: float = 0.0) -> None:
+    separate_workers = separate_workers or bool(alternate)
     per_round = jobs // rounds
     processes: dict[str, psutil.Process] = {}
     with (database.fresh_database("wsj_bench_retention") as db, s3_server(processes) as s3,
@@ -427,19 +476,26 @@ def bench_retention(jobs: int, rounds: int, rate: float, env: dict[str, str], se
                     # new one to be written (IO/WALInitWrite). A service's jobs arrive over
                     # days; the phases start from a finished checkpoint.
                     conn.execute("CHECKPOINT")
-                idle, busy, took = asyncio.run(_retention_round(base, db, r, 20.0, rate, processes))
+                if alternate:
+                    idles, busys, took = asyncio.run(
+                        _retention_alternating(base, db, r, alternate, rate, processes["worker"]))
+                else:
+                    idle, busy, took = asyncio.run(_retention_round(base, db, r, 20.0, rate, processes))
+                    idles, busys = [idle], [busy]
                 loads.append(os.getloadavg()[0])
                 client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
                                       aws_access_key_id=DEV_ACCESS_KEY, aws_secret_access_key=DEV_SECRET_KEY)
                 left = sum(page.get("KeyCount", 0) for page in client.get_paginator("list_objects_v2").paginate(
                     Bucket=BUCKET, Prefix=f"outputs/{prefix}"))
-                idle_all.append(idle)
-                busy_all.append(busy)
+                idle_all += idles
+                busy_all += busys
                 lines.append(f"round {r + 1}: {per_round:,} jobs past retention swept and erased in {took:.1f} s "
                              f"({per_round / took:,.0f} jobs/s; {real:,} real objects, {left} left; "
                              f"seeding S3 took {put:.0f} s; load {loads[-1]:.2f})")
         lines.append(f"settings {env}; duties in " + ("a worker process of their own" if separate_workers
-                                                      else "the serve process (its default)"))
+                                                      else "the serve process (its default)")
+                     + (f"; erasure paused and resumed every {alternate:g} s (each ratio: a busy window over"
+                        " the idle one after it)" if alternate else ""))
     _report(f"retention of {jobs:,} jobs while signed webhooks are posted", idle_all, busy_all, lines, loads)
 
 
@@ -533,6 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="bulk: an A/A run, each busy phase SECONDS with no bulk in it (the ratio's noise floor)")
     parser.add_argument("--separate-workers", action="store_true",
                         help="retention: the duties in a `wavespeed-jobs worker` process beside `serve --no-workers`")
+    parser.add_argument("--alternate", type=float, default=0.0, metavar="SECONDS",
+                        help="retention: the duties in a worker process, paused and resumed every SECONDS until"
+                             " the backlog is erased; each busy window is compared with the idle one after it")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the serve process, e.g. LIFECYCLE_PAUSE_FACTOR=2 (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -542,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if which == "bulk":
             bench_bulk(args.jobs or 10_000, args.rounds or 5, args.rate, env, args.control)
         elif which == "retention":
-            bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env, args.separate_workers)
+            bench_retention(args.jobs or 100_000, args.rounds or 2, args.rate, env, args.separate_workers,
+                            args.alternate)
         elif which == "streams":
             bench_streams(args.jobs or 1_000, args.rounds or 2)
         else:
