@@ -5,14 +5,16 @@ terminated) is replaced before anyone uses it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import engine as engine_module
 from service.domain.errors import Unavailable
@@ -132,43 +134,41 @@ async def test_raw_statement_runs_in_autocommit_and_the_pool_gets_the_connection
         await engine.dispose()
 
 
-async def test_a_failed_statement_on_raw_statement_keeps_the_connection(own_db: str) -> None:
-    engine = engine_module.create_engine(own_db, pool_size=1)
+@contextlib.asynccontextmanager
+async def pool_of_one(url: str) -> AsyncIterator[tuple[AsyncEngine, int]]:
+    """An engine whose pool holds one connection, and that connection's backend pid."""
+    engine = engine_module.create_engine(url, pool_size=1)
     try:
         async with engine_module.raw_statement(engine) as raw:
             pid = await raw.fetchval("SELECT pg_backend_pid()")
+        yield engine, pid
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_statement_on_raw_statement_keeps_the_connection(own_db: str) -> None:
+    async with pool_of_one(own_db) as (engine, pid):
         with pytest.raises(asyncpg.UndefinedTableError):
             async with engine_module.raw_statement(engine) as raw:
                 await raw.fetch("SELECT * FROM no_such_table")
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") == pid
-    finally:
-        await engine.dispose()
 
 
 async def test_a_connection_lost_between_uses_is_replaced_unseen_by_raw_statement(own_db: str) -> None:
     """Postgres ended the session moments after its last use (under the idle ping's 5 s):
     asyncpg already knows it is closed, and the caller gets a fresh connection instead
     of a 500 ("connection is closed")."""
-    engine = engine_module.create_engine(own_db, pool_size=1)
-    try:
-        async with engine_module.raw_statement(engine) as raw:
-            first = await raw.fetchval("SELECT pg_backend_pid()")
+    async with pool_of_one(own_db) as (engine, first):
         with psycopg.connect(own_db, autocommit=True) as sql:
             sql.execute("SELECT pg_terminate_backend(%s)", (first,))
         await asyncio.sleep(0.2)  # asyncpg reads the end of the socket
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") != first
-    finally:
-        await engine.dispose()
 
 
 async def test_a_session_lost_mid_statement_on_raw_statement_is_503_and_then_replaced(own_db: str) -> None:
-    engine = engine_module.create_engine(own_db, pool_size=1)
-    try:
-        async with engine_module.raw_statement(engine) as raw:
-            first = await raw.fetchval("SELECT pg_backend_pid()")
-
+    async with pool_of_one(own_db) as (engine, first):
         def terminate_soon() -> None:  # in a thread, while the statement runs
             time.sleep(0.3)
             with psycopg.connect(own_db, autocommit=True) as sql:
@@ -182,22 +182,17 @@ async def test_a_session_lost_mid_statement_on_raw_statement_is_503_and_then_rep
         assert caught.value.retry_after == 1
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") != first
-    finally:
-        await engine.dispose()
 
 
 async def test_a_statement_cancelled_on_raw_statement_never_serves_the_next_caller(own_db: str) -> None:
     """A request whose client went away is cancelled mid-statement: that connection is
     dropped (asyncpg may still be cancelling on the server), the next caller gets a fresh
     one that works."""
-    engine = engine_module.create_engine(own_db, pool_size=1)
-    try:
+    async with pool_of_one(own_db) as (engine, first):
         async def slow() -> None:
             async with engine_module.raw_statement(engine) as raw:
                 await raw.fetchval("SELECT pg_sleep(5)")
 
-        async with engine_module.raw_statement(engine) as raw:
-            first = await raw.fetchval("SELECT pg_backend_pid()")
         task = asyncio.create_task(slow())
         await asyncio.sleep(0.3)
         task.cancel()
@@ -206,5 +201,3 @@ async def test_a_statement_cancelled_on_raw_statement_never_serves_the_next_call
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") != first
             assert await raw.fetchval("SELECT 1") == 1
-    finally:
-        await engine.dispose()
