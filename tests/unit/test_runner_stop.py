@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from service.db import queries
+from service.db.pacing import Pacer
 from service.work import runner as runner_module
 from service.work.runner import Runner, holder_for
 
@@ -30,7 +31,8 @@ class NoNews:
 
 def resources() -> Any:
     settings = types.SimpleNamespace(poll_interval_seconds=0.05, lease_seconds=3600.0)
-    return types.SimpleNamespace(settings=settings, worker_id="host:1:abcd", notifications=NoNews())
+    return types.SimpleNamespace(settings=settings, worker_id="host:1:abcd", notifications=NoNews(),
+                                 pacer=Pacer(30.0))
 
 
 class Duty:
