@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     erase_concurrency: int = Field(1, ge=1, le=32)
     # After a duty's batch (retention sweep, erasure) that took t seconds, the next rests
     # factor * t (service/db/pacing.py); ERASE_PAUSE_FACTOR is its earlier name. 30: the
-    # receiver's p99 stayed within 6 % of idle during a retention backlog (1.4-1.6 at 1).
+    # receiver's p99 during a retention backlog was 1.01 of idle's, pooled over windows of
+    # erasure and of none in turn (1.4-1.6 at 1; docs/benchmarks.md, session 8).
     lifecycle_pause_factor: float = Field(
         30.0, ge=0, le=1000, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     bulk_batch_size: int = Field(500, ge=1, le=5000)
