@@ -294,9 +294,8 @@ async def output(request: Request) -> Response:
     owner = await authenticate(request)
     res = resources(request)
     raw_index = request.path_params["index"]
-    async with res.engine.connect() as conn:
-        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
-        outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+    async with raw_statement(res.engine) as conn:
+        job, outputs = await jobs.get_job_with_outputs(conn, request.path_params["job_id"], owner)
     if job.deleted_at is not None:
         raise NotFound(f"job {job.id} was deleted; its outputs are gone")
     for row in outputs:
