@@ -67,7 +67,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         engine = create_engine(url, 2)
         try:
             return await run_bulk(engine, args.owner, request, settings.bulk_batch_size,
-                                  Pacer(settings.lifecycle_pause_factor), settings.bulk_pause_factor)
+                                  Pacer(settings.lifecycle_pause_factor), settings.bulk_pause_factor,
+                                  settings.bulk_target_seconds)
         finally:
             await engine.dispose()
 

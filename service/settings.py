@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # 1.43 (median of six runs) against 1.55 at 1, for ~2.9 s instead of ~1.45 s
     # (docs/benchmarks.md "Session 7").
     bulk_pause_factor: float = Field(3.0, ge=0, le=100)
+    # ... and no more than still ends the bulk this many seconds after it began
+    # (service/db/pacing.py spread_factor); 0: no target, always BULK_PAUSE_FACTOR.
+    bulk_target_seconds: float = Field(0.0, ge=0, le=3600)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
     streams_max_per_process: int = Field(2000, ge=1, le=100_000)

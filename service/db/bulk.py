@@ -11,6 +11,7 @@ batch and the API keeps answering while 10,000 jobs are canceled.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
@@ -23,7 +24,7 @@ from typing_extensions import TypedDict
 from service.db import admission, jobs, queries
 from service.db.engine import one_statement
 from service.db.history import HistoryFilter, page_query, parse_filter
-from service.db.pacing import Pacer
+from service.db.pacing import Pacer, spread_factor
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.schemas import MODELS
 from service.domain.states import TERMINAL, JobStatus
@@ -187,11 +188,14 @@ def _transaction(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnec
 
 
 async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int, pacer: Pacer,
-                   pause_factor: float | None = None) -> BulkResult:
+                   pause_factor: float | None = None, target_seconds: float = 0.0) -> BulkResult:
     """Match, check the bound, then act batch by batch, each batch its own transaction
-    paced by ``pacer`` (it rests ``pause_factor`` times what the batch took, so the API
-    keeps its share of the database and of its process); the answer of POST /v1/jobs/bulk."""
+    paced by ``pacer``: it rests up to ``pause_factor`` times what the batch took, as much
+    as still lets the bulk end ``target_seconds`` after it began (``spread_factor``), so
+    the API keeps most of the database and of its process; the answer of POST /v1/jobs/bulk."""
     started = dt.datetime.now(dt.UTC)
+    began = time.monotonic()
+    most = pacer.factor if pause_factor is None else pause_factor
     async with engine.begin() as conn:
         ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
         if len(ids) > MAX_MATCHES:
@@ -205,11 +209,15 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
         # connection it is one round trip instead of three (BEGIN, it, COMMIT), each of
         # which costs serve's event loop a turn while API requests wait.
         connect = one_statement if request.action == "cancel" else _transaction
-        for start in range(0, len(ids), batch_size):
+        batches = -(-len(ids) // batch_size)
+        worked = 0.0
+        for done in range(1, batches + 1):
             # No rest after the last batch: nothing of this bulk follows it, and the rest
             # would only hold back the caller's answer (3 x 60 ms for a batch of 500).
-            last = start + batch_size >= len(ids)
-            async with pacer.batch(pause_factor, rest_after=not last), connect(engine) as conn:
-                affected += await _act(conn, request.action, owner, ids[start : start + batch_size])
+            async with pacer.batch(most, rest_after=done < batches) as turn, connect(engine) as conn:
+                affected += await _act(conn, request.action, owner, ids[(done - 1) * batch_size : done * batch_size])
+                now = time.monotonic()
+                worked += now - turn.started
+                turn.factor = spread_factor(most, target_seconds, now - began, worked, done, batches - done)
     return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
             "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

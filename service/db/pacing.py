@@ -44,9 +44,12 @@ class _Done:
 @dataclass
 class Turn:
     """A batch's turn; ``rest = False`` inside the batch waives the rest after it (a batch
-    whose S3 call failed and timed out: its duration says nothing about the work)."""
+    whose S3 call failed and timed out: its duration says nothing about the work), and
+    ``factor`` may be changed before it ends (a bulk sizing its rest to its target)."""
 
+    factor: float
     rest: bool = True
+    started: float = 0.0  # time.monotonic() when the turn began
 
 
 class Pacer:
@@ -101,13 +104,15 @@ class Pacer:
             else:
                 await changed.wait()
         self._running = True  # no await since the check above: the turn is this batch's
-        turn = Turn(rest_after)
         started = time.monotonic()
+        turn = Turn(factor, rest_after, started)
         done: _Done | None = None
         try:
             yield turn
             ended = time.monotonic()
-            done = _Done(ended, ended - started, factor if turn.rest else 0.0)
+            if turn.factor < 0:
+                raise ValueError("the pause factor must be >= 0")
+            done = _Done(ended, ended - started, turn.factor if turn.rest else 0.0)
         finally:
             self.busy_seconds += time.monotonic() - started
             self._running, self._last = False, done
@@ -118,3 +123,22 @@ class Pacer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await self._stopping.wait()
+
+
+def spread_factor(most: float, target: float, elapsed: float, worked: float, done: int, left: int) -> float:
+    """The rest factor after a bulk's batch: as much as it can afford, up to ``most``, and
+    still be done ``target`` seconds after it began.
+
+    The p99 of requests served beside a bulk moves with the share of time the bulk's
+    batches hold the database (see above), so the thinner it is spread the less the API
+    feels it; but an operator waits for the answer. So a bulk rests ``most`` times each
+    batch when that fits in ``target``, and less when it would not, never under once its
+    batch (the API keeps at least half the time). ``elapsed``: seconds since the bulk
+    began, the batch just done included; ``worked``: seconds inside its ``done`` batches;
+    ``left``: batches still to come, each to be rested after but the last.
+    ``target <= 0``: always ``most``."""
+    if target <= 0 or left <= 0 or done <= 0 or worked <= 0:
+        return most
+    per_batch = worked / done
+    spare = target - elapsed - per_batch * left  # the time left for this rest and left - 1 more
+    return max(min(1.0, most), min(most, spare / (per_batch * left)))

@@ -254,6 +254,31 @@ def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, s
     assert pacer.paused_seconds == 0.0
 
 
+def test_a_bulk_with_a_target_rests_only_what_its_target_leaves(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
+    """BULK_TARGET_SECONDS: at factor 1,000 ten batches would rest ~1,000 x their work;
+    with a target of 1 s their rests together stay within it, yet each is at least as long
+    as its batch (the API keeps half the time). Counted by the pacer, not timed."""
+    owner = f"target_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_target_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
+        " 'queued', NULL FROM generate_series(1, 100) g", (owner, owner))
+    request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
+
+    async def run() -> tuple[bulk.BulkResult, Pacer]:
+        engine, pacer = create_engine(bulk_db, pool_size=1), Pacer(0.0)
+        try:
+            return await bulk.run_bulk(engine, owner, request, 10, pacer, 1000.0, target_seconds=1.0), pacer
+        finally:
+            await engine.dispose()
+
+    result, pacer = asyncio.run(run())
+    assert (result["matched"], result["affected"]) == (100, 100)
+    assert pacer.paused_seconds <= 1.0
+    # nine rests, each at least its batch's duration: all but the last batch's time
+    assert pacer.paused_seconds >= pacer.busy_seconds * 0.5
+
+
 def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
     """A batch tells waiters with one NOTIFY per ~7,000 bytes of ids (joined by commas):
     streams on the first, a middle and the last job of a 450-job batch of 27-character

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.db.pacing import Pacer
+from service.db.pacing import Pacer, spread_factor
 
 
 async def test_a_batch_rests_factor_times_its_own_duration_before_the_next_one_starts() -> None:
@@ -170,3 +170,35 @@ async def test_a_negative_factor_is_refused() -> None:
     with pytest.raises(ValueError, match="factor"):
         async with Pacer(1.0).batch(-0.5):
             pass
+
+
+def test_a_bulk_rests_its_full_factor_when_that_fits_its_target() -> None:
+    # 20 batches of 30 ms at factor 9 end in ~5.7 s: inside a 10 s target.
+    assert spread_factor(9.0, 10.0, elapsed=0.03, worked=0.03, done=1, left=19) == 9.0
+
+
+def test_a_bulk_rests_less_to_end_by_its_target() -> None:
+    # After the first of 20 batches of 50 ms, 8 s from the start: 0.95 s of work to come,
+    # 7.0 s left for 19 rests (this one and 18 more), each this factor times 50 ms.
+    factor = spread_factor(20.0, 8.0, elapsed=0.05, worked=0.05, done=1, left=19)
+    assert factor == pytest.approx(7.0 / (0.05 * 19))
+    assert 0.05 + 0.05 * 19 + 0.05 * 19 * factor == pytest.approx(8.0)
+
+
+def test_a_bulk_behind_its_target_still_rests_as_long_as_each_batch() -> None:
+    """The API keeps at least half the time, even when the target cannot be met."""
+    assert spread_factor(20.0, 8.0, elapsed=7.9, worked=1.0, done=10, left=10) == 1.0
+    assert spread_factor(0.5, 8.0, elapsed=7.9, worked=1.0, done=10, left=10) == 0.5  # a smaller factor stands
+
+
+def test_without_a_target_a_bulk_rests_its_factor() -> None:
+    assert spread_factor(3.0, 0.0, elapsed=5.0, worked=1.0, done=10, left=10) == 3.0
+
+
+async def test_a_batch_may_change_its_rest_before_it_ends() -> None:
+    pacer = Pacer(1000.0)
+    async with asyncio.timeout(5):  # a rest of 1000 x 20 ms would not fit
+        async with pacer.batch() as turn:
+            await asyncio.sleep(0.02)
+            turn.factor = 2.0
+    assert 2.0 * 0.02 * 0.99 <= pacer.paused_seconds < 1000 * 0.02
