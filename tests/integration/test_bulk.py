@@ -228,30 +228,34 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
 
 
 def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
-    """The pause follows each batch but the last: after it nothing of the bulk is left, and
-    a rest would only hold back the answer. Counted by the pacer, not timed."""
+    """The pause follows the matching (the bulk's first batch) and each batch but the
+    last: after it nothing of the bulk is left, and a rest would only hold back the answer.
+    A dry run, only the matching, rests not at all. Counted by the pacer, not timed."""
     owner = f"lastrest_{uuid.uuid4().hex[:8]}"
     sql.execute(
         "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
         " SELECT 'job_lastrest_' || %s || '_' || lpad(g::text, 2, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
         " 'queued', NULL FROM generate_series(1, 20) g", (owner, owner))
-    request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
 
-    async def run(batch_size: int) -> tuple[bulk.BulkResult, Pacer]:
+    async def run(batch_size: int, dry_run: bool = False) -> tuple[bulk.BulkResult, Pacer]:
+        request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}, "dry_run": dry_run})
         engine, pacer = create_engine(bulk_db, pool_size=1), Pacer(0.0)
         try:
             return await bulk.run_bulk(engine, owner, request, batch_size, pacer, 50.0), pacer
         finally:
             await engine.dispose()
 
-    result, pacer = asyncio.run(run(10))  # two batches: one rest, after the first
+    result, pacer = asyncio.run(run(10, dry_run=True))
+    assert (result["matched"], result["affected"]) == (20, 0)
+    assert pacer.paused_seconds == 0.0
+    result, pacer = asyncio.run(run(10))  # the matching and two batches: two rests, none after the last
     assert (result["matched"], result["affected"]) == (20, 20)
-    # the first batch rested, the second did not (both resting would make it 50 x busy exactly)
+    # (all three resting would make it 50 x busy exactly)
     assert 0 < pacer.paused_seconds < 50.0 * pacer.busy_seconds * 0.999
     sql.execute("UPDATE jobs SET status = 'queued', completed_at = NULL WHERE owner = %s", (owner,))
-    result, pacer = asyncio.run(run(100))  # one batch: no rest at all
+    result, pacer = asyncio.run(run(100))  # the matching and one batch: one rest, between them
     assert result["affected"] == 20
-    assert pacer.paused_seconds == 0.0
+    assert 0 < pacer.paused_seconds < 50.0 * pacer.busy_seconds * 0.999
 
 
 def test_a_bulk_with_a_target_rests_only_what_its_target_leaves(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
