@@ -89,16 +89,18 @@ class Settings(BaseSettings):
     # erasure and of none in turn (1.4-1.6 at 1; docs/benchmarks.md, session 8).
     lifecycle_pause_factor: float = Field(
         30.0, ge=0, le=1000, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
-    bulk_batch_size: int = Field(500, ge=1, le=5000)
-    # A bulk action's batches rest longer than the background duties' (the same pacer's
-    # turns): a bulk runs in the API's own process and event loop while its caller and
-    # every other API request wait. At 3 the API's p99 ratio during a bulk of 10,000 was
-    # 1.43 (median of six runs) against 1.55 at 1, for ~2.9 s instead of ~1.45 s
-    # (docs/benchmarks.md "Session 7").
-    bulk_pause_factor: float = Field(3.0, ge=0, le=100)
-    # ... and no more than still ends the bulk this many seconds after it began
-    # (service/db/pacing.py spread_factor); 0: no target, always BULK_PAUSE_FACTOR.
-    bulk_target_seconds: float = Field(0.0, ge=0, le=3600)
+    # Fewer, longer batches meet fewer API requests (each meeting costs one a millisecond
+    # or two): at the same 8 s target 1,000 gave a p99 ratio of 1.06-1.10, 500 0.97-1.28,
+    # 100 1.32 (docs/benchmarks.md, "Session 9"); a batch of 1,000 holds its rows ~45 ms.
+    bulk_batch_size: int = Field(1000, ge=1, le=5000)
+    # A bulk action's batches (the matching first) rest up to BULK_PAUSE_FACTOR times their
+    # own duration, and no more than still ends the bulk BULK_TARGET_SECONDS after it began
+    # (service/db/pacing.py spread_factor; 0: no target, always the factor). The API's p99
+    # moves with the share of time the bulk holds Postgres: during a bulk of 10,000 spread
+    # over 8 s it was 0.97-1.10 of idle (median of rounds), 1.39 at the old pace (factor 3,
+    # ~2 s) (docs/benchmarks.md, "Session 9").
+    bulk_pause_factor: float = Field(20.0, ge=0, le=100)
+    bulk_target_seconds: float = Field(8.0, ge=0, le=3600)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
     streams_max_per_process: int = Field(2000, ge=1, le=100_000)

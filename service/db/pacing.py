@@ -10,8 +10,9 @@ busy machine, where the same batch takes longer, the background work slows down 
 instead of taking a fixed share of a scarce CPU.
 
 Two paces share the turns: the duties' (retention, erasure: ``LIFECYCLE_PAUSE_FACTOR``,
-30 by default, work nobody waits for) and a bulk action's (``BULK_PAUSE_FACTOR``, 3: an
-operator waits for it). The rest between two batches is the previous batch's duration
+30 by default, work nobody waits for) and a bulk action's (up to ``BULK_PAUSE_FACTOR``,
+20, and no more than ends it ``BULK_TARGET_SECONDS`` after it began: an operator waits
+for it; ``spread_factor``). The rest between two batches is the previous batch's duration
 times the *smaller* of the two batches' factors: a bulk arriving during a retention
 backlog runs at its own pace instead of waiting out the duties' long rests, and the
 duties resume theirs once it is done.
