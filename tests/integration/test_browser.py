@@ -224,3 +224,35 @@ def test_a_running_job_turns_completed_without_a_reload(
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as api:
         assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "completed"
     detail.page.screenshot(path=str(output_dir / "dashboard-job-live.png"), full_page=True)
+
+
+def test_a_person_previews_a_bulk_delete_and_the_confirm_button_cannot_be_pressed_twice(
+    service: Service, desktop: Any
+) -> None:
+    """A confirmed bulk answers when its last batch is done (seconds for thousands of
+    jobs, by BULK_TARGET_SECONDS): the button says it is working and is disabled the
+    moment it is pressed, then the result page counts what changed."""
+    key = new_key(service)
+    with service.client(key) as api:
+        ids = [submit(api, prompt=f"a lantern festival {i}", metadata={"album": "lanterns"})["id"] for i in range(2)]
+        for job_id in ids:
+            wait_terminal(api, job_id)
+    tab = Tab(desktop)
+    page = tab.page
+    sign_in(tab, service, key, "/?meta=album%3Dlanterns")
+    page.select_option(".bulk-bar select[name=action]", "delete")
+    page.click(".bulk-bar button[type=submit]")
+    page.wait_for_selector("form.confirm")
+    assert "Delete 2 jobs?" in page.inner_text("main")
+    # Pressed from inside the page so the state is read in the same task as the submit
+    # event, before the navigation it starts.
+    state = page.evaluate("""() => {
+        const button = document.querySelector('form.confirm button[type=submit]');
+        button.click();
+        return [button.disabled, button.textContent];
+    }""")
+    assert state == [True, "Working\u2026"]
+    page.wait_for_selector("text=2 of 2 matching jobs changed", timeout=WAIT_MS)
+    assert tab.problems == []
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as api:
+        assert all(api.get(f"/v1/jobs/{i}").json()["deleted_reason"] == "request" for i in ids)

@@ -93,3 +93,18 @@ def test_output_hosts_allowed_must_be_host_names(hosts: str) -> None:
 def test_output_hosts_allowed_are_suffixes() -> None:
     assert Settings(output_hosts_allowed="wavespeed.ai, .cloudfront.net").output_host_suffixes == [
         "wavespeed.ai", "cloudfront.net"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("bulk_target_seconds", "-1"), ("bulk_target_seconds", "3601"), ("bulk_target_seconds", "nan"),
+    ("bulk_pause_factor", "-0.5"), ("bulk_pause_factor", "101"), ("bulk_batch_size", "0"),
+    ("bulk_batch_size", "5001"), ("lifecycle_pause_factor", "-1"),
+])
+def test_a_bulk_or_pacing_setting_out_of_bounds_is_refused_at_start_naming_it(name: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+
+
+def test_the_bulk_pace_defaults_spread_a_bulk_over_eight_seconds() -> None:
+    settings = Settings()
+    assert (settings.bulk_target_seconds, settings.bulk_pause_factor, settings.bulk_batch_size) == (8.0, 20.0, 1000)
