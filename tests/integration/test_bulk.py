@@ -283,6 +283,43 @@ def test_a_bulk_with_a_target_rests_only_what_its_target_leaves(bulk_db: str, sq
     assert pacer.paused_seconds >= pacer.busy_seconds * 0.5
 
 
+def test_a_bulk_after_a_duty_batch_waits_that_batch_once_not_its_own_factor_times(
+        bulk_db: str, sql: psycopg.Connection[Any]) -> None:
+    """In a process that runs the duties too, a bulk posted right after a duty's batch of
+    300 ms waits ~300 ms for its turn (factor 1), not 20 x 300 ms (BULK_PAUSE_FACTOR):
+    its own rests, sized to its target, do the spreading."""
+    owner = f"afterduty_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_afterduty_' || %s || '_' || lpad(g::text, 2, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}',"
+        " '{}', 'queued', NULL FROM generate_series(1, 20) g", (owner, owner))
+    request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
+
+    async def run() -> tuple[bulk.BulkResult, float]:
+        engine, pacer = create_engine(bulk_db, pool_size=1), Pacer(30.0)
+        inside = asyncio.Event()
+
+        async def duty() -> None:
+            async with pacer.batch():
+                inside.set()
+                await asyncio.sleep(0.3)
+
+        duty_task = asyncio.create_task(duty())
+        try:
+            await inside.wait()
+            started = time.monotonic()
+            result = await bulk.run_bulk(engine, owner, request, 10, pacer, 20.0, target_seconds=1.0)
+            return result, time.monotonic() - started
+        finally:
+            pacer.stop()  # ends the duty's rest of 30 x 300 ms
+            await duty_task
+            await engine.dispose()
+
+    result, took = asyncio.run(run())
+    assert (result["matched"], result["affected"]) == (20, 20)
+    assert took < 20 * 0.3 * 0.5  # waiting 20 x the duty's batch alone would be 6 s
+
+
 def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
     """A batch tells waiters with one NOTIFY per ~7,000 bytes of ids (joined by commas):
     streams on the first, a middle and the last job of a 450-job batch of 27-character
