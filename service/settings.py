@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     # own duration, and no more than still ends the bulk BULK_TARGET_SECONDS after it began
     # (service/db/pacing.py spread_factor; 0: no target, always the factor). The API's p99
     # moves with the share of time the bulk holds Postgres: during a bulk of 10,000 spread
-    # over 8 s it was 0.97-1.10 of idle (median of rounds), 1.39 at the old pace (factor 3,
-    # ~2 s) (docs/benchmarks.md, "Session 9").
+    # over 8 s (these defaults) it was 1.01-1.10 of idle (median of rounds), 1.39-1.40 at
+    # the old pace (factor 3, batches of 500, ~2 s) (docs/benchmarks.md, "Session 9").
     bulk_pause_factor: float = Field(20.0, ge=0, le=100)
     bulk_target_seconds: float = Field(8.0, ge=0, le=3600)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)

@@ -48,7 +48,9 @@ async def delete(request: Request) -> JSONResponse:
     operationId="bulkJobs", tags=["jobs"], summary="Cancel, retry, redeliver or delete jobs by filter",
     security=BEARER,
     description="The filter means what GET /v1/jobs's filters mean; an empty filter, or more than 10,000 matches, "
-                "is a 422. `dry_run` only counts. Acts in batches, each its own transaction.",
+                "is a 422. `dry_run` only counts, at once. Acts in batches, each its own transaction, "
+                "spread over up to BULK_TARGET_SECONDS (8 s by default) so that the API stays quick beside "
+                "it: the answer comes when the last batch is done (give the client a timeout above that).",
     requestBody=json_body(bulk.BulkBody),
     responses={"200": answer(bulk.BulkResult, "What matched and what changed."), **errors(400, 401, 413, 422)},
 )

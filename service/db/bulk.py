@@ -10,6 +10,7 @@ batch and the API keeps answering while 10,000 jobs are canceled.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from contextlib import AbstractAsyncContextManager
@@ -24,7 +25,7 @@ from typing_extensions import TypedDict
 from service.db import admission, jobs, queries
 from service.db.engine import one_statement
 from service.db.history import HistoryFilter, page_query, parse_filter
-from service.db.pacing import Pacer, spread_factor
+from service.db.pacing import Pacer, Turn, spread_factor
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.schemas import MODELS
 from service.domain.states import TERMINAL, JobStatus
@@ -205,7 +206,12 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
     # (turn.factor), and time lost waiting for turns only shortens them.
     enter = min(1.0, most)
     affected, worked, batches = 0, 0.0, 1
-    async with pacer.batch(enter, rest_after=not request.dry_run) as turn, engine.begin() as conn:
+    # A dry run (the history page's preview) is only the matching: it answers at once
+    # instead of queueing for a turn behind a duty's batch (an erasure's S3 call).
+    matching: AbstractAsyncContextManager[Turn] = (
+        contextlib.nullcontext(Turn(enter, rest=False, started=began)) if request.dry_run
+        else pacer.batch(enter))
+    async with matching as turn, engine.begin() as conn:
         ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
         if len(ids) > MAX_MATCHES:
             count = await _count(conn, owner, request.filter)
@@ -213,7 +219,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
             raise ValidationFailed([FieldError(
                 "filter", f"matches {shown} jobs; a bulk action takes at most {MAX_MATCHES:,}: narrow the filter")])
         batches += -(-len(ids) // batch_size)
-        turn.rest = batches > 1 and not request.dry_run
+        turn.rest = batches > 1
         now = time.monotonic()
         worked += now - turn.started
         turn.factor = spread_factor(most, target_seconds, now - began, worked, 1, batches - 1)

@@ -4,11 +4,21 @@
   "use strict";
   var forms = document.querySelectorAll("form.confirm");
   Array.prototype.forEach.call(forms, function (form) {
+    var button = form.querySelector("button[type=submit]");
+    if (!button) {
+      return;
+    }
+    var label = button.textContent;
     form.addEventListener("submit", function () {
-      var button = form.querySelector("button[type=submit]");
-      if (button) {
-        button.disabled = true;
-        button.textContent = "Working\u2026";
+      button.disabled = true;
+      button.textContent = "Working\u2026";
+    });
+    // Back to this page from the result (the browser's back-forward cache keeps it as it
+    // was left): the button works again.
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted) {
+        button.disabled = false;
+        button.textContent = label;
       }
     });
   });

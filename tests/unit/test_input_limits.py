@@ -97,7 +97,7 @@ def test_output_hosts_allowed_are_suffixes() -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("bulk_target_seconds", "-1"), ("bulk_target_seconds", "3601"), ("bulk_target_seconds", "nan"),
-    ("bulk_pause_factor", "-0.5"), ("bulk_pause_factor", "101"), ("bulk_batch_size", "0"),
+    ("bulk_pause_factor", "-0.5"), ("bulk_pause_factor", "101"), ("bulk_pause_factor", "nan"), ("bulk_batch_size", "0"),
     ("bulk_batch_size", "5001"), ("lifecycle_pause_factor", "-1"),
 ])
 def test_a_bulk_or_pacing_setting_out_of_bounds_is_refused_at_start_naming_it(name: str, value: str) -> None:
