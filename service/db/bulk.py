@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import TypedDict
 
-from service.db import admission, jobs, queries
+from service.db import admission, jobs, owners, queries
 from service.db.engine import one_statement
 from service.db.history import HistoryFilter, page_query, parse_filter
 from service.db.pacing import Pacer, Turn, spread_factor
@@ -167,6 +167,11 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
             return canceled
         return len(await mark_deleted(conn, batch, "request", owner))
     if action == "retry":
+        # The owner's lock first (the order admission keeps): a second retry of the same
+        # jobs at once (a client that timed out and posted again) waits here, and its
+        # RETRY_MANY then sees the first one's new jobs and makes none. Taken only in the
+        # same transaction after the insert, both inserted their own and paid twice.
+        await owners.lock(conn, owner)
         made = await conn.execute(queries.RETRY_MANY, {
             "old": batch, "new": jobs.sortable_ids("job", len(batch)), "owner": owner, "retryable": RETRYABLE,
         })

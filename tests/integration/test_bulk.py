@@ -100,6 +100,42 @@ def test_bulk_retry_makes_one_new_job_per_failed_job_and_never_two(
     assert sorted(r[2] for r in rows) == ["a storm 0", "a storm 1", "a storm 2"]
 
 
+def test_two_bulk_retries_at_once_make_one_new_job_per_failed_job(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
+    """A client that timed out and posted the same bulk retry again: the second batch runs
+    while the first is still uncommitted, waits for it (the owner's lock), then finds the
+    jobs retried and makes none, so nothing is reserved or sent twice."""
+    owner = f"retrytwice_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after, completed_at)"
+        " SELECT 'job_retrytwice_' || %s || '_' || g, %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
+        " 'failed', NULL, now() FROM generate_series(1, 3) g", (owner, owner))
+    ids = [f"job_retrytwice_{owner}_{g}" for g in range(1, 4)]
+
+    async def run() -> tuple[int, int]:
+        engine = create_engine(bulk_db, pool_size=2)
+
+        async def second() -> int:
+            async with engine.begin() as conn:
+                return await bulk._act(conn, "retry", owner, ids)
+
+        try:
+            async with engine.begin() as conn:
+                first = await bulk._act(conn, "retry", owner, ids)
+                racing = asyncio.create_task(second())
+                await asyncio.sleep(0.5)  # the second runs its statements now, before the first commits
+            return first, await racing
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == (3, 0)
+    made = sql.execute("SELECT retry_of, count(*) FROM jobs WHERE retry_of = ANY(%s) GROUP BY retry_of",
+                       (ids,)).fetchall()
+    assert sorted(made) == sorted((i, 1) for i in ids)
+    reserved = sql.execute("SELECT count(*) FROM ledger l JOIN jobs j ON j.id = l.job_id"
+                           " WHERE j.retry_of = ANY(%s) AND l.kind = 'reserve'", (ids,)).fetchone()
+    assert reserved == (3,)
+
+
 def test_bulk_redeliver_queues_the_terminal_event_again(api_only: Service, sql: psycopg.Connection[Any]) -> None:
     with api_only.client() as client:
         ids = [submit(client, metadata={"rd": "1"}, callback_url="http://127.0.0.1:9/hook")["id"] for _ in range(2)]
