@@ -52,6 +52,18 @@ def statuses(sql: psycopg.Connection[Any], ids: list[str]) -> dict[str, str]:
     return dict(sql.execute("SELECT id, status FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
 
 
+def queued_jobs(sql: psycopg.Connection[Any], prefix: str, count: int) -> str:
+    """``count`` queued jobs of a new owner, ids ``job_<prefix>_<owner>_<n>`` (n zero-padded):
+    its name, for the bulk's pacing tests."""
+    owner = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    sql.execute(
+        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
+        " SELECT 'job_' || %s || '_' || %s || '_' || lpad(g::text, length(%s::text), '0'), %s,"
+        " 'wavespeed-ai/flux-dev-lora', '{}', '{}', 'queued', NULL FROM generate_series(1, %s) g",
+        (prefix, owner, count, owner, count))
+    return owner
+
+
 def test_bulk_cancel_acts_on_the_filter_only_and_dry_run_changes_nothing(
     api_only: Service, sql: psycopg.Connection[Any]
 ) -> None:
@@ -242,11 +254,7 @@ def test_bulk_batches_commit_one_by_one_with_a_pause_between_them(
     """Each batch is its own transaction (its locks end with it) and the pacer rests
     between batches: from outside, whole batches are seen canceled while the rest are
     still queued, for a while (BULK_PAUSE_FACTOR)."""
-    owner = f"paced_{uuid.uuid4().hex[:8]}"
-    sql.execute(
-        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
-        " SELECT 'job_paced_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
-        " 'queued', NULL FROM generate_series(1, 30) g", (owner, owner))
+    owner = queued_jobs(sql, "paced", 30)
     seen: set[int] = set()
     with (run_service(bulk_db, s3_endpoint, simulator.url, run_workers=False, bulk_batch_size=10,
                       bulk_pause_factor=20.0) as svc, svc.client(svc.new_key(owner)) as client,
@@ -282,11 +290,7 @@ def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, s
     """The pause follows the matching (the bulk's first batch) and each batch but the
     last: after it nothing of the bulk is left, and a rest would only hold back the answer.
     A dry run, only the matching, takes no turn at all."""
-    owner = f"lastrest_{uuid.uuid4().hex[:8]}"
-    sql.execute(
-        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
-        " SELECT 'job_lastrest_' || %s || '_' || lpad(g::text, 2, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
-        " 'queued', NULL FROM generate_series(1, 20) g", (owner, owner))
+    owner = queued_jobs(sql, "lastrest", 20)
 
     async def run(batch_size: int, dry_run: bool = False) -> tuple[bulk.BulkResult, RecordingPacer]:
         request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}, "dry_run": dry_run})
@@ -316,11 +320,7 @@ def test_a_bulk_with_a_target_rests_only_what_its_target_leaves(bulk_db: str, sq
     """BULK_TARGET_SECONDS: at factor 1,000 ten batches would rest ~1,000 x their work;
     with a target of 1 s their rests together stay within it, yet each is at least as long
     as its batch (the API keeps half the time). Counted by the pacer, not timed."""
-    owner = f"target_{uuid.uuid4().hex[:8]}"
-    sql.execute(
-        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
-        " SELECT 'job_target_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
-        " 'queued', NULL FROM generate_series(1, 100) g", (owner, owner))
+    owner = queued_jobs(sql, "target", 100)
     request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
 
     async def run() -> tuple[bulk.BulkResult, Pacer]:
@@ -344,11 +344,7 @@ def test_a_bulk_after_a_duty_batch_waits_that_batch_once_not_its_own_factor_time
     """In a process that runs the duties too, a bulk posted right after a duty's batch of
     300 ms waits ~300 ms for its turn (factor 1), not 20 x 300 ms (BULK_PAUSE_FACTOR):
     its own rests, sized to its target, do the spreading."""
-    owner = f"afterduty_{uuid.uuid4().hex[:8]}"
-    sql.execute(
-        "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after)"
-        " SELECT 'job_afterduty_' || %s || '_' || lpad(g::text, 2, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}',"
-        " '{}', 'queued', NULL FROM generate_series(1, 20) g", (owner, owner))
+    owner = queued_jobs(sql, "afterduty", 20)
     request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}})
 
     async def run() -> tuple[bulk.BulkResult, float]:
