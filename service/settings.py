@@ -90,15 +90,17 @@ class Settings(BaseSettings):
     lifecycle_pause_factor: float = Field(
         30.0, ge=0, le=1000, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     # Fewer, longer batches meet fewer API requests (each meeting costs one a millisecond
-    # or two): at the same 8 s target 1,000 gave a p99 ratio of 1.06-1.10, 500 0.97-1.28,
-    # 100 1.32 (docs/benchmarks.md, "Session 9"); a batch of 1,000 holds its rows ~45 ms.
+    # or two): at the same 8 s target batches of 100 gave a p99 ratio of 1.32, of 500
+    # 0.97-1.28, of 1,000 1.01-1.30, of 2,000 1.10-1.11 (docs/benchmarks.md, "Session 9":
+    # 500 and more alike within the runs' spread); a batch of 1,000 holds its rows ~45 ms.
     bulk_batch_size: int = Field(1000, ge=1, le=5000)
     # A bulk action's batches (the matching first) rest up to BULK_PAUSE_FACTOR times their
     # own duration, and no more than still ends the bulk BULK_TARGET_SECONDS after it began
     # (service/db/pacing.py spread_factor; 0: no target, always the factor). The API's p99
     # moves with the share of time the bulk holds Postgres: during a bulk of 10,000 spread
-    # over 8 s (these defaults) it was 1.01-1.10 of idle (median of rounds), 1.39-1.40 at
-    # the old pace (factor 3, batches of 500, ~2 s) (docs/benchmarks.md, "Session 9").
+    # over 8 s (these defaults) it was 1.01-1.30 of idle (median of rounds; 1.10 over all
+    # 48 rounds of four runs), 1.39-1.40 at the old pace (factor 3, batches of 500, ~2 s)
+    # (docs/benchmarks.md, "Session 9").
     bulk_pause_factor: float = Field(20.0, ge=0, le=100)
     bulk_target_seconds: float = Field(8.0, ge=0, le=3600)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)

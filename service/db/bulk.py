@@ -211,6 +211,14 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
     # (turn.factor), and time lost waiting for turns only shortens them.
     enter = min(1.0, most)
     affected, worked, batches = 0, 0.0, 1
+
+    def pace(turn: Turn, done: int) -> None:
+        """The rest after the ``done``-th batch (the matching is the first), by the target."""
+        nonlocal worked
+        now = time.monotonic()
+        worked += now - turn.started
+        turn.factor = spread_factor(most, target_seconds, now - began, worked, done, batches - done)
+
     # A dry run (the history page's preview) is only the matching: it answers at once
     # instead of queueing for a turn behind a duty's batch (an erasure's S3 call).
     matching: AbstractAsyncContextManager[Turn] = (
@@ -225,9 +233,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
                 "filter", f"matches {shown} jobs; a bulk action takes at most {MAX_MATCHES:,}: narrow the filter")])
         batches += -(-len(ids) // batch_size)
         turn.rest = batches > 1
-        now = time.monotonic()
-        worked += now - turn.started
-        turn.factor = spread_factor(most, target_seconds, now - began, worked, 1, batches - 1)
+        pace(turn, 1)
     if not request.dry_run:
         # A cancel is one statement (FINISH_MANY), atomic by itself: on an autocommit
         # connection it is one round trip instead of three (BEGIN, it, COMMIT), each of
@@ -239,8 +245,6 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
             part = ids[(done - 2) * batch_size : (done - 1) * batch_size]
             async with pacer.batch(enter, rest_after=done < batches) as turn, connect(engine) as conn:
                 affected += await _act(conn, request.action, owner, part)
-                now = time.monotonic()
-                worked += now - turn.started
-                turn.factor = spread_factor(most, target_seconds, now - began, worked, done, batches - done)
+                pace(turn, done)
     return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
             "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}
