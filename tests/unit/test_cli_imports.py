@@ -7,12 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from service import cli_bulk
+from service.cli import bulk_actions
 from service.db import bulk
 
 
 def test_the_bulk_actions_the_cli_offers_are_the_ones_the_service_knows() -> None:
-    assert cli_bulk.ACTIONS == bulk.ACTIONS
+    assert bulk_actions.ACTIONS == bulk.ACTIONS
 
 
 def test_parsing_the_command_line_imports_neither_sqlalchemy_nor_httpx_nor_boto3() -> None:

@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+from service.cli.environment import load_settings, require_database
 from service.domain.errors import ValidationFailed
 
 # service/db/bulk.py's ACTIONS, restated so that parsing the command line does not import
@@ -50,13 +51,12 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
-    from service.cli import _require_database, _settings
     from service.db.bulk import BulkResult, parse_bulk, run_bulk
     from service.db.engine import create_engine
     from service.db.pacing import Pacer
 
-    settings = _settings()
-    url = _require_database(settings)
+    settings = load_settings()
+    url = require_database(settings)
     try:
         request = parse_bulk(request_body(args))
     except ValidationFailed as exc:
