@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,3 +141,28 @@ def test_standard_library_records_are_rendered_and_masked_the_same_way() -> None
     (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["level"] == "warning" and line["logger"] == "uvicorn.error.test"
     assert API_KEY not in stream.getvalue()
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("https://b.example/h?redirect=https://x.example/?token=t0k3n&a=1", "https://b.example/h?redirect=https://x.example/?token=***&a=1"),
+    ("?api_KEY=k1&Sig=s2#frag", "?api_KEY=***&Sig=***#frag"),
+    ("?token=a?key=b&x=c", "?token=***&x=c"),  # a name inside a masked value is part of it
+    ("?keys&token= &monkey=x", "?keys&token= &monkey=***"),  # no value: nothing to mask
+    ("?page=2&limit=50", "?page=2&limit=50"),
+])
+def test_query_values_named_like_secrets_are_masked(text: str, masked: str) -> None:
+    assert logs.redact_text(text) == masked
+
+
+@pytest.mark.parametrize("hostile", [
+    "/v1/jobs/\x00&" + "key" * 10_000,  # a name that never ends in '='
+    "?" + "&token" * 5_000,
+    "?" + "a" * 30_000,
+    "https://x/?k=" + "?key=" * 6_000,
+])
+def test_masking_a_long_hostile_line_takes_linear_time(hostile: str) -> None:
+    # ~30 KB, the size of a request path a client may send: a backtracking pattern took
+    # seconds on it (and held the event loop, so every request waited).
+    started = time.perf_counter()
+    logs.redact_text(hostile)
+    assert time.perf_counter() - started < 0.1
