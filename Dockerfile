@@ -1,25 +1,35 @@
 # wavespeed-jobs: `serve` by default; `worker` and `migrate` from the same image.
 # Build: docker build -t wavespeed-jobs .
 # Run:   docker run --env-file .env -p 8000:8000 wavespeed-jobs
-FROM python:3.11-slim AS build
+# The runtime dependencies come from requirements.lock (every version and hash fixed, so two
+# builds a week apart install the same program; docs/operations.md says how to update it),
+# then the project itself without resolving anything again. Checked by hadolint and by
+# tests/integration/test_image_contents.py and test_plain_install.py (the same install).
+FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+RUN python -m venv /opt/venv
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install --no-deps . && /opt/venv/bin/pip check
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 LOG_FORMAT=json
-RUN useradd --system --uid 10001 --home /app app
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 # Migrations run from the working directory (service/db/engine.py looks here in an image).
 COPY alembic.ini ./
 COPY migrations ./migrations
-USER app
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
-# Run `wavespeed-jobs migrate` once per release (e.g. an init container) before serve.
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+# Run `wavespeed-jobs migrate` once per release (the Compose file's migrate service, the
+# Kubernetes migrate Job) before serve and worker start.
 ENTRYPOINT ["wavespeed-jobs"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import socket
 from collections.abc import Iterator
@@ -88,9 +89,25 @@ class DevStack:
         }
 
 
+# The embedded Postgres and S3 come from the dev extra; the plain install (the product
+# alone) leaves them out, and `dev` says so instead of failing with a traceback.
+DEV_EXTRA = {"pgserver": "pgserver", "moto": "moto[server]", "flask_cors": "moto[server]"}
+NO_DEV_EXTRA = ("error: `wavespeed-jobs dev` needs the dev extra ({missing} missing): "
+                "pip install -e '.[dev]' in a source checkout. serve, worker and migrate need only the plain install.")
+
+
+def missing_dev_extra() -> list[str]:
+    """The dev extra's distributions this environment lacks."""
+    missing = [dist for module, dist in DEV_EXTRA.items() if importlib.util.find_spec(module) is None]
+    return sorted(set(missing))
+
+
 @contextlib.contextmanager
 def dev_stack(data_dir: Path, completion_delay: float = 2.0) -> Iterator[DevStack]:
     from devtools.simulator.config import SimulatorConfig
+
+    if missing := missing_dev_extra():
+        raise SystemExit(NO_DEV_EXTRA.format(missing=", ".join(missing)))
 
     api_key = SimulatorConfig.from_env(os.environ).api_key
     with (

@@ -57,7 +57,7 @@ FAST_SETTINGS: dict[str, Any] = {
 # time (``--maxschedchunk 1`` in pyproject.toml) about one of them runs at any moment,
 # beside short tests, instead of all of them at once (four fault scenarios together
 # starved each other past their timeouts) or last, on one worker, while the others idle.
-SLOW = ("test_faults.py", "test_openapi.py::test_schemathesis")
+SLOW = ("test_faults.py", "test_openapi.py::test_schemathesis", "test_plain_install.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

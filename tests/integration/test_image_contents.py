@@ -15,7 +15,7 @@ import pytest
 from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_SOURCES = {"pyproject.toml", "README.md", "service", "alembic.ini", "migrations"}
+PRODUCT_SOURCES = {"requirements.lock", "pyproject.toml", "README.md", "service", "alembic.ini", "migrations"}
 
 
 def copied_sources() -> set[str]:
