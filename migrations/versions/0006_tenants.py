@@ -183,7 +183,6 @@ def _ledger() -> None:
 
 
 def ledger_trigger_function(op: Any) -> None:
-    """The trigger function; revision 0010 runs this again to downgrade to it."""
     # A job's end settles its money in the same statement: completion spends the job's
     # cost_usd (set in that same UPDATE) for its stored outputs; every end releases.
     op.execute(
@@ -244,7 +243,6 @@ def _throttle() -> None:
 
 
 def claim_functions(op: Any) -> None:
-    """The claim and its helpers; revision 0009 runs this again to downgrade to them."""
     op.execute(
         """
         CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$

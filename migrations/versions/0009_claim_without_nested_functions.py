@@ -20,9 +20,6 @@ Revises: 0006
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
 
 revision = "0009"
@@ -175,11 +172,135 @@ def upgrade() -> None:
         op.execute(statement)
 
 
+def _claim_functions_0006() -> None:
+    """Revision 0006's claim and helpers, exactly as it created them (copied: a revision
+    imports no other)."""
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
+            SELECT slot FROM provider_slots
+            WHERE slot < p_max AND (job_id IS NULL OR NOT job_in_flight(job_id))
+            ORDER BY slot LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        $$
+        """
+    )
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION owner_in_flight(p_owner text, p_max integer) RETURNS integer
+        LANGUAGE sql STABLE AS $$
+            SELECT count(*)::integer FROM provider_slots
+            WHERE owner = p_owner AND slot < p_max AND job_in_flight(job_id)
+        $$
+        """
+    )
+    # The claimable head of every owner that may send now, best first: the most urgent
+    # priority, then the owners' weighted turn (vtag), one index probe per owner.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION submit_heads(p_max integer, p_skip text[])
+        RETURNS TABLE (owner text, priority smallint, vtag double precision, id text, max_in_flight integer)
+        LANGUAGE sql STABLE AS $$
+            SELECT o.name, h.priority, h.vtag, h.id, o.max_in_flight
+            FROM owners o
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.vtag FROM jobs j
+                WHERE j.owner = o.name AND j.status = 'queued' AND j.submit_sent_at IS NULL
+                  AND j.run_after <= now() AND (j.locked_until IS NULL OR j.locked_until < now())
+                  AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
+                ORDER BY j.priority, j.vtag, j.id
+                LIMIT 1) AS h
+            WHERE NOT o.paused AND o.name <> ALL (p_skip)
+              AND (o.max_in_flight IS NULL OR owner_in_flight(o.name, p_max) < o.max_in_flight)
+            ORDER BY h.priority, h.vtag, h.id
+        $$
+        """
+    )
+    op.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
+                                      p_max_in_flight integer, p_max_per_minute integer)
+        RETURNS SETOF text LANGUAGE plpgsql AS $$
+        DECLARE
+            v_slot integer; v_token integer; v_job text;
+            v_owner text; v_priority smallint; v_cap integer;
+            v_skip text[] := '{{}}';
+            v_taken integer := 0;
+        BEGIN
+            WHILE v_taken < p_limit LOOP
+                v_slot := provider_free_slot(p_max_in_flight);
+                EXIT WHEN v_slot IS NULL;
+                v_token := provider_free_token(p_max_per_minute);
+                EXIT WHEN v_token IS NULL;
+                v_job := NULL;
+                WHILE v_job IS NULL LOOP
+                    SELECT h.owner, h.priority, h.max_in_flight INTO v_owner, v_priority, v_cap
+                    FROM submit_heads(p_max_in_flight, v_skip) AS h LIMIT 1;
+                    EXIT WHEN NOT FOUND;
+                    IF v_cap IS NOT NULL THEN
+                        -- Claimers in other processes may be filling this owner's cap
+                        -- right now: count under a per-owner lock that is only tried.
+                        IF NOT pg_try_advisory_xact_lock({OWNER_CAP_LOCK}, hashtext(v_owner))
+                           OR owner_in_flight(v_owner, p_max_in_flight) >= v_cap THEN
+                            v_skip := v_skip || v_owner;
+                            CONTINUE;
+                        END IF;
+                    END IF;
+                    SELECT j.id INTO v_job FROM jobs j
+                    WHERE j.owner = v_owner AND j.priority = v_priority AND j.status = 'queued'
+                      AND j.submit_sent_at IS NULL AND j.run_after <= now()
+                      AND (j.locked_until IS NULL OR j.locked_until < now())
+                      AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
+                    ORDER BY j.vtag, j.id LIMIT 1
+                    FOR UPDATE SKIP LOCKED;
+                    IF v_job IS NULL THEN
+                        v_skip := v_skip || v_owner;  -- every head is being taken by others
+                    END IF;
+                END LOOP;
+                EXIT WHEN v_job IS NULL;
+                -- The submit marker (queries.MARK_SUBMIT_SENT's meaning) is set here, so
+                -- the slot counts the job as in flight from this commit on.
+                UPDATE jobs SET submit_sent_at = now(), updated_at = now(), attempts = attempts + 1,
+                                locked_until = now() + make_interval(secs => p_lease), locked_by = p_worker
+                WHERE id = v_job;
+                UPDATE provider_slots SET job_id = v_job, owner = v_owner WHERE slot = v_slot;
+                UPDATE provider_rate_tokens SET used_at = now(), job_id = v_job, owner = v_owner
+                WHERE token = v_token;
+                v_taken := v_taken + 1;
+                RETURN NEXT v_job;
+            END LOOP;
+            RETURN;
+        END
+        $$
+        """
+    )
+    # A job already chosen (the reconciler's verified re-send) takes a slot and a token.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
+                                           p_max_per_minute integer)
+        RETURNS text LANGUAGE plpgsql AS $$
+        DECLARE
+            v_slot integer; v_token integer; v_owner text;
+        BEGIN
+            v_slot := provider_free_slot(p_max_in_flight);
+            IF v_slot IS NULL THEN RETURN 'throttled'; END IF;
+            v_token := provider_free_token(p_max_per_minute);
+            IF v_token IS NULL THEN RETURN 'throttled'; END IF;
+            UPDATE jobs SET submit_sent_at = now(), updated_at = now()
+            WHERE id = p_job_id AND locked_by = p_worker AND submit_sent_at IS NULL
+              AND (status = 'queued' OR (status = 'submitted' AND provider_task_id IS NULL))
+            RETURNING owner INTO v_owner;
+            IF v_owner IS NULL THEN RETURN 'gone'; END IF;
+            UPDATE provider_slots SET job_id = p_job_id, owner = v_owner WHERE slot = v_slot;
+            UPDATE provider_rate_tokens SET used_at = now(), job_id = p_job_id, owner = v_owner
+            WHERE token = v_token;
+            RETURN 'marked';
+        END
+        $$
+        """
+    )
+
+
 def downgrade() -> None:
-    # Revision 0006's bodies, exactly as it created them (its module is loaded by path:
-    # a revision file's name is not an importable module name).
-    spec = importlib.util.spec_from_file_location("tenants_0006", Path(__file__).with_name("0006_tenants.py"))
-    assert spec is not None and spec.loader is not None
-    tenants = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tenants)
-    tenants.claim_functions(op)
+    _claim_functions_0006()

@@ -23,9 +23,6 @@ Revises: 0009
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
 
 revision = "0010"
@@ -167,14 +164,34 @@ def upgrade() -> None:
         op.execute(statement)
 
 
+def _jobs_ledger_0006() -> None:
+    """Revision 0006's trigger function, exactly as it created it (copied: a revision
+    imports no other)."""
+    # A job's end settles its money in the same statement: completion spends the job's
+    # cost_usd (set in that same UPDATE) for its stored outputs; every end releases.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION jobs_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND NEW.status = 'completed' THEN
+                INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
+                SELECT NEW.owner, NEW.id, 'spend', coalesce(NEW.cost_usd, r.amount_usd, 0),
+                       (SELECT count(*) FROM job_outputs o WHERE o.job_id = NEW.id),
+                       NEW.model, coalesce(r.reserved_at, NEW.created_at)
+                FROM (SELECT 1) AS one
+                LEFT JOIN ledger r ON r.job_id = NEW.id AND r.kind = 'reserve'
+                ON CONFLICT (job_id, kind) DO NOTHING;
+            END IF;
+            PERFORM ledger_release(CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END);
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+
+
 def downgrade() -> None:
-    # Revision 0006's trigger function, exactly as it created it (its module is loaded
-    # by path: a revision file's name is not an importable module name).
-    spec = importlib.util.spec_from_file_location("tenants_0006", Path(__file__).with_name("0006_tenants.py"))
-    assert spec is not None and spec.loader is not None
-    tenants = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tenants)
-    tenants.ledger_trigger_function(op)
+    _jobs_ledger_0006()
     op.execute("DROP FUNCTION IF EXISTS admit_job(text, text, text, jsonb, jsonb, text, text, text, integer, integer, "
                "numeric, integer, integer, timestamptz, timestamptz, text)")
     op.execute("DROP FUNCTION IF EXISTS owner_next_vtag(text, integer, integer, integer)")

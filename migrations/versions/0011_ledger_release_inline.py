@@ -17,9 +17,6 @@ Revises: 0010
 Create Date: 2026-12-02
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
 
 revision = "0011"
@@ -52,17 +49,30 @@ END
 $$
 """
 
+# Revision 0010's function, exactly (copied: a revision imports no other).
+JOBS_LEDGER_0010 = """
+CREATE OR REPLACE FUNCTION jobs_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.status = 'completed' THEN
+        INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
+        SELECT NEW.owner, NEW.id, 'spend', coalesce(NEW.cost_usd, r.amount_usd, 0),
+               (SELECT count(*) FROM job_outputs o WHERE o.job_id = NEW.id
+                  AND o.index < coalesce(r.images, (NEW.input ->> 'num_images')::integer, 1)),
+               NEW.model, coalesce(r.reserved_at, NEW.created_at)
+        FROM (SELECT 1) AS one
+        LEFT JOIN ledger r ON r.job_id = NEW.id AND r.kind = 'reserve'
+        ON CONFLICT (job_id, kind) DO NOTHING;
+    END IF;
+    PERFORM ledger_release(CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END);
+    RETURN NULL;
+END
+$$
+"""
+
 
 def upgrade() -> None:
     op.execute(JOBS_LEDGER)
 
 
 def downgrade() -> None:
-    # Revision 0010's function, exactly (its module loaded by path: a revision file's
-    # name is not an importable module name).
-    spec = importlib.util.spec_from_file_location(
-        "admission_0010", Path(__file__).with_name("0010_admission_in_one_statement.py"))
-    assert spec is not None and spec.loader is not None
-    admission = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(admission)
-    op.execute(admission.JOBS_LEDGER)
+    op.execute(JOBS_LEDGER_0010)

@@ -67,7 +67,9 @@ def status_literals(package: Path, root: Path = ROOT) -> list[str]:
         offenders += [f"{path.relative_to(root)}:{line}: {m.group(0)}"
                       for line, value in _strings(ast.parse(path.read_text()))
                       for m in QUOTED_STATUS.finditer(value)]
-    for path in sorted(package.rglob("*.sql")):
+    # schema.sql is the database's own text (what the migrations ran, compared with the
+    # catalog), not statements the service renders: its literals are the stored ones.
+    for path in sorted(p for p in package.rglob("*.sql") if p.name != "schema.sql"):
         offenders += [f"{path.relative_to(root)}:{number}: {m.group(0)}"
                       for number, line in enumerate(path.read_text().splitlines(), 1)
                       for m in QUOTED_STATUS.finditer(line)]
