@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from tests.schema_catalog import differences, normalize
 
-BODY = "CREATE OR REPLACE FUNCTION public.f()\n RETURNS integer\n LANGUAGE sql\nAS $function$\n    SELECT 1\n$function$\n"
+BODY = ("CREATE OR REPLACE FUNCTION public.f()\n RETURNS integer\n LANGUAGE sql\n"
+        "AS $function$\n    SELECT 1\n$function$\n")
 
 
 def test_indentation_and_line_breaks_are_not_differences() -> None:
