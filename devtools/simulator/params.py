@@ -1,4 +1,4 @@
-"""The two models' parameter tables, written from spec/wavespeed-api.md alone.
+"""The two models' parameter tables, written from docs/provider.md alone.
 
 The simulator must not validate with the product's own schemas (service/domain/
 schemas.py): a misreading of the provider's document would then be shared by both and

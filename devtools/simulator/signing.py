@@ -1,4 +1,4 @@
-"""The provider's webhook signature, written from spec/wavespeed-api.md ("Webhooks"),
+"""The provider's webhook signature, written from docs/provider.md ("Webhooks"),
 not imported from the product: a shared misreading would then sign and verify alike and
 no test could see it. tests/unit/test_simulator_signing.py checks the document's vector."""
 

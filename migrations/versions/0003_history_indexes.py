@@ -107,7 +107,7 @@ def upgrade() -> None:
         EXECUTE FUNCTION jobs_sync_metadata()
         """
     )
-    # Nothing reads the GIN index any more (service/history.py joins job_metadata), and
+    # Nothing reads the GIN index any more (service/db/history.py joins job_metadata), and
     # every insert paid for it.
     op.execute("DROP INDEX IF EXISTS jobs_metadata")
     # Plans for the new table from the first request, not after autovacuum's first pass.

@@ -7,7 +7,7 @@ SQL functions are planned again on every call (PL/pgSQL keeps its own statements
 plans for the session, SQL functions called from them keep nothing past the
 transaction), so each claim planned several statements and ran one small executor per
 busy slot: up to ``PROVIDER_MAX_IN_FLIGHT`` of them when every slot was busy. That was
-the tail of the claim (bench_fairness, issue 10: p99 above 5 ms with 100,000 queued).
+the tail of the claim (bench_fairness: p99 above 5 ms with 100,000 queued).
 Here the same decisions are statements written inside the PL/pgSQL bodies: the free
 slot is one index walk over ``provider_slots`` with a primary-key probe of ``jobs`` per
 busy slot inside the same executor, and the heads probe is the plan PL/pgSQL caches.

@@ -5,7 +5,7 @@ API process (idempotency lookup, turn, insert, budget figures, reservation, even
 and the COMMIT. Every submit of one owner waits for that row, so under a burst the
 holder's round trips, each queued behind hundreds of other requests on the API's event
 loop, were paid one owner-submit after another: answer p99 of 13–22 s for 500
-concurrent submits (bench_budget, issue 10).
+concurrent submits (bench_budget).
 
 ``admit_job`` does the same steps in the same order inside the server, and is called
 as a statement of its own outside any transaction block, so the server commits it

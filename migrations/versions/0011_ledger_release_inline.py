@@ -6,7 +6,7 @@ for the session; a SQL function called from them keeps nothing). A bulk cancel o
 jobs spent 162-236 ms of its 245-409 ms UPDATE in that trigger; with the same INSERT
 written in the PL/pgSQL body (its plan cached) the trigger took 44-60 ms and the whole
 UPDATE 131-146 ms (EXPLAIN ANALYZE, load average ~17, alternating). The API shares the
-database with bulk actions (issue 11: API p99 within 20 % of idle during a bulk cancel),
+database with bulk actions (goal: API p99 within 20 % of idle during a bulk cancel),
 so what each canceled job costs there matters.
 
 Same rows, same idempotence (``ON CONFLICT (job_id, kind) DO NOTHING``); the spend part

@@ -1,6 +1,6 @@
 """A budget under a burst: 500 concurrent submits against a budget worth 137 images.
 
-Goal (issue 10): exactly 137 accepted (202), the other 363 refused with 402
+Goal: exactly 137 accepted (202), the other 363 refused with 402
 ``budget_exceeded``, nothing more created or reserved; the answers' p99 reported.
 
 One ``serve --no-workers`` process (nothing goes upstream); 500 requests started at

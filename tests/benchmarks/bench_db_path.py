@@ -3,7 +3,7 @@
 ``python -m tests.benchmarks.bench_db_path [--statements N] [--rounds N]``. On a throwaway
 database: the API's key lookup (``LOOKUP_KEY``) run through ``engine.raw_statement`` (the
 pooled connection's asyncpg connection, as every API request now does) and the same
-lookup as SQLAlchemy ``text()`` on ``engine.one_statement`` (as it ran before session 8),
+lookup as SQLAlchemy ``text()`` on ``engine.one_statement`` (the baseline),
 alternating in rounds, each both back to back and 20 ms apart (a service at 50 requests
 a second: the machine idles between them and each statement meets cold caches). Prints
 p50/p90 per path and the ratio SQLAlchemy / raw. Nothing asserted.

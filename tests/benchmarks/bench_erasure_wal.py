@@ -2,8 +2,8 @@
 then the eraser's statements, with the service's own queries on a throwaway database.
 
 ``python -m tests.benchmarks.bench_erasure_wal [--jobs 1000] [--rounds 3]``. The receiver's
-commits wait to flush the WAL written before them (bench_lifecycle retention; docs/benchmarks.md,
-session 6), so bytes of WAL per erased job is what retention costs the receiver. A count,
+commits wait to flush the WAL written before them (bench_lifecycle retention;
+docs/lifecycle.md), so bytes of WAL per erased job is what retention costs the receiver. A count,
 not a time: it does not drift with the machine.
 """
 

@@ -1,6 +1,6 @@
 """Fair share under a backlog: owner A has 100,000 queued jobs, owner B then submits 100.
 
-Goal (issue 10): with the provider's capacity at 50 tasks in flight and a fake provider
+Goal: with the provider's capacity at 50 tasks in flight and a fake provider
 that finishes each task 200 ms after it was sent, every B job is upstream within its
 fair share, about 2 × 100 / 50 = 4 completion rounds; and the claim's p99 stays ≤ 5 ms
 with 100,000 queued.
@@ -60,7 +60,7 @@ UPDATE jobs SET status = 'queued', submit_sent_at = NULL, locked_by = NULL, lock
 WHERE status <> 'queued' OR submit_sent_at IS NOT NULL
 """
 NEW_CLAIM = "SELECT claim_submits(%s, 30, 1, %s, 1000000)"
-# The submitter before issue 10: claim the oldest due queued job, then (separately) the
+# The submitter without fair share (the baseline): claim the oldest due queued job, then (separately) the
 # advisory-locked count of tasks in flight and in the last minute, then the mark.
 OLD_CLAIM = """
 UPDATE jobs SET locked_until = now() + interval '30 seconds', locked_by = %s, attempts = attempts + 1

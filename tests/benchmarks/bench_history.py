@@ -1,6 +1,6 @@
 """History at scale: ``GET /v1/jobs`` over 1,000,000 jobs of one owner among 3,000,000.
 
-Goal (issue 6): p99 ≤ 20 ms of server time for every query shape, on the first page and
+Goal: p99 ≤ 20 ms of server time for every query shape, on the first page and
 on a page 10,000 rows deep through the cursor.
 
 1. Seed (once; the database ``wsj_bench_history`` is kept and reused while its seed

@@ -19,7 +19,7 @@ bulk|retention|streams [--jobs N] [--rounds N]`` runs one. Each starts a real ``
 
 Figures are printed; nothing is asserted on time. The machine is shared: say what else ran.
 The S3 emulator runs at nice 19 (it stands in for a remote S3; ``BENCH_S3_SAME_PRIORITY=1``
-runs it at the service's priority, as session 5 did), and each probe phase starts with this
+runs it at the service's priority), and each probe phase starts with this
 process's heap collected and frozen, so neither one's garbage collection is counted as the
 service's latency.
 """
@@ -71,7 +71,7 @@ def s3_server(processes: dict[str, psutil.Process] | None = None) -> Iterator[st
         # The emulator stands in for a remote S3, whose CPU is not on the service's cores;
         # at the same priority its work (its full garbage collections alone take 50-270 ms)
         # competes with serve and Postgres for the two cores: retention ratio 3.78 against
-        # 1.59-1.83 niced (session 6). BENCH_S3_SAME_PRIORITY=1 runs it as before.
+        # 1.59-1.83 niced (2026-12-06). BENCH_S3_SAME_PRIORITY=1 runs it at that priority.
         argv = ["nice", "-n", "19", *argv]
     with procs.running(argv, ready_url=f"http://127.0.0.1:{port}/") as proc:
         if processes is not None:
@@ -120,7 +120,7 @@ def _service_env(db: str, s3: str, port: int, env: dict[str, str]) -> dict[str, 
 @contextlib.contextmanager
 def worker(db: str, s3: str, **env: str) -> Iterator[psutil.Process]:
     """``wavespeed-jobs worker``: the duties in a process of their own, beside a
-    ``serve --no-workers`` (README "Deploy": API-only nodes beside worker processes)."""
+    ``serve --no-workers`` (docs/operations.md: API-only nodes beside worker processes)."""
     log = LOG_DIR / f"bench_lifecycle_worker_{os.getpid()}.log"
     # A worker serves no HTTP: its PUBLIC_BASE_URL (port 9) would only name webhook targets of submits.
     with procs.running([procs.PYTHON, "-m", "service", "worker"], env=_service_env(db, s3, 9, env),

@@ -2,7 +2,7 @@
 with a bare Starlette app that does the same body cap, v3 HMAC and JSON parse and no
 database (tests/benchmarks/bare_receiver.py).
 
-Goal (issue 13): at least 50 % of the bare app's throughput with p99 under 50 ms, every
+Goal: at least 50 % of the bare app's throughput with p99 under 50 ms, every
 accepted webhook persisted. This starts the real service as a separate process
 (``wavespeed-jobs serve --no-workers``) on a fresh database, and the bare app beside it,
 seeds jobs in ``submitted`` straight into Postgres, then replays pre-signed webhooks

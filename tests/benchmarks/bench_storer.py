@@ -1,6 +1,6 @@
 """Storer memory: one 100 MB output moved from the provider into S3.
 
-Goal (issue 2): peak process memory grows by less than 30 MB while a 100 MB output
+Goal: peak process memory grows by less than 30 MB while a 100 MB output
 moves to S3. The measured process is a child that runs the real storing path and
 nothing else: the service's resources (``open_resources``), the ``Storer`` duty, its
 claim and its ``run`` on a job whose output URL is the simulator's streamed

@@ -1,6 +1,6 @@
 """``bench_receiver --compare-rev REV``: HEAD's receiver beside an earlier revision's, in
-the same run, under the same load (issue 12: "the receiver benchmark is no slower than
-before, figures before and after, same run").
+the same run, under the same load: the goal "no slower than an earlier revision" is
+only judged from figures of both taken side by side.
 
 REV is checked out into a temporary git worktree and served from there with this
 checkout's venv: the working directory and PYTHONPATH point at REV's tree, so

@@ -2,12 +2,12 @@
 (service/clients/sigv4.py) on one ``httpx.AsyncClient``, path-style, multipart for large
 bodies. Kept as the alternative side of tests/benchmarks/bench_s3client.py.
 
-The idea (issue 13): boto3 takes a thread per call and botocore's per-call pipeline is
-heavy, so requests signed by hand over httpx should cost less. Measured on this machine
-it did not: httpx's own per-request work (anyio, h11, its connection pool) cost as much
-CPU per PUT as botocore's, or more (bench_s3client prints the figures). It works against
-moto (the benchmark checks nothing else), and stays here so the claim can be re-checked
-when httpx or the machine changes.
+The idea: boto3 takes a thread per call and botocore's per-call pipeline is heavy, so
+requests signed by hand over httpx should cost less. Measured on the development machine
+it did not (docs/benchmarks.md): httpx's own per-request work (anyio, h11, its connection
+pool) cost as much CPU per PUT as botocore's, or more (bench_s3client prints the figures).
+It works against moto (the benchmark checks nothing else), and stays here so the claim
+can be re-checked when httpx or the machine changes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The audit every fault scenario ends with (issue 4):
+"""The audit every fault scenario ends with:
 
 * every job is terminal;
 * each completed job has exactly its outputs in S3 — one object per index, sha256 and

@@ -199,7 +199,7 @@ def test_the_ledger_is_append_only(api_only: Service, sql: psycopg.Connection[An
 
 
 def test_release_reservation_is_one_idempotent_statement(api_only: Service, sql: psycopg.Connection[Any]) -> None:
-    """What issue 11's erasure of a queued job calls: the release is written once."""
+    """What the erasure of a queued job calls (`ledger_release`): the release is written once."""
     _, key = owner_key(api_only, PRICE)
     with api_only.client(key) as client:
         job = client.post("/v1/jobs", json=BODY).json()

@@ -17,7 +17,7 @@ from tests.conftest import Service, fresh_database, run_service, sim_config
 from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
 from tests.servers import WebhookCatcher
 
-# wait_terminal() in service/api/jobs.py re-reads the job at least every 5 s even if no
+# The ?wait hold (wait_terminal()) re-reads the job at least every 5 s even if no
 # NOTIFY arrives; an answer well inside that proves the NOTIFY woke it.
 FALLBACK_REREAD_SECONDS = 5.0
 

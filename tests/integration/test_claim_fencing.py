@@ -1,12 +1,12 @@
 """A duty moves only the rows claimed for it: "holds the row" means the claim this duty
-made, not merely this process (bug 1 of issue 13: a job stuck for 120 s).
+made, not merely this process (otherwise a job can be stuck for 120 s).
 
 The race, replayed step by step on the real database: the submitter has claimed a job
 and is waiting for the provider's answer; the webhook arrives first and moves the job to
 ``storing``; the storer of the same process claims it; only then is the submit answer
-recorded. Before the fix, that late answer "handed back" the storer's claim and pushed
-the job 120 s (RECONCILE_AFTER_SECONDS) into the future, and the storer, fenced on a
-lease it no longer had, stored nothing.
+recorded. Fenced on the process alone, that late answer would "hand back" the storer's
+claim and push the job 120 s (RECONCILE_AFTER_SECONDS) into the future, and the storer,
+fenced on a lease it no longer had, would store nothing.
 """
 
 from __future__ import annotations

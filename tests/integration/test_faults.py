@@ -1,4 +1,4 @@
-"""Fault scenarios (issue 4): each runs FAULT_JOBS jobs (default 200) through real
+"""Fault scenarios: each runs FAULT_JOBS jobs (default 200) through real
 processes, a real Postgres, the S3 emulator and the simulator with faults on, and ends
 with the same audit (tests/integration/audit.py)."""
 

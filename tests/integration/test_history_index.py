@@ -1,4 +1,4 @@
-"""The history query's machinery (service/history.py, revision 0003): the job_metadata rows
+"""The history query's machinery (service/db/history.py, revision 0003): the job_metadata rows
 the triggers keep, and pages that are exactly what a plain ``ORDER BY … OFFSET`` would
 give for every filter combination, walked to the end through the cursor.
 

@@ -1,10 +1,10 @@
 """Every transaction takes its row locks in the documented order: jobs, then deliveries,
 then the rest (header of service/db/queries.py).
 
-Bug 2 of issue 13: lease renewal updated jobs then deliveries in one transaction, while
-the deliverer recording an attempt updated the delivery and then its job; Postgres
-aborted one of them with a deadlock and the job's callback went out twice. The same
-inversion was in the redeliver route. Here a real service runs a job through its
+Why: if lease renewal updated jobs then deliveries in one transaction while the
+deliverer recording an attempt updated the delivery and then its job, Postgres would
+abort one of them with a deadlock and the job's callback would go out twice; the
+redeliver route touches both tables too. Here a real service runs a job through its
 callback and a redelivery while every statement its engine sends is recorded per
 transaction; no transaction may lock a job after it locked a delivery.
 """

@@ -69,7 +69,7 @@ def test_idle_stream_gets_keepalive_comments_and_hears_a_cancel_from_another_pro
 ) -> None:
     owner = f"idle_{uuid.uuid4().hex[:8]}"
     job = {"id": f"job_idle_{uuid.uuid4().hex}"}
-    # Not due (run_after NULL): no worker of this session moves it, so the stream is idle.
+    # Not due (run_after NULL): no worker of the test run moves it, so the stream is idle.
     sql.execute("INSERT INTO jobs (id, owner, model, input, status) VALUES (%s, %s, 'wavespeed-ai/flux-dev-lora',"
                 " '{\"prompt\": \"x\"}', 'queued')", (job["id"], owner))
     with run_service(database_url, s3_endpoint, simulator.url, run_workers=False,

@@ -1,5 +1,5 @@
 """devtools (the simulator, the embedded dev stack) imports nothing from the product: the
-simulator is a second reading of spec/wavespeed-api.md, so a misreading in service/
+simulator is a second reading of docs/provider.md, so a misreading in service/
 cannot be repeated by the simulator that tests it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""service/logs.py without I/O: secrets are masked in every string of a line (tracebacks
+"""service/observability/logs.py without I/O: secrets are masked in every string of a line (tracebacks
 included), lines are JSON, a job's id and task id ride along on every line of the task
 that bound them and no other, and the standard library's records look the same."""
 

@@ -1,4 +1,4 @@
-"""Input validation for both models, bound by bound on both sides (spec/wavespeed-api.md),
+"""Input validation for both models, bound by bound on both sides (docs/provider.md),
 and the rules of a job request: model, callback_url, metadata. Each rejection must name
 the field as the API reports it (``input.loras.0.scale``)."""
 

@@ -22,7 +22,7 @@ from service.domain.signing import (
     wavespeed_signature,
 )
 
-# The test vector of spec/wavespeed-api.md, computed from the documented rule.
+# The test vector of docs/provider.md, computed from the documented rule.
 SECRET = "whsec_test_secret_0123456789"
 WEBHOOK_ID = "evt_01"
 TIMESTAMP = "1758798328"

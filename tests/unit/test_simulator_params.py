@@ -1,5 +1,5 @@
 """The simulator's own parameter tables (devtools/simulator/params.py), written from
-spec/wavespeed-api.md, and where they and the product's schemas agree: two independent
+docs/provider.md, and where they and the product's schemas agree: two independent
 readings of one document, so a boundary one of them misread shows up here."""
 
 from __future__ import annotations

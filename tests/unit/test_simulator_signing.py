@@ -1,5 +1,5 @@
 """The simulator's own webhook signer (devtools/simulator/signing.py) against the test
-vector of spec/wavespeed-api.md, and against the product's verifier."""
+vector of docs/provider.md, and against the product's verifier."""
 
 from __future__ import annotations
 
