@@ -42,8 +42,8 @@ from service.db import engine as db
 from service.db import news_writer
 from service.db.listen import Notifications
 from service.db.models import ServiceSecret, table
-from service.db.pacing import Pacer
 from service.domain.errors import ConfigError
+from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.domain.signing import generate_standard_secret, standard_key
 from service.observability import logs

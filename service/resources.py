@@ -12,7 +12,7 @@ from service.clients.egress import Egress
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db.listen import Notifications
-from service.db.pacing import Pacer
+from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.settings import Settings
 
@@ -31,7 +31,7 @@ class Resources:
     callback_secret: str
     egress: Egress  # every request made on someone else's behalf (service/clients/egress.py)
     sealer: Sealer  # secrets at rest (SECRETS_ENCRYPTION_KEY)
-    pacer: Pacer  # background batches take turns and rest (service/db/pacing.py)
+    pacer: Pacer  # background batches take turns and rest (service/domain/pacing.py)
     worker_id: str = field(default="")
 
     def presign(self, key: str) -> str:

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     erase_batch_size: int = Field(500, ge=1, le=5000)
     erase_concurrency: int = Field(1, ge=1, le=32)
     # After a duty's batch (retention sweep, erasure) that took t seconds, the next rests
-    # factor * t (service/db/pacing.py); ERASE_PAUSE_FACTOR is its earlier name. 30: the
+    # factor * t (service/domain/pacing.py); ERASE_PAUSE_FACTOR is its earlier name. 30: the
     # receiver's p99 during a retention backlog was 1.01 of idle's, pooled over windows of
     # erasure and of none in turn (1.4-1.6 at 1; docs/benchmarks.md, session 8).
     lifecycle_pause_factor: float = Field(
@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     bulk_batch_size: int = Field(1000, ge=1, le=5000)
     # A bulk action's batches (the matching first) rest up to BULK_PAUSE_FACTOR times their
     # own duration, and no more than still ends the bulk BULK_TARGET_SECONDS after it began
-    # (service/db/pacing.py spread_factor; 0: no target, always the factor). The API's p99
+    # (service/domain/pacing.py spread_factor; 0: no target, always the factor). The API's p99
     # moves with the share of time the bulk holds Postgres: during a bulk of 10,000 spread
     # over 8 s (these defaults) it was 1.01-1.30 of idle (median of rounds; 1.10 over all
     # 48 rounds of four runs), 1.39-1.40 at the old pace (factor 3, batches of 500, ~2 s)

@@ -3,7 +3,7 @@
 ``POST /bulk`` with the filter form's fields and an action first runs a dry run and
 shows how many jobs match, asking for confirmation; only the confirmed form (the same
 fields plus ``confirm``) acts. Both steps carry the session's form token and must come
-from this origin, like sign-out. The action itself is service/db/bulk.py's, with the
+from this origin, like sign-out. The action itself is service/work/bulk.py's, with the
 same filter meaning, bounds and batches as ``POST /v1/jobs/bulk``.
 """
 
@@ -22,6 +22,7 @@ from service.api.dashboard_signin import MAX_FORM_BYTES, Forbidden, chrome, same
 from service.db import bulk
 from service.db import dashboard_sessions as sessions
 from service.domain.errors import PayloadTooLarge
+from service.work.bulk import run_bulk
 
 FILTER_FIELDS = ("status", "model", "created_after", "created_before", "meta")
 VERBS = {"cancel": "Cancel", "retry": "Retry", "redeliver": "Resend the callback of", "delete": "Delete"}
@@ -43,7 +44,7 @@ async def bulk_page(request: Request, owner: str) -> Response:
     confirmed = form.get("confirm") == "yes"
     request_ = bulk.bulk_request(action, params, not confirmed, errors)
     res = resources(request)
-    result = await bulk.run_bulk(res.engine, owner, request_, res.settings.bulk_batch_size, res.pacer,
+    result = await run_bulk(res.engine, owner, request_, res.settings.bulk_batch_size, res.pacer,
                                  res.settings.bulk_pause_factor, res.settings.bulk_target_seconds)
     if result["affected"]:
         res.notifications.kick()

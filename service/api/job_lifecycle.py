@@ -11,11 +11,11 @@ from starlette.routing import Route
 from service.api.auth import authenticate, resources
 from service.api.job_routes import read_json, render
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
-from service.db import bulk, jobs
+from service.db import bulk, deletion, jobs
 from service.domain.errors import NotFound
 from service.domain.serialize import Job
 from service.domain.states import TERMINAL, JobStatus
-from service.work.eraser import mark_deleted
+from service.work.bulk import run_bulk
 
 MAX_BULK_BODY_BYTES = 16 * 1024
 
@@ -39,7 +39,7 @@ async def delete(request: Request) -> JSONResponse:
         if job.deleted_at is None:
             if JobStatus(job.status) not in TERMINAL:
                 await jobs.transition(conn, job, JobStatus.CANCELED, reason="api.delete")
-            await mark_deleted(conn, [job.id], "request", owner)
+            await deletion.mark_deleted(conn, [job.id], "request", owner)
     res.notifications.kick()
     return JSONResponse(await render(res, found.id, owner), status_code=202)
 
@@ -58,7 +58,7 @@ async def bulk_action(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     res = resources(request)
     parsed = bulk.parse_bulk(await read_json(request, MAX_BULK_BODY_BYTES))
-    result = await bulk.run_bulk(res.engine, owner, parsed, res.settings.bulk_batch_size, res.pacer,
+    result = await run_bulk(res.engine, owner, parsed, res.settings.bulk_batch_size, res.pacer,
                                  res.settings.bulk_pause_factor, res.settings.bulk_target_seconds)
     if result["affected"]:
         res.notifications.kick()

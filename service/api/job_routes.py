@@ -18,7 +18,7 @@ from typing_extensions import TypedDict
 from service.api.auth import authenticate, resources
 from service.api.body import parse_json, read_capped
 from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
-from service.db import admission, jobs
+from service.db import admission, deliveries, jobs
 from service.db.engine import raw_statement
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import JobEvent as JobEventRow
@@ -28,7 +28,6 @@ from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
-from service.work import deliverer
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_WAIT_SECONDS = 60
@@ -276,7 +275,7 @@ async def redeliver(request: Request) -> JSONResponse:
         if JobStatus(job.status) not in TERMINAL:
             raise Conflict("the job is not terminal yet; its callback is sent when it is", field="status")
         # The same event again: same webhook-id, a new attempt series, fresh output URLs.
-        delivery_id = await deliverer.redeliver(conn, job.id, job.callback_url, JobStatus(job.status))
+        delivery_id = await deliveries.redeliver(conn, job.id, job.callback_url, JobStatus(job.status))
         await jobs.add_event(conn, job.id, "callback.redeliver_requested", {"delivery_id": delivery_id})
     res.notifications.kick()
     queued: Delivery = {"object": "delivery", "id": delivery_id, "status": "pending"}

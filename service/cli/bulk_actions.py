@@ -51,9 +51,10 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
-    from service.db.bulk import BulkResult, parse_bulk, run_bulk
+    from service.db.bulk import BulkResult, parse_bulk
     from service.db.engine import create_engine
-    from service.db.pacing import Pacer
+    from service.domain.pacing import Pacer
+    from service.work.bulk import run_bulk
 
     settings = load_settings()
     url = require_database(settings)

@@ -10,27 +10,19 @@ batch and the API keeps answering while 10,000 jobs are canceled.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import time
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import TypedDict
 
-from service.db import admission, jobs, owners, queries
-from service.db.engine import one_statement
+from service.db import admission, deletion, deliveries, jobs, owners, queries
 from service.db.history import HistoryFilter, page_query, parse_filter
-from service.db.pacing import Pacer, Turn, spread_factor
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.schemas import MODELS
 from service.domain.states import TERMINAL, JobStatus
-from service.work import deliverer
-from service.work.eraser import mark_deleted
 
 ACTIONS = ("cancel", "retry", "redeliver", "delete")
 MAX_MATCHES = 10_000
@@ -160,12 +152,26 @@ async def _count(conn: AsyncConnection, owner: str, f: HistoryFilter) -> int:
     return int((await conn.execute(select(func.count()).select_from(page))).scalar_one())
 
 
-async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) -> int:
+async def match(conn: AsyncConnection, owner: str, f: HistoryFilter) -> list[str]:
+    """The ids of ``owner``'s jobs a bulk acts on; a filter matching more than
+    ``MAX_MATCHES`` is refused, naming how many it matches."""
+    ids = await matching_ids(conn, owner, f, MAX_MATCHES + 1)
+    if len(ids) > MAX_MATCHES:
+        count = await _count(conn, owner, f)
+        shown = f"{count:,}" if count < COUNT_CAP else f"at least {COUNT_CAP:,}"
+        raise ValidationFailed([FieldError(
+            "filter", f"matches {shown} jobs; a bulk action takes at most {MAX_MATCHES:,}: narrow the filter")])
+    return ids
+
+
+async def act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) -> int:
+    """Apply ``action`` to one batch of ``owner``'s jobs in ``conn``'s transaction;
+    returns how many it changed."""
     if action in ("cancel", "delete"):
         canceled = await jobs.finish_many(conn, owner, batch, JobStatus.CANCELED, reason=f"bulk.{action}")
         if action == "cancel":
             return canceled
-        return len(await mark_deleted(conn, batch, "request", owner))
+        return len(await deletion.mark_deleted(conn, batch, "request", owner))
     if action == "retry":
         # The owner's lock first (the order admission keeps): a second retry of the same
         # jobs at once (a client that timed out and posted again) waits here, and its
@@ -184,67 +190,6 @@ async def _act(conn: AsyncConnection, action: str, owner: str, batch: list[str])
     rows = (await conn.execute(queries.REDELIVERABLE, {
         "ids": batch, "owner": owner, "terminal": sorted(s.value for s in TERMINAL)})).all()
     for row in rows:
-        delivery_id = await deliverer.redeliver(conn, row.id, row.callback_url, JobStatus(row.status))
+        delivery_id = await deliveries.redeliver(conn, row.id, row.callback_url, JobStatus(row.status))
         await jobs.add_event(conn, row.id, "callback.redeliver_requested", {"delivery_id": delivery_id, "bulk": True})
     return len(rows)
-
-
-def _transaction(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
-    return engine.begin()
-
-
-async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_size: int, pacer: Pacer,
-                   pause_factor: float | None = None, target_seconds: float = 0.0) -> BulkResult:
-    """Match, check the bound, then act batch by batch, each batch its own transaction
-    paced by ``pacer``: it rests up to ``pause_factor`` times what the batch took, as much
-    as still lets the bulk end ``target_seconds`` after it began (``spread_factor``), so
-    the API keeps most of the database and of its process; the answer of POST /v1/jobs/bulk."""
-    started = dt.datetime.now(dt.UTC)
-    began = time.monotonic()
-    most = pacer.factor if pause_factor is None else pause_factor
-    # The matching is the bulk's first batch: it holds Postgres for as long as one (~10 ms
-    # for 10,000 ids) and right before the first action batch it made the bulk's start the
-    # slowest moment of the API's probe in most rounds (bench_lifecycle bulk).
-    # Each batch enters the pacer at factor 1 (at most 1): after another batch (a duty's,
-    # in a process that also runs them) it waits that batch's duration, not up to 20 times
-    # it; the rests that spread the bulk are its own, sized after each of its batches
-    # (turn.factor), and time lost waiting for turns only shortens them.
-    enter = min(1.0, most)
-    affected, worked, batches = 0, 0.0, 1
-
-    def pace(turn: Turn, done: int) -> None:
-        """The rest after the ``done``-th batch (the matching is the first), by the target."""
-        nonlocal worked
-        now = time.monotonic()
-        worked += now - turn.started
-        turn.factor = spread_factor(most, target_seconds, now - began, worked, done, batches - done)
-
-    # A dry run (the history page's preview) is only the matching: it answers at once
-    # instead of queueing for a turn behind a duty's batch (an erasure's S3 call).
-    matching: AbstractAsyncContextManager[Turn] = (
-        contextlib.nullcontext(Turn(enter, rest=False, started=began)) if request.dry_run
-        else pacer.batch(enter))
-    async with matching as turn, engine.begin() as conn:
-        ids = await matching_ids(conn, owner, request.filter, MAX_MATCHES + 1)
-        if len(ids) > MAX_MATCHES:
-            count = await _count(conn, owner, request.filter)
-            shown = f"{count:,}" if count < COUNT_CAP else f"at least {COUNT_CAP:,}"
-            raise ValidationFailed([FieldError(
-                "filter", f"matches {shown} jobs; a bulk action takes at most {MAX_MATCHES:,}: narrow the filter")])
-        batches += -(-len(ids) // batch_size)
-        turn.rest = batches > 1
-        pace(turn, 1)
-    if not request.dry_run:
-        # A cancel is one statement (FINISH_MANY), atomic by itself: on an autocommit
-        # connection it is one round trip instead of three (BEGIN, it, COMMIT), each of
-        # which costs serve's event loop a turn while API requests wait.
-        connect = one_statement if request.action == "cancel" else _transaction
-        for done in range(2, batches + 1):
-            # No rest after the last batch: nothing of this bulk follows it, and the rest
-            # would only hold back the caller's answer (up to 20 x ~45 ms for a batch of 1,000).
-            part = ids[(done - 2) * batch_size : (done - 1) * batch_size]
-            async with pacer.batch(enter, rest_after=done < batches) as turn, connect(engine) as conn:
-                affected += await _act(conn, request.action, owner, part)
-                pace(turn, done)
-    return {"object": "bulk_result", "action": request.action, "matched": len(ids), "affected": affected,
-            "dry_run": request.dry_run, "started_at": started.isoformat().replace("+00:00", "Z")}

@@ -27,7 +27,7 @@ from service.db import queries
 from service.db.models import Delivery, Job, JobEvent, JobOutput, table
 from service.domain.errors import NotFound
 from service.domain.records import JobRecord, OutputRecord
-from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
+from service.domain.states import CALLBACK_EVENT, TERMINAL, DeliveryStatus, JobStatus, allowed_from
 
 jobs_t = table(Job)
 outputs_t = table(JobOutput)
@@ -211,7 +211,7 @@ async def transition(
         # delivery row is written below, in this transaction).
         has_callback = func.coalesce(jobs_t.c.callback_url, "") != ""
         sets.update(run_after=None, completed_at=now,
-                    callback_status=case((has_callback, "pending"), else_=jobs_t.c.callback_status),
+                    callback_status=case((has_callback, DeliveryStatus.PENDING.value), else_=jobs_t.c.callback_status),
                     callback_attempts=case((has_callback, 0), else_=jobs_t.c.callback_attempts))
     else:
         sets.update(attempts=0, run_after=func.now() + dt.timedelta(seconds=run_after_seconds or 0))
@@ -266,12 +266,13 @@ async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, 
             event_type=CALLBACK_EVENT[status],
             url=url,
             body="",
-            status="pending",
+            status=DeliveryStatus.PENDING.value,
             next_attempt_at=func.now(),
         )
     )
     await conn.execute(
-        update(jobs_t).where(jobs_t.c.id == job_id).values(callback_status="pending", callback_attempts=0)
+        update(jobs_t).where(jobs_t.c.id == job_id)
+        .values(callback_status=DeliveryStatus.PENDING.value, callback_attempts=0)
     )
     await notify(conn, queries.CHANNEL_WORK, "deliver")
     return delivery_id
@@ -299,6 +300,47 @@ async def reschedule(
     if not was_attempt:
         values["attempts"] = func.greatest(jobs_t.c.attempts - 1, 0)
     await conn.execute(update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.locked_by == worker).values(**values))
+
+
+def sent_now(deadline_seconds: float) -> dict[str, Any]:
+    """The values a job takes when it counts as submitted now: its submit time, and its
+    deadline ``deadline_seconds`` from now (database time), for ``transition``."""
+    return {"submitted_at": func.now(), "deadline_at": func.now() + dt.timedelta(seconds=deadline_seconds)}
+
+
+async def clear_submit_marker(conn: AsyncConnection, job_id: str, worker: str, *, without_task: bool = False) -> bool:
+    """Clear the job's submit marker, fenced on ``worker``'s lease: the request created no
+    task, so sending again is safe. ``without_task``: only while the job has no task id.
+    False when nothing was cleared."""
+    stmt = update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.locked_by == worker)
+    if without_task:
+        stmt = stmt.where(jobs_t.c.provider_task_id.is_(None))
+    return (await conn.execute(stmt.values(submit_sent_at=None).returning(jobs_t.c.id))).first() is not None
+
+
+async def keep_task_id(conn: AsyncConnection, job_id: str, task_id: str, provider_status: str | None) -> None:
+    """Record the provider's task id on a job that has none yet (a submit's answer that
+    arrived after its webhook had moved the job on)."""
+    await conn.execute(
+        update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.provider_task_id.is_(None))
+        .values(provider_task_id=task_id, provider_status=provider_status)
+    )
+
+
+async def owned_task_ids(conn: AsyncConnection, task_ids: Sequence[str]) -> set[str]:
+    """The ones among ``task_ids`` that some job already holds."""
+    rows = await conn.execute(select(jobs_t.c.provider_task_id).where(jobs_t.c.provider_task_id.in_(list(task_ids))))
+    return {r.provider_task_id for r in rows}
+
+
+async def record_output(conn: AsyncConnection, job_id: str, index: int, *, key: str, content_type: str,
+                        size_bytes: int, sha256: str, thumbnail_key: str | None) -> None:
+    """An output copied into S3: where it is, its type, size and sha256."""
+    await conn.execute(
+        update(outputs_t).where(outputs_t.c.job_id == job_id, outputs_t.c.index == index)
+        .values(key=key, content_type=content_type, size_bytes=size_bytes, sha256=sha256,
+                thumbnail_key=thumbnail_key, stored_at=func.now())
+    )
 
 
 def decode_data_url(url: str) -> tuple[str, bytes]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
 from service.db.jobs import new_delivery_id
@@ -184,3 +185,13 @@ async def notify(conn: asyncpg.Connection, wakes: Sequence[tuple[str, str]]) -> 
     unique = sorted(set(wakes))
     if unique:
         await conn.execute(queries.NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
+
+
+async def apply_one(conn: AsyncConnection, item: News) -> str:
+    """Apply one piece of news inside ``conn``'s transaction (the reconciler's fetched
+    result, under the job's row lock), send its wake-ups, and return its outcome."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    (result,) = await apply(raw, [item])
+    await notify(raw, result.wake)
+    return result.outcome

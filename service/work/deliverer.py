@@ -20,7 +20,6 @@ endpoint holds only its own row.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import time
@@ -28,22 +27,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
-from service.db import callback_secrets, jobs, queries
-from service.db.models import Delivery, Job
+from service.db import callback_secrets, deliveries, jobs, leases
 from service.domain.serialize import iso, job_dict
-from service.domain.states import JobStatus
+from service.domain.states import DeliveryStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work.runner import claim_rows, holder_for
+from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
-
-deliveries_t = jobs.deliveries_t
 
 CALLBACK_URL_SECONDS = 604800  # S3's longest presigned URL: 7 days
 JITTER = 0.2  # each delay is scaled by a random factor in [1 - JITTER, 1 + JITTER]
@@ -75,31 +71,17 @@ def next_delay(
 
 
 def outcome_of(attempt: Attempt, attempts_done: int, delays: Sequence[float], rng: random.Random | None = None
-               ) -> tuple[str, float | None, str | None]:
+               ) -> tuple[DeliveryStatus, float | None, str | None]:
     """(delivery status after this attempt, seconds to the next one, why it failed)."""
     if attempt.ok:
-        return "delivered", None, None
+        return DeliveryStatus.DELIVERED, None, None
     if attempt.status_code == 410:
-        return "failed", None, "the endpoint answered 410 Gone: no more attempts"
+        return DeliveryStatus.FAILED, None, "the endpoint answered 410 Gone: no more attempts"
     retry_after = attempt.retry_after if attempt.status_code in RETRY_AFTER_STATUSES else None
     delay = next_delay(attempts_done, delays, retry_after=retry_after, rng=rng)
     if delay is None:
-        return "failed", None, f"no 2xx after {attempts_done} attempts (the retry schedule is used up)"
-    return "pending", delay, None
-
-
-async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobStatus) -> str:
-    """Send a terminal job's event again (``POST /v1/jobs/{id}/callback/redeliver``);
-    returns the delivery id (the webhook-id). Creates the delivery if the job has none."""
-    row = (await conn.execute(queries.REDELIVER, {"job_id": job_id})).first()
-    if row is None:
-        return await jobs.queue_callback(conn, job_id, status, url)
-    await conn.execute(
-        update(Job).where(Job.id == job_id)
-        .values(callback_status="pending", callback_attempts=row.attempts)
-    )
-    await jobs.notify(conn, queries.CHANNEL_WORK, "deliver")
-    return str(row.id)
+        return DeliveryStatus.FAILED, None, f"no 2xx after {attempts_done} attempts (the retry schedule is used up)"
+    return DeliveryStatus.PENDING, delay, None
 
 
 class Deliverer:
@@ -113,7 +95,8 @@ class Deliverer:
         self._rng = rng or random.Random()
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_rows(self.res, queries.CLAIM_DELIVERIES, limit, holder=self.holder)
+        return await leases.claim_deliveries(self.res.engine, limit, holder=self.holder,
+                                             lease=self.res.settings.lease_seconds)
 
     async def run(self, delivery_id: str) -> None:
         res, worker = self.res, self.holder
@@ -122,19 +105,13 @@ class Deliverer:
         # body, and reads the owner's signing secrets (two transactions fewer per callback
         # than doing each apart).
         async with res.engine.begin() as conn:
-            row = (await conn.execute(
-                # task_id: for the log lines; owner: whose secret signs
-                select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"))
-                .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
-            )).first()
-            if row is None or row.status != "pending" or row.locked_by != worker:
+            row = await deliveries.read_for_attempt(conn, delivery_id)
+            if row is None or row.status != DeliveryStatus.PENDING or row.locked_by != worker:
                 return
             logs.bind_job(row.job_id, row.task_id)
-            if row.attempts == 0 and delays[0] > 0:
-                deferred = (await conn.execute(
-                    queries.DEFER_FIRST_ATTEMPT, {"id": row.id, "worker": worker, "delay": delays[0]})).first()
-                if deferred:
-                    return
+            if row.attempts == 0 and delays[0] > 0 and await deliveries.defer_first_attempt(
+                    conn, row.id, worker, delays[0]):
+                return
             body = row.body or await self._freeze(conn, row)
             if body is None:
                 return  # our lease was taken over while we built the body
@@ -156,13 +133,7 @@ class Deliverer:
         outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
         event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        frozen = (await conn.execute(
-            update(Delivery)
-            .where(Delivery.id == row.id, Delivery.locked_by == self.holder, Delivery.body == "")
-            .values(body=body)
-            .returning(Delivery.id)
-        )).first()
-        return body if frozen else None
+        return body if await deliveries.freeze_body(conn, row.id, self.holder, body) else None
 
     async def _attempt(self, row: Row[Any], body: bytes, signing: list[str]) -> Attempt:
         res = self.res
@@ -183,7 +154,7 @@ class Deliverer:
             "latency_ms": attempt.latency_ms,
             "error": attempt.error,
             "answer": attempt.answer,
-            "outcome": "retrying" if status == "pending" else status,
+            "outcome": "retrying" if status == DeliveryStatus.PENDING else status.value,
             "next_attempt_in": round(delay, 3) if delay is not None else None,
         }
         if attempt.retry_after is not None:
@@ -191,36 +162,20 @@ class Deliverer:
         async with res.engine.begin() as conn:
             # Lock order (service/db/queries.py): the job first, then its delivery.
             await jobs.lock_job_id(conn, row.job_id)
-            moved = (await conn.execute(
-                update(Delivery)
-                .where(Delivery.id == row.id, Delivery.locked_by == worker, Delivery.status == "pending")
-                .values(
-                    attempts=number,
-                    status=status,
-                    last_status_code=attempt.status_code,
-                    last_error=attempt.error,
-                    next_attempt_at=(func.now() + dt.timedelta(seconds=delay)) if delay is not None else None,
-                    delivered_at=func.now() if status == "delivered" else None,
-                    locked_until=None,
-                    locked_by=None,
-                )
-                .returning(Delivery.id)
-            )).first()
-            if moved is None:
+            moved = await deliveries.record_attempt(conn, row.id, worker, number=number, status=status,
+                                                    status_code=attempt.status_code, error=attempt.error, delay=delay)
+            if not moved:
                 # Our lease lapsed and another worker took the row: the attempt still
                 # happened, so it is recorded, but the row is theirs to move.
                 detail["outcome"] = "lease_lost"
                 await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
                 return
             await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
-            await conn.execute(
-                update(Job).where(Job.id == row.job_id)
-                .values(callback_status=status, callback_attempts=number)
-            )
-            if status == "delivered":
+            await deliveries.mirror_on_job(conn, row.job_id, status, number)
+            if status == DeliveryStatus.DELIVERED:
                 await jobs.add_event(conn, row.job_id, "callback.delivered",
                                      {"delivery_id": row.id, "event_type": row.event_type, "attempts": number})
-            elif status == "failed":
+            elif status == DeliveryStatus.FAILED:
                 await jobs.add_event(conn, row.job_id, "callback.failed",
                                      {"delivery_id": row.id, "event_type": row.event_type, "attempts": number,
                                       "reason": failure, "last_error": attempt.error})

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, news
@@ -236,11 +235,7 @@ class Reconciler:
         does, inside this transaction (which holds the job's row lock already)."""
         item = news.plan(job_id, prediction, source="reconcile",
                          reconcile_after=self.res.settings.reconcile_after_seconds)
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert raw is not None
-        (result,) = await news.apply(raw, [item])
-        await news.notify(raw, result.wake)
-        return result.outcome
+        return await news.apply_one(conn, item)
 
     async def _give_up_or_resend(self, job: JobRecord, *, resend: bool) -> None:
         """The lost submit's deadline passed with no task found (lost_task_plan). With
@@ -257,16 +252,7 @@ class Reconciler:
                     reason="reconcile.lost_submit", worker=worker,
                 )
                 return
-            cleared = (
-                await conn.execute(
-                    update(jobs.jobs_t)
-                    .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.locked_by == worker,
-                           jobs.jobs_t.c.provider_task_id.is_(None))
-                    .values(submit_sent_at=None)
-                    .returning(jobs.jobs_t.c.id)
-                )
-            ).first()
-            if cleared is None:
+            if not await jobs.clear_submit_marker(conn, job.id, worker, without_task=True):
                 return
             await jobs.add_event(conn, job.id, "submit.resend", {
                 "why": "the provider's complete list of tasks since the lost submit shows none for this job"})
@@ -290,12 +276,5 @@ class Reconciler:
         owned: set[str] = set()
         if reading.candidates:
             async with self.res.engine.connect() as conn:
-                owned = {
-                    r.provider_task_id
-                    for r in await conn.execute(
-                        select(jobs.jobs_t.c.provider_task_id).where(
-                            jobs.jobs_t.c.provider_task_id.in_([c["id"] for c in reading.candidates])
-                        )
-                    )
-                }
+                owned = await jobs.owned_task_ids(conn, [c["id"] for c in reading.candidates])
         return reading.verdict(owned)

@@ -14,10 +14,9 @@ import time
 
 import structlog
 
-from service.db import queries
+from service.db import deletion
 from service.observability import metrics
 from service.resources import Resources
-from service.work.eraser import TERMINAL_VALUES, mark_deleted
 from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
@@ -53,21 +52,17 @@ class Retention:
     async def sweep(self) -> int:
         """Mark every job past retention deleted, batch by batch; returns how many."""
         days = self.res.settings.output_retention_days
-        async with self.res.engine.connect() as conn:
-            shortest = (await conn.execute(queries.SHORTEST_RETENTION, {"days": days})).scalar()
+        shortest = await deletion.shortest_retention(self.res.engine, days)
         if shortest is None:
             return 0  # no default and no owner with a retention of its own: keep everything
         limit = self.res.settings.retention_batch_size
         total = 0
         for _ in range(MAX_BATCHES_PER_SWEEP):
             # Each batch is its own short transaction, paced with the eraser's and the
-            # bulk actions' batches (service/db/pacing.py): the pause comes after the commit.
+            # bulk actions' batches (service/domain/pacing.py): the pause comes after the commit.
             async with self.res.pacer.batch(), self.res.engine.begin() as conn:
-                ids: list[str] = (await conn.execute(
-                    queries.RETENTION_BATCH,
-                    {"days": days, "shortest": shortest, "terminal": TERMINAL_VALUES, "limit": limit},
-                )).scalar_one()
-                marked = await mark_deleted(conn, ids, "retention", None)
+                ids = await deletion.past_retention(conn, days, shortest, limit)
+                marked = await deletion.mark_deleted(conn, ids, "retention", None)
             total += len(marked)
             metrics.RETENTION_DELETED.inc(len(marked))
             if len(ids) < limit:

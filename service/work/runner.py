@@ -14,13 +14,11 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
-from sqlalchemy import TextClause
 
-from service.db import queries
-from service.db.engine import one_statement
+from service.db import leases
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -30,19 +28,9 @@ log = structlog.get_logger(__name__)
 CANCEL_WAIT_SECONDS = 5.0
 
 
-async def claim_rows(
-    res: Resources, statement: TextClause, limit: int, *, holder: str, lease: float | None = None, **params: object
-) -> list[str]:
-    """Claim up to ``limit`` due rows for ``holder`` with one of the claims made by
-    ``queries.claim`` (every duty claims through here); ``lease`` defaults to LEASE_SECONDS."""
-    values = {"holder": holder, "lease": res.settings.lease_seconds if lease is None else lease, "limit": limit}
-    async with one_statement(res.engine) as conn:  # a claim is one statement: no BEGIN/COMMIT round trips
-        return [r.id for r in await conn.execute(statement, values | params)]
-
-
 async def claim_jobs(res: Resources, statuses: Sequence[str], limit: int, *, holder: str) -> list[str]:
-    """Claim up to ``limit`` due jobs in ``statuses`` for ``holder`` (queries.CLAIM_JOBS)."""
-    return await claim_rows(res, queries.CLAIM_JOBS, limit, holder=holder, statuses=list(statuses))
+    """Claim up to ``limit`` due jobs in ``statuses`` for ``holder``, leased for LEASE_SECONDS."""
+    return await leases.claim_jobs(res.engine, statuses, limit, holder=holder, lease=res.settings.lease_seconds)
 
 
 def new_worker_id() -> str:
@@ -80,7 +68,7 @@ class Runner:
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in duties}
         # (row id, holder) of every row a duty is working on, by table.
-        self._held: dict[str, set[tuple[str, str]]] = {table: set() for table in queries.LEASED_TABLES}
+        self._held: dict[str, set[tuple[str, str]]] = {table: set() for table in leases.LEASED_TABLES}
 
     async def start(self) -> None:
         for duty in self.duties:
@@ -115,12 +103,12 @@ class Runner:
         await self._release_all()
         log.info("workers.stopped", worker=self.res.worker_id)
 
-    def release_plan(self) -> list[tuple[TextClause, dict[str, Any]]]:
-        """The statements that hand back every row this process's duties hold, except
-        rows whose task is still running: those keep their lease until it lapses."""
+    def release_plan(self) -> list[tuple[str, list[str], list[str]]]:
+        """(table, holders, rows kept) for each leased table: every row this process's
+        duties hold goes back, except rows whose task is still running: those keep their
+        lease until it lapses."""
         holders = [d.holder for d in self.duties]
-        return [(statement, {"holders": holders, "keep": sorted(row_id for row_id, _ in self._held[table])})
-                for table, statement in queries.RELEASE_LEASES.items()]
+        return [(table, holders, sorted(row_id for row_id, _ in self._held[table])) for table in leases.LEASED_TABLES]
 
     async def _release_all(self) -> None:
         try:
@@ -130,9 +118,8 @@ class Runner:
                 unsent = getattr(duty, "release_unsent", None)
                 if unsent is not None:
                     await unsent()
-            for statement, params in self.release_plan():  # one table per transaction
-                async with one_statement(self.res.engine) as conn:
-                    await conn.execute(statement, params)
+            for table, holders, keep in self.release_plan():  # one table per transaction
+                await leases.release(self.res.engine, table, holders, keep)
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own
             log.warning("workers.release_failed", error=type(exc).__name__)
 
@@ -189,12 +176,10 @@ class Runner:
         lease = self.res.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            for table, statement in queries.RENEW_LEASES.items():
+            for table in leases.LEASED_TABLES:
                 if not self._held[table]:
                     continue
-                ids, holders = zip(*sorted(self._held[table]), strict=True)
                 try:
-                    async with one_statement(self.res.engine) as conn:
-                        await conn.execute(statement, {"ids": list(ids), "holders": list(holders), "lease": lease})
+                    await leases.renew(self.res.engine, table, list(self._held[table]), lease)
                 except Exception as exc:  # noqa: BLE001  a failed renewal is retried next tick
                     log.warning("workers.renew_failed", table=table, error=type(exc).__name__)

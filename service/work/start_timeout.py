@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import structlog
 
-from service.db import jobs, queries
+from service.db import jobs, leases
 from service.domain.states import JobStatus
 from service.resources import Resources
-from service.work.runner import claim_rows, holder_for
+from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,8 @@ class StartTimeouts:
         self.holder = holder_for(res, self.name)
 
     async def claim(self, limit: int) -> list[str]:
-        return await claim_rows(self.res, queries.CLAIM_EXPIRED_STARTS, limit, holder=self.holder)
+        return await leases.claim_expired_starts(self.res.engine, limit, holder=self.holder,
+                                                 lease=self.res.settings.lease_seconds)
 
     async def run(self, job_id: str) -> None:
         worker = self.holder

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import httpx
 import structlog
-from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
@@ -210,12 +209,8 @@ class Storer:
         if await jobs.is_deleted(conn, job.id):
             await self.res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
             return False
-        await conn.execute(
-            update(jobs.outputs_t)
-            .where(jobs.outputs_t.c.job_id == job.id, jobs.outputs_t.c.index == output.index)
-            .values(key=stored.key, content_type=stored.content_type, size_bytes=stored.size_bytes,
-                    sha256=stored.sha256, thumbnail_key=thumbnail_key, stored_at=func.now())
-        )
+        await jobs.record_output(conn, job.id, output.index, key=stored.key, content_type=stored.content_type,
+                                 size_bytes=stored.size_bytes, sha256=stored.sha256, thumbnail_key=thumbnail_key)
         await jobs.add_event(conn, job.id, "output.stored",
                              {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
                               "sha256": stored.sha256})

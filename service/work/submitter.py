@@ -8,21 +8,16 @@ provider's predictions list (service/work/reconciler.py) — never by sending ag
 
 from __future__ import annotations
 
-import datetime as dt
-
 import structlog
-from sqlalchemy import func, update
 
-from service.db import jobs, queries
-from service.db.engine import one_statement
+from service.db import jobs, leases, submits
 from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
 from service.resources import Resources
-from service.work import throttle
-from service.work.runner import claim_rows, holder_for
+from service.work.runner import holder_for
 from service.work.submit_rules import (
     Accepted,
     AnswerLost,
@@ -33,9 +28,10 @@ from service.work.submit_rules import (
     outcome_of_answer,
     outcome_of_error,
 )
-from service.work.throttle import THROTTLE_RECHECK_SECONDS, mark_submit_sent
 
 log = structlog.get_logger(__name__)
+
+THROTTLE_RECHECK_SECONDS = 1.0  # a job waiting for the provider's limits looks again this soon
 
 
 class Submitter:
@@ -58,35 +54,33 @@ class Submitter:
 
     async def release_unsent(self) -> None:
         """On a graceful stop (Runner): the jobs this process's claim marked as being sent
-        whose run never began go back to the queue unmarked (queries.UNMARK_UNSENT).
+        whose run never began go back to the queue unmarked (submits.unmark_unsent).
         ``run`` takes a job out of ``_marked`` before its first await, so each one left
         here was never POSTed; a job whose run began keeps its marker (it may be sent)."""
         if not self._marked:
             return
-        async with one_statement(self.res.engine) as conn:
-            await conn.execute(queries.UNMARK_UNSENT, {"ids": sorted(self._marked), "holder": self.holder})
+        await submits.unmark_unsent(self.res.engine, self._marked, self.holder)
         self._marked.clear()
 
     async def claim(self, limit: int) -> list[str]:
         """Queued jobs whose send began under a worker that died (recovered, never sent
         blindly), then fresh ones in fair order, each holding a provider slot
-        (service/work/throttle.py) and already marked as being sent."""
+        (service/db/submits.py) and already marked as being sent."""
         res = self.res
         settings = res.settings
         if not self._capacity_ready:
             async with res.engine.begin() as conn:
-                await throttle.ensure_capacity(conn, max_in_flight=settings.provider_max_in_flight,
+                await submits.ensure_capacity(conn, max_in_flight=settings.provider_max_in_flight,
                                                max_per_minute=settings.provider_max_per_minute)
             self._capacity_ready = True
         # Sends begun under a worker that died: recovered (their task looked for), never re-sent blindly.
-        lost = await claim_rows(res, queries.CLAIM_LOST_SENDS, limit, holder=self.holder)
+        lost = await leases.claim_lost_sends(res.engine, limit, holder=self.holder, lease=settings.lease_seconds)
         if len(lost) >= limit:
             return lost
-        async with one_statement(res.engine) as conn:
-            fresh = await throttle.claim_submits(
-                conn, self.holder, lease=settings.lease_seconds, limit=limit - len(lost),
-                max_in_flight=settings.provider_max_in_flight, max_per_minute=settings.provider_max_per_minute,
-            )
+        fresh = await submits.claim_submits(
+            res.engine, self.holder, lease=settings.lease_seconds, limit=limit - len(lost),
+            max_in_flight=settings.provider_max_in_flight, max_per_minute=settings.provider_max_per_minute,
+        )
         self._marked.update(fresh)
         return lost + fresh
 
@@ -102,8 +96,7 @@ class Submitter:
             moved = await jobs.transition(
                 conn, job, JobStatus.SUBMITTED, reason="submit.answer_lost", worker=self.holder,
                 run_after_seconds=recover_in,
-                values={"submitted_at": func.now(),
-                        "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
+                values=jobs.sent_now(settings.job_deadline_seconds),
             )
             if not moved:  # already submitted (a verified re-send): the reconciler looks again
                 await jobs.reschedule(conn, job_id, self.holder, recover_in)
@@ -129,7 +122,7 @@ class Submitter:
         for a submitted job whose task the provider verifiably never created."""
         res, worker, job_id = self.res, self.holder, job.id
         async with res.engine.begin() as conn:
-            then = after_marking(await mark_submit_sent(
+            then = after_marking(await submits.mark_submit_sent(
                 conn, job_id, worker,
                 max_in_flight=res.settings.provider_max_in_flight,
                 max_per_minute=res.settings.provider_max_per_minute,
@@ -157,10 +150,7 @@ class Submitter:
         worker = self.holder
         async with self.res.engine.begin() as conn:
             # The request never created a task, so sending again later is safe.
-            await conn.execute(
-                update(jobs.jobs_t).where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.locked_by == worker)
-                .values(submit_sent_at=None)
-            )
+            await jobs.clear_submit_marker(conn, job.id, worker)
             if isinstance(outcome, Rejected):
                 await jobs.fail(conn, job, f"the provider rejected the job: {outcome.message}",
                                 reason="submit.rejected", worker=worker)
@@ -181,17 +171,12 @@ class Submitter:
                 conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.holder,
                 run_after_seconds=settings.reconcile_after_seconds,
                 values={"provider_task_id": task_id, "provider_status": accepted.provider_status,
-                        "submitted_at": func.now(),
-                        "deadline_at": func.now() + dt.timedelta(seconds=settings.job_deadline_seconds)},
+                        **jobs.sent_now(settings.job_deadline_seconds)},
             )
             if not moved:
                 # The webhook beat the answer and already moved the job on, or this was a
                 # re-send of a submitted job: keep its task id, and (re-send) hand it back.
-                await conn.execute(
-                    update(jobs.jobs_t)
-                    .where(jobs.jobs_t.c.id == job.id, jobs.jobs_t.c.provider_task_id.is_(None))
-                    .values(provider_task_id=task_id, provider_status=accepted.provider_status)
-                )
+                await jobs.keep_task_id(conn, job.id, task_id, accepted.provider_status)
                 await jobs.reschedule(conn, job.id, self.holder, settings.reconcile_after_seconds)
             await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
         metrics.observe_submit(job.model, job.created_at)

@@ -17,9 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.db import queries
+from service.db.deletion import TERMINAL_VALUES
 from service.db.engine import async_url
 from service.db.jobs import id_list
-from service.work.eraser import TERMINAL_VALUES
 from tests.benchmarks import bench_lifecycle, database
 
 SINCE = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), CAST(CAST(:start AS text) AS pg_lsn))"

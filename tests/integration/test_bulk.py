@@ -22,7 +22,8 @@ import pytest
 from devtools.serverthread import ServerThread
 from service.db import bulk
 from service.db.engine import create_engine
-from service.db.pacing import Pacer, Turn
+from service.domain.pacing import Pacer, Turn
+from service.work.bulk import run_bulk
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
 from tests.processes import ROOT
@@ -128,11 +129,11 @@ def test_two_bulk_retries_at_once_make_one_new_job_per_failed_job(bulk_db: str, 
 
         async def second() -> int:
             async with engine.begin() as conn:
-                return await bulk._act(conn, "retry", owner, ids)
+                return await bulk.act(conn, "retry", owner, ids)
 
         try:
             async with engine.begin() as conn:
-                first = await bulk._act(conn, "retry", owner, ids)
+                first = await bulk.act(conn, "retry", owner, ids)
                 racing = asyncio.create_task(second())
                 await asyncio.sleep(0.5)  # the second runs its statements now, before the first commits
             return first, await racing
@@ -296,7 +297,7 @@ def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, s
         request = bulk.parse_bulk({"action": "cancel", "filter": {"status": ["queued"]}, "dry_run": dry_run})
         engine, pacer = create_engine(bulk_db, pool_size=1), RecordingPacer(0.0)
         try:
-            return await bulk.run_bulk(engine, owner, request, batch_size, pacer, 50.0), pacer
+            return await run_bulk(engine, owner, request, batch_size, pacer, 50.0), pacer
         finally:
             await engine.dispose()
 
@@ -326,7 +327,7 @@ def test_a_bulk_with_a_target_rests_only_what_its_target_leaves(bulk_db: str, sq
     async def run() -> tuple[bulk.BulkResult, Pacer]:
         engine, pacer = create_engine(bulk_db, pool_size=1), Pacer(0.0)
         try:
-            return await bulk.run_bulk(engine, owner, request, 10, pacer, 1000.0, target_seconds=1.0), pacer
+            return await run_bulk(engine, owner, request, 10, pacer, 1000.0, target_seconds=1.0), pacer
         finally:
             await engine.dispose()
 
@@ -360,7 +361,7 @@ def test_a_bulk_after_a_duty_batch_waits_that_batch_once_not_its_own_factor_time
         try:
             await inside.wait()
             started = time.monotonic()
-            result = await bulk.run_bulk(engine, owner, request, 10, pacer, 20.0, target_seconds=1.0)
+            result = await run_bulk(engine, owner, request, 10, pacer, 20.0, target_seconds=1.0)
             return result, time.monotonic() - started
         finally:
             pacer.stop()  # ends the duty's rest of 30 x 300 ms

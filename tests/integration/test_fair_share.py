@@ -1,5 +1,5 @@
 """Fair share, priorities, owners' caps, pause and the provider throttle, all decided in
-the one submit claim (claim_submits, service/work/throttle.py), then end to end through
+the one submit claim (claim_submits, service/db/submits.py), then end to end through
 the running service: pause/resume and the start timeout.
 
 The claim tests admit jobs through the API (so each job gets its turn exactly as in
@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
+from service.db import submits
 from service.db.engine import create_engine
-from service.work import throttle
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
 
@@ -204,7 +204,7 @@ def test_jobs_already_in_flight_without_a_slot_take_one_before_anything_is_sent(
         engine = create_engine(db, 1)
         try:
             async with engine.begin() as conn:
-                return await throttle.ensure_capacity(conn, max_in_flight=3, max_per_minute=100)
+                return await submits.ensure_capacity(conn, max_in_flight=3, max_per_minute=100)
         finally:
             await engine.dispose()
 

@@ -18,7 +18,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from service.db.engine import create_engine
-from service.db.pacing import Pacer
+from service.domain.pacing import Pacer
 from service.settings import Settings
 from service.work.runner import Runner, claim_jobs, holder_for, new_worker_id
 from tests.conftest import fresh_database

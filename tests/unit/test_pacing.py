@@ -1,4 +1,4 @@
-"""The pacer of background batches (service/db/pacing.py): batches take turns, and the
+"""The pacer of background batches (service/domain/pacing.py): batches take turns, and the
 next one waits factor × the last one's duration (the smaller of the two batches'
 factors). Only lower bounds on time are checked (a sleep never ends early), and the
 upper ones leave a margin of ten times the expected rest."""
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.db.pacing import Pacer, spread_factor
+from service.domain.pacing import Pacer, spread_factor
 
 
 async def test_a_batch_rests_factor_times_its_own_duration_before_the_next_one_starts() -> None:

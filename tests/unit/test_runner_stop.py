@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from service.db import queries
-from service.db.pacing import Pacer
+from service.db import leases
+from service.domain.pacing import Pacer
 from service.work import runner as runner_module
 from service.work.runner import Runner, holder_for
 
@@ -75,9 +75,9 @@ class RecordingRunner(Runner):
 
     async def _release_all(self) -> None:
         plan = self.release_plan()
-        assert [statement for statement, _ in plan] == list(queries.RELEASE_LEASES.values())
-        assert all(params["holders"] == [d.holder for d in self.duties] for _, params in plan)
-        self.released = {table: params["keep"] for table, (_, params) in zip(queries.RELEASE_LEASES, plan, strict=True)}
+        assert [table for table, _, _ in plan] == list(leases.LEASED_TABLES)
+        assert all(holders == [d.holder for d in self.duties] for _, holders, _ in plan)
+        self.released = {table: keep for table, _, keep in plan}
 
 
 async def started(duty: Duty, runner: Runner, batch: list[str]) -> None:

@@ -1,6 +1,6 @@
-"""The provider's account limits (tasks in flight, submits per minute) and the owners'
-own limits, enforced across every process on the database, without a lock that every
-submit waits on.
+"""The submit claim: the provider's account limits (tasks in flight, submits per
+minute) and the owners' own limits, enforced across every process on the database,
+without a lock that every submit waits on.
 
 Capacity is rows: ``provider_slots`` holds one row per task allowed in flight and
 ``provider_rate_tokens`` one per submit allowed in any 60 s. A submit takes a free row
@@ -18,13 +18,13 @@ same transaction. One statement, one round trip, one index probe per owner per s
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import queries
-
-THROTTLE_RECHECK_SECONDS = 1.0
+from service.db.engine import one_statement
 
 
 async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> int:
@@ -38,14 +38,22 @@ async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_
 
 
 async def claim_submits(
-    conn: AsyncConnection, worker: str, *, lease: float, limit: int, max_in_flight: int, max_per_minute: int
+    engine: AsyncEngine, worker: str, *, lease: float, limit: int, max_in_flight: int, max_per_minute: int
 ) -> list[str]:
     """Up to ``limit`` queued jobs, fairly chosen, each holding a provider slot and a
-    rate token, leased to ``worker`` and marked as being sent."""
-    rows = await conn.execute(queries.CLAIM_SUBMITS, {"worker": worker, "lease": lease, "limit": limit,
-                                                      "max_in_flight": max_in_flight,
-                                                      "max_per_minute": max_per_minute})
-    return [r.id for r in rows]
+    rate token, leased to ``worker`` and marked as being sent (one statement: autocommit)."""
+    async with one_statement(engine) as conn:
+        rows = await conn.execute(queries.CLAIM_SUBMITS, {"worker": worker, "lease": lease, "limit": limit,
+                                                          "max_in_flight": max_in_flight,
+                                                          "max_per_minute": max_per_minute})
+        return [r.id for r in rows]
+
+
+async def unmark_unsent(engine: AsyncEngine, ids: Collection[str], holder: str) -> None:
+    """Hand back queued jobs ``holder``'s claim marked as being sent but never POSTed
+    (queries.UNMARK_UNSENT): they return to the queue as fresh jobs."""
+    async with one_statement(engine) as conn:
+        await conn.execute(queries.UNMARK_UNSENT, {"ids": sorted(ids), "holder": holder})
 
 
 async def mark_submit_sent(

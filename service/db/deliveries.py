@@ -1,0 +1,93 @@
+"""Callback deliveries: one row per terminal event a backend is sent (the webhook-id),
+its frozen body, its attempts and its state, mirrored on the job
+(``jobs.callback_status``, ``jobs.callback_attempts``).
+
+A delivery is created by ``jobs.transition`` in the transaction that ends the job; the
+deliverer (service/work/deliverer.py) claims due ones (service/db/leases.py) and records
+each attempt here. Every write a worker makes is fenced on its lease (``locked_by``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db import jobs, queries
+from service.db.models import Delivery, Job
+from service.domain.states import DeliveryStatus, JobStatus
+
+deliveries_t = jobs.deliveries_t
+
+
+async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobStatus) -> str:
+    """Send a terminal job's event again (``POST /v1/jobs/{id}/callback/redeliver``);
+    returns the delivery id (the webhook-id). Creates the delivery if the job has none."""
+    row = (await conn.execute(queries.REDELIVER, {"job_id": job_id})).first()
+    if row is None:
+        return await jobs.queue_callback(conn, job_id, status, url)
+    await mirror_on_job(conn, job_id, DeliveryStatus.PENDING, row.attempts)
+    await jobs.notify(conn, queries.CHANNEL_WORK, "deliver")
+    return str(row.id)
+
+
+async def read_for_attempt(conn: AsyncConnection, delivery_id: str) -> Row[Any] | None:
+    """The delivery, with its job's task id (for the log lines) and owner (whose secret signs)."""
+    return (await conn.execute(
+        select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"))
+        .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
+    )).first()
+
+
+async def defer_first_attempt(conn: AsyncConnection, delivery_id: str, worker: str, delay: float) -> bool:
+    """Put a first attempt off until ``delay`` seconds after the delivery was created
+    (queries.DEFER_FIRST_ATTEMPT); False when that moment has passed."""
+    deferred = (await conn.execute(
+        queries.DEFER_FIRST_ATTEMPT, {"id": delivery_id, "worker": worker, "delay": delay})).first()
+    return deferred is not None
+
+
+async def freeze_body(conn: AsyncConnection, delivery_id: str, worker: str, body: str) -> bool:
+    """Store the body every attempt of this series sends; False when the lease is no
+    longer ``worker``'s or a body is already there."""
+    frozen = (await conn.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.locked_by == worker, Delivery.body == "")
+        .values(body=body)
+        .returning(Delivery.id)
+    )).first()
+    return frozen is not None
+
+
+async def record_attempt(conn: AsyncConnection, delivery_id: str, worker: str, *, number: int,
+                         status: DeliveryStatus, status_code: int | None, error: str | None,
+                         delay: float | None) -> bool:
+    """Record attempt ``number`` and hand the row back, due again in ``delay`` seconds
+    (None: no more attempts); False when ``worker``'s lease lapsed and another took the
+    row. The caller holds the job's row lock (the lock order: the job, then its delivery)."""
+    moved = (await conn.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.locked_by == worker,
+               Delivery.status == DeliveryStatus.PENDING.value)
+        .values(
+            attempts=number,
+            status=status.value,
+            last_status_code=status_code,
+            last_error=error,
+            next_attempt_at=(func.now() + dt.timedelta(seconds=delay)) if delay is not None else None,
+            delivered_at=func.now() if status == DeliveryStatus.DELIVERED else None,
+            locked_until=None,
+            locked_by=None,
+        )
+        .returning(Delivery.id)
+    )).first()
+    return moved is not None
+
+
+async def mirror_on_job(conn: AsyncConnection, job_id: str, status: DeliveryStatus, attempts: int) -> None:
+    """The job row shows its latest delivery's state and attempt count."""
+    await conn.execute(
+        update(Job).where(Job.id == job_id).values(callback_status=status.value, callback_attempts=attempts)
+    )

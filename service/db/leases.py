@@ -1,0 +1,66 @@
+"""The duties' claims on their rows, and the renewal and release of what they hold.
+
+Every claim is one statement made by ``queries.claim`` (``FOR UPDATE SKIP LOCKED`` and a
+lease written with the claimer's ``locked_by``), run on an autocommit connection: a
+claim is one statement, so it needs no BEGIN/COMMIT round trips. Renewal and release
+run one table per transaction, in the lock order (service/db/queries.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import TextClause
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import queries
+from service.db.engine import one_statement
+
+# The tables whose leases the runner renews and releases, in the lock order.
+LEASED_TABLES = queries.LEASED_TABLES
+
+
+async def _claim(engine: AsyncEngine, statement: TextClause, limit: int, holder: str, lease: float,
+                 **params: object) -> list[str]:
+    values = {"holder": holder, "lease": lease, "limit": limit}
+    async with one_statement(engine) as conn:
+        return [r.id for r in await conn.execute(statement, values | params)]
+
+
+async def claim_jobs(engine: AsyncEngine, statuses: Sequence[str], limit: int, *, holder: str,
+                     lease: float) -> list[str]:
+    """Up to ``limit`` due jobs in ``statuses`` (the storer's, the reconciler's)."""
+    return await _claim(engine, queries.CLAIM_JOBS, limit, holder, lease, statuses=list(statuses))
+
+
+async def claim_lost_sends(engine: AsyncEngine, limit: int, *, holder: str, lease: float) -> list[str]:
+    """Queued jobs whose send began under a worker that died: to be recovered, never sent blindly."""
+    return await _claim(engine, queries.CLAIM_LOST_SENDS, limit, holder, lease)
+
+
+async def claim_expired_starts(engine: AsyncEngine, limit: int, *, holder: str, lease: float) -> list[str]:
+    """Queued jobs past their start deadline and not being sent."""
+    return await _claim(engine, queries.CLAIM_EXPIRED_STARTS, limit, holder, lease)
+
+
+async def claim_deliveries(engine: AsyncEngine, limit: int, *, holder: str, lease: float) -> list[str]:
+    """Pending deliveries whose next attempt is due."""
+    return await _claim(engine, queries.CLAIM_DELIVERIES, limit, holder, lease)
+
+
+async def claim_erasures(engine: AsyncEngine, limit: int, *, token: str, lease: float) -> list[str]:
+    """Up to ``limit`` due erasure rows under one batch's ``token``; returns their job ids."""
+    return await _claim(engine, queries.CLAIM_ERASURES, limit, token, lease)
+
+
+async def renew(engine: AsyncEngine, table: str, held: Sequence[tuple[str, str]], lease: float) -> None:
+    """Extend the lease of every (row id, holder) in ``held`` whose row that holder still holds."""
+    ids, holders = zip(*sorted(held), strict=True)
+    async with one_statement(engine) as conn:
+        await conn.execute(queries.RENEW_LEASES[table], {"ids": list(ids), "holders": list(holders), "lease": lease})
+
+
+async def release(engine: AsyncEngine, table: str, holders: Sequence[str], keep: Sequence[str]) -> None:
+    """Hand back every row of ``table`` that ``holders`` hold, except the rows in ``keep``."""
+    async with one_statement(engine) as conn:
+        await conn.execute(queries.RELEASE_LEASES[table], {"holders": list(holders), "keep": list(keep)})
