@@ -25,19 +25,20 @@ Transactions that write more than one table, and how they keep the order:
   UPDATE of the job comes first, then its event and delivery (``AFTER_MOVE``);
 - the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
   redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
-  they update the delivery and mirror its state on the job;
+  they update the delivery and mirror its state on the job (service/db/deliveries.py);
 - bulk cancel and delete (``FINISH_MANY``, one statement, service/db/jobs.py
   ``finish_many``) and bulk redeliver (``REDELIVERABLE``) lock the
   batch's jobs in id order first, then append to the rest;
-- an erasure batch (service/work/eraser.py) locks its jobs in id order
+- an erasure batch (service/db/deletion.py ``erase_batch``) locks its jobs in id order
   (``ERASE_LOCK_JOBS``), then runs ``ERASE_STATEMENTS`` in table order (jobs,
   deliveries, then the rest) and removes its duty rows last (``FINISH_ERASURES``);
-- lease renewal and release (service/work/runner.py) are one table per transaction.
+- lease renewal and release (service/db/leases.py, run by service/work/runner.py) are
+  one table per transaction.
   (Renewal once updated jobs then deliveries in one transaction while the deliverer
   locked a delivery then its job: Postgres aborted one with a deadlock and a callback
   was sent twice.)
 - claims take no wait at all: ``FOR UPDATE SKIP LOCKED`` (the submit claim's provider
-  slots and tokens too, service/work/throttle.py);
+  slots and tokens too, service/db/submits.py);
 - admission (service/db/admission.py, ``ADMIT_JOB``) locks the owner's row, one of "the
   rest", and only inserts the new job, a row nobody else can hold; the ledger is
   appended to.
@@ -112,7 +113,7 @@ _QUEUED = sql_values([JobStatus.QUEUED])
 CLAIM_JOBS = claim("jobs", due="status = ANY(:statuses) AND run_after <= now()", order="run_after")
 # Why: a queued job with its submit marker set and its lease lapsed was being sent by a
 # worker that died: it is recovered (its task looked for), never sent again blindly.
-# Fresh queued jobs are claimed in fair order by claim_submits (service/work/throttle.py).
+# Fresh queued jobs are claimed in fair order by claim_submits (service/db/submits.py).
 CLAIM_LOST_SENDS = claim(
     "jobs", due=f"status = {_QUEUED} AND submit_sent_at IS NOT NULL AND run_after <= now()", order="run_after")
 # Why: the partial index jobs_start_deadline holds only queued jobs that have a start

@@ -247,7 +247,7 @@ told AS (
 -- ``told`` is a plain SELECT: Postgres runs it only if the outer query reads it, hence its count.
 SELECT (SELECT count(*) FROM numbered) AS moved, (SELECT count(*) FROM told) AS notifications;
 
--- === Provider capacity and fair turns (service/work/throttle.py, service/db/fairness.py, service/db/admission.py)
+-- === Provider capacity and fair turns (service/db/submits.py, service/db/fairness.py, service/db/admission.py)
 
 -- name: ENSURE_SLOTS
 -- Why: the rows must exist before they can be claimed; adding missing ones is idempotent
@@ -360,7 +360,7 @@ SELECT model AS key, count(*) AS jobs, sum(images) AS images, sum(amount_usd) AS
 FROM ledger WHERE owner = :owner AND kind = 'spend' AND at >= :start AND at < :end
 GROUP BY 1 ORDER BY 1;
 
--- === Callbacks (service/work/deliverer.py)
+-- === Callbacks (service/db/deliveries.py)
 
 -- name: DEFER_FIRST_ATTEMPT
 -- Why: a non-zero first entry of the schedule delays the first attempt. Counted from
@@ -409,7 +409,7 @@ WHERE id = ANY(:ids) AND owner = :owner AND status = ANY(:terminal) AND callback
   AND deleted_at IS NULL
 ORDER BY id FOR UPDATE;
 
--- === Data lifecycle (service/work/eraser.py, service/work/retention.py, service/db/bulk.py)
+-- === Data lifecycle (service/db/deletion.py, service/db/bulk.py)
 
 -- name: MARK_DELETED
 -- Why: the tombstone mark and the erasure duty row are written by one statement, so a

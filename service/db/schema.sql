@@ -239,7 +239,7 @@ LANGUAGE sql STABLE AS $$
     ORDER BY h.priority, h.vtag, h.id
 $$;
 
--- The fair submit claim (service/work/throttle.py): up to p_limit jobs, each with a free
+-- The fair submit claim (service/db/submits.py): up to p_limit jobs, each with a free
 -- slot and a rate token, in priority then weighted-turn order across owners, each owner
 -- within its max_in_flight. Every decision is a statement of this PL/pgSQL body (its plans
 -- cached for the session), none a call of the SQL functions above (planned on every call).
