@@ -161,6 +161,14 @@ def routes() -> list[BaseRoute]:
     return out
 
 
+def create_ops_app(res: Resources) -> Starlette:
+    """A worker's own port (``worker --port``): liveness, readiness and metrics on the
+    worker's resources, nothing of the API."""
+    app = Starlette(routes=[*health.routes, *metrics.routes], exception_handlers=errors.HANDLERS)
+    app.state.resources = res
+    return app
+
+
 def create_app(
     settings: Settings, *, run_workers: bool = True, resolver: Resolver | None = None,
     network: httpcore.AsyncNetworkBackend | None = None,

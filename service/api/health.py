@@ -13,6 +13,7 @@ from typing_extensions import TypedDict
 from service.api.auth import resources
 from service.api.openapi_doc import answer, documented
 from service.db import queries
+from service.observability import metrics
 
 
 class Health(TypedDict):
@@ -48,6 +49,7 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001  a probe reports every failure, never raises
             checks[name] = f"unavailable: {type(exc).__name__}"
+        metrics.readiness(name, checks[name] == "ok")  # for alerts (deploy/prometheus/alerts.yaml)
     ok = all(v == "ok" for v in checks.values())
     readiness: Readiness = {"status": "ok" if ok else "unavailable", "checks": checks}
     return JSONResponse(readiness, status_code=200 if ok else 503)

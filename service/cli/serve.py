@@ -9,13 +9,16 @@ import contextlib
 import signal
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from service.cli.environment import configure_logs, load_settings, require_database
 from service.domain.errors import ConfigError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.resources import Resources
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -93,14 +96,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
         async with open_resources(settings) as res:
             runner = Runner(res, build_duties(res))
             await runner.start()
+            ops = _ops_server(res, args) if args.port is not None else None
+            serving = asyncio.create_task(ops.serve()) if ops else None
             await stop.wait()
             await runner.stop(settings.shutdown_grace_seconds)
+            if ops and serving:
+                ops.should_exit = True
+                await serving
 
     try:
         asyncio.run(go())
     except ConfigError as exc:
         raise SystemExit(exc.message) from None
     return 0
+
+
+class _OpsServer(uvicorn.Server):
+    """uvicorn inside the worker's own event loop: the worker's handlers keep SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _ops_server(res: Resources, args: argparse.Namespace) -> _OpsServer:
+    """The worker's own port: /healthz, /readyz and /metrics (its callbacks, provider calls
+    and S3 writes are counted in this process, so Prometheus scrapes it too)."""
+    from service.app import create_ops_app
+
+    return _OpsServer(uvicorn.Config(create_ops_app(res), host=args.host, port=args.port, log_level="warning",
+                                     access_log=False, log_config=None))
 
 
 def add_parsers(sub: Any) -> None:
@@ -118,6 +143,9 @@ def add_parsers(sub: Any) -> None:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="background workers only")
+    worker.add_argument("--port", type=int, default=None,
+                        help="also serve /healthz, /readyz and /metrics on this port (default: no port)")
+    worker.add_argument("--host", default="0.0.0.0", help="the address of --port")
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="alembic upgrade head on DATABASE_URL")

@@ -40,6 +40,7 @@ from botocore.config import Config
 from service.clients.sigv4 import Credentials, Signer, uri_encode
 from service.domain.errors import ServiceError
 from service.domain.image_types import content_type_of_key
+from service.observability import metrics
 
 PRESIGN_CACHE_SIZE = 50_000
 DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
@@ -110,6 +111,7 @@ class Storage:
         try:
             return await loop.run_in_executor(self._pool, partial(fn, **kwargs))
         except Exception as exc:  # botocore raises many unrelated types
+            metrics.s3_error(getattr(fn, "__name__", "call"))
             raise StorageError(f"S3 {getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}") from exc
 
     def _creds(self) -> Credentials:
@@ -235,11 +237,14 @@ class Storage:
             answer = await self._http.post(f"{self._origin}{path}?delete", content=body, headers=signed,
                                            timeout=httpx.Timeout(30, connect=5))
         except httpx.HTTPError as exc:
+            metrics.s3_error("delete_objects")
             raise StorageError(f"S3 DeleteObjects failed: {type(exc).__name__}: {exc}") from exc
         if answer.status_code != 200:
+            metrics.s3_error("delete_objects")
             raise StorageError(f"S3 DeleteObjects answered {answer.status_code} {s3_error_code(answer.content)}")
         failed = delete_errors(answer.content)
         if failed:
+            metrics.s3_error("delete_objects")
             key, code = failed[0]
             raise StorageError(f"S3 could not delete {len(failed)} objects, e.g. {key!r}: {code}")
 

@@ -130,3 +130,9 @@ async def view(conn: AsyncConnection, name: str, now: dt.datetime | None = None)
 
 async def names(conn: AsyncConnection) -> list[str]:
     return [r.name for r in await conn.execute(select(owners_t.c.name).order_by(owners_t.c.name))]
+
+
+async def budgets(conn: AsyncConnection) -> dict[str, Decimal | None]:
+    """Every owner's monthly budget (None: no budget), by name."""
+    rows = await conn.execute(select(owners_t.c.name, owners_t.c.monthly_budget_usd).order_by(owners_t.c.name))
+    return {r.name: r.monthly_budget_usd for r in rows}

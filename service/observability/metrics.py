@@ -109,6 +109,18 @@ ERASED_OBJECTS = Counter(
 RETENTION_DELETED = Counter(
     f"{PREFIX}_retention_deleted_jobs", "Jobs the retention sweep marked deleted.", registry=REGISTRY,
 )
+S3_ERRORS = Counter(
+    f"{PREFIX}_s3_errors",
+    "S3 calls that failed (no answer, or an error answer), by operation: put_object, upload_part, "
+    "head_bucket (readiness), get_object, delete_objects…",
+    ["operation"], registry=REGISTRY,
+)
+READY = Gauge(
+    f"{PREFIX}_ready",
+    "1 if this process's last /readyz found the check (database, s3) answering, else 0; absent until the "
+    "first readiness check.",
+    ["check"], registry=REGISTRY,
+)
 STREAMS_OPEN = Gauge(
     f"{PREFIX}_streams_open", "Live streams (GET /v1/jobs/{id}/stream) this process holds open.", registry=REGISTRY,
 )
@@ -191,6 +203,14 @@ def observe_erasure(jobs: int, size_bytes: int, objects: int) -> None:
 
 def callback_attempt(outcome: str) -> None:
     CALLBACK_ATTEMPTS.labels(outcome).inc()
+
+
+def s3_error(operation: str) -> None:
+    S3_ERRORS.labels(operation).inc()
+
+
+def readiness(check: str, ok: bool) -> None:
+    READY.labels(check).set(1.0 if ok else 0.0)
 
 
 # --------------------------------------------------------------------------- database

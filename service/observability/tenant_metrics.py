@@ -21,6 +21,7 @@ PREFIX = "wavespeed_jobs"
 class TenantSnapshot:
     spent: dict[str, float] = field(default_factory=dict)
     reserved: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, float] = field(default_factory=dict)  # owners with a monthly budget only
     waiting: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -28,10 +29,12 @@ async def read_tenants(engine: AsyncEngine) -> TenantSnapshot:
     snap = TenantSnapshot()
     now = dt.datetime.now(dt.UTC)
     async with engine.connect() as conn:
-        for name in await owners.names(conn):
+        for name, budget in (await owners.budgets(conn)).items():
             money = await ledger.figures(conn, name, None, now)
             snap.spent[name] = float(money.spent)
             snap.reserved[name] = float(money.reserved)
+            if budget is not None:
+                snap.budget[name] = float(budget)
         for row in await conn.execute(queries.WAITING):
             snap.waiting[(row.owner, int(row.priority))] = int(row.n)
     return snap
@@ -51,8 +54,14 @@ class TenantCollector(Collector):
         for name in sorted(self.snap.spent):
             spent.add_metric([name], self.snap.spent[name])
             reserved.add_metric([name], self.snap.reserved[name])
+        budget = GaugeMetricFamily(f"{PREFIX}_owner_budget_usd",
+                                   "The owner's monthly budget in USD (owners with a budget only).",
+                                   labels=["owner"])
+        for name, usd in sorted(self.snap.budget.items()):
+            budget.add_metric([name], usd)
         yield spent
         yield reserved
+        yield budget
         waiting = GaugeMetricFamily(f"{PREFIX}_owner_jobs_waiting",
                                     "Queued jobs not yet sent upstream, per owner and priority.",
                                     labels=["owner", "priority"])

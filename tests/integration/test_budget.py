@@ -311,3 +311,9 @@ def test_metrics_show_each_owners_spend_reservations_and_waiting_jobs(api_only: 
     assert f'wavespeed_jobs_owner_spent_usd{{owner="{owner}"}} 0.0' in text
     assert f'wavespeed_jobs_owner_jobs_waiting{{owner="{owner}",priority="1"}} 2.0' in text
     assert f'wavespeed_jobs_owner_jobs_waiting{{owner="{owner}",priority="7"}} 1.0' in text
+    # The budget too (the owner-near-budget alert divides by it), for owners that have one.
+    assert f'wavespeed_jobs_owner_budget_usd{{owner="{owner}"}} 0.15' in text
+    unlimited, _ = owner_key(api_only)
+    text = httpx.get(api_only.url + "/metrics", timeout=10).text
+    assert f'wavespeed_jobs_owner_spent_usd{{owner="{unlimited}"}} 0.0' in text
+    assert f'wavespeed_jobs_owner_budget_usd{{owner="{unlimited}"}}' not in text

@@ -1,0 +1,50 @@
+"""What the alerts of deploy/prometheus/alerts.yaml read beyond test_metrics.py's families:
+each /readyz check's result (wavespeed_jobs_ready), failed S3 calls by operation
+(wavespeed_jobs_s3_errors_total), and a worker's own port (`worker --port`), on which
+Prometheus scrapes the counters of the work a worker does (callbacks, provider calls, S3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from devtools.devstack import free_port
+from devtools.serverthread import ServerThread
+from tests.conftest import Service, make_settings, run_service
+from tests.integration.test_metrics import scrape, value
+from tests.processes import ServiceProcess
+
+
+def test_each_readiness_check_is_exported_with_its_result(
+    service: Service, database_url: str, s3_endpoint: str, simulator: ServerThread,
+) -> None:
+    assert httpx.get(service.url + "/readyz", timeout=10).status_code == 200
+    samples = scrape(service.url)
+    assert value(samples, "wavespeed_jobs_ready", check="database") == 1.0
+    assert value(samples, "wavespeed_jobs_ready", check="s3") == 1.0
+    # A bucket that does not exist: S3 answers head_bucket with an error.
+    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False, s3_bucket="no-such-bucket") as svc:
+        before = value(scrape(svc.url), "wavespeed_jobs_s3_errors_total", operation="head_bucket")
+        answer = httpx.get(svc.url + "/readyz", timeout=10)
+        assert answer.status_code == 503 and answer.json()["checks"]["database"] == "ok", answer.text
+        samples = scrape(svc.url)
+    assert value(samples, "wavespeed_jobs_ready", check="s3") == 0.0
+    assert value(samples, "wavespeed_jobs_ready", check="database") == 1.0
+    assert value(samples, "wavespeed_jobs_s3_errors_total", operation="head_bucket") == before + 1
+
+
+def test_a_worker_with_a_port_serves_health_readiness_and_metrics_and_nothing_of_the_api(
+    database_url: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = make_settings(database_url, s3_endpoint, simulator.url, free_port())
+    log = tmp_path / "worker.log"
+    with ServiceProcess(["worker", "--port", str(port), "--host", "127.0.0.1"], settings, log, port=port) as worker:
+        assert httpx.get(worker.url + "/readyz", timeout=10).status_code == 200
+        samples = scrape(worker.url)
+        assert value(samples, "wavespeed_jobs_ready", check="database") == 1.0
+        assert value(samples, "wavespeed_jobs_database_up") == 1.0
+        for path in ("/v1/jobs", "/openapi.json", "/"):
+            assert httpx.get(worker.url + path, timeout=10).status_code == 404, path
+        assert worker.terminate(timeout=30) == 0
