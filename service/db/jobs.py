@@ -20,14 +20,15 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Row, case, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from service.db import queries
 from service.db.models import Delivery, Job, JobEvent, JobOutput, table
 from service.domain.errors import NotFound
 from service.domain.records import JobRecord, OutputRecord
-from service.domain.states import CALLBACK_EVENT, TERMINAL, DeliveryStatus, JobStatus, allowed_from
+from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
 
 jobs_t = table(Job)
 outputs_t = table(JobOutput)
@@ -198,35 +199,34 @@ async def transition(
     The guard is in the WHERE clause (``status = ANY(allowed_from)``), so a concurrent
     writer can never move a job backwards. With ``worker``, the write is also fenced on
     the worker's lease. Terminal moves clear scheduling, stamp completed_at, queue the
-    backend callback in the same transaction (so a crash cannot lose it) and NOTIFY
-    waiters. The money needs nothing here: the trigger ``jobs_ledger`` (revision 0006)
-    writes the spend and the release in whatever UPDATE ends a job, this one or any
-    other path's (tests/integration/test_budget.py proves a plain-SQL completion spends).
+    backend callback in the same transaction (so a crash cannot lose it: the rule "a
+    terminal move queues a pending delivery" of queries.sql, its job side in this UPDATE
+    and its delivery in ``AFTER_MOVE``) and NOTIFY waiters. The money needs nothing here:
+    the trigger ``jobs_ledger`` (service/db/schema.sql) writes the spend and the release
+    in whatever UPDATE ends a job, this one or any other path's
+    (tests/integration/test_budget.py proves a plain-SQL completion spends).
     """
     now = func.now()
     sets: dict[str, Any] = {"status": target.value, "updated_at": now, "locked_until": None, "locked_by": None}
     terminal = target in TERMINAL
     if terminal:
-        # A job with a callback URL has its callback pending from this moment (the
-        # delivery row is written below, in this transaction).
-        has_callback = func.coalesce(jobs_t.c.callback_url, "") != ""
-        sets.update(run_after=None, completed_at=now,
-                    callback_status=case((has_callback, DeliveryStatus.PENDING.value), else_=jobs_t.c.callback_status),
-                    callback_attempts=case((has_callback, 0), else_=jobs_t.c.callback_attempts))
+        sets.update(run_after=None, completed_at=now, callback_status=queries.CALLBACK_STATUS_ENDED,
+                    callback_attempts=queries.CALLBACK_ATTEMPTS_ENDED)
     else:
         sets.update(attempts=0, run_after=func.now() + dt.timedelta(seconds=run_after_seconds or 0))
     if values:
         sets.update(values)
-    stmt = update(jobs_t).where(jobs_t.c.id == job.id, jobs_t.c.status.in_(allowed_from(target)))
+    j = aliased(Job, name="j")  # the name the rule's fragments give the row
+    stmt = update(j).where(j.id == job.id, j.status.in_(allowed_from(target)))
     if worker is not None:
-        stmt = stmt.where(jobs_t.c.locked_by == worker)
-    result = (await conn.execute(stmt.values(**sets).returning(jobs_t.c.callback_url))).first()
+        stmt = stmt.where(j.locked_by == worker)
+    result = (await conn.execute(stmt.values(**sets).returning(j.callback_url))).first()
     if result is None:
         return False
     detail: dict[str, Any] = {"from": job.status, "to": target.value, "reason": reason}
     if values and values.get("error"):
         detail["error"] = values["error"]
-    url = result.callback_url if terminal and result.callback_url else None
+    url = result.callback_url if terminal else None
     if terminal:
         wakes = ([(queries.CHANNEL_WORK, "deliver")] if url else []) + [(queries.CHANNEL_DONE, job.id)]
     else:  # the duty that takes it from here, and live streams (GET /v1/jobs/{id}/stream)
@@ -256,25 +256,14 @@ async def finish_many(
 
 
 async def queue_callback(conn: AsyncConnection, job_id: str, status: JobStatus, url: str) -> str:
-    """A pending delivery of the terminal event; its id is the stable webhook-id. The
-    body is built (and frozen) by the deliverer on the first attempt."""
+    """A pending delivery of the terminal event of a job that has none (queries.sql's
+    rule, ``QUEUE_CALLBACK``); returns its id, the stable webhook-id. The caller holds the
+    job's row lock."""
     delivery_id = new_delivery_id()
-    await conn.execute(
-        insert(deliveries_t).values(
-            id=delivery_id,
-            job_id=job_id,
-            event_type=CALLBACK_EVENT[status],
-            url=url,
-            body="",
-            status=DeliveryStatus.PENDING.value,
-            next_attempt_at=func.now(),
-        )
-    )
-    await conn.execute(
-        update(jobs_t).where(jobs_t.c.id == job_id)
-        .values(callback_status=DeliveryStatus.PENDING.value, callback_attempts=0)
-    )
-    await notify(conn, queries.CHANNEL_WORK, "deliver")
+    await conn.execute(queries.QUEUE_CALLBACK, {
+        "job_id": job_id, "delivery_id": delivery_id, "event_type": CALLBACK_EVENT[status], "url": url,
+        "channel": queries.CHANNEL_WORK,
+    })
     return delivery_id
 
 

@@ -47,8 +47,9 @@ Transactions that write more than one table, and how they keep the order:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import ColumnClause, TextClause, bindparam, literal_column, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from service.db import statements
@@ -142,6 +143,11 @@ INSERT_WEBHOOK_EVENT = _SQL.text("INSERT_WEBHOOK_EVENT")
 APPLY_NEWS = _SQL.asyncpg("APPLY_NEWS")
 NOTIFY_MANY = _SQL.asyncpg("NOTIFY_MANY")
 NOTIFY = _SQL.text("NOTIFY")
+# A terminal move queues a pending delivery: the job's side, for an UPDATE built with
+# SQLAlchemy Core of ``jobs`` aliased ``j`` (service/db/jobs.py transition)
+CALLBACK_STATUS_ENDED: ColumnClause[Any] = literal_column(_SQL.fragment("CALLBACK_STATUS_ENDED"))
+CALLBACK_ATTEMPTS_ENDED: ColumnClause[Any] = literal_column(_SQL.fragment("CALLBACK_ATTEMPTS_ENDED"))
+QUEUE_CALLBACK = _SQL.text("QUEUE_CALLBACK")
 # One job's status change, after its guarded UPDATE (service/db/jobs.py transition)
 AFTER_MOVE = _SQL.text("AFTER_MOVE")
 # Transitions of many jobs at once (service/db/jobs.py)

@@ -68,8 +68,8 @@ RETURNING id;
 -- - upd: provider fields and the guarded forward-only transition (could_move: the target
 -- is reachable from the locked status, states.allowed_from) in one UPDATE per job.
 -- - events: ordered per item: webhook.received, then task adoption/mismatch, then the
--- status change. delivery: a terminal move queues its callback in this transaction,
--- so a crash cannot lose it.
+-- status change. ended: a terminal move queues its callback in this transaction
+-- (QUEUE_DELIVERIES), so a crash cannot lose it.
 WITH n AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
                          $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::text[],
@@ -130,10 +130,10 @@ WITH n AS (
         completed_at = CASE WHEN c.could_move AND c.terminal THEN now() ELSE j.completed_at END,
         attempts = CASE WHEN c.could_move AND NOT c.terminal THEN 0 ELSE j.attempts END,
         error = CASE WHEN c.could_move AND c.error IS NOT NULL THEN c.error ELSE j.error END,
-        callback_status = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
-                               THEN {delivery:pending} ELSE j.callback_status END,
-        callback_attempts = CASE WHEN c.could_move AND c.terminal AND j.callback_url IS NOT NULL
-                                 THEN 0 ELSE j.callback_attempts END
+        callback_status = CASE WHEN c.could_move AND c.terminal THEN {fragment:CALLBACK_STATUS_ENDED}
+                               ELSE j.callback_status END,
+        callback_attempts = CASE WHEN c.could_move AND c.terminal THEN {fragment:CALLBACK_ATTEMPTS_ENDED}
+                                 ELSE j.callback_attempts END
     FROM c
     WHERE c.verdict = 'apply' AND j.id = c.job_id
 ), outs AS (
@@ -164,11 +164,10 @@ WITH n AS (
                || CASE WHEN c.error IS NOT NULL THEN jsonb_build_object('error', c.error) ELSE '{}'::jsonb END
         FROM c WHERE c.verdict = 'apply' AND c.could_move
     ) AS e ORDER BY e.ord, e.step
-), delivery AS (
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT c.delivery_id, c.job_id, c.event_type, c.callback_url, '', {delivery:pending}, now()
-    FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal AND c.callback_url IS NOT NULL
-)
+), ended AS (
+    SELECT c.job_id, c.delivery_id, c.event_type, c.callback_url AS url
+    FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal
+), {fragment:QUEUE_DELIVERIES}
 SELECT c.ord, c.verdict, c.verdict = 'apply' AND c.could_move AS moved,
        c.callback_url IS NOT NULL AS has_callback
 FROM c ORDER BY c.ord;
@@ -183,6 +182,46 @@ SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p);
 -- name: NOTIFY
 SELECT pg_notify(:channel, :payload);
 
+-- === A terminal move queues a pending delivery
+-- The rule, written once here and composed into every statement that ends jobs
+-- (APPLY_NEWS, AFTER_MOVE after jobs.transition's UPDATE, FINISH_MANY) and into
+-- QUEUE_CALLBACK (a redeliver of a terminal job that has none): a job that ends with a
+-- callback URL has, in the same transaction (a crash cannot lose it), one pending
+-- delivery due now, whose id is the stable webhook-id and whose body the deliverer
+-- builds and freezes at its first attempt; the job mirrors it (callback pending, no
+-- attempt yet). Lock order: the job's row is written (or locked) first, the delivery is
+-- a new row nobody else can hold.
+
+-- fragment: CALLBACK_STATUS_ENDED
+-- callback_status of ``j`` (the jobs row the UPDATE writes) as it ends.
+CASE WHEN j.callback_url IS NULL THEN j.callback_status ELSE {delivery:pending} END
+
+-- fragment: CALLBACK_ATTEMPTS_ENDED
+CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
+
+-- fragment: QUEUE_DELIVERIES
+-- The deliveries of ``ended``, a CTE the statement defines before it: (job_id,
+-- delivery_id, event_type, url), the jobs it ended, url their callback URL or NULL.
+queued_deliveries AS (
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
+    SELECT e.delivery_id, e.job_id, e.event_type, e.url, '', {delivery:pending}, now()
+    FROM ended AS e WHERE e.url IS NOT NULL
+    RETURNING job_id)
+
+-- name: QUEUE_CALLBACK
+-- Why: a redeliver (POST /v1/jobs/{id}/callback/redeliver) of a terminal job that has no
+-- delivery yet queues one by the rule above, in one round trip; the caller holds the
+-- job's row lock.
+WITH mirrored AS (
+    UPDATE jobs j SET callback_status = {fragment:CALLBACK_STATUS_ENDED},
+                      callback_attempts = {fragment:CALLBACK_ATTEMPTS_ENDED}
+    WHERE j.id = :job_id
+), ended AS (
+    SELECT CAST(:job_id AS text) AS job_id, CAST(:delivery_id AS text) AS delivery_id,
+           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url
+), {fragment:QUEUE_DELIVERIES}
+SELECT pg_notify(:channel, 'deliver');
+
 -- === One job's status change (service/db/jobs.py transition)
 
 -- name: AFTER_MOVE
@@ -193,11 +232,10 @@ SELECT pg_notify(:channel, :payload);
 -- a new row nobody else can hold.
 WITH event AS (
     INSERT INTO job_events (job_id, type, detail) VALUES (:job_id, 'status.changed', CAST(:detail AS jsonb))
-), delivery AS (
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT :delivery_id, :job_id, :event_type, CAST(:url AS text), '', {delivery:pending}, now()
-    WHERE CAST(:url AS text) IS NOT NULL
-)
+), ended AS (
+    SELECT CAST(:job_id AS text) AS job_id, CAST(:delivery_id AS text) AS delivery_id,
+           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url
+), {fragment:QUEUE_DELIVERIES}
 SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(c, p);
 
 -- === Transitions of many jobs at once (service/db/jobs.py: bulk cancel and delete)
@@ -222,8 +260,8 @@ WITH locked AS (
 moved AS (
     UPDATE jobs j SET status = :target, updated_at = now(), locked_until = NULL, locked_by = NULL,
                       run_after = NULL, completed_at = now(),
-                      callback_status = CASE WHEN j.callback_url IS NULL THEN j.callback_status ELSE {delivery:pending} END,
-                      callback_attempts = CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
+                      callback_status = {fragment:CALLBACK_STATUS_ENDED},
+                      callback_attempts = {fragment:CALLBACK_ATTEMPTS_ENDED}
     FROM locked WHERE j.id = locked.id
     RETURNING j.id, locked.status AS old, j.callback_url),
 numbered AS (SELECT id, old, callback_url, row_number() OVER (ORDER BY id) AS n FROM moved),
@@ -232,18 +270,17 @@ events AS (
     SELECT id, 'status.changed',
            jsonb_build_object('from', old, 'to', CAST(:target AS text), 'reason', CAST(:reason AS text))
     FROM numbered),
-delivered AS (
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT :delivery_head || substr(:delivery_tails, CAST(n AS integer) * 16 - 15, 16), id, :event, callback_url, '',
-           {delivery:pending}, now()
-    FROM numbered WHERE callback_url IS NOT NULL
-    RETURNING 1),
+ended AS (
+    SELECT id AS job_id, :delivery_head || substr(:delivery_tails, CAST(n AS integer) * 16 - 15, 16) AS delivery_id,
+           CAST(:event AS text) AS event_type, callback_url AS url
+    FROM numbered),
+{fragment:QUEUE_DELIVERIES},
 told AS (
     SELECT pg_notify(:done_channel, string_agg(id, ',' ORDER BY n))
     FROM (SELECT id, n, sum(length(id) + 1) OVER (ORDER BY n) / 7000 AS payload FROM numbered) AS c
     GROUP BY payload
     UNION ALL
-    SELECT pg_notify(:work_channel, 'deliver') WHERE EXISTS (SELECT FROM delivered))
+    SELECT pg_notify(:work_channel, 'deliver') WHERE EXISTS (SELECT FROM queued_deliveries))
 -- ``told`` is a plain SELECT: Postgres runs it only if the outer query reads it, hence its count.
 SELECT (SELECT count(*) FROM numbered) AS moved, (SELECT count(*) FROM told) AS notifications;
 

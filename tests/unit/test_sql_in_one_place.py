@@ -147,6 +147,44 @@ def test_each_statement_is_taken_once_and_as_its_kind() -> None:
         found.all_taken()
 
 
+def test_a_fragment_is_composed_into_each_statement_that_names_it() -> None:
+    found = statements.parse("t.sql", "-- name: A\nWITH {fragment:F}\nSELECT 1;\n"
+                                      "-- fragment: F\n-- why\nx AS (\n  SELECT {delivery:pending})\n\n"
+                                      "-- name: B\nSELECT 2;\n-- fragment: G\nnow()\n")
+    assert found.sql == {"A": "WITH x AS (\n  SELECT 'pending')\nSELECT 1", "B": "SELECT 2"}
+    assert found.fragment("G") == "now()"
+    found.text("A")
+    found.text("B")
+    found.all_taken()
+
+
+def test_an_unknown_or_unused_fragment_fails_at_load() -> None:
+    with pytest.raises(ValueError, match="no such fragment"):
+        statements.parse("t.sql", "-- name: A\nSELECT {fragment:NOPE};\n")
+    found = statements.parse("t.sql", "-- name: A\nSELECT 1;\n-- fragment: F\nnow()\n")
+    found.text("A")
+    with pytest.raises(KeyError, match="fragments nobody uses: F"):
+        found.all_taken()
+    with pytest.raises(KeyError, match="no fragment named"):
+        found.fragment("G")
+
+
+def test_a_terminal_move_queues_its_delivery_by_one_rule() -> None:
+    # The pending delivery is written once (QUEUE_DELIVERIES) and every statement that
+    # ends jobs or queues a callback composes it; nothing else inserts deliveries.
+    raw = (SERVICE / "db" / "queries.sql").read_text()
+    assert raw.count("INSERT INTO deliveries") == 1
+    rule = statements.load(SERVICE / "db" / "queries.sql").fragments["QUEUE_DELIVERIES"]
+    for statement in (queries.APPLY_NEWS, str(queries.AFTER_MOVE), str(queries.FINISH_MANY),
+                      str(queries.QUEUE_CALLBACK)):
+        assert rule in statement
+    for statement in (str(queries.FINISH_MANY), str(queries.QUEUE_CALLBACK)):
+        assert f"callback_status = {queries.CALLBACK_STATUS_ENDED.name}" in statement
+    assert queries.CALLBACK_STATUS_ENDED.name in queries.APPLY_NEWS
+    assert [str(p.relative_to(ROOT)) for p in sorted(SERVICE.rglob("*.py"))
+            if re.search(r"insert\((deliveries_t|Delivery)\b", p.read_text())] == []
+
+
 def test_sql_values_refuse_anything_but_plain_names() -> None:
     assert statements.sql_values(["queued", "storing"]) == "'queued', 'storing'"
     for bad in ([], ["x'; DROP TABLE jobs; --"], ["Queued"]):
