@@ -20,21 +20,19 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from service.api import (
-    callback_secret_routes,
-    dashboard,
-    dashboard_bulk,
+    callback_secret_api,
     facade,
     health,
+    job_api,
     job_lifecycle,
     job_stream,
-    tenant_routes,
-    webhooks,
+    metrics_endpoint,
+    openapi_endpoint,
+    owner_account,
+    receiver,
 )
-from service.api import error_responses as errors
-from service.api import job_routes as jobs
-from service.api import metrics_route as metrics
-from service.api import openapi_route as openapi
-from service.api.header_guard import HeaderGuard
+from service.api.plumbing import error_responses
+from service.api.plumbing.header_guard import HeaderGuard
 from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
@@ -49,6 +47,7 @@ from service.domain.signing import generate_standard_secret, standard_key
 from service.observability import logs
 from service.resources import Resources
 from service.settings import Settings
+from service.web import bulk_page, history_page
 from service.work.runner import Runner, new_worker_id
 
 log = structlog.get_logger(__name__)
@@ -154,10 +153,10 @@ async def open_resources(
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     # facade last: it ends in an /api/v3 catch-all.
-    for module in (health, metrics, openapi, jobs, job_lifecycle, job_stream, callback_secret_routes, tenant_routes,
-                   webhooks, facade):
+    for module in (health, metrics_endpoint, openapi_endpoint, job_api, job_lifecycle, job_stream, callback_secret_api,
+                   owner_account, receiver, facade):
         out += module.routes
-    out += dashboard_bulk.routes + dashboard.routes  # the web page at / (and /login, /bulk, /jobs/{id}, /static)
+    out += bulk_page.routes + history_page.routes  # the history page at / (and /login, /bulk, /jobs/{id}, /static)
     return out
 
 
@@ -193,6 +192,6 @@ def create_app(
                 if runner:
                     await runner.stop(settings.shutdown_grace_seconds)
 
-    return Starlette(routes=routes(), exception_handlers=errors.HANDLERS, lifespan=lifespan,
+    return Starlette(routes=routes(), exception_handlers=error_responses.HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(HeaderGuard, limit=settings.max_request_header_bytes)])
 

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     price_flux_krea_dev_lora_usd: str = "0.015"
 
     # --- receiver ---
-    # A request's whole header block: 431 past it (service/api/header_guard.py).
+    # A request's whole header block: 431 past it (service/api/plumbing/header_guard.py).
     max_request_header_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024)
     webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     webhook_tolerance_seconds: int = Field(300, ge=1)
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
     streams_max_per_process: int = Field(2000, ge=1, le=100_000)
 
-    # --- dashboard (the web page at /) ---
+    # --- the history page (the web page at /; its variable keeps the name DASHBOARD_SESSION_HOURS) ---
     dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)
 
     # --- logs ---

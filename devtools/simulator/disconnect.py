@@ -1,7 +1,7 @@
 """Waits inside a request (a hung submit, a sync-mode hold, a paced download) end when
 the client hangs up, or they run on for nobody and hold up the server's shutdown.
 
-The product has its own copy (service/api/disconnect.py): devtools imports nothing from
+The product has its own copy (service/api/plumbing/disconnect.py): devtools imports nothing from
 service, so the simulator stays a separate reading of the provider's document."""
 
 from __future__ import annotations

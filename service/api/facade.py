@@ -24,11 +24,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
-from service.api.auth import authenticate, resources
-from service.api.disconnect import unless_disconnected
-from service.api.error_responses import error_headers, job_fields
-from service.api.job_routes import read_json, render, submit_job, wait_terminal
-from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
+from service.api.job_api import read_json, render, submit_job, wait_terminal
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.disconnect import unless_disconnected
+from service.api.plumbing.error_responses import error_headers, job_fields
+from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db.engine import unavailable
 from service.domain.errors import ServiceError, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA

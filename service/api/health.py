@@ -10,8 +10,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typing_extensions import TypedDict
 
-from service.api.auth import resources
-from service.api.openapi_doc import answer, documented
+from service.api.plumbing.auth import resources
+from service.api.plumbing.openapi_doc import answer, documented
 from service.db import queries
 from service.observability import metrics
 

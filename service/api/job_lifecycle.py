@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.api.auth import authenticate, resources
-from service.api.job_routes import read_json, render
-from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
+from service.api.job_api import read_json, render
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import bulk, deletion, jobs
 from service.domain.errors import NotFound
 from service.domain.serialize import Job

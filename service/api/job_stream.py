@@ -24,8 +24,8 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.auth import authenticate, resources
-from service.api.openapi_doc import BEARER, JOB_ID, documented, errors
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.openapi_doc import BEARER, JOB_ID, documented, errors
 from service.db import jobs
 from service.domain.errors import NotFound, TooManyStreams
 from service.domain.serialize import Job, job_dict

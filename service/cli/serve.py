@@ -30,7 +30,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    from service.api.header_guard import capped_httptools
+    from service.api.plumbing.header_guard import capped_httptools
     from service.app import create_app
 
     missing = settings.missing_for_serve()

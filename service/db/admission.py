@@ -33,7 +33,7 @@ from service.domain.schemas import PRIORITY_DEFAULT
 
 @dataclass(frozen=True)
 class Admission:
-    """What a tenant's submit brings besides the job itself (contract: Money, Scheduling)."""
+    """What an owner's submit brings besides the job itself (contract: Money, Scheduling)."""
 
     estimate_usd: Decimal = Decimal(0)  # price × images asked for: reserved against the budget
     images: int = 1
@@ -93,15 +93,15 @@ async def admit_retries(conn: AsyncConnection, owner: str, ids: list[str]) -> No
     caller's transaction; BudgetExceeded rolls the whole batch back."""
     if not ids:
         return
-    tenant = await owners.lock(conn, owner)
+    limits = await owners.lock(conn, owner)
     rows = (await conn.execute(queries.RETRY_ESTIMATES, {"ids": ids, "owner": owner})).all()
     now = dt.datetime.now(dt.UTC)
     total = sum((Decimal(r.amount) for r in rows), Decimal(0))
-    if tenant.monthly_budget_usd is not None:
-        await ledger.check(conn, owner, tenant.monthly_budget_usd, total, now)
+    if limits.monthly_budget_usd is not None:
+        await ledger.check(conn, owner, limits.monthly_budget_usd, total, now)
     for row in rows:
         job = SimpleNamespace(id=row.id, owner=owner, model=row.model, created_at=row.created_at)
         await ledger.reserve(conn, job, None, Decimal(row.amount), int(row.images), now)
-    first = await fairness.next_tag(conn, owner, tenant.weight, PRIORITY_DEFAULT, ANY_SLOT)
-    await conn.execute(queries.RETRY_TAGS, {"base": first - 1.0 / tenant.weight, "weight": float(tenant.weight),
+    first = await fairness.next_tag(conn, owner, limits.weight, PRIORITY_DEFAULT, ANY_SLOT)
+    await conn.execute(queries.RETRY_TAGS, {"base": first - 1.0 / limits.weight, "weight": float(limits.weight),
                                     "ids": [r.id for r in rows]})

@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import owners, queries
 from service.db.engine import raw_statement
-from service.db.models import ApiKey, DashboardSession, table
+from service.db.models import ApiKey, PageSession, table
 from service.domain.errors import FieldError, NotFound, ValidationFailed
 from service.domain.serialize import iso
 
 keys_t = table(ApiKey)
-sessions_t = table(DashboardSession)
+sessions_t = table(PageSession)
 KEY_PREFIX = "wsj_"
 PUBLIC_ID_PREFIX = "key_"
 MAX_LABEL = 200

@@ -167,7 +167,7 @@ class ApiKey(Base):
 
 
 class Owner(Base):
-    """A tenant: its budget and limits (revision 0006). Keyed by the name every key and
+    """An owner: its budget and limits (revision 0006). Keyed by the name every key and
     job carries."""
 
     __tablename__ = "owners"
@@ -199,8 +199,8 @@ class LedgerEntry(Base):
     at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
-class DashboardSession(Base):
-    __tablename__ = "dashboard_sessions"
+class PageSession(Base):
+    __tablename__ = "dashboard_sessions"  # the history page's sessions; the table keeps its first name
 
     token_hash: Mapped[str] = mapped_column(Text, primary_key=True)
     owner: Mapped[str] = mapped_column(Text)

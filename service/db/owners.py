@@ -1,4 +1,4 @@
-"""Owners (tenants): budget and limits, created by ``keys create`` or ``owners set``.
+"""Owners: budget and limits, created by ``keys create`` or ``owners set``.
 
 The owner's row is also the lock that makes admission one step per owner: a submit
 locks it (``lock``) while it checks the budget, takes its place in turn and reserves.

@@ -1,5 +1,5 @@
 """One exception root. Each class's docstring is its default message; the HTTP edge
-(service/api/errors.py) turns them into JSON answers, nothing below it knows HTTP."""
+(service/api/plumbing/error_responses.py) turns them into JSON answers, nothing below it knows HTTP."""
 
 from __future__ import annotations
 

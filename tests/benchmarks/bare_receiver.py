@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.api.body import read_capped
+from service.api.plumbing.body import read_capped
 from service.domain.errors import BadRequest, SignatureInvalid
 from service.domain.signing import verify_wavespeed
 

@@ -8,7 +8,7 @@ baseline in the same run, alternating rounds:
    egress layer (``Egress.http``: pinned connections, one lookup per new connection)
    against a plain ``httpx.AsyncClient``.
 3. ``serve``'s HTTP parser: httptools with our header cap (the default,
-   service/api/header_guard.py) against h11 (which has a cap of its own): wrk on
+   service/api/plumbing/header_guard.py) against h11 (which has a cap of its own): wrk on
    ``/healthz``, one ``serve --no-workers`` process per side and round (needs wrk and the
    local Postgres).
 

@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright
+"""The history page in a real browser: Debian's headless Chromium driven by Playwright
 (``executable_path`` points at the system browser, so nothing is downloaded).
 
 A person signs in, filters the history, opens a job and sees its images load, watches a

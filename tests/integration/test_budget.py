@@ -30,7 +30,7 @@ BODY = {"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "budget", "si
 
 
 def set_owner(database_url: str, owner: str, **values: Any) -> None:
-    """owners set, as the CLI does it (the CLI itself is tested in test_tenants.py)."""
+    """owners set, as the CLI does it (the CLI itself is tested in test_owners.py)."""
     columns = ", ".join(f"{k} = %({k})s" for k in values)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO owners (name) VALUES (%s) ON CONFLICT DO NOTHING", (owner,))
@@ -251,7 +251,7 @@ def test_hostile_usage_queries_are_422_naming_the_field(api_only: Service, query
     assert [f["loc"] for f in answer.json()["error"]["fields"]] == [field]
 
 
-def test_every_tenant_endpoint_needs_a_key(api_only: Service) -> None:
+def test_every_owner_endpoint_needs_a_key(api_only: Service) -> None:
     for path in ("/v1/owner", "/v1/usage"):
         assert httpx.get(api_only.url + path).status_code == 401
 

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from tests.conftest import Service, fresh_database, make_settings, run_service
-from tests.integration.test_dashboard import set_cookie_headers, sign_in
+from tests.integration.test_history_page import set_cookie_headers, sign_in
 from tests.integration.test_webhooks import encode, owner_of, sign, submitted_job
 from tests.processes import ServiceProcess
 

@@ -49,9 +49,19 @@ def test_the_dockerfile_copies_the_product_only() -> None:
 def test_the_installed_packages_are_the_service_alone(image_tree: Path) -> None:
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = find_packages(str(image_tree), include=include)
-    assert "service" in packages and "service.api" in packages
+    assert {"service", "service.api", "service.api.plumbing", "service.web", "service.cli"} <= set(packages)
     assert [p for p in packages if not p.startswith("service")] == []
     assert not list(image_tree.rglob("simulator*"))
+
+
+def test_the_history_pages_templates_and_static_files_are_installed_with_it() -> None:
+    # Package data is matched by glob: a file the globs miss is absent from the image,
+    # and the page fails there only (a checkout's editable install serves every file).
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service"]
+    installed = {p for g in globs for p in (ROOT / "service").glob(g)}
+    files = [p for folder in ("templates", "static") for p in (ROOT / "service" / "web" / folder).iterdir()]
+    assert files, "service/web/ has no templates or static files"
+    assert [str(f.relative_to(ROOT)) for f in files if f not in installed] == []
 
 
 def _run_in_image(image_tree: Path, code: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from service.api.job_routes import MAX_BODY_BYTES
+from service.api.job_api import MAX_BODY_BYTES
 from tests.conftest import Service, run_service
 
 DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"

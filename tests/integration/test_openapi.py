@@ -22,7 +22,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 from devtools.serverthread import ServerThread
-from service.api import openapi_doc as openapi
+from service.api.plumbing import openapi_doc as openapi
 from service.app import routes
 from service.domain.errors import ValidationFailed
 from service.domain.schemas import validate_job_create

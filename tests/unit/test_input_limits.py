@@ -9,7 +9,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from service.api.body import MAX_JSON_DEPTH, json_depth, parse_json
+from service.api.plumbing.body import MAX_JSON_DEPTH, json_depth, parse_json
 from service.domain import signing
 from service.domain.errors import BadRequest, FieldError, SignatureInvalid, ValidationFailed
 from service.settings import Settings

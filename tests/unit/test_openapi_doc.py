@@ -1,4 +1,4 @@
-"""service/api/openapi_doc.py reads operations off the route table: an API route without
+"""service/api/plumbing/openapi_doc.py reads operations off the route table: an API route without
 ``@documented`` is reported, a route marked ``include_in_schema=False`` is not API, and
 a class named in an operation becomes a ``$ref`` to its one schema."""
 
@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typing_extensions import TypedDict
 
-from service.api.openapi_doc import answer, build, documented, undocumented
+from service.api.plumbing.openapi_doc import answer, build, documented, undocumented
 from service.app import routes
 
 

@@ -1,15 +1,15 @@
-"""The dashboard's pure pieces: the filter form → API parameters, where sign-in may send
+"""The history page's pure pieces: the filter form → API parameters, where sign-in may send
 a person afterwards, form tokens, and how times are shown."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.api.dashboard import history_params
-from service.api.dashboard_render import _datetime_input, _duration, _size
-from service.api.dashboard_signin import safe_next
-from service.db.dashboard_sessions import form_token, tokens_match
+from service.db.page_sessions import form_token, tokens_match
 from service.domain.errors import FieldError
+from service.web.history_page import history_params
+from service.web.rendering import _datetime_input, _duration, _size
+from service.web.sign_in import safe_next
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from typing_extensions import TypedDict
 
-from service.api.auth import authenticate, resources
-from service.api.body import parse_json, read_capped
-from service.api.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.body import parse_json, read_capped
+from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import admission, deliveries, jobs
 from service.db.engine import raw_statement
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter

@@ -1,5 +1,5 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the routes this app serves
-(service/api/openapi_doc.py builds it from the route table: each API module declares
+(service/api/plumbing/openapi_doc.py builds it from the route table: each API module declares
 its own operations)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.api import openapi_doc as openapi
-from service.api.openapi_doc import documented
+from service.api.plumbing import openapi_doc as openapi
+from service.api.plumbing.openapi_doc import documented
 
 
 def _version() -> str:

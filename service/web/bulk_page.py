@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.api.auth import resources
-from service.api.dashboard import history_params
-from service.api.dashboard_render import page
-from service.api.dashboard_signin import MAX_FORM_BYTES, Forbidden, chrome, same_origin, signed_in
+from service.api.plumbing.auth import resources
 from service.db import bulk
-from service.db import dashboard_sessions as sessions
+from service.db import page_sessions as sessions
 from service.domain.errors import PayloadTooLarge
+from service.web.history_page import history_params
+from service.web.rendering import page
+from service.web.sign_in import MAX_FORM_BYTES, Forbidden, chrome, same_origin, signed_in
 from service.work.bulk import run_bulk
 
 FILTER_FIELDS = ("status", "model", "created_after", "created_before", "meta")

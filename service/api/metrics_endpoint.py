@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.auth import resources
-from service.api.openapi_doc import documented
+from service.api.plumbing.auth import resources
+from service.api.plumbing.openapi_doc import documented
 from service.observability import metrics as service_metrics
 
 

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.api.auth import authenticate, resources
-from service.api.body import parse_json, read_capped
-from service.api.openapi_doc import BEARER, answer, documented, errors
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.body import parse_json, read_capped
+from service.api.plumbing.openapi_doc import BEARER, answer, documented, errors
 from service.db import callback_secrets
 from service.db.callback_secrets import DEFAULT_KEEP_PREVIOUS_SECONDS, MAX_KEEP_PREVIOUS_SECONDS, OwnerSecrets
 from service.domain.errors import FieldError, ValidationFailed

@@ -1,4 +1,4 @@
-"""Pure rules of tenancy: the money period, how amounts are shown, what operators and
+"""Pure rules of owners: the money period, how amounts are shown, what operators and
 owners may type."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from service.api.tenant_routes import parse_usage
+from service.api.owner_account import parse_usage
 from service.db import owners
 from service.db.ledger import month_period, usd
 from service.domain.errors import ValidationFailed

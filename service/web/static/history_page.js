@@ -24,7 +24,7 @@
   });
 })();
 
-// Live status for the dashboard: while a page shows jobs that are still running, ask the
+// Live status for the history page: while a page shows jobs that are still running, ask the
 // service for fresh copies of the changing parts about once a second and swap them in.
 //
 // The service renders (and escapes) every fragment; this script only places them, so it

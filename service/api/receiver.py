@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typing_extensions import TypedDict
 
-from service.api.auth import resources
-from service.api.body import parse_json, read_capped
-from service.api.error_responses import ErrorBody
-from service.api.openapi_doc import JOB_ID, answer, documented
+from service.api.plumbing.auth import resources
+from service.api.plumbing.body import parse_json, read_capped
+from service.api.plumbing.error_responses import ErrorBody
+from service.api.plumbing.openapi_doc import JOB_ID, answer, documented
 from service.db import jobs, news
 from service.db.news_writer import NewsWriter
 from service.domain.errors import BadRequest, SignatureInvalid

@@ -16,21 +16,21 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
-from service.db.dashboard_sessions import open_session
 from service.db.engine import create_engine
+from service.db.page_sessions import open_session
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.test_cli import cli
 
 
 @pytest.fixture(scope="module")
-def tenant_db(postgres_server: str) -> Iterator[str]:
+def owners_db(postgres_server: str) -> Iterator[str]:
     with fresh_database(postgres_server) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def svc(tenant_db: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
-    with run_service(tenant_db, s3_endpoint, simulator.url, run_workers=False) as service:
+def svc(owners_db: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
+    with run_service(owners_db, s3_endpoint, simulator.url, run_workers=False) as service:
         yield service
 
 
@@ -46,18 +46,18 @@ def new_key(db: str, owner: str, *extra: str) -> tuple[str, str]:
     return done.stdout.strip(), public_id
 
 
-def test_keys_carry_a_public_id_label_and_expiry_and_list_without_secrets(tenant_db: str) -> None:
+def test_keys_carry_a_public_id_label_and_expiry_and_list_without_secrets(owners_db: str) -> None:
     owner = f"acme_{uuid.uuid4().hex[:6]}"
-    key, public_id = new_key(tenant_db, owner, "--label", "billing backend", "--expires-in-days", "30")
+    key, public_id = new_key(owners_db, owner, "--label", "billing backend", "--expires-in-days", "30")
     assert public_id.startswith("key_")
-    listed = json.loads(run(tenant_db, "keys", "list", "--owner", owner, "--json").stdout)
+    listed = json.loads(run(owners_db, "keys", "list", "--owner", owner, "--json").stdout)
     assert [k["id"] for k in listed] == [public_id]
     row = listed[0]
     assert set(row) == {"id", "owner", "label", "created_at", "last_used_at", "expires_at", "revoked_at"}
     assert (row["owner"], row["label"], row["revoked_at"], row["last_used_at"]) == (owner, "billing backend", None,
                                                                                     None)
     assert row["expires_at"] > row["created_at"]
-    assert key not in run(tenant_db, "keys", "list").stdout
+    assert key not in run(owners_db, "keys", "list").stdout
 
 
 def _session(db: str, key: str) -> str:
@@ -75,33 +75,33 @@ def _session(db: str, key: str) -> str:
     return asyncio.run(go())
 
 
-def test_a_revoked_key_is_refused_within_a_second_and_its_sessions_end(svc: Service, tenant_db: str) -> None:
+def test_a_revoked_key_is_refused_within_a_second_and_its_sessions_end(svc: Service, owners_db: str) -> None:
     owner = f"rev_{uuid.uuid4().hex[:6]}"
-    key, public_id = new_key(tenant_db, owner)
-    cookie = {"wsj_session": _session(tenant_db, key)}
+    key, public_id = new_key(owners_db, owner)
+    cookie = {"wsj_session": _session(owners_db, key)}
     with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
         assert client.get("/v1/owner").status_code == 200
         assert httpx.get(svc.url + "/v1/jobs", cookies=cookie).status_code == 200
-        run(tenant_db, "keys", "revoke", public_id)
+        run(owners_db, "keys", "revoke", public_id)
         revoked_at = time.monotonic()
         answer = client.get("/v1/owner")
         elapsed = time.monotonic() - revoked_at
     assert answer.status_code == 401 and elapsed < 1.0
     assert httpx.get(svc.url + "/v1/jobs", cookies=cookie).status_code == 401
-    with psycopg.connect(tenant_db) as conn:
+    with psycopg.connect(owners_db) as conn:
         sessions = conn.execute("SELECT count(*) FROM dashboard_sessions s JOIN api_keys k ON k.id = s.api_key_id "
                                 "WHERE k.public_id = %s", (public_id,)).fetchone()
     assert sessions == (0,)
-    listed = json.loads(run(tenant_db, "keys", "list", "--owner", owner, "--json").stdout)
+    listed = json.loads(run(owners_db, "keys", "list", "--owner", owner, "--json").stdout)
     assert listed[0]["revoked_at"] is not None
 
 
-def test_an_expired_key_is_refused_and_last_used_is_recorded(svc: Service, tenant_db: str) -> None:
+def test_an_expired_key_is_refused_and_last_used_is_recorded(svc: Service, owners_db: str) -> None:
     owner = f"exp_{uuid.uuid4().hex[:6]}"
-    key, public_id = new_key(tenant_db, owner, "--expires-in-days", "1")
+    key, public_id = new_key(owners_db, owner, "--expires-in-days", "1")
     with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
         assert client.get("/v1/owner").status_code == 200
-        with psycopg.connect(tenant_db, autocommit=True) as conn:
+        with psycopg.connect(owners_db, autocommit=True) as conn:
             used = conn.execute("SELECT last_used_at FROM api_keys WHERE public_id = %s", (public_id,)).fetchone()
             conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE public_id = %s",
                          (public_id,))
@@ -109,11 +109,11 @@ def test_an_expired_key_is_refused_and_last_used_is_recorded(svc: Service, tenan
     assert used is not None and used[0] is not None
 
 
-def test_owners_set_show_list_and_the_owner_view_agree(svc: Service, tenant_db: str) -> None:
+def test_owners_set_show_list_and_the_owner_view_agree(svc: Service, owners_db: str) -> None:
     owner = f"set_{uuid.uuid4().hex[:6]}"
-    shown = json.loads(run(tenant_db, "owners", "set", owner, "--monthly-budget-usd", "100", "--max-in-flight", "20",
+    shown = json.loads(run(owners_db, "owners", "set", owner, "--monthly-budget-usd", "100", "--max-in-flight", "20",
                            "--weight", "3", "--paused", "--retention-days", "30").stdout)
-    key, _ = new_key(tenant_db, owner)
+    key, _ = new_key(owners_db, owner)
     with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
         view = client.get("/v1/owner").json()
     assert view == shown
@@ -123,12 +123,12 @@ def test_owners_set_show_list_and_the_owner_view_agree(svc: Service, tenant_db: 
     assert (budget["monthly_usd"], budget["spent_usd"], budget["reserved_usd"], budget["remaining_usd"]) == (
         "100.00", "0.00", "0.00", "100.00")
     assert budget["period_start"].endswith("-01T00:00:00Z") and budget["period_end"] > budget["period_start"]
-    cleared = json.loads(run(tenant_db, "owners", "set", owner, "--monthly-budget-usd", "none", "--max-in-flight",
+    cleared = json.loads(run(owners_db, "owners", "set", owner, "--monthly-budget-usd", "none", "--max-in-flight",
                              "none", "--resumed").stdout)
     assert cleared["budget"]["monthly_usd"] is None and cleared["budget"]["remaining_usd"] is None
     assert cleared["limits"] == {"max_in_flight": None, "weight": 3} and cleared["paused"] is False
-    assert json.loads(run(tenant_db, "owners", "show", owner, "--json").stdout) == cleared
-    assert owner in [o["owner"] for o in json.loads(run(tenant_db, "owners", "list", "--json").stdout)]
+    assert json.loads(run(owners_db, "owners", "show", owner, "--json").stdout) == cleared
+    assert owner in [o["owner"] for o in json.loads(run(owners_db, "owners", "list", "--json").stdout)]
 
 
 @pytest.mark.parametrize(
@@ -149,11 +149,11 @@ def test_owners_set_show_list_and_the_owner_view_agree(svc: Service, tenant_db: 
         (["owners", "show", "nobody-by-this-name"], "no owner"),
     ],
 )
-def test_bad_operator_input_is_refused_by_name_and_changes_nothing(tenant_db: str, args: list[str], words: str) -> None:
-    with psycopg.connect(tenant_db) as conn:
+def test_bad_operator_input_is_refused_by_name_and_changes_nothing(owners_db: str, args: list[str], words: str) -> None:
+    with psycopg.connect(owners_db) as conn:
         before = conn.execute("SELECT count(*) FROM owners").fetchone()
-    done = cli(*args, env={"DATABASE_URL": tenant_db})
+    done = cli(*args, env={"DATABASE_URL": owners_db})
     assert done.returncode != 0 and words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    with psycopg.connect(tenant_db) as conn:
+    with psycopg.connect(owners_db) as conn:
         assert conn.execute("SELECT count(*) FROM owners").fetchone() == before

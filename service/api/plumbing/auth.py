@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.db import dashboard_sessions as sessions
+from service.db import page_sessions as sessions
 from service.db.keys import owner_for
 from service.domain.errors import Unauthorized
 from service.resources import Resources
@@ -24,7 +24,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def authenticate(request: Request) -> str:
-    """The owner of the request's API key, or of the dashboard's session cookie, or
+    """The owner of the request's API key, or of the history page's session cookie, or
     Unauthorized. The cookie counts only for reads (GET/HEAD): a cookie rides along on
     requests other sites make, so anything that changes state needs the header."""
     token = bearer_token(request)
@@ -37,6 +37,6 @@ async def authenticate(request: Request) -> str:
     if cookie and request.method in ("GET", "HEAD"):
         owner = await sessions.session_owner(resources(request).engine, cookie)
         if owner is None:
-            raise Unauthorized("the dashboard session has expired; sign in again")
+            raise Unauthorized("the history page session has expired; sign in again")
         return owner
     raise Unauthorized()

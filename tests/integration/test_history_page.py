@@ -319,7 +319,7 @@ def test_pages_load_nothing_from_outside_and_forbid_it(web: httpx.Client, api: h
         for url in re.findall(r'(?:src|href|action)="([^"]+)"', answer.text):
             assert url.startswith(("/", s3_origin + "/")), (path, url)
         assert '<meta name="viewport"' in answer.text
-    for asset, kind in (("/static/dashboard.css", "text/css"), ("/static/dashboard.js", "javascript")):
+    for asset, kind in (("/static/history_page.css", "text/css"), ("/static/history_page.js", "javascript")):
         served = web.get(asset)
         assert served.status_code == 200 and kind in served.headers["content-type"]
     assert web.get("/static/../settings.py").status_code == 404

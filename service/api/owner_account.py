@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typing_extensions import TypedDict
 
-from service.api.auth import authenticate, resources
-from service.api.openapi_doc import BEARER, answer, documented, errors
+from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.openapi_doc import BEARER, answer, documented, errors
 from service.db import ledger, owners
 from service.domain.errors import FieldError, ValidationFailed
 

@@ -18,12 +18,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from service.api.auth import resources
+from service.api.plumbing.auth import resources
 from service.domain.schemas import MODELS
 from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
 
-PACKAGE = Path(__file__).resolve().parent.parent  # service/
+WEB = Path(__file__).resolve().parent  # service/web/: templates/ and static/
 
 
 def _when(value: str | None) -> str:
@@ -75,7 +75,7 @@ def _datetime_input(value: str) -> str:
 
 def _environment() -> Environment:
     env = Environment(
-        loader=FileSystemLoader(PACKAGE / "templates"),
+        loader=FileSystemLoader(WEB / "templates"),
         autoescape=select_autoescape(["html"], default=True),
         undefined=StrictUndefined,
         trim_blocks=True,

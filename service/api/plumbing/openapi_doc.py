@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import TypeAdapter
 from starlette.routing import BaseRoute, Route
 
-from service.api.error_responses import ErrorBody
+from service.api.plumbing.error_responses import ErrorBody
 
 REF = "#/components/schemas/{model}"
 ATTRIBUTE = "__openapi__"

@@ -1,4 +1,4 @@
-"""Dashboard sessions: what the web page's cookie stands for.
+"""History page sessions: what the page's cookie stands for.
 
 Signing in with an API key opens a server-side session; the browser only ever holds a
 random token for it, never the key. The table keeps the token's sha256 (a leaked row
@@ -18,9 +18,9 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.keys import hash_key, live_key_clause
-from service.db.models import ApiKey, DashboardSession, table
+from service.db.models import ApiKey, PageSession, table
 
-sessions_t = table(DashboardSession)
+sessions_t = table(PageSession)
 keys_t = table(ApiKey)
 
 COOKIE = "wsj_session"
@@ -89,6 +89,7 @@ async def close_session(engine: AsyncEngine, token: str) -> None:
 def form_token(session_token: str) -> str:
     """The anti-CSRF token for forms posted inside a session (sign out): derived from
     the session's secret token, so a page on another site can neither read nor guess it."""
+    # The label is fixed: another would void the form of every page open at a deploy.
     return hmac.new(session_token.encode("utf-8"), b"wsj-dashboard-form", hashlib.sha256).hexdigest()
 
 

@@ -1,6 +1,6 @@
 """Signing in to the history page with an API key, and signing out.
 
-Sessions are server-side (service/db/dashboard_sessions.py): the cookie holds a random
+Sessions are server-side (service/db/page_sessions.py): the cookie holds a random
 token, is HttpOnly and SameSite=Lax (Secure over https). The sign-in and sign-out forms
 carry an anti-CSRF token and must come from this origin.
 """
@@ -16,10 +16,10 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from service.api.auth import resources
-from service.api.dashboard_render import page
-from service.db import dashboard_sessions as sessions
+from service.api.plumbing.auth import resources
+from service.db import page_sessions as sessions
 from service.domain.errors import FieldError, PayloadTooLarge, ServiceError, ValidationFailed
+from service.web.rendering import page
 
 CSRF_COOKIE = "wsj_csrf"
 MAX_FORM_BYTES = 16 * 1024

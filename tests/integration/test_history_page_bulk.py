@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Service
 from tests.integration.helpers import submit, wait_terminal
-from tests.integration.test_dashboard import csrf_field, sign_in
+from tests.integration.test_history_page import csrf_field, sign_in
 
 
 def hidden_fields(page: str, form_action: str = "/bulk") -> list[tuple[str, str]]:

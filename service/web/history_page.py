@@ -2,8 +2,8 @@
 (input, outputs, events, callback attempts) and watch a running one finish.
 
 Server-rendered and served whole by the service: rendering and security headers in
-dashboard_render.py, signing in and out (server-side sessions, CSRF) in
-dashboard_signin.py, the pages themselves here.
+rendering.py, signing in and out (server-side sessions, CSRF) in sign_in.py, the bulk
+actions in bulk_page.py, the pages themselves here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service.api.auth import resources
-from service.api.dashboard_render import PACKAGE, fragment, page
-from service.api.dashboard_signin import chrome, current_owner, login, login_page, logout, signed_in
+from service.api.plumbing.auth import resources
 from service.db import jobs, owners
 from service.db.history import MAX_LIMIT, list_jobs, parse_filter
 from service.db.models import Delivery, Job, JobEvent, table
@@ -28,6 +26,8 @@ from service.domain.errors import FieldError, Unauthorized, ValidationFailed
 from service.domain.serialize import iso, job_dict
 from service.domain.states import TERMINAL
 from service.resources import Resources
+from service.web.rendering import WEB, fragment, page
+from service.web.sign_in import chrome, current_owner, login, login_page, logout, signed_in
 
 events_t = table(JobEvent)
 jobs_t = table(Job)
@@ -104,7 +104,7 @@ async def history(request: Request, owner: str) -> Response:
 
 
 async def live_list(request: Request) -> JSONResponse:
-    """Fresh list rows for the history page's running jobs (polled by dashboard.js)."""
+    """Fresh list rows for the history page's running jobs (polled by history_page.js)."""
     res = resources(request)
     owner = await _live_owner(request)
     ids = request.query_params.getlist("id")[:MAX_LIMIT]
@@ -130,7 +130,7 @@ def live_list_url(job_ids: Sequence[str]) -> str | None:
 async def _live_owner(request: Request) -> str:
     owner = await current_owner(request)
     if owner is None:
-        raise Unauthorized("the dashboard session has expired; sign in again")
+        raise Unauthorized("the history page session has expired; sign in again")
     return owner
 
 
@@ -167,7 +167,7 @@ async def job_page(request: Request, owner: str) -> Response:
 
 
 async def live_job(request: Request) -> JSONResponse:
-    """The job page's changing sections, re-rendered (polled by dashboard.js)."""
+    """The job page's changing sections, re-rendered (polled by history_page.js)."""
     owner = await _live_owner(request)
     job = await job_view(resources(request), request.path_params["job_id"], owner)
     return JSONResponse({
@@ -184,5 +184,5 @@ routes: list[BaseRoute] = [
     Route("/live", live_list, methods=["GET"], include_in_schema=False),
     Route("/jobs/{job_id}", signed_in(job_page), methods=["GET"], include_in_schema=False),
     Route("/jobs/{job_id}/live", live_job, methods=["GET"], include_in_schema=False),
-    Mount("/static", app=StaticFiles(directory=PACKAGE / "static"), name="static"),
+    Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]
