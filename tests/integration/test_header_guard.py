@@ -1,4 +1,4 @@
-"""The header cap of `serve`'s protocol (service/api/header_guard.py) counts the header
+"""The header cap of `serve`'s protocol (service/api/plumbing/header_guard.py) counts the header
 block only: a large body that arrives in the same reads as its headers is answered by
 the app, however the bytes are split; and what follows the headers that is not body
 (chunk extensions, trailers) is bounded by the same cap. Raw sockets against the real
@@ -17,7 +17,7 @@ import pytest
 
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
-from service.api.header_guard import capped_httptools, head_end
+from service.api.plumbing.header_guard import capped_httptools, head_end
 from service.app import create_app
 from service.db.keys import create_key_blocking
 from tests.conftest import make_settings
