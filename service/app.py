@@ -163,7 +163,7 @@ def routes() -> list[BaseRoute]:
 def create_ops_app(res: Resources) -> Starlette:
     """A worker's own port (``worker --port``): liveness, readiness and metrics on the
     worker's resources, nothing of the API."""
-    app = Starlette(routes=[*health.routes, *metrics.routes], exception_handlers=errors.HANDLERS)
+    app = Starlette(routes=[*health.routes, *metrics_endpoint.routes], exception_handlers=error_responses.HANDLERS)
     app.state.resources = res
     return app
 
