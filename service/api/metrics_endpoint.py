@@ -6,12 +6,15 @@ id, a URL or a secret. Keep it off the public internet all the same (docs/operat
 
 from __future__ import annotations
 
+import functools
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.plumbing.auth import resources
 from service.api.plumbing.openapi_doc import documented
+from service.db import gauges
 from service.observability import metrics as service_metrics
 
 
@@ -22,7 +25,8 @@ from service.observability import metrics as service_metrics
                                    "application/openmetrics-text": {"schema": {"type": "string"}}}}},
 )
 async def scrape(request: Request) -> Response:
-    body, content_type = await service_metrics.exposition(resources(request).engine, request.headers.get("accept"))
+    read = functools.partial(gauges.snapshot, resources(request).engine)
+    body, content_type = await service_metrics.exposition(read, request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
 
 

@@ -104,4 +104,4 @@ async def admit_retries(conn: AsyncConnection, owner: str, ids: list[str]) -> No
         await ledger.reserve(conn, job, None, Decimal(row.amount), int(row.images), now)
     first = await fairness.next_tag(conn, owner, limits.weight, PRIORITY_DEFAULT, ANY_SLOT)
     await conn.execute(queries.RETRY_TAGS, {"base": first - 1.0 / limits.weight, "weight": float(limits.weight),
-                                    "ids": [r.id for r in rows]})
+                                            "ids": [r.id for r in rows]})

@@ -602,7 +602,7 @@ SELECT 1;
 -- (≈ 280 ms) or starting workers only pays off for scans of millions.
 SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true);
 
--- === Metrics (service/observability/metrics.py, tenant_metrics.py)
+-- === Metrics (service/db/gauges.py, for service/observability/metrics.py)
 
 -- name: FOLD_COUNTS
 -- Why: fold first (tried, never waited for: see migrations/versions/0008), then read

@@ -2,8 +2,9 @@
 
 Two kinds, because they answer different questions:
 
-* The state of the work, read from Postgres at scrape time, so every process shows the
-  same truth whichever of them did the work: jobs by status and model (exact, from the
+* The state of the work, read from Postgres at scrape time (service/db/gauges.py reads
+  it; this module never touches the database), so every process shows the same truth
+  whichever of them did the work: jobs by status and model (exact, from the
   ``job_counts`` plus live counts, migrations/versions/0008_job_counts_without_churn.py), and per duty the
   work that is due but not taken, the age of the oldest such row, and the rows leased
   now. Each query reads a dozen rows or walks a partial index of the active set only.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -36,12 +37,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import queries
 from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
-from service.observability.tenant_metrics import TenantCollector, TenantSnapshot, read_tenants
+from service.observability.owner_metrics import OwnerCollector, OwnerSnapshot
 
 log = structlog.get_logger(__name__)
 PREFIX = "wavespeed_jobs"
@@ -213,7 +212,7 @@ def readiness(check: str, ok: bool) -> None:
     READY.labels(check).set(1.0 if ok else 0.0)
 
 
-# --------------------------------------------------------------------------- database
+# --------------------------------------------------------------------------- the database's figures
 
 
 DUTIES = ("submit", "store", "reconcile", "deliver")
@@ -221,27 +220,19 @@ DUTIES = ("submit", "store", "reconcile", "deliver")
 
 @dataclass
 class DatabaseSnapshot:
-    """What the database says at one scrape."""
+    """What the database says at one scrape (filled by service/db/gauges.py)."""
 
     ok: bool = True
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
     leased: dict[str, int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)
+    owners: OwnerSnapshot | None = None  # None: no per-owner figures in this scrape
 
 
-async def read_database(engine: AsyncEngine) -> DatabaseSnapshot:
-    snap = DatabaseSnapshot()
-    async with engine.begin() as conn:
-        await conn.execute(queries.FOLD_COUNTS)
-        for row in await conn.execute(queries.JOB_COUNTS):
-            snap.jobs[(row.status, row.model)] = int(row.n)
-        for statement in (queries.JOB_WORK, queries.DELIVERY_WORK):
-            for row in await conn.execute(statement):
-                snap.due[row.duty] = int(row.due)
-                snap.leased[row.duty] = int(row.leased)
-                snap.oldest[row.duty] = float(row.oldest or 0.0)
-    return snap
+# How a scrape gets the database's figures (service/db/gauges.py ``snapshot``, bound to
+# the process's engine by the caller).
+ReadDatabase = Callable[[], Awaitable[DatabaseSnapshot]]
 
 
 class DatabaseCollector(Collector):
@@ -285,23 +276,21 @@ class _ProcessCollector(Collector):
         yield from REGISTRY.collect()
 
 
-async def exposition(engine: AsyncEngine, accept: str | None = None) -> tuple[bytes, str]:
+async def exposition(read: ReadDatabase, accept: str | None = None) -> tuple[bytes, str]:
     """The whole /metrics body and its content type: this process's metrics, then the
-    database's, in the format the scraper's Accept header asks for (Prometheus text
-    0.0.4 by default, OpenMetrics on request). A database that does not answer within
-    SCRAPE_TIMEOUT_SECONDS gives ``database_up 0`` rather than a failed scrape, so the
-    process metrics still arrive during an outage."""
-    tenants: TenantSnapshot | None = None
+    database's figures (``read``), in the format the scraper's Accept header asks for
+    (Prometheus text 0.0.4 by default, OpenMetrics on request). A database that does not
+    answer within SCRAPE_TIMEOUT_SECONDS gives ``database_up 0`` rather than a failed
+    scrape, so the process metrics still arrive during an outage."""
     try:
-        snap = await asyncio.wait_for(read_database(engine), timeout=SCRAPE_TIMEOUT_SECONDS)
-        tenants = await asyncio.wait_for(read_tenants(engine), timeout=SCRAPE_TIMEOUT_SECONDS)
+        snap = await asyncio.wait_for(read(), timeout=SCRAPE_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - an outage is reported as a metric, not raised
         log.warning("metrics.database_failed", error=type(exc).__name__)
         snap = DatabaseSnapshot(ok=False)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_ProcessCollector())
     scrape.register(DatabaseCollector(snap))
-    if tenants is not None:
-        scrape.register(TenantCollector(tenants))  # service/observability/tenant_metrics.py
+    if snap.ok and snap.owners is not None:
+        scrape.register(OwnerCollector(snap.owners))  # service/observability/owner_metrics.py
     encode, content_type = choose_encoder(accept or "")
     return encode(scrape), content_type

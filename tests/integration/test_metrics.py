@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
 from devtools.serverthread import ServerThread
+from service.db import gauges
 from service.db.engine import create_engine
 from service.observability import metrics
 from tests.conftest import Service, fresh_database, run_service, sim_config
@@ -262,7 +264,7 @@ def test_an_unreachable_database_is_a_zero_not_a_failed_scrape() -> None:
 
     async def go() -> bytes:
         try:
-            return (await metrics.exposition(engine))[0]
+            return (await metrics.exposition(functools.partial(gauges.snapshot, engine)))[0]
         finally:
             await engine.dispose()
 

@@ -1,47 +1,31 @@
 """Per-owner gauges for /metrics: the month's spend and the outstanding reservations
-(both summed from the ledger, service/db/ledger.py) and the jobs waiting to be sent, by
-owner and priority. Owners are made by operators, so the label set stays bounded."""
+(both summed from the ledger, service/db/ledger.py), the monthly budget, and the jobs
+waiting to be sent, by owner and priority. Owners are made by operators, so the label set stays bounded. The
+figures come from the database through service/db/gauges.py; this module only shows them."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from service.db import ledger, owners, queries
 
 PREFIX = "wavespeed_jobs"
 
 
 @dataclass
-class TenantSnapshot:
+class OwnerSnapshot:
+    """The per-owner figures of one scrape."""
+
     spent: dict[str, float] = field(default_factory=dict)
     reserved: dict[str, float] = field(default_factory=dict)
     budget: dict[str, float] = field(default_factory=dict)  # owners with a monthly budget only
     waiting: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-async def read_tenants(engine: AsyncEngine) -> TenantSnapshot:
-    snap = TenantSnapshot()
-    now = dt.datetime.now(dt.UTC)
-    async with engine.connect() as conn:
-        for name, budget in (await owners.budgets(conn)).items():
-            money = await ledger.figures(conn, name, None, now)
-            snap.spent[name] = float(money.spent)
-            snap.reserved[name] = float(money.reserved)
-            if budget is not None:
-                snap.budget[name] = float(budget)
-        for row in await conn.execute(queries.WAITING):
-            snap.waiting[(row.owner, int(row.priority))] = int(row.n)
-    return snap
-
-
-class TenantCollector(Collector):
-    def __init__(self, snap: TenantSnapshot) -> None:
+class OwnerCollector(Collector):
+    def __init__(self, snap: OwnerSnapshot) -> None:
         self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
