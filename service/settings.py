@@ -1,7 +1,7 @@
 """Every environment variable the service reads, read and validated once.
 
 ``Settings()`` is built at the edge (the CLI) and passed down; nothing else reads
-``os.environ``. README.md's configuration table mirrors this class.
+``os.environ``. docs/configuration.md lists every variable with its default (tests/unit/test_docs.py).
 """
 
 from __future__ import annotations
@@ -84,23 +84,25 @@ class Settings(BaseSettings):
     erase_batch_size: int = Field(500, ge=1, le=5000)
     erase_concurrency: int = Field(1, ge=1, le=32)
     # After a duty's batch (retention sweep, erasure) that took t seconds, the next rests
-    # factor * t (service/domain/pacing.py); ERASE_PAUSE_FACTOR is its earlier name. 30: the
+    # factor * t (service/domain/pacing.py); ERASE_PAUSE_FACTOR is read too. 30: the
     # receiver's p99 during a retention backlog was 1.01 of idle's, pooled over windows of
-    # erasure and of none in turn (1.4-1.6 at 1; docs/benchmarks.md, session 8).
+    # erasure and of none in turn (1.4-1.6 at 1; bench_lifecycle retention, 2026-12-07,
+    # 9e96cdf; the latest figure is in docs/benchmarks.md).
     lifecycle_pause_factor: float = Field(
         30.0, ge=0, le=1000, validation_alias=AliasChoices("lifecycle_pause_factor", "erase_pause_factor"))
     # Fewer, longer batches meet fewer API requests (each meeting costs one a millisecond
     # or two): at the same 8 s target batches of 100 gave a p99 ratio of 1.32, of 500
-    # 0.97-1.28, of 1,000 1.01-1.30, of 2,000 1.10-1.11 (docs/benchmarks.md, "Session 9":
-    # 500 and more alike within the runs' spread); a batch of 1,000 holds its rows ~45 ms.
+    # 0.97-1.28, of 1,000 1.01-1.30, of 2,000 1.10-1.11 (bench_lifecycle bulk, 2026-12-07,
+    # 2d5440c: 500 and more alike within the runs' spread); a batch of 1,000 holds its rows
+    # ~45 ms.
     bulk_batch_size: int = Field(1000, ge=1, le=5000)
     # A bulk action's batches (the matching first) rest up to BULK_PAUSE_FACTOR times their
     # own duration, and no more than still ends the bulk BULK_TARGET_SECONDS after it began
     # (service/domain/pacing.py spread_factor; 0: no target, always the factor). The API's p99
     # moves with the share of time the bulk holds Postgres: during a bulk of 10,000 spread
     # over 8 s (these defaults) it was 1.01-1.30 of idle (median of rounds; 1.10 over all
-    # 48 rounds of four runs), 1.39-1.40 at the old pace (factor 3, batches of 500, ~2 s)
-    # (docs/benchmarks.md, "Session 9").
+    # 60 rounds of five runs), 1.39-1.40 at a fixed factor of 3 (batches of 500, ~2 s)
+    # (bench_lifecycle bulk, 2026-12-07, ee87ced; docs/benchmarks.md).
     bulk_pause_factor: float = Field(20.0, ge=0, le=100)
     bulk_target_seconds: float = Field(8.0, ge=0, le=3600)
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)

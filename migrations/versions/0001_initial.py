@@ -62,7 +62,7 @@ def upgrade() -> None:
     op.execute("CREATE INDEX jobs_metadata ON jobs USING gin (metadata jsonb_path_ops)")
     # Work due: only active jobs carry run_after, so this index stays small.
     op.execute("CREATE INDEX jobs_due ON jobs (status, run_after) WHERE run_after IS NOT NULL")
-    # The provider throttle counts recent submits (service/work/throttle.py).
+    # The provider throttle of this revision counts recent submits.
     op.execute("CREATE INDEX jobs_submit_sent ON jobs (submit_sent_at) WHERE submit_sent_at IS NOT NULL")
 
     op.execute(

@@ -35,7 +35,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     missing = settings.missing_for_serve()
     if missing:
-        raise SystemExit(f"missing required settings: {', '.join(missing)} (see README's configuration table)")
+        raise SystemExit(f"missing required settings: {', '.join(missing)} (see docs/configuration.md)")
     app = create_app(settings, run_workers=not args.no_workers)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,

@@ -91,8 +91,8 @@ async def raw_statement(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection
     open on it), for the one-statement reads every API request makes: the key lookup and
     the job read. SQLAlchemy's execution path costs more than the round trip it wraps:
     +0.22 ms a statement back to back, +0.31 ms at 50 requests a second, when the machine
-    idles between them (``python -m tests.benchmarks.bench_db_path``; docs/benchmarks.md,
-    session 8). Statements here are ``(asyncpg)`` ones of queries.sql.
+    idles between them (``python -m tests.benchmarks.bench_db_path``, 2026-12-07, 76ddae6;
+    docs/benchmarks.md). Statements here are ``(asyncpg)`` ones of queries.sql.
 
     The pool, its idle ping and its checks stay SQLAlchemy's; what SQLAlchemy's error
     handling does on its own path is done here. A session found lost (Postgres restarted,

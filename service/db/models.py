@@ -58,7 +58,7 @@ class Job(Base):
     start_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     start_deadline_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
-    # Scheduling: the job row is its own queue entry (see service/queries.py).
+    # Scheduling: the job row is its own queue entry (see service/db/leases.py).
     run_after: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(Timestamp)
@@ -211,7 +211,7 @@ class PageSession(Base):
 
 class JobMetadata(Base):
     """One row per metadata key of a job, kept by a trigger on jobs (revision 0003), so a
-    ``metadata.<key>=<value>`` filter walks a btree in page order (service/history.py)."""
+    ``metadata.<key>=<value>`` filter walks a btree in page order (service/db/history.py)."""
 
     __tablename__ = "job_metadata"
 

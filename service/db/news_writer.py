@@ -37,13 +37,13 @@ log = structlog.get_logger(__name__)
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 ACQUIRE_TIMEOUT = 10.0
 # Batches in flight at once. Postgres pays mostly per statement and per commit (one
-# item alone: ~4.7 ms; 16 together: ~0.6 ms each; 64: ~0.3 ms each, measured on this
-# machine), so batches should be large; but a commit's latency is mostly waiting (the
-# WAL flush, a busy machine's run queue), which batches in flight together overlap.
-# Two: beside the code before issue 12 (bench_receiver --compare-rev 5e763c9~1, 16
-# connections, session 5) 2 gave 1.10-1.29x its rate per round, p99 8.5 ms against 11.5,
-# with Postgres at 0.64 cores against 0.91 (fewer, larger commits); 4 gave 0.81-1.03x,
-# 8 gave 0.70-0.76x. (On session 4's slower machine 1, 2 and 4 measured alike.)
+# item alone: ~4.7 ms; 16 together: ~0.6 ms each; 64: ~0.3 ms each, on the 2-core
+# development machine), so batches should be large; but a commit's latency is mostly
+# waiting (the WAL flush, a busy machine's run queue), which batches in flight together
+# overlap. Two: beside the code of 6f03e7c (bench_receiver --compare-rev 5e763c9~1, 16
+# connections, 2026-12-06, ae6cf55) 2 gave 1.10-1.29x its rate per round, p99 8.5 ms
+# against 11.5, with Postgres at 0.64 cores against 0.91 (fewer, larger commits); 4 gave
+# 0.81-1.03x, 8 gave 0.70-0.76x. (On a slower machine 1, 2 and 4 measured alike.)
 MAX_FLUSHES = 2
 
 

@@ -22,8 +22,8 @@ meet background work, not with how long each batch is. Every background batch, h
 short, adds 1-3 ms to a request that meets it on a machine whose cores Postgres shares;
 once more than 1 % of requests meet one, the p99 is one of them. At factor 1 the
 receiver's p99 during a retention backlog was 1.4-1.6 times idle whatever the batch
-size, pace up to 3, or process layout; at 30 it was 0.97-1.06 (docs/benchmarks.md,
-session 8).
+size, pace up to 3, or process layout; at 30 it was 0.97-1.06 (bench_lifecycle
+retention, 2026-12-07, 9e96cdf; docs/benchmarks.md).
 """
 
 from __future__ import annotations

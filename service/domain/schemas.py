@@ -1,8 +1,9 @@
 """Request shapes and per-model input validation.
 
 The pydantic models here are the single source of truth for what a job's ``input`` may
-hold (the tables of spec/wavespeed-api.md): the job API, the WaveSpeed facade and the
-simulator validate with them, and /openapi.json is generated from them.
+hold (the tables of docs/provider.md): the job API and the WaveSpeed facade validate
+with them, and /openapi.json is generated from them. The simulator keeps its own copy
+of the tables, written from the same page (devtools/simulator/params.py).
 """
 
 from __future__ import annotations

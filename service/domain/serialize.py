@@ -1,4 +1,4 @@
-"""The job object as the API, callbacks and the history page show it (contract.md).
+"""The job object as the API, callbacks and the history page show it (docs/api.md).
 
 The TypedDicts below are the answer's one description: ``job_dict`` must build exactly
 them (mypy checks it) and /openapi.json documents them as they are (service/api/

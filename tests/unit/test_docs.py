@@ -20,7 +20,7 @@ PAGES = [README, *sorted(DOCS.glob("*.md"))]
 README_MAX_LINES = 200
 
 # Where work-journal text must not appear, and which files there are text.
-JOURNAL_SCOPE = ("README.md", "docs", "devtools", "migrations", "tests")
+JOURNAL_SCOPE = ("README.md", "docs", "service", "devtools", "migrations", "tests")
 TEXT_SUFFIXES = {".py", ".md", ".sql", ".html", ".js", ".css", ".lua", ".mako", ".toml", ".ini", ".txt", ".svg"}
 
 # Each pattern names one kind of work-journal text; precise enough that an HTTP session,
@@ -31,7 +31,7 @@ JOURNAL_PATTERNS = {
     "an issue number": re.compile(r"\bissues? #?\d+|\bbugs? \d+ of\b|(?<![\w&#/])#\d{1,4}\b", re.IGNORECASE),
     "a time of day": re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?\s*(?:[–-]\s*\d{1,2}:\d{2}(?::\d{2})?\s*)?UTC\b"),
     "a person": re.compile(r"\bengineers?\b|\bcoordinator\b|\bof mine\b", re.IGNORECASE),
-    "who did it": re.compile(r"\b(?:I|[Ww]e) (?:measured|ran|tried|found|kept|chose|allowed|saw|fixed)\b"),
+    "who did it": re.compile(r"\bI (?:measured|ran|tried|found|kept|chose|allowed|saw|fixed)\b|\b[Ww]e measured\b"),
 }
 
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -143,6 +143,13 @@ def test_every_setting_is_documented_with_its_default() -> None:
     assert problems == []
 
 
+# A path from the repository's root named in any text (a comment, a docstring, a page).
+_ROOTED_PATH = re.compile(
+    r"(?<![\w./-])((?:service|devtools|tests|migrations|docs)/[\w./-]*\w\.(?:py|md|sql|js|css|html|png|lua))\b")
+# In the pages, a backticked path (from the root, from service/ or tests/), maybe ::a_name.
+_NAMED_PATH = re.compile(r"`((?:[\w-]+/)*[\w-]+\.(?:py|md|sql|js|css|html|png|lua))(?:::(\w+))?")
+
+
 def _text_files() -> list[Path]:
     files: list[Path] = []
     for name in JOURNAL_SCOPE:
@@ -171,10 +178,39 @@ def test_no_file_speaks_of_how_the_work_was_done() -> None:
     ("see issue 11 and #13", 2),
     ("bug 2 of issue 13", 2),
     ("(06:25–06:44 UTC) and 21:35 UTC", 2),
-    ("one engineer ran it; I measured 3 ms; we found it", 3),
+    ("one engineer ran it; I measured 3 ms; we measured it", 3),
+    ("absence is proof only if we saw the whole window", 0),
     ("a history-page session ends; the session cookie; pytest session fixtures", 0),
     ('{"timestamp": "2026-11-21T05:40:00.123456Z"}, colour #fff, &#123;', 0),
     ("revision 0009, migration 0005, 2026-12-07 at ee87ced", 0),
 ])
 def test_journal_patterns_find_work_journal_text_and_not_the_products_words(text: str, hits: int) -> None:
     assert len(journal_text(text)) == hits
+
+
+def dead_paths(path: Path) -> list[str]:
+    """Repository paths a file names that do not exist, and in the pages, backticked
+    paths (from the root, service/ or tests/) and ``file.py::name`` whose name is not in
+    the file."""
+    text = path.read_text(errors="replace")
+    dead = [p for p in _ROOTED_PATH.findall(text) if not (ROOT / p).exists()]
+    if path.suffix == ".md":
+        for named, name in _NAMED_PATH.findall(_prose(text)):
+            found = [c for c in (ROOT / named, ROOT / "service" / named, ROOT / "tests" / named) if c.is_file()]
+            if "/" in named and not found:
+                dead.append(named)
+            elif name and found and not re.search(rf"\b(?:def|class) {name}\b|^{name} =", found[0].read_text(), re.M):
+                dead.append(f"{named}::{name}")
+    return dead
+
+
+def test_every_path_named_in_a_document_or_a_comment_exists() -> None:
+    dead = [f"{path.relative_to(ROOT)}: {p}" for path in _text_files() for p in dead_paths(path)]
+    assert dead == [], "\n".join(dead)
+
+
+def test_a_path_that_no_longer_exists_is_found(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("`service/settings.py`, `db/jobs.py::transition`, service/gone.py, `db/jobs.py::gone`\n"
+                    "`unit/test_docs.py::test_a_path_that_no_longer_exists_is_found`, `api/nothing.py`\n")
+    assert dead_paths(page) == ["service/gone.py", "db/jobs.py::gone", "api/nothing.py"]
