@@ -188,16 +188,20 @@ def test_journal_patterns_find_work_journal_text_and_not_the_products_words(text
     assert len(journal_text(text)) == hits
 
 
+_FILE_NAMES = {p.name for top in ("service", "devtools", "tests", "migrations") for p in (ROOT / top).rglob("*")}
+
+
 def dead_paths(path: Path) -> list[str]:
-    """Repository paths a file names that do not exist, and in the pages, backticked
-    paths (from the root, service/ or tests/) and ``file.py::name`` whose name is not in
-    the file."""
+    """Repository paths a file names that do not exist, and in the pages: backticked
+    paths (from the root, service/ or tests/) that do not exist, a backticked module name
+    no file of the repository has, and ``file.py::name`` whose name is not in the file."""
     text = path.read_text(errors="replace")
     dead = [p for p in _ROOTED_PATH.findall(text) if not (ROOT / p).exists()]
     if path.suffix == ".md":
         for named, name in _NAMED_PATH.findall(_prose(text)):
             found = [c for c in (ROOT / named, ROOT / "service" / named, ROOT / "tests" / named) if c.is_file()]
-            if "/" in named and not found:
+            module_unknown = named.endswith((".py", ".sql")) and named not in _FILE_NAMES
+            if not found and ("/" in named or module_unknown):
                 dead.append(named)
             elif name and found and not re.search(rf"\b(?:def|class) {name}\b|^{name} =", found[0].read_text(), re.M):
                 dead.append(f"{named}::{name}")
@@ -212,5 +216,5 @@ def test_every_path_named_in_a_document_or_a_comment_exists() -> None:
 def test_a_path_that_no_longer_exists_is_found(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("`service/settings.py`, `db/jobs.py::transition`, service/gone.py, `db/jobs.py::gone`\n"
-                    "`unit/test_docs.py::test_a_path_that_no_longer_exists_is_found`, `api/nothing.py`\n")
-    assert dead_paths(page) == ["service/gone.py", "db/jobs.py::gone", "api/nothing.py"]
+                    "`unit/test_docs.py::test_a_path_that_no_longer_exists_is_found`, `api/nothing.py`, `gone.py`\n")
+    assert dead_paths(page) == ["service/gone.py", "db/jobs.py::gone", "api/nothing.py", "gone.py"]
