@@ -40,6 +40,9 @@ from service.db import engine as db
 from service.db import news_writer
 from service.db.listen import Notifications
 from service.db.models import ServiceSecret, table
+from service.db.receipt_keys import ReceiptSigner
+from service.domain import receipt_keys
+from service.domain.content_credentials import ContentSigner
 from service.domain.errors import ConfigError
 from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
@@ -77,6 +80,21 @@ async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
     return str(row.value)
 
 
+def content_signer(settings: Settings) -> ContentSigner | None:
+    """C2PA_SIGNING_CERT/KEY's signer, checked (ConfigError with the reason C2PA would
+    reject the certificate): ``serve`` and ``worker`` call it before anything starts."""
+    return ContentSigner.from_files(settings.c2pa_signing_cert, settings.c2pa_signing_key,
+                                    include_prompt=settings.c2pa_include_prompt)
+
+
+async def start_receipt_signer(settings: Settings, engine: AsyncEngine, sealer: Sealer) -> ReceiptSigner:
+    configured = receipt_keys.load(settings.receipt_signing_key) if settings.receipt_signing_key else None
+    signer = ReceiptSigner(configured, sealer)
+    async with engine.begin() as conn:
+        await signer.start(conn)
+    return signer
+
+
 def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
     from service.work.deliverer import Deliverer
     from service.work.eraser import Eraser
@@ -100,6 +118,7 @@ async def open_resources(
     if missing:
         raise ConfigError(f"missing required settings: {', '.join(missing)}")
     assert settings.database_url and settings.s3_bucket and settings.wavespeed_api_key
+    signer = content_signer(settings)  # first: a certificate C2PA would reject stops the start here
     engine = db.create_engine(settings.database_url, settings.db_pool_size)
     http = httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -136,6 +155,8 @@ async def open_resources(
             egress=egress,
             sealer=sealer,
             pacer=Pacer(settings.lifecycle_pause_factor),
+            receipt_signer=await start_receipt_signer(settings, engine, sealer),
+            content_signer=signer,
         )
         logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:
@@ -148,6 +169,8 @@ async def open_resources(
         await http.aclose()
         await storage.aclose()
         await engine.dispose()
+        if signer is not None:
+            signer.close()
 
 
 def routes() -> list[BaseRoute]:

@@ -13,6 +13,8 @@ from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db.listen import Notifications
 from service.domain.pacing import Pacer
+from service.db.receipt_keys import ReceiptSigner
+from service.domain.content_credentials import ContentSigner
 from service.domain.sealing import Sealer
 from service.settings import Settings
 
@@ -32,6 +34,9 @@ class Resources:
     egress: Egress  # every request made on someone else's behalf (service/clients/egress.py)
     sealer: Sealer  # secrets at rest (SECRETS_ENCRYPTION_KEY)
     pacer: Pacer  # background batches take turns and rest (service/domain/pacing.py)
+    receipt_signer: ReceiptSigner  # which key signs receipts (service/db/receipt_keys.py)
+    # Content Credentials for stored outputs (C2PA_SIGNING_CERT/KEY); None: outputs are stored as they came.
+    content_signer: ContentSigner | None = None
     worker_id: str = field(default="")
 
     def presign(self, key: str) -> str:

@@ -10,7 +10,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     output_hosts_allowed: str | None = None
     # A Fernet key: per-owner callback secrets are encrypted with it at rest.
     secrets_encryption_key: SecretStr | None = None
+
+    # --- provenance (docs/provenance.md) ---
+    # Paths of a PEM certificate chain (leaf first) and its private key: every stored
+    # output then carries signed Content Credentials (C2PA). Both or neither.
+    c2pa_signing_cert: str | None = Field(None, min_length=1, max_length=4096)
+    c2pa_signing_key: str | None = Field(None, min_length=1, max_length=4096)
+    # The prompt is a user's own words: left out of the manifest unless asked for.
+    c2pa_include_prompt: bool = False
+    # Path of a PEM private key (Ed25519 or P-256) receipts are signed with; unset: a
+    # key the service makes on first start and keeps in the database.
+    receipt_signing_key: str | None = Field(None, min_length=1, max_length=4096)
 
     # --- workers ---
     reconcile_after_seconds: float = Field(120.0, gt=0)
@@ -151,6 +162,12 @@ class Settings(BaseSettings):
             if not host or any(c in host for c in "/:@ ") or not host.isascii():
                 raise ValueError("must be comma-separated host names, e.g. 'wavespeed.ai,cloudfront.net'")
         return value
+
+    @model_validator(mode="after")
+    def _signing_pair(self) -> Settings:
+        if (self.c2pa_signing_cert is None) != (self.c2pa_signing_key is None):
+            raise ValueError("C2PA_SIGNING_CERT and C2PA_SIGNING_KEY are set together or not at all")
+        return self
 
     @property
     def output_host_suffixes(self) -> list[str]:

@@ -323,12 +323,14 @@ async def owned_task_ids(conn: AsyncConnection, task_ids: Sequence[str]) -> set[
 
 
 async def record_output(conn: AsyncConnection, job_id: str, index: int, *, key: str, content_type: str,
-                        size_bytes: int, sha256: str, thumbnail_key: str | None) -> None:
-    """An output copied into S3: where it is, its type, size and sha256."""
+                        size_bytes: int, sha256: str, thumbnail_key: str | None,
+                        content_credentials: bool = False) -> None:
+    """An output copied into S3: where it is, its type, size and sha256, and whether it
+    carries an embedded, signed C2PA manifest."""
     await conn.execute(
         update(outputs_t).where(outputs_t.c.job_id == job_id, outputs_t.c.index == index)
         .values(key=key, content_type=content_type, size_bytes=size_bytes, sha256=sha256,
-                thumbnail_key=thumbnail_key, stored_at=func.now())
+                thumbnail_key=thumbnail_key, stored_at=func.now(), content_credentials=content_credentials)
     )
 
 

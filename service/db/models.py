@@ -93,6 +93,8 @@ class JobOutput(Base):
     sha256: Mapped[str | None] = mapped_column(Text)
     thumbnail_key: Mapped[str | None] = mapped_column(Text)
     stored_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    # The stored object carries an embedded, signed C2PA manifest (revision 0014).
+    content_credentials: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class WebhookEvent(Base):
@@ -245,6 +247,20 @@ class CallbackSecret(Base):
     previous_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
     rotated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class ReceiptKey(Base):
+    """Every key that signed receipts (revision 0014): published while its row lives;
+    ``private_key`` (sealed PEM) only on the one the service made and signs with now."""
+
+    __tablename__ = "receipt_keys"
+
+    kid: Mapped[str] = mapped_column(Text, primary_key=True)
+    alg: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    private_key: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    retired_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
 def table(model: type[Base]) -> Table:

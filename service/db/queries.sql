@@ -584,7 +584,8 @@ SELECT owner FROM k;
 -- owner's ($2: the caller's, always; the owner filter is in the statement itself).
 SELECT j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS output_source_url,
        o.key AS output_key, o.content_type AS output_content_type, o.size_bytes AS output_size_bytes,
-       o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at
+       o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at,
+       o.content_credentials AS output_content_credentials
 FROM jobs j LEFT JOIN job_outputs o ON o.job_id = j.id
 WHERE j.id = $1 AND j.owner = $2
 ORDER BY o.index;

@@ -21,7 +21,7 @@ from typing import IO, Any
 import c2pa
 
 from service.domain.errors import ConfigError, ServiceError
-from service.domain.signing_certificate import SigningCredential
+from service.domain.signing_certificate import SigningCredential, load_credential
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 CREATED = "c2pa.created"
@@ -99,6 +99,14 @@ class ContentSigner:
         except c2pa.C2paError as exc:
             raise ConfigError(f"C2PA refused the signing certificate ({credential.subject}): {exc}") from None
         self._probe()
+
+    @classmethod
+    def from_files(cls, cert_path: str | None, key_path: str | None, *, include_prompt: bool) -> ContentSigner | None:
+        """The signer C2PA_SIGNING_CERT and C2PA_SIGNING_KEY describe (None when unset);
+        ConfigError naming what C2PA would reject in them."""
+        if cert_path is None or key_path is None:
+            return None
+        return cls(load_credential(cert_path, key_path, dt.datetime.now(dt.UTC)), include_prompt=include_prompt)
 
     def _probe(self) -> None:
         """Sign a 1×1 image: C2PA checks the certificate against its own profile as it

@@ -106,6 +106,7 @@ class OutputRecord:
     sha256: str | None
     thumbnail_key: str | None
     stored_at: dt.datetime | None
+    content_credentials: bool = False  # an embedded, signed C2PA manifest (service/domain/content_credentials.py)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], prefix: str = "") -> Self:

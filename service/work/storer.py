@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
 from service.db import jobs
+from service.domain.content_credentials import Provenance, SigningFailed
 from service.domain.errors import EgressRefused, Retry, ServiceError
 from service.domain.image_types import EXTENSIONS, NOT_AN_IMAGE, SNIFF_BYTES, sniff
 from service.domain.records import JobRecord, OutputRecord
@@ -29,6 +30,7 @@ from service.resources import Resources
 from service.work.backlog_limit import BacklogLimit
 from service.work.backoff import backoff
 from service.work.runner import claim_jobs, holder_for
+from service.work.signed_copy import put_signed
 from service.work.thumbnails import make_thumbnail
 
 log = structlog.get_logger(__name__)
@@ -41,8 +43,9 @@ class NotAnImage(ServiceError):
     """The output is not a JPEG, PNG or WebP image."""
 
 
-# Failures that may pass (a provider or S3 hiccup, a cut download): the job waits and tries again.
-RETRYABLE: tuple[type[Exception], ...] = (Retry, StorageError, httpx.HTTPError)
+# Failures that may pass (a provider or S3 hiccup, a cut download, a signing failure: C2PA's
+# reason is recorded and nothing unsigned is stored): the job waits and tries again.
+RETRYABLE: tuple[type[Exception], ...] = (Retry, StorageError, httpx.HTTPError, SigningFailed)
 # Failures no retry can change (what the bytes are, where the URL points): the job fails.
 REFUSED: tuple[type[Exception], ...] = (EgressRefused, NotAnImage)
 # Anything else is a bug or an outage: it propagates, the runner logs it, the lease
@@ -87,6 +90,10 @@ def outputs_to_store(outputs: list[OutputRecord], asked: int) -> tuple[list[Outp
     extra ones are neither fetched, stored nor paid for, so a hostile or broken answer
     cannot fill the bucket."""
     return [o for o in outputs if o.index < asked], [o.index for o in outputs if o.index >= asked]
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -194,7 +201,8 @@ class Storer:
             content_type = sniff(data[:SNIFF_BYTES])
             if content_type is None:
                 raise NotAnImage(f"output {output.index} {NOT_AN_IMAGE}")
-            stored = await res.storage.put_bytes(self._key(job.id, output.index, content_type, fmt), data, content_type)
+            stored = await self._put(job, output.index, self._key(job.id, output.index, content_type, fmt),
+                                     _once(data), content_type)
         else:
             stored, data = await self._stream(job, output.index, source, fmt)
         return stored, await self._thumbnail(stored, data)
@@ -210,12 +218,23 @@ class Storer:
             await self.res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
             return False
         await jobs.record_output(conn, job.id, output.index, key=stored.key, content_type=stored.content_type,
-                                 size_bytes=stored.size_bytes, sha256=stored.sha256, thumbnail_key=thumbnail_key)
+                                 size_bytes=stored.size_bytes, sha256=stored.sha256, thumbnail_key=thumbnail_key,
+                                 content_credentials=self.res.content_signer is not None)
         await jobs.add_event(conn, job.id, "output.stored",
                              {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
                               "sha256": stored.sha256})
         metrics.observe_output(job.model, stored.size_bytes)
         return True
+
+    async def _put(self, job: JobRecord, index: int, key: str, chunks: AsyncIterator[bytes],
+                   content_type: str) -> StoredObject:
+        """Upload one output, with Content Credentials embedded when a signer is set."""
+        signer = self.res.content_signer
+        if signer is None:
+            return await self.res.storage.put_stream(key, chunks, content_type)
+        provenance = Provenance.of_job(job.id, job.model, job.input, index, dt.datetime.now(dt.UTC),
+                                       include_prompt=signer.include_prompt)
+        return await put_signed(self.res.storage, signer, key, chunks, content_type, provenance)
 
     def _key(self, job_id: str, index: int, content_type: str, fmt: str) -> str:
         ext = EXTENSIONS.get(content_type, fmt)
@@ -254,9 +273,10 @@ class Storer:
             expected = response.headers.get("content-length")
             declared = int(expected) if expected and expected.isdigit() else None
             kept = bytearray() if declared is not None and declared <= KEEP_FOR_THUMBNAIL_BYTES else None
+            seen = 0  # bytes downloaded (what S3 receives may be more: the signed copy)
 
             async def chunks() -> AsyncIterator[bytes]:
-                seen = 0
+                nonlocal seen
                 async for chunk in _prepend(head, stream):
                     seen += len(chunk)
                     if seen > limit:
@@ -265,12 +285,10 @@ class Storer:
                         kept.extend(chunk)
                     yield chunk
 
-            key = self._key(job.id, index, content_type, fmt)
-            stored = await self.res.storage.put_stream(key, chunks(), content_type)
-            if declared is not None and declared != stored.size_bytes:
-                raise Retry(f"output {index} was cut short ({stored.size_bytes} of {declared} bytes)",
-                            delay=backoff(job.attempts))
-            return stored, (bytes(kept) if kept is not None and len(kept) == stored.size_bytes else None)
+            stored = await self._put(job, index, self._key(job.id, index, content_type, fmt), chunks(), content_type)
+            if declared is not None and declared != seen:
+                raise Retry(f"output {index} was cut short ({seen} of {declared} bytes)", delay=backoff(job.attempts))
+            return stored, (bytes(kept) if kept is not None and len(kept) == seen else None)
 
     def _host_problem(self, host: str) -> str | None:
         """OUTPUT_HOSTS_ALLOWED: when set, a download (and each redirect) must stay on
