@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.serverthread import ServerThread
+from devtools.test_chain import TestChain, ensure_test_chain
 
 DEV_ACCESS_KEY = "wavespeed-jobs-dev"
 DEV_SECRET_KEY = "wavespeed-jobs-dev-secret"
@@ -72,6 +73,8 @@ class DevStack:
     s3_endpoint_url: str
     simulator_url: str
     simulator_api_key: str
+    chain: TestChain  # Content Credentials are signed with a test chain of the stack's own
+
 
     def environment(self, port: int) -> dict[str, str]:
         """The settings `serve` would need, pointing at the embedded parts."""
@@ -86,6 +89,8 @@ class DevStack:
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "S3_CREATE_BUCKET": "true",
             "ALLOW_PRIVATE_NETWORKS": "true",
+            "C2PA_SIGNING_CERT": str(self.chain.chain_path),
+            "C2PA_SIGNING_KEY": str(self.chain.key_path),
         }
 
 
@@ -115,4 +120,4 @@ def dev_stack(data_dir: Path, completion_delay: float = 2.0) -> Iterator[DevStac
         embedded_s3() as s3_url,
         embedded_simulator(completion_delay=completion_delay) as simulator_url,
     ):
-        yield DevStack(database_url, s3_url, simulator_url, api_key)
+        yield DevStack(database_url, s3_url, simulator_url, api_key, ensure_test_chain(data_dir / "c2pa"))

@@ -1,5 +1,5 @@
 """``wavespeed-jobs`` (also ``python -m service``): dev, serve, worker, migrate, keys,
-owners, callback-secret, bulk, simulator."""
+owners, callback-secret, bulk, receipts, simulator."""
 
 # One module per command group, each adding its parsers; settings are read once per
 # command (service/cli/environment.py) and passed down.
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import api_keys, bulk_actions, callback_secret, dev, owner_limits, serve
+from service.cli import api_keys, bulk_actions, callback_secret, dev, owner_limits, receipts, serve
 from service.domain.errors import ConfigError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     owner_limits.add_parser(sub)  # owners set|show|list
     callback_secret.add_parser(sub)
     bulk_actions.add_parser(sub)
+    receipts.add_parser(sub)  # receipts rotate-key|verify
     dev.add_simulator_parser(sub)
     return parser
 

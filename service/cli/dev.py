@@ -52,8 +52,35 @@ def _demo(base_url: str, api_key: str) -> None:
             print(f"  output {output['index']}: s3 key {output['key']}, {output['size_bytes']} bytes, "
                   f"sha256 {output['sha256'][:16]}…")
             print(f"  presigned URL: {output['url']}")
+            print("  " + _credentials(client.get(output["url"]).content, output["content_type"]))
         events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
         print("  events: " + ", ".join(e["type"] for e in events))
+        receipt = client.get(f"/v1/jobs/{job['id']}/receipt")
+        print(f"  receipt: {len(receipt.text)} characters of {receipt.headers.get('content-type')} "
+              f"(GET /v1/jobs/{job['id']}/receipt; verify: wavespeed-jobs receipts verify FILE "
+              f"--jwks {base_url}/.well-known/jwks.json)")
+
+
+def _credentials(data: bytes, content_type: str) -> str:
+    """What c2pa-python's Reader makes of a stored image's Content Credentials."""
+    import io
+
+    import c2pa
+
+    settings = {"verify": {"ocsp_fetch": False, "remote_manifest_fetch": False}}
+    try:
+        with c2pa.Context.from_dict(settings) as context, \
+                c2pa.Reader(content_type, io.BytesIO(data), context=context) as reader:
+            manifest = reader.get_active_manifest() or {}
+            state = reader.get_validation_state()
+    except c2pa.C2paError as exc:
+        return f"Content Credentials: none ({exc})"
+    actions = [a["action"] + " (" + a.get("digitalSourceType", "").rsplit("/", 1)[-1] + ")"
+               for assertion in manifest.get("assertions", []) if assertion["label"].startswith("c2pa.actions")
+               for a in assertion["data"]["actions"]]
+    signer = manifest.get("signature_info", {}).get("common_name")
+    return (f"Content Credentials: {', '.join(actions)}, signed by {signer!r}; c2pa validation: {state} "
+            "(the dev test root is trusted by no reader)")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

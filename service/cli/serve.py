@@ -29,6 +29,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_content_signer(settings: Settings) -> None:
+    """Refuse to start with a certificate C2PA would reject (ConfigError: its reason, exit 2),
+    before the port opens, rather than marking every image with a manifest that fails."""
+    from service.app import content_signer
+
+    signer = content_signer(settings)
+    if signer is not None:
+        signer.close()
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from service.api.plumbing.header_guard import capped_httptools
     from service.app import create_app
@@ -36,6 +46,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     missing = settings.missing_for_serve()
     if missing:
         raise SystemExit(f"missing required settings: {', '.join(missing)} (see docs/configuration.md)")
+    check_content_signer(settings)
     app = create_app(settings, run_workers=not args.no_workers)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
@@ -87,6 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logs(settings)
+    check_content_signer(settings)
 
     async def go() -> None:
         stop = asyncio.Event()

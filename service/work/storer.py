@@ -188,7 +188,6 @@ class Storer:
 
     async def _upload(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
         """Copy one output (and its thumbnail) into S3."""
-        res = self.res
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
         data: bytes | None

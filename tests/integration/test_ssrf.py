@@ -9,6 +9,7 @@ beyond loopback: public addresses are only ever validated, never contacted.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 
 from devtools.devstack import DevStack
 from devtools.serverthread import ServerThread
+from devtools.test_chain import TestChain
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, submit
 from tests.servers import WebhookCatcher
@@ -102,9 +104,12 @@ def test_allow_private_networks_lets_loopback_through(client: httpx.Client) -> N
     assert job["callback_url"] == "http://127.0.0.1:9/hook"
 
 
-def test_dev_turns_allow_private_networks_on() -> None:
-    stack = DevStack("postgresql://x", "http://127.0.0.1:1", "http://127.0.0.1:2", "key")
-    assert stack.environment(8000)["ALLOW_PRIVATE_NETWORKS"] == "true"
+def test_dev_turns_allow_private_networks_on_and_signs_with_its_test_chain() -> None:
+    stack = DevStack("postgresql://x", "http://127.0.0.1:1", "http://127.0.0.1:2", "key",
+                     TestChain(Path("chain.pem"), Path("key.pem"), Path("root.pem")))
+    environment = stack.environment(8000)
+    assert environment["ALLOW_PRIVATE_NETWORKS"] == "true"
+    assert (environment["C2PA_SIGNING_CERT"], environment["C2PA_SIGNING_KEY"]) == ("chain.pem", "key.pem")
 
 
 def test_callback_url_is_checked_again_when_sent(
