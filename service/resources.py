@@ -12,9 +12,9 @@ from service.clients.egress import Egress
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db.listen import Notifications
-from service.domain.pacing import Pacer
 from service.db.receipt_keys import ReceiptSigner
 from service.domain.content_credentials import ContentSigner
+from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.settings import Settings
 
