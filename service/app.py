@@ -108,6 +108,11 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
             StartTimeouts(res)]
 
 
+def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient) -> Storage:
+    return Storage(bucket=bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                   part_size=settings.s3_part_size_bytes, max_threads=settings.s3_max_threads, http=http)
+
+
 @contextlib.asynccontextmanager
 async def open_resources(
     settings: Settings, resolver: Resolver | None = None, network: httpcore.AsyncNetworkBackend | None = None
@@ -125,14 +130,7 @@ async def open_resources(
         follow_redirects=False,
         headers={"User-Agent": "wavespeed-jobs/0.1"},
     )
-    storage = Storage(
-        bucket=settings.s3_bucket,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        part_size=settings.s3_part_size_bytes,
-        max_threads=settings.s3_max_threads,
-        http=http,
-    )
+    storage = open_storage(settings, settings.s3_bucket, http)
     notifications = Notifications(db.asyncpg_dsn(settings.database_url))
     sealer = Sealer(_secret(settings.secrets_encryption_key))
     egress = Egress(allow_private=settings.allow_private_networks, resolver=resolver, network=network)
