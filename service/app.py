@@ -12,8 +12,6 @@ import httpcore
 import httpx
 import structlog
 from pydantic import SecretStr
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -36,17 +34,15 @@ from service.api.plumbing.header_guard import HeaderGuard
 from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
+from service.db import callback_secrets, news_writer
 from service.db import engine as db
-from service.db import news_writer
 from service.db.listen import Notifications
-from service.db.models import ServiceSecret, table
 from service.db.receipt_keys import ReceiptSigner
 from service.domain import receipt_keys
 from service.domain.content_credentials import ContentSigner
 from service.domain.errors import ConfigError
 from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
-from service.domain.signing import generate_standard_secret, standard_key
 from service.observability import logs
 from service.resources import Resources
 from service.settings import Settings
@@ -54,30 +50,10 @@ from service.web import bulk_page, history_page
 from service.work.runner import Runner, new_worker_id
 
 log = structlog.get_logger(__name__)
-secrets_t = table(ServiceSecret)
-CALLBACK_SECRET_NAME = "callback_signing_secret"
 
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value else None
-
-
-async def callback_secret(engine: AsyncEngine, configured: str | None) -> str:
-    """CALLBACK_SIGNING_SECRET, or the one generated and stored on first start (every
-    process on the database then signs with the same secret)."""
-    if configured:
-        try:
-            standard_key(configured)
-        except ValueError:
-            raise ConfigError("CALLBACK_SIGNING_SECRET must be 'whsec_' followed by base64") from None
-        return configured
-    async with engine.begin() as conn:
-        await conn.execute(
-            pg_insert(secrets_t).values(name=CALLBACK_SECRET_NAME, value=generate_standard_secret())
-            .on_conflict_do_nothing()
-        )
-        row = (await conn.execute(select(secrets_t.c.value).where(secrets_t.c.name == CALLBACK_SECRET_NAME))).one()
-    return str(row.value)
 
 
 def content_signer(settings: Settings) -> ContentSigner | None:
@@ -148,7 +124,7 @@ async def open_resources(
             wavespeed=wavespeed,
             notifications=notifications,
             webhook_secret=webhook_secret,
-            callback_secret=await callback_secret(engine, _secret(settings.callback_signing_secret)),
+            callback_secret=await callback_secrets.service_wide(engine, _secret(settings.callback_signing_secret)),
             worker_id=new_worker_id(),
             egress=egress,
             sealer=sealer,

@@ -12,7 +12,7 @@ from typing_extensions import TypedDict
 
 from service.api.plumbing.auth import resources
 from service.api.plumbing.openapi_doc import answer, documented
-from service.db import queries
+from service.db.engine import ping
 from service.observability import metrics
 
 
@@ -40,8 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
 
     async def database() -> None:
-        async with res.engine.connect() as conn:
-            await conn.execute(queries.PING)
+        await ping(res.engine)
 
     for name, check in (("database", database), ("s3", res.storage.ping)):
         try:

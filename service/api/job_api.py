@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -20,9 +19,7 @@ from service.api.plumbing.body import parse_json, read_capped
 from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import admission, deliveries, jobs
 from service.db.engine import raw_statement
-from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, list_jobs, parse_filter
-from service.db.models import JobEvent as JobEventRow
-from service.db.models import table
+from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, job_events, list_jobs, parse_filter
 from service.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count, validate_job_create
 from service.domain.serialize import Job, Timestamp, iso, job_dict
@@ -32,7 +29,6 @@ from service.resources import Resources
 MAX_BODY_BYTES = 256 * 1024
 MAX_WAIT_SECONDS = 60
 MAX_IDEMPOTENCY_KEY = 255
-events_t = table(JobEventRow)
 
 
 class JobList(TypedDict):
@@ -239,7 +235,7 @@ async def events(request: Request) -> JSONResponse:
     res = resources(request)
     async with res.engine.connect() as conn:
         job = await jobs.get_job(conn, request.path_params["job_id"], owner)
-        rows = (await conn.execute(select(events_t).where(events_t.c.job_id == job.id).order_by(events_t.c.id))).all()
+        rows = await job_events(conn, job.id)
     listing: JobEventList = {"object": "list",
                             "data": [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]}
     return JSONResponse(listing)

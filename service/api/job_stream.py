@@ -18,7 +18,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
-from sqlalchemy import select, tuple_
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
@@ -27,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from service.api.plumbing.auth import authenticate, resources
 from service.api.plumbing.openapi_doc import BEARER, JOB_ID, documented, errors
 from service.db import jobs
+from service.db.history import jobs_by_owner_and_id
 from service.domain.errors import NotFound, TooManyStreams
 from service.domain.serialize import Job, job_dict
 from service.domain.states import TERMINAL
@@ -111,9 +111,7 @@ class JobReader:
     async def _read(self, batch: list[tuple[str, str, asyncio.Future[Job]]]) -> None:
         pairs = list({(owner, job_id) for owner, job_id, _ in batch})
         async with self.res.engine.connect() as conn:
-            found_rows = await conn.execute(select(jobs.jobs_t).where(
-                tuple_(jobs.jobs_t.c.owner, jobs.jobs_t.c.id).in_(pairs)))
-            rows = [jobs.job_record(r) for r in found_rows]
+            rows = await jobs_by_owner_and_id(conn, pairs)
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
         found = {(r.owner, r.id): job_dict(r, outputs.get(r.id, []), self.res.presign) for r in rows}
         for owner, job_id, future in batch:

@@ -136,7 +136,7 @@ async def usage(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     start, end, group_by = parse_usage(list(request.query_params.multi_items()), dt.datetime.now(dt.UTC))
     async with resources(request).engine.connect() as conn:
-        rows = (await conn.execute(ledger.usage_query(group_by), {"owner": owner, "start": start, "end": end})).all()
+        rows = await ledger.usage(conn, owner, start, end, group_by)
     data: list[dict[str, Any]] = [
         {"key": r.key, "jobs": int(r.jobs), "images": int(r.images), "cost_usd": ledger.usd(Decimal(r.cost))}
         for r in rows

@@ -14,7 +14,6 @@ from service.cli.environment import load_settings, require_database
 def cmd_callback_secret(args: argparse.Namespace) -> int:
     """Print an owner's current callback secret (``--owner``), or without it the
     service-wide one that owners from before per-owner secrets still use."""
-    from service.app import callback_secret
     from service.db import callback_secrets
     from service.db.engine import create_engine
     from service.domain.sealing import Sealer
@@ -27,7 +26,7 @@ def cmd_callback_secret(args: argparse.Namespace) -> int:
     async def go() -> str:
         engine = create_engine(url, 1)
         try:
-            legacy = await callback_secret(engine, configured)
+            legacy = await callback_secrets.service_wide(engine, configured)
             if args.owner is None:
                 return legacy
             if not 1 <= len(args.owner) <= 200 or "\x00" in args.owner:

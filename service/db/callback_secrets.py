@@ -15,15 +15,37 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db.models import CallbackSecret, table
+from service.db.models import CallbackSecret, ServiceSecret, table
+from service.domain.errors import ConfigError
 from service.domain.sealing import Sealer
-from service.domain.signing import generate_standard_secret
+from service.domain.signing import generate_standard_secret, standard_key
 
 secrets_t = table(CallbackSecret)
+service_secrets_t = table(ServiceSecret)
+SERVICE_WIDE_NAME = "callback_signing_secret"  # its row in service_secrets
 MAX_KEEP_PREVIOUS_SECONDS = 604800
 DEFAULT_KEEP_PREVIOUS_SECONDS = 86400
+
+
+async def service_wide(engine: AsyncEngine, configured: str | None) -> str:
+    """CALLBACK_SIGNING_SECRET, or the one generated and stored on first start (every
+    process on the database then signs with the same secret)."""
+    if configured:
+        try:
+            standard_key(configured)
+        except ValueError:
+            raise ConfigError("CALLBACK_SIGNING_SECRET must be 'whsec_' followed by base64") from None
+        return configured
+    async with engine.begin() as conn:
+        await conn.execute(
+            pg_insert(service_secrets_t).values(name=SERVICE_WIDE_NAME, value=generate_standard_secret())
+            .on_conflict_do_nothing()
+        )
+        row = (await conn.execute(
+            select(service_secrets_t.c.value).where(service_secrets_t.c.name == SERVICE_WIDE_NAME))).one()
+    return str(row.value)
 
 
 @dataclass(frozen=True)

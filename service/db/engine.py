@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from service.db import queries
 from service.domain.errors import Unavailable
 
 # alembic.ini and migrations/ sit beside the package in a checkout (editable install);
@@ -191,6 +192,13 @@ def _discard_lost_sessions(engine: AsyncEngine) -> None:
         error = context.original_exception
         if context.connection is None or isinstance(error.__cause__, LOST_SESSION) or isinstance(error, LOST_SESSION):
             context.is_disconnect = True
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip on a pooled connection (the readiness probe); raises if the
+    database does not answer."""
+    async with engine.connect() as conn:
+        await conn.execute(queries.PING)
 
 
 def migrate(url: str, revision: str = "head") -> None:

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import FromClause, Select, and_, select, tuple_, union_all
+from sqlalchemy import FromClause, Row, Select, and_, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
-from service.db.models import Job, JobMetadata, table
+from service.db.models import Delivery, Job, JobEvent, JobMetadata, table
 from service.domain.errors import FieldError, ValidationFailed
 from service.domain.records import JobRecord
 from service.domain.schemas import MODELS, NUL_RULE
@@ -36,6 +36,8 @@ from service.domain.states import JobStatus
 
 jobs_t = table(Job)
 metadata_t = table(JobMetadata)
+events_t = table(JobEvent)
+deliveries_t = table(Delivery)
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 # Metadata filters beyond this many are checked on the job row (jsonb @>) rather than
@@ -236,3 +238,30 @@ async def list_jobs(conn: AsyncConnection, owner: str, f: HistoryFilter) -> tupl
         next_cursor = encode_cursor(last.created_at, last.id)
     return [JobRecord.from_row(r._mapping) for r in rows], next_cursor
 
+
+# --------------------------------------------------------------------------- by id
+
+
+async def jobs_by_id(conn: AsyncConnection, owner: str, ids: Sequence[str]) -> list[JobRecord]:
+    """The owner's jobs among ``ids``, in no particular order: another owner's ids
+    simply match nothing (one statement for all of them)."""
+    rows = await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))
+    return [JobRecord.from_row(r._mapping) for r in rows]
+
+
+async def jobs_by_owner_and_id(conn: AsyncConnection, pairs: Sequence[tuple[str, str]]) -> list[JobRecord]:
+    """The jobs among ``(owner, id)`` pairs, each only as its own owner's (one statement
+    for many readers: the live streams' batched reads)."""
+    rows = await conn.execute(select(jobs_t).where(tuple_(jobs_t.c.owner, jobs_t.c.id).in_(pairs)))
+    return [JobRecord.from_row(r._mapping) for r in rows]
+
+
+async def job_events(conn: AsyncConnection, job_id: str) -> Sequence[Row[Any]]:
+    """A job's events, oldest first (call it once the job is known to be the caller's)."""
+    return (await conn.execute(select(events_t).where(events_t.c.job_id == job_id).order_by(events_t.c.id))).all()
+
+
+async def job_deliveries(conn: AsyncConnection, job_id: str) -> Sequence[Row[Any]]:
+    """A job's callback deliveries, oldest first (once the job is known to be the caller's)."""
+    return (await conn.execute(
+        select(deliveries_t).where(deliveries_t.c.job_id == job_id).order_by(deliveries_t.c.created_at))).all()

@@ -19,11 +19,12 @@ the read stays as short as the owner's active backlog.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import TextClause
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import queries
@@ -36,9 +37,11 @@ CENT = Decimal("0.0001")
 USAGE_BY = tuple(queries.USAGE)
 
 
-def usage_query(group_by: str) -> TextClause:
-    """Completed jobs' spend in [from, to), grouped by ``group_by`` (one of USAGE_BY)."""
-    return queries.USAGE[group_by]
+async def usage(conn: AsyncConnection, owner: str, start: dt.datetime, end: dt.datetime,
+                group_by: str) -> Sequence[Row[Any]]:
+    """The owner's completed jobs' spend in [start, end), grouped by ``group_by`` (one of
+    USAGE_BY): rows of (key, jobs, images, cost)."""
+    return (await conn.execute(queries.USAGE[group_by], {"owner": owner, "start": start, "end": end})).all()
 
 
 def month_period(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:

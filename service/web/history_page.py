@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -20,19 +19,13 @@ from starlette.staticfiles import StaticFiles
 
 from service.api.plumbing.auth import resources
 from service.db import jobs, owners
-from service.db.history import MAX_LIMIT, list_jobs, parse_filter
-from service.db.models import Delivery, Job, JobEvent, table
+from service.db.history import MAX_LIMIT, job_deliveries, job_events, jobs_by_id, list_jobs, parse_filter
 from service.domain.errors import FieldError, Unauthorized, ValidationFailed
 from service.domain.serialize import iso, job_dict
 from service.domain.states import TERMINAL
 from service.resources import Resources
 from service.web.rendering import WEB, fragment, page
 from service.web.sign_in import chrome, current_owner, login, login_page, logout, signed_in
-
-events_t = table(JobEvent)
-jobs_t = table(Job)
-deliveries_t = table(Delivery)
-
 
 # --------------------------------------------------------------------------- history
 
@@ -109,9 +102,7 @@ async def live_list(request: Request) -> JSONResponse:
     owner = await _live_owner(request)
     ids = request.query_params.getlist("id")[:MAX_LIMIT]
     async with res.engine.connect() as conn:
-        # One query for all of them; another owner's ids simply match nothing.
-        found = await conn.execute(select(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.owner == owner))
-        rows = [jobs.job_record(r) for r in found]
+        rows = await jobs_by_id(conn, owner, ids)
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
     cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
     running = [c["id"] for c in cards if not c["terminal"]]
@@ -142,10 +133,8 @@ async def job_view(res: Resources, job_id: str, owner: str) -> dict[str, Any]:
     async with res.engine.connect() as conn:
         row = await jobs.get_job(conn, job_id, owner)
         outputs = (await jobs.get_outputs(conn, [row.id])).get(row.id, [])
-        events = (await conn.execute(
-            select(events_t).where(events_t.c.job_id == row.id).order_by(events_t.c.id))).all()
-        deliveries = (await conn.execute(
-            select(deliveries_t).where(deliveries_t.c.job_id == row.id).order_by(deliveries_t.c.created_at))).all()
+        events = await job_events(conn, row.id)
+        deliveries = await job_deliveries(conn, row.id)
     job = card(job_dict(row, outputs, res.presign))
     job["events"] = [{"at": iso(e.at), "type": e.type, "detail": e.detail} for e in events]
     job["deliveries"] = [
