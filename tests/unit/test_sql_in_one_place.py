@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Set
 from pathlib import Path
 from typing import get_args
 
@@ -74,6 +75,56 @@ def status_literals(package: Path, root: Path = ROOT) -> list[str]:
                       for number, line in enumerate(path.read_text().splitlines(), 1)
                       for m in QUOTED_STATUS.finditer(line)]
     return offenders
+
+
+# Outside service/db/ a module calls named functions of service/db/; it neither runs a
+# statement nor builds one. (The scan of hand-written SQL above only sees strings.)
+NO_STATEMENTS_IN = ["api", "web", "cli", "work", "clients", "domain", "app.py", "resources.py", "settings.py"]
+RUNS_A_STATEMENT = {"execute", "executemany", "exec_driver_sql", "scalar", "scalars", "fetch", "fetchrow", "fetchval"}
+BUILDS_A_STATEMENT = {"select", "insert", "update", "delete", "text", "literal", "literal_column", "tuple_", "func",
+                      "and_", "or_", "not_", "bindparam", "union", "union_all", "exists", "case", "cast", "column",
+                      "table"}
+
+
+def _is_db_statements(module: str, taken: Set[str] = frozenset()) -> bool:
+    """``module`` (with the names taken from it) holds statements or their builders."""
+    if module == "service.db":
+        return bool(taken & {"queries", "statements"})
+    return module in ("service.db.queries", "service.db.statements") or module.startswith(
+        ("sqlalchemy.dialects", "sqlalchemy.sql"))
+
+
+def statements_outside_db(paths: list[Path], root: Path = ROOT) -> list[str]:
+    offenders = []
+    for path in sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))):
+        name = str(path.relative_to(root))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in RUNS_A_STATEMENT:
+                offenders.append(f"{name}:{node.lineno}: runs a statement (.{node.func.attr})")
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                taken = {a.name for a in node.names}
+                builders = ", ".join(sorted(taken & BUILDS_A_STATEMENT)) if node.module == "sqlalchemy" else ""
+                if _is_db_statements(node.module, taken):
+                    offenders.append(f"{name}:{node.lineno}: imports the statements ({node.module})")
+                elif builders:
+                    offenders.append(f"{name}:{node.lineno}: builds statements ({builders})")
+            elif isinstance(node, ast.Import) and any(_is_db_statements(a.name) for a in node.names):
+                offenders.append(f"{name}:{node.lineno}: imports the statements")
+    return offenders
+
+
+def test_requests_pages_commands_and_duties_run_no_statement_of_their_own() -> None:
+    assert statements_outside_db([SERVICE / p for p in NO_STATEMENTS_IN]) == []
+
+
+def test_the_statement_scan_sees_runs_builders_and_statement_imports(tmp_path: Path) -> None:
+    (tmp_path / "mod.py").write_text(
+        "from sqlalchemy import Row, select\nfrom sqlalchemy.dialects.postgresql import insert\n"
+        "from service.db import jobs, queries\nimport service.db.queries\n"
+        "async def f(conn):\n    await conn.execute(queries.PING)\n    await conn.fetchval('x')\n"
+        "    await request.stream()\n    await jobs.get_job(conn, 'j')\n")
+    assert [int(o.split(":")[1]) for o in statements_outside_db([tmp_path], tmp_path)] == [1, 2, 3, 4, 6, 7]
 
 
 def test_no_hand_written_sql_outside_queries() -> None:
