@@ -74,6 +74,7 @@ async def start_receipt_signer(settings: Settings, engine: AsyncEngine, sealer: 
 def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
     from service.work.deliverer import Deliverer
     from service.work.eraser import Eraser
+    from service.work.holds import HeldReservations
     from service.work.reconciler import Reconciler
     from service.work.retention import Retention
     from service.work.start_timeout import StartTimeouts
@@ -81,7 +82,7 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
     from service.work.submitter import Submitter
 
     return [Submitter(res), Storer(res), Reconciler(res), Deliverer(res), Eraser(res), Retention(res),
-            StartTimeouts(res)]
+            StartTimeouts(res), HeldReservations(res)]
 
 
 def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient) -> Storage:

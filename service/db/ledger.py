@@ -9,11 +9,19 @@ very UPDATE that ends it, the **spend** (completed: the job's cost_usd) and the
 same transaction, whoever wrote that path. ``release_reservation`` is the one statement
 for "release this job's reservation" (idempotent: one release per job, by a unique key).
 
+A job canceled or timed out after its task was sent upstream may still be made, and
+billed, by the provider: the trigger then keeps the reservation in ``ledger_holds``
+instead of releasing it. The task's late completion spends the images made (the job's
+cost_usd; its status stays), its failure or silence until the deadline releases it
+(``ledger_settle_held``: service/db/news.py for late news, service/work/holds.py for
+the deadline).
+
 Figures are never kept beside the ledger: spent = the period's spend rows; reserved =
-reserve − release. Reserved is summed only from the owner's oldest active job on
-(``reserved_at`` is the job's created_at): every older reservation belongs to a job that
-ended, whose release carries the same ``reserved_at``, so the older rows sum to zero and
-the read stays as short as the owner's active backlog.
+reserve − release. Reserved is summed only from the owner's oldest active job or held
+reservation on (``reserved_at`` is the job's created_at): every older reservation
+belongs to a job that ended and was settled, whose release carries the same
+``reserved_at``, so the older rows sum to zero and the read stays as short as the
+owner's active backlog.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import queries
+from service.db.jobs import id_list
 from service.domain.errors import BudgetExceeded
 
 CENT = Decimal("0.0001")
@@ -118,3 +127,17 @@ async def release_reservation(conn: AsyncConnection, job_id: str) -> None:
     UPDATE of its status already does this; call it for a job that leaves by another
     road (e.g. a queued job erased without a status change)."""
     await conn.execute(queries.RELEASE_RESERVATION, {"job_id": job_id})
+
+
+async def expired_holds(engine: AsyncEngine, deadline_seconds: float, limit: int) -> list[tuple[str, str | None]]:
+    """(job id, task id) of held reservations past their task's deadline."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(queries.EXPIRED_HOLDS, {"deadline": deadline_seconds, "limit": limit})
+        return [(r.job_id, r.task_id) for r in rows]
+
+
+async def release_held(engine: AsyncEngine, job_ids: list[str]) -> None:
+    """End these holds with nothing spent (idempotent: a hold settled meanwhile stays so)."""
+    if job_ids:
+        async with engine.begin() as conn:
+            await conn.execute(queries.RELEASE_HELD, {"ids": id_list(job_ids)})

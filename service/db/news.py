@@ -177,7 +177,20 @@ async def apply(conn: asyncpg.Connection, items: Sequence[News]) -> list[Result]
             results.append(Result(outcome, moved, wake))
         else:
             results.append(Result(_OUTCOME[verdict], False, ()))
+    await settle_late(conn, [n for n, row in zip(items, rows, strict=True) if row["verdict"] == "late"])
     return results
+
+
+async def settle_late(conn: asyncpg.Connection, late: Sequence[News]) -> None:
+    """The money of late results: a job that ended (canceled, timed out) after its task
+    was sent keeps its reservation while the task may be made; the task's completion
+    spends the images made, its failure releases (``ledger_settle_held``). A statement
+    only when a batch holds such news; idempotent, so a crash between the two statements
+    is mended by the last look at the deadline (service/work/holds.py)."""
+    ended = [n for n in late if n.provider_status in ("completed", "failed")]
+    if ended:
+        await conn.execute(queries.SETTLE_HELD, [n.job_id for n in ended],
+                           [len(n.outputs) if n.provider_status == "completed" else 0 for n in ended])
 
 
 async def notify(conn: asyncpg.Connection, wakes: Sequence[tuple[str, str]]) -> None:

@@ -167,6 +167,9 @@ BUDGET_FIGURES = _SQL.text("BUDGET_FIGURES")
 ADMIT_JOB = _SQL.text("ADMIT_JOB").bindparams(bindparam("input", type_=JSONB), bindparam("metadata", type_=JSONB))
 RESERVE = _SQL.text("RESERVE")
 RELEASE_RESERVATION = _SQL.text("RELEASE_RESERVATION")
+SETTLE_HELD = _SQL.asyncpg("SETTLE_HELD")
+RELEASE_HELD = _SQL.text("RELEASE_HELD")
+EXPIRED_HOLDS = _SQL.text("EXPIRED_HOLDS")
 USAGE: dict[str, TextClause] = {"day": _SQL.text("USAGE_BY_DAY"), "model": _SQL.text("USAGE_BY_MODEL")}
 # Callbacks
 DEFER_FIRST_ATTEMPT = _SQL.text("DEFER_FIRST_ATTEMPT")

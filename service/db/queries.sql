@@ -362,8 +362,8 @@ WHERE jobs.id = t.id;
 -- Why: one statement, so one snapshot: a job's spend and release (one transaction) are
 -- seen together or not at all. The function (owner_money, revision 0010) is also what
 -- admission checks under the owner's row lock: one definition of the figures. Its
--- horizon is one index probe of (owner, status, created_at) per active status, never a
--- read of the owner's history.
+-- horizon is one index probe of (owner, status, created_at) per active status and one of
+-- the owner's held reservations, never a read of the owner's history.
 SELECT spent, reserved FROM owner_money(:owner, :start, :end);
 
 -- name: ADMIT_JOB
@@ -384,6 +384,27 @@ ON CONFLICT (job_id, kind) DO NOTHING;
 -- name: RELEASE_RESERVATION
 -- Why: the same function the end-of-job trigger calls; a second call changes nothing.
 SELECT ledger_release(:job_id);
+
+-- name: SETTLE_HELD (asyncpg)
+-- Why: a late result of a job that ended after its task was sent (provider news judged
+-- "late", service/db/news.py): the images made are spent and the held reservation
+-- released by the one function that settles holds. $1 job ids, $2 images made (0: none).
+SELECT ledger_settle_held($1::text[], $2::integer[]);
+
+-- name: RELEASE_HELD
+-- Why: holds whose task was not heard of by its deadline end with nothing spent
+-- (service/work/holds.py), through the same function.
+SELECT ledger_settle_held(string_to_array(:ids, ','), NULL::integer[]);
+
+-- name: EXPIRED_HOLDS
+-- Why: held reservations past their task's deadline (the job's deadline_at, or the send
+-- plus JOB_DEADLINE_SECONDS when the submit's answer never came), with the task to ask
+-- about once more. The table holds only jobs ended during their task's life: it is short.
+SELECT h.job_id, j.provider_task_id AS task_id
+FROM ledger_holds h JOIN jobs j ON j.id = h.job_id
+WHERE coalesce(h.deadline_at, h.sent_at + make_interval(secs => :deadline)) <= now()
+ORDER BY h.job_id
+LIMIT :limit;
 
 -- name: USAGE_BY_DAY
 -- Why: completed jobs' spend in [start, end), grouped; read from the spend index alone.

@@ -151,8 +151,12 @@ $$;
 
 -- A job's end settles its money in the very UPDATE that ends it, whatever path wrote it:
 -- a completion spends its cost_usd for at most the images it asked for; every end (and
--- the deletion of an active job) releases the reservation. The release is a statement of
--- the body, not a call of ledger_release, so that its plan is cached for the session.
+-- the deletion of an active job) releases the reservation, except one: a job canceled or
+-- timed out after its task was sent upstream, before the task's deadline, may still be
+-- made (and billed) by the provider, so its reservation is held in ledger_holds until
+-- the task ends (ledger_settle_held) or its deadline passes (service/work/holds.py).
+-- The release is a statement of the body, not a call of ledger_release, so that its
+-- plan is cached for the session.
 CREATE OR REPLACE FUNCTION jobs_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_job_id text := CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
@@ -166,6 +170,15 @@ BEGIN
         FROM (SELECT 1) AS one
         LEFT JOIN ledger r ON r.job_id = NEW.id AND r.kind = 'reserve'
         ON CONFLICT (job_id, kind) DO NOTHING;
+    ELSIF TG_OP = 'UPDATE' AND NEW.submit_sent_at IS NOT NULL AND NEW.status IN ('canceled', 'timed_out')
+          AND (NEW.deadline_at IS NULL OR NEW.deadline_at > now()) THEN
+        INSERT INTO ledger_holds (job_id, owner, reserved_at, sent_at, deadline_at)
+        SELECT job_id, owner, reserved_at, NEW.submit_sent_at, NEW.deadline_at
+        FROM ledger WHERE job_id = NEW.id AND kind = 'reserve'
+        ON CONFLICT (job_id) DO NOTHING;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     -- ledger_release's statement, inline so that its plan is cached.
     INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
@@ -185,6 +198,51 @@ CREATE TRIGGER jobs_ledger_delete AFTER DELETE ON jobs FOR EACH ROW
 WHEN (OLD.status IN ('queued', 'submitted', 'processing', 'storing'))
 EXECUTE FUNCTION jobs_ledger();
 
+
+
+-- A held reservation settled, or a late result of a job that ended without completing
+-- after its task was sent (service/db/ledger.py): p_made[i] images the provider made for
+-- job p_job_ids[i] (0 or NULL: none; the task failed, or nothing was heard of it by its
+-- deadline). Images made are spent once, at the price reserved per image, for at most
+-- the images reserved, and shown as the job's cost_usd (its status stays); then the
+-- reservation is released and the hold ends. Idempotent. Returns how many jobs spent.
+CREATE OR REPLACE FUNCTION ledger_settle_held(p_job_ids text[], p_made integer[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_spent integer;
+BEGIN
+    -- The documented lock order: the jobs first, in id order; then what belongs to them.
+    PERFORM 1 FROM jobs WHERE id = ANY(p_job_ids) ORDER BY id FOR UPDATE;
+    WITH made AS (
+        SELECT r.owner, r.job_id, r.model, r.reserved_at, least(m.made, r.images) AS images,
+               r.amount_usd / greatest(r.images, 1) * least(m.made, r.images) AS cost
+        FROM unnest(p_job_ids, coalesce(p_made, '{}'::integer[])) AS m(job_id, made)
+        JOIN ledger r ON r.job_id = m.job_id AND r.kind = 'reserve'
+        JOIN jobs j ON j.id = m.job_id
+        WHERE m.made > 0 AND j.status IN ('canceled', 'timed_out', 'failed') AND j.submit_sent_at IS NOT NULL
+    ), spent AS (
+        INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
+        SELECT owner, job_id, 'spend', cost, images, model, reserved_at FROM made
+        ON CONFLICT (job_id, kind) DO NOTHING
+        RETURNING job_id, amount_usd, images
+    ), costed AS (
+        UPDATE jobs j SET cost_usd = s.amount_usd FROM spent s WHERE j.id = s.job_id
+    ), logged AS (
+        INSERT INTO job_events (job_id, type, detail)
+        SELECT s.job_id, 'cost.charged',
+               jsonb_build_object('cost_usd', s.amount_usd::text, 'images', s.images,
+                                  'why', 'the provider made the task after the job had ended')
+        FROM spent s
+    )
+    SELECT count(*) INTO v_spent FROM spent;
+    INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
+    SELECT owner, job_id, 'release', amount_usd, images, model, reserved_at
+    FROM ledger WHERE job_id = ANY(p_job_ids) AND kind = 'reserve'
+    ON CONFLICT (job_id, kind) DO NOTHING;
+    DELETE FROM ledger_holds WHERE job_id = ANY(p_job_ids);
+    RETURN v_spent;
+END
+$$;
 
 -- === The provider throttle: slots and rate tokens taken with SKIP LOCKED
 
@@ -356,7 +414,8 @@ $$;
 -- === Admission (service/db/admission.py): one statement, committed before the answer
 
 -- Spent this period and reserved now (service/db/ledger.py explains the horizon: the
--- owner's oldest active job; four index probes of (owner, status, created_at)).
+-- owner's oldest active job or held reservation; four index probes of (owner, status,
+-- created_at) and one of ledger_holds (owner, reserved_at)).
 CREATE OR REPLACE FUNCTION owner_money(p_owner text, p_start timestamptz, p_end timestamptz)
 RETURNS TABLE (spent numeric, reserved numeric) LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -366,7 +425,8 @@ BEGIN
             (SELECT min(j.created_at) FROM jobs j WHERE j.owner = p_owner AND j.status = 'queued'),
             (SELECT min(j.created_at) FROM jobs j WHERE j.owner = p_owner AND j.status = 'submitted'),
             (SELECT min(j.created_at) FROM jobs j WHERE j.owner = p_owner AND j.status = 'processing'),
-            (SELECT min(j.created_at) FROM jobs j WHERE j.owner = p_owner AND j.status = 'storing')) AS h
+            (SELECT min(j.created_at) FROM jobs j WHERE j.owner = p_owner AND j.status = 'storing'),
+            (SELECT min(h.reserved_at) FROM ledger_holds h WHERE h.owner = p_owner)) AS h
     )
     SELECT
         coalesce((SELECT sum(l.amount_usd) FROM ledger l
