@@ -14,15 +14,15 @@ cancel, again), its budget untouched. Now:
 * ``owner_money``: a held reservation counts as reserved (the horizon of the sum starts
   at the owner's oldest held reservation too).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-08
 """
 
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
