@@ -136,7 +136,7 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     assert page.get_by_text('<img src=x onerror="window.__pwned = 1">neon city at night').count() == 1
     assert page.evaluate("() => window.__pwned") is None
     page.click(".filters summary")  # the filters fold away until used
-    page.locator("body").screenshot(path=str(output_dir / "dashboard-history.png"))
+    page.locator("body").screenshot(path=str(output_dir / "history-page.png"))
 
     # Filter: completed jobs of batch "winter" only.
     page.check("input[name=status][value=completed]")
@@ -148,7 +148,7 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.section)")) == sorted(
         [f"job-{fox['id']}", f"job-{owl['id']}"])
     page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
-    page.screenshot(path=str(output_dir / "dashboard-history-filtered.png"))
+    page.screenshot(path=str(output_dir / "history-page-filtered.png"))
 
     # Open the fox: its full-size outputs load, its story is told.
     page.click(f"a[href='/jobs/{fox['id']}']")
@@ -160,7 +160,7 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     events = page.locator(".timeline li").all_inner_texts()
     assert any("job.created" in e for e in events) and any("output.stored" in e for e in events)
     assert "batch" in page.inner_text("main") and "winter" in page.inner_text("main")
-    page.screenshot(path=str(output_dir / "dashboard-job.png"), full_page=True)
+    page.screenshot(path=str(output_dir / "job-page.png"), full_page=True)
     assert tab.problems == []
 
     # The same pages on a phone: nothing wider than the screen.
@@ -168,11 +168,11 @@ def test_a_person_signs_in_filters_opens_a_job_and_sees_its_images(
     sign_in(mobile, service, key, f"/jobs/{fox['id']}")
     mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
     assert no_horizontal_scroll(mobile)
-    mobile.page.screenshot(path=str(output_dir / "dashboard-job-phone.png"))
+    mobile.page.screenshot(path=str(output_dir / "job-page-phone.png"))
     mobile.page.goto(service.url + "/")
     mobile.page.wait_for_function(ALL_IMAGES_LOADED, timeout=WAIT_MS)
     assert no_horizontal_scroll(mobile)
-    mobile.page.screenshot(path=str(output_dir / "dashboard-history-phone.png"))
+    mobile.page.screenshot(path=str(output_dir / "history-page-phone.png"))
     assert mobile.problems == []
 
     # Sign out: the session is gone, the history is behind the form again.
@@ -223,7 +223,7 @@ def test_a_running_job_turns_completed_without_a_reload(
     assert "output.stored" in detail.page.inner_text("[data-section=events]")
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as api:
         assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "completed"
-    detail.page.screenshot(path=str(output_dir / "dashboard-job-live.png"), full_page=True)
+    detail.page.screenshot(path=str(output_dir / "job-page-live.png"), full_page=True)
 
 
 def test_a_person_previews_a_bulk_delete_and_the_confirm_button_cannot_be_pressed_twice(
