@@ -148,6 +148,10 @@ def test_migrate_keys_serve_and_worker_take_a_job_to_completed_from_the_plain_in
             stored = s3_object(s3, BUCKET, job["outputs"][0]["key"])
             assert hashlib.sha256(stored).hexdigest() == job["outputs"][0]["sha256"]
             assert httpx.get(base + "/metrics", timeout=10).status_code == 200
+            # The history page's templates and static files are in the installed package.
+            login = httpx.get(base + "/login", timeout=10)
+            assert login.status_code == 200 and "<form" in login.text, login.text[:500]
+            assert httpx.get(base + "/static/history_page.css", timeout=10).status_code == 200
         # SIGTERM: both stop cleanly within their grace.
         for proc in (server, worker):
             proc.send_signal(signal.SIGTERM)
