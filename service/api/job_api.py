@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -20,10 +21,11 @@ from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented,
 from service.db import admission, deliveries, jobs
 from service.db.engine import raw_statement
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, job_events, list_jobs, parse_filter
-from service.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.domain.errors import Conflict, FieldError, NotFound, ServiceError, ValidationFailed
 from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count, validate_job_create
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
+from service.observability import metrics
 from service.resources import Resources
 
 MAX_BODY_BYTES = 256 * 1024
@@ -120,7 +122,19 @@ async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float)
 async def submit_job(
     res: Resources, owner: str, body: Any, idempotency_key: str | None
 ) -> tuple[Job, bool]:
-    """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade)."""
+    """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade), counted
+    by outcome and timed for the admission stage's metrics."""
+    started = time.perf_counter()
+    try:
+        job, created = await _record_job(res, owner, body, idempotency_key)
+    except ServiceError as exc:
+        metrics.admission(exc.error_type, time.perf_counter() - started)
+        raise
+    metrics.admission("accepted" if created else "replayed", time.perf_counter() - started)
+    return job, created
+
+
+async def _record_job(res: Resources, owner: str, body: Any, idempotency_key: str | None) -> tuple[Job, bool]:
     request, input_ = validate_job_create(body)
     fields: list[FieldError] = []
     for loc, url in (("callback_url", request.callback_url), ("input.image", input_.get("image")),

@@ -108,6 +108,18 @@ ERASED_OBJECTS = Counter(
 RETENTION_DELETED = Counter(
     f"{PREFIX}_retention_deleted_jobs", "Jobs the retention sweep marked deleted.", registry=REGISTRY,
 )
+ADMISSIONS = Counter(
+    f"{PREFIX}_admissions",
+    "Job submits (POST /v1/jobs and the WaveSpeed facade) by outcome: accepted, replayed (an "
+    "Idempotency-Key's first job), or the error type answered (invalid_request, budget_exceeded, conflict, "
+    "egress_refused…).",
+    ["outcome"], registry=REGISTRY,
+)
+ADMISSION_LATENCY = Histogram(
+    f"{PREFIX}_admission_seconds",
+    "Time to validate and record a submitted job (the answer, without ?wait), whatever the outcome.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
 S3_ERRORS = Counter(
     f"{PREFIX}_s3_errors",
     "S3 calls that failed (no answer, or an error answer), by operation: put_object, upload_part, "
@@ -202,6 +214,11 @@ def observe_erasure(jobs: int, size_bytes: int, objects: int) -> None:
 
 def callback_attempt(outcome: str) -> None:
     CALLBACK_ATTEMPTS.labels(outcome).inc()
+
+
+def admission(outcome: str, seconds: float) -> None:
+    ADMISSIONS.labels(outcome).inc()
+    ADMISSION_LATENCY.observe(seconds)
 
 
 def s3_error(operation: str) -> None:

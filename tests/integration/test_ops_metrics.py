@@ -1,7 +1,8 @@
-"""What the alerts of deploy/prometheus/alerts.yaml read beyond test_metrics.py's families:
-each /readyz check's result (wavespeed_jobs_ready), failed S3 calls by operation
-(wavespeed_jobs_s3_errors_total), and a worker's own port (`worker --port`), on which
-Prometheus scrapes the counters of the work a worker does (callbacks, provider calls, S3)."""
+"""What the deploy kit (alerts, dashboard) reads beyond test_metrics.py's families: each
+/readyz check's result (wavespeed_jobs_ready), failed S3 calls by operation
+(wavespeed_jobs_s3_errors_total), submits by outcome and their time (the admission stage),
+and a worker's own port (`worker --port`), on which Prometheus scrapes the counters of the
+work a worker does (callbacks, provider calls, S3)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,23 @@ def test_a_worker_with_a_port_serves_health_readiness_and_metrics_and_nothing_of
         for path in ("/v1/jobs", "/openapi.json", "/"):
             assert httpx.get(worker.url + path, timeout=10).status_code == 404, path
         assert worker.terminate(timeout=30) == 0
+
+
+def test_submits_are_counted_by_outcome_and_timed(service: Service, client: httpx.Client) -> None:
+    before = scrape(service.url)
+    body = {"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "counted", "size": "256*256"}}
+    headers = {"Idempotency-Key": "admission-metrics"}
+    assert client.post("/v1/jobs", json=body, headers=headers).status_code == 202
+    assert client.post("/v1/jobs", json=body, headers=headers).status_code == 200  # the first job again
+    bad = client.post("/v1/jobs", json={**body, "input": {"prompt": "x", "size": "1*1"}})
+    assert bad.status_code == 422
+    after = scrape(service.url)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("wavespeed_jobs_admissions_total", outcome="accepted") >= 1
+    assert grew("wavespeed_jobs_admissions_total", outcome="replayed") >= 1
+    assert grew("wavespeed_jobs_admissions_total", outcome="invalid_request") >= 1
+    assert grew("wavespeed_jobs_admission_seconds_count") >= 3
+
