@@ -71,3 +71,11 @@ def test_a_broken_expectation_fails_the_alert_tests(tmp_path: Path) -> None:
     done = subprocess.run([str(promtool()), "test", "rules", "alerts_test.yaml"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert done.returncode != 0 and "acme has used 95%" in done.stdout + done.stderr
+
+
+def test_the_deadline_alert_follows_the_default_job_deadline() -> None:
+    from service.settings import Settings
+
+    (rule,) = [r for r in alerts() if r["alert"] == "WavespeedJobsWorkOlderThanDeadline"]
+    threshold = float(rule["expr"].rsplit(">", 1)[1])
+    assert threshold == Settings.model_fields["job_deadline_seconds"].default
