@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.unit.deploy_tools import ROOT, promtool
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -74,8 +75,6 @@ def test_a_broken_expectation_fails_the_alert_tests(tmp_path: Path) -> None:
 
 
 def test_the_deadline_alert_follows_the_default_job_deadline() -> None:
-    from service.settings import Settings
-
     (rule,) = [r for r in alerts() if r["alert"] == "WavespeedJobsWorkOlderThanDeadline"]
     threshold = float(rule["expr"].rsplit(">", 1)[1])
     assert threshold == Settings.model_fields["job_deadline_seconds"].default
