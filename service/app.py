@@ -27,6 +27,7 @@ from service.api import (
     metrics_endpoint,
     openapi_endpoint,
     owner_account,
+    receipt_api,
     receiver,
 )
 from service.api.plumbing import error_responses
@@ -151,8 +152,8 @@ async def open_resources(
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     # facade last: it ends in an /api/v3 catch-all.
-    for module in (health, metrics_endpoint, openapi_endpoint, job_api, job_lifecycle, job_stream, callback_secret_api,
-                   owner_account, receiver, facade):
+    for module in (health, metrics_endpoint, openapi_endpoint, job_api, job_lifecycle, job_stream, receipt_api,
+                   callback_secret_api, owner_account, receiver, facade):
         out += module.routes
     out += bulk_page.routes + history_page.routes  # the history page at / (and /login, /bulk, /jobs/{id}, /static)
     return out

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.models import ReceiptKey as ReceiptKeyRow
 from service.db.models import table
@@ -85,14 +85,18 @@ class ReceiptSigner:
         else:
             await ensure_signing_key(conn, self.sealer)
 
-    async def key(self, conn: AsyncConnection) -> ReceiptKey:
+    async def key(self, engine: AsyncEngine) -> ReceiptKey:
+        """The key to sign with now (read from the database each time, so a rotation
+        takes effect at once in every process; the database is not asked with
+        RECEIPT_SIGNING_KEY)."""
         if self.configured is not None:
             return self.configured
-        found = await signing_key_pem(conn)
-        if found is None:  # only if someone deleted it by hand: make it again
-            await ensure_signing_key(conn, self.sealer)
+        async with engine.begin() as conn:
             found = await signing_key_pem(conn)
-            assert found is not None
+            if found is None:  # only if someone deleted it by hand: make it again
+                await ensure_signing_key(conn, self.sealer)
+                found = await signing_key_pem(conn)
+        assert found is not None
         kid, sealed = found
         if kid not in self._opened:
             self._opened = {kid: receipt_keys.from_pem(self.sealer.open(sealed), "the stored receipt key")}

@@ -22,7 +22,7 @@ from joserfc.jwk import KeySet
 from service.domain.errors import ServiceError
 from service.domain.receipt_keys import ALGORITHMS, ReceiptKey
 from service.domain.records import JobRecord, OutputRecord
-from service.domain.serialize import iso
+from service.domain.serialize import iso, usd
 
 RECEIPT_VERSION = 1
 MEDIA_TYPE = "application/jose"
@@ -33,9 +33,8 @@ class ReceiptInvalid(ServiceError):
     """The receipt does not verify."""
 
 
-def payload(job: JobRecord, outputs: list[OutputRecord], credentials: dict[int, bool]) -> dict[str, Any]:
-    """What a completed job's receipt says. ``credentials``: whether each output (by
-    index) carries an embedded C2PA manifest."""
+def payload(job: JobRecord, outputs: list[OutputRecord]) -> dict[str, Any]:
+    """What a completed job's receipt says."""
     return {
         "receipt_version": RECEIPT_VERSION,
         "job_id": job.id,
@@ -45,10 +44,10 @@ def payload(job: JobRecord, outputs: list[OutputRecord], credentials: dict[int, 
         "provider_task_id": job.provider_task_id,
         "outputs": [
             {"index": o.index, "key": o.key, "content_type": o.content_type, "size_bytes": o.size_bytes,
-             "sha256": o.sha256, "content_credentials": credentials.get(o.index, False)}
+             "sha256": o.sha256, "content_credentials": o.content_credentials}
             for o in sorted(outputs, key=lambda o: o.index)
         ],
-        "cost_usd": None if job.cost_usd is None else str(job.cost_usd),
+        "cost_usd": usd(job.cost_usd),
         "created_at": iso(job.created_at),
         "submitted_at": iso(job.submitted_at),
         "completed_at": iso(job.completed_at),

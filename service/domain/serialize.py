@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Annotated, Any, Literal, overload
 
 from pydantic import Field
@@ -73,6 +74,11 @@ class Job(TypedDict):
     retry_of: Annotated[str | None, Field(description="The job this one retries (bulk retry).")]
 
 
+def usd(value: Decimal | None) -> str | None:
+    """Dollars as the answers write them: a decimal string without trailing zeros ("0.03")."""
+    return format(value.normalize(), "f") if value is not None else None
+
+
 @overload
 def iso(value: dt.datetime) -> str: ...
 @overload
@@ -116,7 +122,7 @@ def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[
         "outputs": [output_dict(o, presign) for o in stored],
         "has_nsfw_contents": None if deleted else job.has_nsfw_contents,
         "error": job.error,
-        "cost_usd": format(job.cost_usd.normalize(), "f") if job.cost_usd is not None else None,
+        "cost_usd": usd(job.cost_usd),
         "priority": job.priority,
         "start_timeout_seconds": job.start_timeout_seconds,
         "callback": (

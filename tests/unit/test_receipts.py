@@ -32,15 +32,15 @@ def completed_job_claims() -> dict[str, object]:
     done = job(status="completed", provider_task_id="task_9", cost_usd=Decimal("0.0300"),
                input={"prompt": "a fox", "seed": 77}, submitted_at=T0, completed_at=T0 + dt.timedelta(seconds=9))
     outputs = [OutputRecord("job_1", i, "https://x", f"outputs/job_1/{i}.png", "image/png", 10 + i, f"{i}" * 64,
-                            None, T0) for i in (1, 0)]
-    return receipts.payload(done, outputs, {0: True, 1: True})
+                            None, T0, content_credentials=True) for i in (1, 0)]
+    return receipts.payload(done, outputs)
 
 
 def test_the_payload_names_owner_model_input_task_outputs_cost_and_times() -> None:
     claims = completed_job_claims()
     assert claims["owner"] == "acme" and claims["model"] == "wavespeed-ai/flux-dev-lora"
     assert claims["input"] == {"prompt": "a fox", "seed": 77}
-    assert claims["provider_task_id"] == "task_9" and claims["cost_usd"] == "0.0300"
+    assert claims["provider_task_id"] == "task_9" and claims["cost_usd"] == "0.03"
     assert [o["index"] for o in claims["outputs"]] == [0, 1]  # type: ignore[attr-defined]
     assert claims["outputs"][0] == {"index": 0, "key": "outputs/job_1/0.png", "content_type": "image/png",  # type: ignore[index]
                                     "size_bytes": 10, "sha256": "0" * 64, "content_credentials": True}
@@ -59,7 +59,7 @@ def test_one_changed_character_of_the_payload_fails() -> None:
     key = receipt_keys.generate()
     header, payload, signature = receipts.sign(completed_job_claims(), key).split(".")
     raw = _unb64(payload)
-    tampered = raw.replace(b'"cost_usd":"0.0300"', b'"cost_usd":"0.0200"')
+    tampered = raw.replace(b'"cost_usd":"0.03"', b'"cost_usd":"0.02"')
     assert len(tampered) == len(raw) and tampered != raw
     with pytest.raises(ReceiptInvalid, match="bad_signature"):
         receipts.verify(f"{header}.{_b64(tampered)}.{signature}", receipt_keys.jwks([key.public_jwk()]))
