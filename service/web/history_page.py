@@ -21,8 +21,9 @@ from service.api.plumbing.auth import resources
 from service.db import jobs, owners
 from service.db.history import MAX_LIMIT, job_deliveries, job_events, jobs_by_id, list_jobs, parse_filter
 from service.domain.errors import FieldError, Unauthorized, ValidationFailed
+from service.domain.records import OutputRecord
 from service.domain.serialize import iso, job_dict
-from service.domain.states import TERMINAL
+from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
 from service.web.rendering import WEB, fragment, page
 from service.web.sign_in import chrome, current_owner, login, login_page, logout, signed_in
@@ -52,11 +53,16 @@ def history_params(query: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, st
     return params, errors
 
 
-def card(job: Mapping[str, Any]) -> dict[str, Any]:
-    """A job as the history list shows it."""
+def card(job: Mapping[str, Any], outputs: Sequence[OutputRecord] = ()) -> dict[str, Any]:
+    """A job as the history list shows it; ``outputs`` (its records) tell which images
+    carry Content Credentials."""
     first = job["outputs"][0] if job["outputs"] else None
+    signed = {o.index for o in outputs if o.content_credentials}
     return {**job, "thumb": (first["thumbnail_url"] or first["url"]) if first else None,
-            "terminal": job["status"] in {s.value for s in TERMINAL}}
+            "terminal": job["status"] in {s.value for s in TERMINAL},
+            "outputs": [{**o, "content_credentials": o["index"] in signed} for o in job["outputs"]],
+            "content_credentials": bool(job["outputs"]) and len(signed) >= len(job["outputs"]),
+            "has_receipt": job["status"] == JobStatus.COMPLETED.value and not job["deleted_at"]}
 
 
 async def history(request: Request, owner: str) -> Response:
@@ -79,7 +85,7 @@ async def history(request: Request, owner: str) -> Response:
             spend = (await owners.view(conn, owner))["budget"]  # the month's spend against the budget
             rows, next_cursor = await list_jobs(conn, owner, f)
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
-        cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
+        cards = [card(job_dict(r, outputs.get(r.id, []), res.presign), outputs.get(r.id, [])) for r in rows]
     except ValidationFailed as exc:
         errors, status_code = list(exc.fields), exc.status_code
     kept = [(k, v) for k, v in query if k != "cursor"]
@@ -104,7 +110,7 @@ async def live_list(request: Request) -> JSONResponse:
     async with res.engine.connect() as conn:
         rows = await jobs_by_id(conn, owner, ids)
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
-    cards = [card(job_dict(r, outputs.get(r.id, []), res.presign)) for r in rows]
+    cards = [card(job_dict(r, outputs.get(r.id, []), res.presign), outputs.get(r.id, [])) for r in rows]
     running = [c["id"] for c in cards if not c["terminal"]]
     return JSONResponse({
         "done": not running,
@@ -135,7 +141,7 @@ async def job_view(res: Resources, job_id: str, owner: str) -> dict[str, Any]:
         outputs = (await jobs.get_outputs(conn, [row.id])).get(row.id, [])
         events = await job_events(conn, row.id)
         deliveries = await job_deliveries(conn, row.id)
-    job = card(job_dict(row, outputs, res.presign))
+    job = card(job_dict(row, outputs, res.presign), outputs)
     job["events"] = [{"at": iso(e.at), "type": e.type, "detail": e.detail} for e in events]
     job["deliveries"] = [
         {"id": d.id, "event_type": d.event_type, "status": d.status, "attempts": d.attempts,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -27,6 +28,7 @@ from service.domain.schemas import validate_input
 from service.work.storer import Storer
 from tests.conftest import BUCKET, Service, fresh_database, make_settings, run_service
 from tests.integration.helpers import s3_object, sha256
+from tests.integration.test_history_page import sign_in
 from tests.manifests import UNTRUSTED, flip_one_byte, read
 
 MODEL = "wavespeed-ai/flux-dev-lora"
@@ -50,16 +52,20 @@ def signing_service(postgres_server: str, s3_endpoint: str, simulator: ServerThr
         yield svc
 
 
-def completed_job(svc: Service, output_format: str) -> dict[str, Any]:
-    with svc.client() as client:
-        body = {"model": MODEL, "input": {"prompt": PROMPT, "size": "256*256", "num_images": 2,
-                                          "output_format": output_format, "loras": [LORA]}}
-        answer = client.post("/v1/jobs?wait=30", json=body)
-        assert answer.status_code in (200, 201, 202), answer.text
-        job: dict[str, Any] = answer.json()
+def completed_job_with(client: httpx.Client, output_format: str) -> dict[str, Any]:
+    body = {"model": MODEL, "input": {"prompt": PROMPT, "size": "256*256", "num_images": 2,
+                                      "output_format": output_format, "loras": [LORA]}}
+    answer = client.post("/v1/jobs?wait=30", json=body)
+    assert answer.status_code in (200, 202), answer.text
+    job: dict[str, Any] = answer.json()
     assert job["status"] == "completed", job
     assert len(job["outputs"]) == 2
     return job
+
+
+def completed_job(svc: Service, output_format: str) -> dict[str, Any]:
+    with svc.client() as client:
+        return completed_job_with(client, output_format)
 
 
 @pytest.mark.parametrize("output_format", ["jpeg", "png", "webp"])
@@ -150,3 +156,27 @@ def test_serve_refuses_a_certificate_c2pa_would_reject_and_names_the_problem(
     done = serve(make_test_chain(tmp_path, expired=expired, leaf_is_ca=leaf_is_ca), database_url)
     assert done.returncode != 0
     assert "C2PA_SIGNING_CERT" in done.stderr and problem in done.stderr, done.stderr
+
+
+def test_the_history_page_shows_content_credentials_and_links_the_receipt(signing_service: Service) -> None:
+    key = signing_service.new_key()
+    with signing_service.client(key) as api:
+        job = completed_job_with(api, "webp")
+    with sign_in(signing_service, key) as web:
+        listing = web.get("/").text
+        page = web.get(f"/jobs/{job['id']}").text
+        receipt = web.get(f"/v1/jobs/{job['id']}/receipt")  # the link, followed with the page's session
+    row = listing[listing.index(f'href="/jobs/{job["id"]}"'):]
+    assert "Content Credentials" in row[:row.index("</a>")]
+    assert page.count("Content Credentials ✓") == 2 and "no Content Credentials" not in page
+    assert f'href="/v1/jobs/{job["id"]}/receipt"' in page
+    assert receipt.status_code == 200 and receipt.headers["content-type"] == "application/jose"
+
+
+def test_the_history_page_says_when_images_carry_no_content_credentials(service: Service) -> None:
+    key = service.new_key()
+    with service.client(key) as api:
+        job = completed_job_with(api, "png")
+    with sign_in(service, key) as web:
+        page = web.get(f"/jobs/{job['id']}").text
+    assert page.count("no Content Credentials") == 2 and "Content Credentials ✓" not in page
