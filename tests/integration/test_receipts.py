@@ -191,3 +191,19 @@ def test_receipt_signing_key_signs_and_stays_published(postgres_server: str, s3_
             published = httpx.get(two.url + "/.well-known/jwks.json").json()["keys"]
     assert [k["alg"] for k in published] == ["Ed25519", "ES256"]
     assert json.loads(jws.deserialize_compact(token, keys, algorithms=ALGORITHMS).payload)["owner"]
+
+
+def test_hostile_receipt_ids_and_files_are_refused(svc: Service, tmp_path: Path) -> None:
+    with svc.client() as client:
+        for job_id in ("%00", "job_" + "x" * 300, "..%2F..%2Fetc"):
+            assert client.get(f"/v1/jobs/{job_id}/receipt").status_code == 404
+    (tmp_path / "huge.jws").write_bytes(b"a" * (2 * 1024 * 1024))
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    huge = cli("receipts", "verify", str(tmp_path / "huge.jws"), "--jwks", str(tmp_path / "jwks.json"),
+               database_url="")
+    assert huge.returncode == 2 and "larger than" in huge.stderr
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "small.jws").write_text("a.b.c")
+    not_a_set = cli("receipts", "verify", str(tmp_path / "small.jws"), "--jwks", str(tmp_path / "list.json"),
+                    database_url="")
+    assert not_a_set.returncode == 2 and "not a JWK Set" in not_a_set.stderr
