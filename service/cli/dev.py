@@ -52,7 +52,8 @@ def _demo(base_url: str, api_key: str) -> None:
             print(f"  output {output['index']}: s3 key {output['key']}, {output['size_bytes']} bytes, "
                   f"sha256 {output['sha256'][:16]}…")
             print(f"  presigned URL: {output['url']}")
-            print("  " + _credentials(client.get(output["url"]).content, output["content_type"]))
+            # A presigned URL carries its own signature: fetched without the API's header.
+            print("  " + _credentials(httpx.get(output["url"], timeout=30).content, output["content_type"]))
         events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
         print("  events: " + ", ".join(e["type"] for e in events))
         receipt = client.get(f"/v1/jobs/{job['id']}/receipt")
