@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 
+from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from devtools.test_chain import TestChain, make_test_chain
 from service.app import open_resources
@@ -180,3 +181,15 @@ def test_the_history_page_says_when_images_carry_no_content_credentials(service:
     with sign_in(service, key) as web:
         page = web.get(f"/jobs/{job['id']}").text
     assert page.count("no Content Credentials") == 2 and "Content Credentials ✓" not in page
+
+
+def test_the_dev_demo_signs_with_its_test_chain_and_its_image_shows_content_credentials(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "dev", "--demo", "--exit-after-demo", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "dev"), "--completion-delay", "0.2"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "LOG_LEVEL": "warning"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Content Credentials: c2pa.created (trainedAlgorithmicMedia), signed by 'test signer'" in done.stdout
+    assert "c2pa validation: Valid" in done.stdout
+    assert "characters of application/jose" in done.stdout
+    assert (tmp_path / "dev" / "c2pa" / "c2pa-chain.pem").exists()  # the chain lives under its data folder
