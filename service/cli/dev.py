@@ -37,7 +37,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(base_url: str, api_key: str) -> None:
+def run_demo(base_url: str, api_key: str) -> None:
     """Submit one job, wait for it, and show where its image is stored."""
     import httpx  # here, not at the top: every other command would pay for it
 
@@ -121,7 +121,7 @@ Try it:
 
 Ctrl-C stops everything.""", flush=True)
             if args.demo:
-                _demo(base, api_key)
+                run_demo(base, api_key)
                 if args.exit_after_demo:
                     return 0
             stop = threading.Event()

@@ -19,10 +19,10 @@ import httpx
 import psycopg
 import pytest
 
-from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from devtools.test_chain import TestChain, make_test_chain
 from service.app import open_resources
+from service.cli.dev import run_demo
 from service.db import admission
 from service.domain.content_credentials import TRAINED_ALGORITHMIC_MEDIA
 from service.domain.schemas import validate_input
@@ -183,13 +183,12 @@ def test_the_history_page_says_when_images_carry_no_content_credentials(service:
     assert page.count("no Content Credentials") == 2 and "Content Credentials ✓" not in page
 
 
-def test_the_dev_demo_signs_with_its_test_chain_and_its_image_shows_content_credentials(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "dev", "--demo", "--exit-after-demo", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "dev"), "--completion-delay", "0.2"],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "LOG_LEVEL": "warning"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Content Credentials: c2pa.created (trainedAlgorithmicMedia), signed by 'test signer'" in done.stdout
-    assert "c2pa validation: Valid" in done.stdout
-    assert "characters of application/jose" in done.stdout
-    assert (tmp_path / "dev" / "c2pa" / "c2pa-chain.pem").exists()  # the chain lives under its data folder
+def test_the_dev_demo_shows_its_images_content_credentials_and_receipt(
+        signing_service: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo `wavespeed-jobs dev --demo` runs, against a service signing with a test
+    # chain as `dev`'s does (its environment: test_ssrf.py's DevStack test).
+    run_demo(signing_service.url, signing_service.new_key())
+    shown = capsys.readouterr().out
+    assert "Content Credentials: c2pa.created (trainedAlgorithmicMedia), signed by 'test signer'" in shown
+    assert "c2pa validation: Valid" in shown
+    assert "characters of application/jose" in shown

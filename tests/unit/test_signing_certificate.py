@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devtools.test_chain import make_test_chain
+from devtools.test_chain import ensure_test_chain, make_test_chain
 from service.domain.errors import ConfigError
 from service.domain.signing_certificate import algorithm_for, check_credential, load_credential
 
@@ -118,3 +118,10 @@ def test_the_algorithm_follows_the_key() -> None:
     assert algorithm_for(rsa.generate_private_key(public_exponent=65537, key_size=2048)) == "ps256"
     with pytest.raises(ConfigError, match="must be an Ed25519"):
         algorithm_for(ec.generate_private_key(ec.SECP256K1()))
+
+
+def test_dev_keeps_its_test_chain_between_runs_and_renews_it_before_it_ends(tmp_path: Path) -> None:
+    first = ensure_test_chain(tmp_path)
+    pem = first.chain_path.read_bytes()
+    assert ensure_test_chain(tmp_path).chain_path.read_bytes() == pem  # kept: one signer between runs
+    assert ensure_test_chain(tmp_path, NOW + dt.timedelta(days=340)).chain_path.read_bytes() != pem  # renewed
