@@ -102,14 +102,15 @@ async def open_resources(
         raise ConfigError(f"missing required settings: {', '.join(missing)}")
     assert settings.database_url and settings.s3_bucket and settings.wavespeed_api_key
     signer = content_signer(settings)  # first: a certificate C2PA would reject stops the start here
-    engine = db.create_engine(settings.database_url, settings.db_pool_size)
+    engine = db.create_engine(settings.database_url, settings.db_pool_size,
+                              transaction_pooling=settings.transaction_pooling)
     http = httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         follow_redirects=False,
         headers={"User-Agent": "wavespeed-jobs/0.1"},
     )
     storage = open_storage(settings, settings.s3_bucket, http)
-    notifications = Notifications(db.asyncpg_dsn(settings.database_url))
+    notifications = Notifications(db.asyncpg_dsn(settings.session_database_url or settings.database_url))
     sealer = Sealer(_secret(settings.secrets_encryption_key))
     egress = Egress(allow_private=settings.allow_private_networks, resolver=resolver, network=network)
     try:
@@ -137,6 +138,7 @@ async def open_resources(
         logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:
             await storage.ensure_bucket()
+        await _warn_if_jit_on(settings, engine)
         await notifications.start()
         yield res
     finally:
@@ -147,6 +149,13 @@ async def open_resources(
         await engine.dispose()
         if signer is not None:
             signer.close()
+
+
+async def _warn_if_jit_on(settings: Settings, engine: AsyncEngine) -> None:
+    """Behind a transaction pooler no session can turn JIT off for itself (what it cost a
+    claim: engine.SESSION_SETTINGS): the database or role must, and start-up says so."""
+    if settings.transaction_pooling and await db.jit_on(engine):
+        log.warning("database.jit_on", fix="turn JIT off on the database or its role: docs/deploy.md")
 
 
 def routes() -> list[BaseRoute]:

@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     wavespeed_api_key: SecretStr | None = None
     public_base_url: str | None = None
 
+    # --- database behind a connection pooler (docs/deploy.md) ---
+    # "transaction": DATABASE_URL is PgBouncer (or a pooler like it) in transaction pooling
+    # mode, where a server session lasts one transaction: no named prepared statements, no
+    # startup parameters. What needs a session of its own (LISTEN/NOTIFY, migrations) then
+    # uses DATABASE_DIRECT_URL. Unset (or "session"): DATABASE_URL is used for everything.
+    database_pool_mode: Literal["session", "transaction"] | None = None
+    database_direct_url: str | None = None
+
     # --- storage ---
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
@@ -126,6 +134,27 @@ class Settings(BaseSettings):
     # --- logs ---
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None
+
+    @field_validator("database_pool_mode", "database_direct_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # VAR= in a compose file or a shell
+
+    @model_validator(mode="after")
+    def _direct_url_for_transaction_pooling(self) -> Settings:
+        if self.transaction_pooling and self.database_url and not self.database_direct_url:
+            raise ValueError("DATABASE_DIRECT_URL is required when DATABASE_POOL_MODE=transaction: LISTEN/NOTIFY "
+                             "and migrations need a session of their own, which a transaction pooler does not keep")
+        return self
+
+    @property
+    def transaction_pooling(self) -> bool:
+        return self.database_pool_mode == "transaction"
+
+    @property
+    def session_database_url(self) -> str | None:
+        """The URL for what needs a session of its own (LISTEN/NOTIFY, migrations)."""
+        return self.database_direct_url or self.database_url
 
     @field_validator("s3_prefix")
     @classmethod

@@ -30,6 +30,7 @@ from service.app import create_app
 from service.db.engine import migrate
 from service.db.keys import create_key_blocking
 from service.settings import Settings
+from tests.pgbouncer import PgBouncer
 
 SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SIM_SECRET = "whsec_simulator_0123456789abcdef"
@@ -57,7 +58,8 @@ FAST_SETTINGS: dict[str, Any] = {
 # time (``--maxschedchunk 1`` in pyproject.toml) about one of them runs at any moment,
 # beside short tests, instead of all of them at once (four fault scenarios together
 # starved each other past their timeouts) or last, on one worker, while the others idle.
-SLOW = ("test_faults.py", "test_openapi.py::test_schemathesis", "test_plain_install.py")
+SLOW = ("test_faults.py", "test_openapi.py::test_schemathesis", "test_plain_install.py",
+        "test_pgbouncer.py::test_kill_9")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -181,9 +183,32 @@ def sim_defaults(simulator: ServerThread) -> Iterator[ServerThread]:
     )
 
 
+# Where the services tests start reach Postgres: directly, unless a test module routes
+# them through PgBouncer (tests/integration/test_pgbouncer.py re-runs scenarios that way):
+# then make_settings points DATABASE_URL at the pooler in transaction mode and
+# DATABASE_DIRECT_URL at the server itself, as an operator does.
+_POOLERS: list[PgBouncer] = []
+
+
+@contextlib.contextmanager
+def services_through(bouncer: PgBouncer) -> Iterator[None]:
+    _POOLERS.append(bouncer)
+    try:
+        yield
+    finally:
+        _POOLERS.remove(bouncer)
+
+
+def _route(database_url: str) -> dict[str, Any]:
+    if not _POOLERS:
+        return {"database_url": database_url}
+    return {"database_url": _POOLERS[-1].url(database_url), "database_direct_url": database_url,
+            "database_pool_mode": "transaction"}
+
+
 def make_settings(database_url: str, s3_endpoint: str, simulator_url: str, port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "database_url": database_url,
+        **_route(database_url),
         "s3_bucket": BUCKET,
         "s3_endpoint_url": s3_endpoint,
         "wavespeed_api_key": "sim-key",
@@ -211,7 +236,8 @@ class Service:
     def new_key(self, owner: str | None = None) -> str:
         owner = owner or f"owner_{uuid.uuid4().hex[:8]}"
 
-        key = create_key_blocking(self.settings.database_url or "", owner)
+        key = create_key_blocking(self.settings.database_url or "", owner,
+                                  transaction_pooling=self.settings.transaction_pooling)
         self.keys[key] = owner
         return key
 
@@ -226,7 +252,11 @@ def run_service(
 ) -> Iterator[Service]:
     port = free_port()
     settings = make_settings(database_url, s3_endpoint, simulator_url, port, **overrides)
-    with ServerThread(create_app(settings, run_workers=run_workers), port=port, timeout_graceful_shutdown=3) as server:
+    # A start-up of 60 s at most, as for ServiceProcess: under other suites' load the
+    # lifespan has taken more than uvicorn's 10 s, and a module's shared service then
+    # failed every test that uses it.
+    with ServerThread(create_app(settings, run_workers=run_workers), port=port, timeout_graceful_shutdown=3,
+                      startup_timeout=60) as server:
         yield Service(url=server.url, settings=settings, server=server)
 
 

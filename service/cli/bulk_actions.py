@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from service.cli.environment import load_settings, require_database
+from service.cli.environment import load_settings, open_engine, require_database
 from service.domain.errors import ValidationFailed
 
 # service/db/bulk.py's ACTIONS, restated so that parsing the command line does not import
@@ -52,12 +52,11 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     from service.db.bulk import BulkResult, parse_bulk
-    from service.db.engine import create_engine
     from service.domain.pacing import Pacer
     from service.work.bulk import run_bulk
 
     settings = load_settings()
-    url = require_database(settings)
+    require_database(settings)
     try:
         request = parse_bulk(request_body(args))
     except ValidationFailed as exc:
@@ -65,7 +64,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> BulkResult:
-        engine = create_engine(url, 2)
+        engine = open_engine(settings, 2)
         try:
             return await run_bulk(engine, args.owner, request, settings.bulk_batch_size,
                                   Pacer(settings.lifecycle_pause_factor), settings.bulk_pause_factor,

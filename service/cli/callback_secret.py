@@ -8,23 +8,22 @@ import asyncio
 import sys
 from typing import Any
 
-from service.cli.environment import load_settings, require_database
+from service.cli.environment import load_settings, open_engine, require_database
 
 
 def cmd_callback_secret(args: argparse.Namespace) -> int:
     """Print an owner's current callback secret (``--owner``), or without it the
     service-wide one that owners from before per-owner secrets still use."""
     from service.db import callback_secrets
-    from service.db.engine import create_engine
     from service.domain.sealing import Sealer
 
     settings = load_settings()
-    url = require_database(settings)
+    require_database(settings)
     configured = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
     key = settings.secrets_encryption_key.get_secret_value() if settings.secrets_encryption_key else None
 
     async def go() -> str:
-        engine = create_engine(url, 1)
+        engine = open_engine(settings)
         try:
             legacy = await callback_secrets.service_wide(engine, configured)
             if args.owner is None:

@@ -37,15 +37,21 @@ def require_database(settings: Settings) -> str:
     return settings.database_url
 
 
+def open_engine(settings: Settings, pool_size: int = 1) -> AsyncEngine:
+    """An engine on DATABASE_URL, opened as DATABASE_POOL_MODE says (the caller disposes it)."""
+    from service.db.engine import create_engine
+
+    return create_engine(require_database(settings), pool_size, transaction_pooling=settings.transaction_pooling)
+
+
 def run_on_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """``work`` on an engine of one connection, disposed afterwards; a refusal (a
     ServiceError) ends the command with its message, a field's named as its option."""
-    from service.db.engine import create_engine
-
-    url = require_database(load_settings())
+    settings = load_settings()
+    require_database(settings)
 
     async def go() -> T:
-        engine = create_engine(url, 1)
+        engine = open_engine(settings)
         try:
             return await work(engine)
         finally:

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from service.db.engine import migrate
 
-    migrate(require_database(load_settings()))
+    settings = load_settings()
+    # Alembic's DDL and version row want a session of their own: DATABASE_DIRECT_URL when
+    # set (behind a transaction pooler the session would change between statements).
+    migrate(settings.database_direct_url or require_database(settings))
     print("database is at the latest revision")
     return 0
 

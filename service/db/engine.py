@@ -62,13 +62,47 @@ def unavailable(exc: BaseException) -> Unavailable | None:
     return None
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def asyncpg_options(transaction_pooling: bool) -> dict[str, Any]:
+    """What every pooled asyncpg connection of the service opens with.
+
+    Through a transaction pooler (PgBouncer's ``pool_mode = transaction``) a client meets
+    a different server session from one transaction to the next, and between the
+    statements of an autocommit request: a named prepared statement made on one session
+    is missing on the next ("prepared statement ... does not exist") or collides with one
+    of the same name another client made there ("... already exists"). With its statement
+    cache off, asyncpg prepares unnamed statements and parses each again in the same
+    message batch as its execution, so nothing outlives the statement. Unique statement
+    names (SQLAlchemy's ``prepared_statement_name_func`` recipe) are not enough: an
+    autocommit statement prepared in one round trip and run in the next still lands on
+    another session (tests/integration/test_pgbouncer.py). PgBouncer also refuses
+    startup parameters it does not know, ``jit`` among them (docs/deploy.md: set it on
+    the database instead)."""
+    if transaction_pooling:
+        return {"statement_cache_size": 0}
+    return {"server_settings": SESSION_SETTINGS}
+
+
+async def jit_on(engine: AsyncEngine) -> bool:
+    """Whether sessions of ``engine`` start with JIT on (the database's or role's default
+    when the session cannot set it itself: behind a transaction pooler)."""
+    async with raw_statement(engine) as conn:
+        return bool(await conn.fetchval(queries.JIT_SETTING) == "on")
+
+
+def create_engine(url: str, pool_size: int = 10, *, transaction_pooling: bool = False) -> AsyncEngine:
+    """``transaction_pooling``: ``url`` is a transaction pooler (DATABASE_POOL_MODE)."""
+    connect_args = asyncpg_options(transaction_pooling)
+    if transaction_pooling:
+        # SQLAlchemy's own cache of prepared statements would keep each statement's
+        # result types from its first run and skip describing it again; a migration run
+        # meanwhile (a rolling upgrade) could then be read with the old types unnoticed.
+        connect_args["prepared_statement_cache_size"] = 0
     engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
-        connect_args={"server_settings": SESSION_SETTINGS},
+        connect_args=connect_args,
     )
     _ping_when_idle(engine)
     _discard_lost_sessions(engine)

@@ -72,7 +72,7 @@ async def create_key(engine: AsyncEngine, owner: str) -> str:
     return (await issue_key(engine, owner)).key
 
 
-def create_key_blocking(database_url: str, owner: str) -> str:
+def create_key_blocking(database_url: str, owner: str, *, transaction_pooling: bool = False) -> str:
     """``create_key`` from synchronous code (the CLI, tests, benchmarks): its own
     short-lived engine and event loop."""
     import asyncio
@@ -80,7 +80,7 @@ def create_key_blocking(database_url: str, owner: str) -> str:
     from service.db.engine import create_engine
 
     async def go() -> str:
-        engine = create_engine(database_url, 1)
+        engine = create_engine(database_url, 1, transaction_pooling=transaction_pooling)
         try:
             return await create_key(engine, owner)
         finally:

@@ -5,7 +5,9 @@ Workers wake on ``wsj_work``, waiters (``?wait=N``) on ``wsj_done``, and live st
 or a bulk batch's ids joined by commas), so a thousand open streams cost one listening
 connection, not a poll each. Notifications are only a hint: workers also poll, so a
 notification lost while the connection was down (a Postgres restart) only delays work.
-The connection reconnects by itself.
+The connection reconnects by itself. It is a session of its own, on DATABASE_DIRECT_URL
+when that is set: through a transaction pooler a LISTEN would be registered on a server
+session the pooler lends to other clients next, and hear nothing.
 """
 
 from __future__ import annotations

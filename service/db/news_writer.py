@@ -192,7 +192,7 @@ async def open_writer(settings: Settings) -> AsyncIterator[NewsWriter]:
     assert settings.database_url
     pool = asyncpg.create_pool(
         db.asyncpg_dsn(settings.database_url), min_size=0, max_size=settings.db_pool_size,
-        reset=_no_reset, max_inactive_connection_lifetime=60, server_settings=db.SESSION_SETTINGS,
+        reset=_no_reset, max_inactive_connection_lifetime=60, **db.asyncpg_options(settings.transaction_pooling),
     )
     await pool
     writer = NewsWriter(pool, max_flushes=max(1, min(MAX_FLUSHES, settings.db_pool_size)))

@@ -199,6 +199,7 @@ JOB_COUNTS = _SQL.text("JOB_COUNTS")
 JOB_WORK = _SQL.text("JOB_WORK")
 DELIVERY_WORK = _SQL.text("DELIVERY_WORK")
 WAITING = _SQL.text("WAITING")
+JIT_SETTING = _SQL.asyncpg("JIT_SETTING")
 _SQL.all_taken()
 
 # LISTEN/NOTIFY channels: work became due / a job became terminal / a job's status

@@ -676,3 +676,10 @@ WHERE status = {delivery:pending} AND next_attempt_at <= now();
 SELECT owner, priority, count(*) AS n FROM jobs
 WHERE status = {status:queued} AND submit_sent_at IS NULL
 GROUP BY owner, priority;
+
+-- === The database's own settings (service/db/engine.py)
+
+-- name: JIT_SETTING (asyncpg)
+-- Why: behind a transaction pooler the service cannot switch JIT off per session
+-- (engine.SESSION_SETTINGS); start-up reads what the database gives it, to warn.
+SELECT current_setting('jit');
