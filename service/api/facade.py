@@ -31,6 +31,7 @@ from service.api.plumbing.error_responses import error_headers, job_fields
 from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db.engine import unavailable
 from service.domain.errors import ServiceError, ValidationFailed
+from service.domain.ids import checked_job_id
 from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA
 from service.domain.serialize import Job, Timestamp
 from service.domain.states import TERMINAL, JobStatus, WavespeedStatus, wavespeed_status
@@ -286,7 +287,7 @@ async def result(request: Request) -> Response:
     """The job, in the shape of WaveSpeed's prediction result (`GET /api/v3/predictions/{id}/result`)."""
     owner = await authenticate(request)
     res = resources(request)
-    job = await render(res, request.path_params["job_id"], owner)
+    job = await render(res, checked_job_id(request.path_params["job_id"]), owner)
     return JSONResponse(envelope(await present(request, res, job)))
 
 

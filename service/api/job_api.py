@@ -22,6 +22,7 @@ from service.db import admission, deliveries, jobs
 from service.db.engine import raw_statement
 from service.db.history import DEFAULT_LIMIT, MAX_LIMIT, job_events, list_jobs, parse_filter
 from service.domain.errors import Conflict, FieldError, NotFound, ServiceError, ValidationFailed
+from service.domain.ids import checked_job_id
 from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count, validate_job_create
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
@@ -208,7 +209,7 @@ async def create(request: Request) -> JSONResponse:
             responses={"200": answer(Job, "The job."), **errors(401, 404)})
 async def retrieve(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    return JSONResponse(await render(resources(request), request.path_params["job_id"], owner))
+    return JSONResponse(await render(resources(request), checked_job_id(request.path_params["job_id"]), owner))
 
 
 @documented(
@@ -246,9 +247,10 @@ async def index(request: Request) -> JSONResponse:
             parameters=[JOB_ID], responses={"200": answer(JobEventList, "The events."), **errors(401, 404)})
 async def events(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     res = resources(request)
     async with res.engine.connect() as conn:
-        job = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        job = await jobs.get_job(conn, job_id, owner)
         rows = await job_events(conn, job.id)
     listing: JobEventList = {"object": "list",
                             "data": [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]}
@@ -259,9 +261,10 @@ async def events(request: Request) -> JSONResponse:
             parameters=[JOB_ID], responses={"200": answer(Job, "The canceled job."), **errors(401, 404, 409)})
 async def cancel(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     res = resources(request)
     async with res.engine.begin() as conn:
-        found = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        found = await jobs.get_job(conn, job_id, owner)
         job = await jobs.lock_job(conn, found.id)
         if job is None:  # deleted between the two reads
             raise NotFound(f"no job with id {found.id!r}")
@@ -276,10 +279,11 @@ async def cancel(request: Request) -> JSONResponse:
             responses={"202": answer(Delivery, "Queued."), **errors(401, 404, 409)})
 async def redeliver(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     res = resources(request)
     async with res.engine.begin() as conn:
         # Locked first: redeliver writes the delivery, then the job (lock order: jobs first).
-        job = await jobs.get_job(conn, request.path_params["job_id"], owner, lock=True)
+        job = await jobs.get_job(conn, job_id, owner, lock=True)
         if not job.callback_url:
             raise Conflict("the job has no callback_url", field="callback_url")
         if JobStatus(job.status) not in TERMINAL:
@@ -301,10 +305,11 @@ async def redeliver(request: Request) -> JSONResponse:
 )
 async def output(request: Request) -> Response:
     owner = await authenticate(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     res = resources(request)
     raw_index = request.path_params["index"]
     async with raw_statement(res.engine) as conn:
-        job, outputs = await jobs.get_job_with_outputs(conn, request.path_params["job_id"], owner)
+        job, outputs = await jobs.get_job_with_outputs(conn, job_id, owner)
     if job.deleted_at is not None:
         raise NotFound(f"job {job.id} was deleted; its outputs are gone")
     for row in outputs:

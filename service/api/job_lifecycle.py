@@ -13,6 +13,7 @@ from service.api.plumbing.auth import authenticate, resources
 from service.api.plumbing.openapi_doc import BEARER, JOB_ID, answer, documented, errors, json_body
 from service.db import bulk, deletion, jobs
 from service.domain.errors import NotFound
+from service.domain.ids import checked_job_id
 from service.domain.serialize import Job
 from service.domain.states import TERMINAL, JobStatus
 from service.work.bulk import run_bulk
@@ -30,9 +31,10 @@ async def delete(request: Request) -> JSONResponse:
     """202 with the tombstone; a job not yet terminal is canceled first. Repeats change
     nothing."""
     owner = await authenticate(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     res = resources(request)
     async with res.engine.begin() as conn:
-        found = await jobs.get_job(conn, request.path_params["job_id"], owner)
+        found = await jobs.get_job(conn, job_id, owner)
         job = await jobs.lock_job(conn, found.id)
         if job is None:
             raise NotFound(f"no job with id {found.id!r}")

@@ -28,6 +28,7 @@ from service.api.plumbing.openapi_doc import BEARER, JOB_ID, documented, errors
 from service.db import jobs
 from service.db.history import jobs_by_owner_and_id
 from service.domain.errors import NotFound, TooManyStreams
+from service.domain.ids import checked_job_id
 from service.domain.serialize import Job, job_dict
 from service.domain.states import TERMINAL
 from service.observability import metrics
@@ -90,6 +91,7 @@ class JobReader:
         self._flushing = False
 
     async def read(self, owner: str, job_id: str) -> Job:
+        checked_job_id(job_id)  # only an id that could be a job's joins others' reads
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._queued.append((owner, job_id, future))
         if not self._flushing:
@@ -100,13 +102,20 @@ class JobReader:
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let every stream woken with this one queue its read
         batch, self._queued, self._flushing = self._queued, [], False
+        for start in range(0, len(batch), READ_BATCH):
+            chunk = batch[start : start + READ_BATCH]
+            try:
+                await self._read(chunk)
+            except Exception:  # noqa: BLE001 - one read must not fail the others': each alone
+                for item in chunk:
+                    await self._read_alone(item)
+
+    async def _read_alone(self, item: tuple[str, str, asyncio.Future[Job]]) -> None:
         try:
-            for start in range(0, len(batch), READ_BATCH):
-                await self._read(batch[start : start + READ_BATCH])
-        except Exception as exc:  # noqa: BLE001 - every waiting stream gets the failure, none hangs
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            await self._read([item])
+        except Exception as exc:  # noqa: BLE001 - the waiting stream gets the failure, never hangs
+            if not item[2].done():
+                item[2].set_exception(exc)
 
     async def _read(self, batch: list[tuple[str, str, asyncio.Future[Job]]]) -> None:
         pairs = list({(owner, job_id) for owner, job_id, _ in batch})
@@ -147,7 +156,7 @@ def reader(request: Request) -> JobReader:
 async def stream(request: Request) -> EventStream:
     owner = await authenticate(request)
     res = resources(request)
-    job_id = request.path_params["job_id"]
+    job_id = checked_job_id(request.path_params["job_id"])
     keepalive = res.settings.stream_keepalive_seconds
     gate: StreamGate = request.app.state.streams
     # Watch before the first read, so a change between the read and the wait is not lost.

@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 from service.db import queries
 from service.db.models import Delivery, Job, JobEvent, JobOutput, table
 from service.domain.errors import NotFound
+from service.domain.ids import CROCKFORD
 from service.domain.records import JobRecord, OutputRecord
 from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_from
 
@@ -35,7 +36,7 @@ outputs_t = table(JobOutput)
 events_t = table(JobEvent)
 deliveries_t = table(Delivery)
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_CROCKFORD = CROCKFORD  # the alphabet of ids (service/domain/ids.py says what an id looks like)
 # Byte -> the Crockford character of its low 5 bits (256 is a multiple of 32, so a random
 # byte gives a uniform character): bytes.translate then writes the random part of many ids
 # in C. A loop over 26 characters per id in Python held serve's event loop ~2.5 ms per

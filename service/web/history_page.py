@@ -21,6 +21,7 @@ from service.api.plumbing.auth import resources
 from service.db import jobs, owners
 from service.db.history import MAX_LIMIT, job_deliveries, job_events, jobs_by_id, list_jobs, parse_filter
 from service.domain.errors import FieldError, Unauthorized, ValidationFailed
+from service.domain.ids import checked_job_id
 from service.domain.records import OutputRecord
 from service.domain.serialize import iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
@@ -106,7 +107,8 @@ async def live_list(request: Request) -> JSONResponse:
     """Fresh list rows for the history page's running jobs (polled by history_page.js)."""
     res = resources(request)
     owner = await _live_owner(request)
-    ids = request.query_params.getlist("id")[:MAX_LIMIT]
+    # Ids this page handed out; anything else is a 404 before any query.
+    ids = [checked_job_id(value) for value in request.query_params.getlist("id")[:MAX_LIMIT]]
     async with res.engine.connect() as conn:
         rows = await jobs_by_id(conn, owner, ids)
         outputs = await jobs.get_outputs(conn, [r.id for r in rows])
@@ -156,7 +158,7 @@ LIVE_SECTIONS = ("status", "summary", "outputs", "events", "callbacks")
 
 
 async def job_page(request: Request, owner: str) -> Response:
-    job = await job_view(resources(request), request.path_params["job_id"], owner)
+    job = await job_view(resources(request), checked_job_id(request.path_params["job_id"]), owner)
     live_url = None if job["terminal"] else f"/jobs/{job['id']}/live"
     return page(request, "job.html", job=job, live_url=live_url, **chrome(request, owner))
 
@@ -164,7 +166,7 @@ async def job_page(request: Request, owner: str) -> Response:
 async def live_job(request: Request) -> JSONResponse:
     """The job page's changing sections, re-rendered (polled by history_page.js)."""
     owner = await _live_owner(request)
-    job = await job_view(resources(request), request.path_params["job_id"], owner)
+    job = await job_view(resources(request), checked_job_id(request.path_params["job_id"]), owner)
     return JSONResponse({
         "done": job["terminal"],
         "sections": {name: fragment(f"job_{name}", job) for name in LIVE_SECTIONS},

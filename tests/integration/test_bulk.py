@@ -22,6 +22,7 @@ import pytest
 from devtools.serverthread import ServerThread
 from service.db import bulk
 from service.db.engine import create_engine
+from service.db.jobs import sortable_ids
 from service.domain.pacing import Pacer, Turn
 from service.work.bulk import run_bulk
 from tests.conftest import Service, fresh_database, run_service
@@ -375,17 +376,19 @@ def test_a_bulk_after_a_duty_batch_waits_that_batch_once_not_its_own_factor_time
 
 def test_a_bulk_cancel_reaches_every_open_stream_at_once(api_only: Service, sql: psycopg.Connection[Any]) -> None:
     """A batch tells waiters with one NOTIFY per ~7,000 bytes of ids (joined by commas):
-    streams on the first, a middle and the last job of a 450-job batch of 27-character
+    streams on the first, a middle and the last job of a 450-job batch of 30-character
     ids (two payloads) all get their ``canceled`` event. Streams never poll, so only the notification can bring it
     before the keep-alive (15 s)."""
     owner = f"streams_{uuid.uuid4().hex[:8]}"
     key = api_only.new_key(owner)
+    ids = sorted(sortable_ids("job", 450))  # ids of the real shape: a stream refuses any other
     sql.execute(
         "INSERT INTO jobs (id, owner, model, input, metadata, status, run_after, callback_url)"
-        " SELECT 'job_st_' || %s || '_' || lpad(g::text, 3, '0'), %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}',"
-        " 'queued', NULL, CASE WHEN g %% 2 = 0 THEN 'http://127.0.0.1:9/hook' END FROM generate_series(1, 450) g",
-        (owner, owner))
-    watched = [f"job_st_{owner}_{n:03d}" for n in (1, 250, 450)]
+        " SELECT t.id, %s, 'wavespeed-ai/flux-dev-lora', '{}', '{}', 'queued', NULL,"
+        " CASE WHEN t.g %% 2 = 0 THEN 'http://127.0.0.1:9/hook' END"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS t(id, g)",
+        (owner, ids))
+    watched = [ids[n - 1] for n in (1, 250, 450)]
 
     opened = [threading.Event() for _ in watched]
 

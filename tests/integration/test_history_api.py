@@ -9,7 +9,6 @@ them): hundreds of jobs in milliseconds, with created_at spread out on purpose.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from service.db.history import encode_cursor
+from service.db.jobs import new_job_id
 from tests.conftest import Service
 
 DEV, KREA = "wavespeed-ai/flux-dev-lora", "wavespeed-ai/flux-krea-dev-lora"
@@ -48,7 +48,7 @@ def insert(sql: psycopg.Connection[Any], rows: list[Row]) -> None:
 
 
 def new_id() -> str:
-    return "job_h" + uuid.uuid4().hex
+    return new_job_id()
 
 
 def newest_first(rows: list[Row]) -> list[str]:

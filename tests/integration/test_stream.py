@@ -14,6 +14,7 @@ import psycopg
 
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
+from service.db.jobs import new_job_id
 from service.db.keys import create_key_blocking
 from tests.conftest import Service, make_settings, run_service
 from tests.integration.helpers import submit
@@ -68,7 +69,7 @@ def test_idle_stream_gets_keepalive_comments_and_hears_a_cancel_from_another_pro
     database_url: str, s3_endpoint: str, simulator: ServerThread, sql: psycopg.Connection[Any]
 ) -> None:
     owner = f"idle_{uuid.uuid4().hex[:8]}"
-    job = {"id": f"job_idle_{uuid.uuid4().hex}"}
+    job = {"id": new_job_id()}
     # Not due (run_after NULL): no worker of the test run moves it, so the stream is idle.
     sql.execute("INSERT INTO jobs (id, owner, model, input, status) VALUES (%s, %s, 'wavespeed-ai/flux-dev-lora',"
                 " '{\"prompt\": \"x\"}', 'queued')", (job["id"], owner))
@@ -90,7 +91,7 @@ def test_idle_stream_gets_keepalive_comments_and_hears_a_cancel_from_another_pro
 
 def _idle_job(sql: psycopg.Connection[Any], owner: str) -> str:
     """A queued job no worker will move (run_after NULL), so its stream stays open."""
-    job_id = f"job_idle_{uuid.uuid4().hex}"
+    job_id = new_job_id()
     sql.execute("INSERT INTO jobs (id, owner, model, input, status) VALUES (%s, %s, 'wavespeed-ai/flux-dev-lora',"
                 " '{\"prompt\": \"x\"}', 'queued')", (job_id, owner))
     return job_id

@@ -22,6 +22,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from service.db.jobs import new_job_id
 from service.domain.signing import wavespeed_signature
 from tests.conftest import BUCKET, SIM_SECRET, Service, sim_config
 from tests.integration.helpers import eventually, s3_object, sha256, submit, wait_terminal
@@ -39,7 +40,7 @@ def owner_of(service: Service, client: httpx.Client) -> str:
 
 def submitted_job(sql: psycopg.Connection[Any], owner: str, task_id: str | None = None) -> str:
     """A job the provider has accepted as ``task_id``; no worker will pick it up."""
-    job_id = "job_w" + uuid.uuid4().hex
+    job_id = new_job_id()
     sql.execute(
         "INSERT INTO jobs (id, owner, model, status, input, provider_task_id, provider_status, run_after,"
         " submitted_at, submit_sent_at, deadline_at) VALUES (%s, %s, %s, 'submitted', %s, %s, 'created',"
