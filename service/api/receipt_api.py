@@ -22,6 +22,7 @@ from service.db import jobs, receipt_keys
 from service.db.engine import raw_statement
 from service.domain import receipts
 from service.domain.errors import Conflict
+from service.domain.ids import checked_job_id
 from service.domain.receipt_keys import jwks
 from service.domain.states import JobStatus
 
@@ -63,8 +64,9 @@ async def receipt(request: Request) -> Response:
     offline with `/.well-known/jwks.json`. A job that is not completed is a 409."""
     owner = await authenticate(request)
     res = resources(request)
+    job_id = checked_job_id(request.path_params["job_id"])  # 404 before any query
     async with raw_statement(res.engine) as conn:
-        job, outputs = await jobs.get_job_with_outputs(conn, request.path_params["job_id"], owner)
+        job, outputs = await jobs.get_job_with_outputs(conn, job_id, owner)
     if job.deleted or job.status != JobStatus.COMPLETED:
         state = "deleted" if job.deleted else job.status.value
         raise Conflict(f"job {job.id} is {state}: only a completed job has a receipt")

@@ -50,7 +50,8 @@ def signed_in(service: Service) -> Any:
 def test_the_routes_taking_an_id_are_all_found() -> None:
     paths = {path for _, path in requests_with_an_id("X")}
     assert {"/v1/jobs/X", "/v1/jobs/X/stream", "/jobs/X", "/jobs/X/live", "/live?id=X",
-            "/api/v3/predictions/X/result", "/webhooks/wavespeed/X", "/v1/jobs/X/outputs/X"} <= paths
+            "/api/v3/predictions/X/result", "/webhooks/wavespeed/X", "/v1/jobs/X/outputs/X",
+            "/v1/jobs/X/receipt"} <= paths
 
 
 @pytest.mark.parametrize("value", ["%00", "a%00b", "job_" + "0" * 25 + "%00", "x" * 5000, "job_not-an-id"])
