@@ -11,7 +11,8 @@ Each round stores, for each side, ``--per-format`` jobs of one output in each fo
 one job after another; the sides alternate within a round and their order alternates
 between rounds (signed first, then unsigned first). Per side and format the child reports
 process CPU (every thread: the event loop, boto3's pool, the signing thread) and wall time
-per stored output, summed over the rounds after one warm-up round per side.
+per stored output, after one warm-up round per side. Then it times the signing call
+alone, 20 times per format (the share of the difference that is C2PA's own work).
 
 The parent then checks every job where it landed: completed; the S3 object's sha256 and
 size are the recorded ones; a signed object's manifest reads back with c2pa-python and
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
@@ -56,6 +58,7 @@ BUCKET = "wavespeed-jobs-bench"
 MODEL = "wavespeed-ai/flux-dev-lora"
 FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 SIDES = ("signed", "plain")
+SIGN_ALONE = 20
 SEED_JOB = """
 INSERT INTO jobs (id, owner, model, status, input, provider_task_id, provider_status, submitted_at,
                   last_news_at, run_after)
@@ -103,7 +106,7 @@ async def _store(storer: Any, ids: list[str]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-async def _child(rounds: int, per_format: int, cert: str, key: str) -> dict[str, Any]:
+async def _child(rounds: int, per_format: int, cert: str, key: str, origin: str) -> dict[str, Any]:
     from service.app import open_resources
     from service.domain.content_credentials import ContentSigner
     from service.settings import Settings
@@ -111,6 +114,7 @@ async def _child(rounds: int, per_format: int, cert: str, key: str) -> dict[str,
 
     settings = Settings()
     signer = ContentSigner.from_files(cert, key, include_prompt=False)
+    sources = {fmt: f"{origin}/{fmt}/source.{fmt}" for fmt in FORMATS}
     figures: dict[str, dict[str, list[float]]] = {f"{s}/{f}": {"cpu": [], "wall": []} for s in SIDES for f in FORMATS}
     async with open_resources(settings) as res:
         storers = {"signed": Storer(dataclasses.replace(res, content_signer=signer)), "plain": Storer(res)}
@@ -123,7 +127,30 @@ async def _child(rounds: int, per_format: int, cert: str, key: str) -> dict[str,
                     if round_ > 0:
                         figures[f"{side}/{fmt}"]["cpu"].append(cpu / per_format)
                         figures[f"{side}/{fmt}"]["wall"].append(wall / per_format)
+    figures.update(await _sign_alone(signer, sources))
     return figures
+
+
+async def _sign_alone(signer: Any, sources: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    """The signing call by itself, on each format's source, SIGN_ALONE times: the part of
+    the difference above that is C2PA's, without S3, the download or the thumbnail."""
+    import httpx
+
+    from service.domain.content_credentials import Provenance
+
+    out: dict[str, dict[str, list[float]]] = {}
+    async with httpx.AsyncClient() as client:
+        for fmt, url in sources.items():
+            data = (await client.get(url)).content
+            provenance = Provenance("job_bench", MODEL, [], 1, 0, dt.datetime.now(dt.UTC))
+            cpu_times, wall_times = [], []
+            for _ in range(SIGN_ALONE):
+                cpu, wall = time.process_time(), time.perf_counter()
+                signer.sign(io.BytesIO(data), io.BytesIO(), FORMATS[fmt][1], provenance)
+                cpu_times.append(time.process_time() - cpu)
+                wall_times.append(time.perf_counter() - wall)
+            out[f"alone/{fmt}"] = {"cpu": cpu_times, "wall": wall_times}
+    return out
 
 
 # --------------------------------------------------------------------------- the parent
@@ -179,22 +206,23 @@ def seed(url: str, rounds: int, per_format: int, base: str) -> None:
 
 def report(figures: dict[str, dict[str, list[float]]], added: dict[str, list[int]], images: dict[str, bytes]) -> None:
     print(f"{'format':<6} {'source':>9} | {'CPU ms/output plain':>20} {'signed':>8} {'+':>7} | "
-          f"{'wall ms/output plain':>21} {'signed':>8} {'+':>7} | manifest adds")
+          f"{'wall ms/output plain':>21} {'signed':>8} {'+':>7} | manifest adds | signing alone CPU, wall ms")
     for fmt in FORMATS:
-        plain, signed = figures[f"plain/{fmt}"], figures[f"signed/{fmt}"]
+        plain, signed, alone = figures[f"plain/{fmt}"], figures[f"signed/{fmt}"], figures[f"alone/{fmt}"]
         cpu_p, cpu_s = statistics.median(plain["cpu"]) * 1e3, statistics.median(signed["cpu"]) * 1e3
         wall_p, wall_s = statistics.median(plain["wall"]) * 1e3, statistics.median(signed["wall"]) * 1e3
         print(f"{fmt:<6} {len(images[fmt]):>9,} | {cpu_p:>20.1f} {cpu_s:>8.1f} {cpu_s - cpu_p:>+7.1f} | "
               f"{wall_p:>21.1f} {wall_s:>8.1f} {wall_s - wall_p:>+7.1f} | "
-              f"{statistics.median(added[fmt]):,.0f} bytes")
-    print("(medians over the rounds of each round's mean per output)")
+              f"{statistics.median(added[fmt]):>7,.0f} bytes | "
+              f"{statistics.median(alone['cpu']) * 1e3:.1f}, {statistics.median(alone['wall']) * 1e3:.1f}")
+    print(f"(medians over the rounds of each round's mean per output; signing alone: median of {SIGN_ALONE} calls)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_provenance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds (after one warm-up round)")
     parser.add_argument("--per-format", type=int, default=4, help="jobs per side, format and round")
-    parser.add_argument("--child", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("CERT", "KEY", "ORIGIN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         figures = asyncio.run(_child(args.rounds, args.per_format, *args.child))
@@ -216,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s3.create_bucket(Bucket=BUCKET)
         seed(url, args.rounds, args.per_format, origin.url)
         argv_child = [procs.PYTHON, "-m", "tests.benchmarks.bench_provenance", "--rounds", str(args.rounds),
-                      "--per-format", str(args.per_format), "--child", str(chain.chain_path), str(chain.key_path)]
+                      "--per-format", str(args.per_format),
+                      "--child", str(chain.chain_path), str(chain.key_path), origin.url]
         child = procs.spawn(argv_child, env=_env(url, s3_endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = child.communicate(timeout=900)
