@@ -3,7 +3,9 @@ each object in S3 carries a manifest that c2pa-python's Reader reads back (c2pa.
 trainedAlgorithmicMedia, the job, the model and the LoRA named, no prompt) and validates
 but for the test root's trust; the recorded sha256 and size are the object's; a flipped
 byte fails validation. A signing failure is a store failure with its reason, retried,
-and nothing unsigned is stored. ``serve`` refuses a certificate C2PA would reject."""
+and nothing unsigned is stored. Presigned URLs and the facade's base64 answers serve the
+signed bytes. ``serve`` refuses a certificate C2PA would reject. The history page and the
+dev demo show the credentials."""
 
 from __future__ import annotations
 
@@ -192,3 +194,16 @@ def test_the_dev_demo_shows_its_images_content_credentials_and_receipt(
     assert "Content Credentials: c2pa.created (trainedAlgorithmicMedia), signed by 'test signer'" in shown
     assert "c2pa validation: Valid" in shown
     assert "characters of application/jose" in shown
+
+
+def test_the_facades_base64_answer_and_presigned_urls_serve_the_signed_bytes(signing_service: Service) -> None:
+    with signing_service.client() as client:
+        body = {"model": MODEL, "input": {"prompt": PROMPT, "size": "256*256", "enable_base64_output": True}}
+        job = client.post("/v1/jobs?wait=30", json=body).json()
+        assert job["status"] == "completed", job
+        result = client.get(f"/api/v3/predictions/{job['id']}/result").json()["data"]
+    head, _, payload = result["outputs"][0].partition(",")
+    served = base64.b64decode(payload)
+    assert head == "data:image/jpeg;base64" and sha256(served) == job["outputs"][0]["sha256"]
+    assert read(served, "image/jpeg").failures == [UNTRUSTED]
+    assert sha256(httpx.get(job["outputs"][0]["url"], timeout=10).content) == job["outputs"][0]["sha256"]
