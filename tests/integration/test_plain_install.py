@@ -11,6 +11,7 @@ Nothing of the dev extra is in that environment (it would have hidden the missin
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,8 +48,20 @@ def run(args: list[str], timeout: float = 300, **kwargs: Any) -> subprocess.Comp
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the venv's bin directory, the image's working directory with alembic.ini and
-    migrations/), installed the way the Dockerfile installs."""
-    base = tmp_path_factory.mktemp("plain")
+    migrations/), installed the way the Dockerfile installs, once per test run: the
+    pytest-xdist workers of one run share it (the first builds it under a lock)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "plain-install"
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "installed").exists():
+            install_like_the_image(shared)
+            (shared / "installed").touch()
+    return shared / "venv" / "bin", shared / "app"
+
+
+def install_like_the_image(base: Path) -> None:
     src, app = base / "src", base / "app"
     for source in copied_sources():
         target = (app if source in ("alembic.ini", "migrations") else src) / source
@@ -60,10 +73,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     venv = base / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(src / "requirements.lock")], timeout=600)
+    run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(src / "requirements.lock")], timeout=900)
     run([*pip, "install", "--no-deps", str(src)], timeout=600)
     run([*pip, "check"])
-    return venv / "bin", app
 
 
 def plain_env(settings_values: dict[str, str]) -> dict[str, str]:
