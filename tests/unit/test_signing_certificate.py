@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devtools.test_chain import ensure_test_chain, make_test_chain
+from service.domain.content_credentials import ContentSigner
 from service.domain.errors import ConfigError
-from service.domain.signing_certificate import algorithm_for, check_credential, load_credential
+from service.domain.signing_certificate import DOCUMENT_SIGNING, algorithm_for, check_credential, load_credential
 
 NOW = dt.datetime.now(dt.UTC)
 PEM = serialization.Encoding.PEM
@@ -125,3 +126,12 @@ def test_dev_keeps_its_test_chain_between_runs_and_renews_it_before_it_ends(tmp_
     pem = first.chain_path.read_bytes()
     assert ensure_test_chain(tmp_path).chain_path.read_bytes() == pem  # kept: one signer between runs
     assert ensure_test_chain(tmp_path, NOW + dt.timedelta(days=340)).chain_path.read_bytes() != pem  # renewed
+
+
+def test_a_document_signing_only_certificate_passes_the_checks_and_the_c2pa_library_has_the_last_word() -> None:
+    # The specification allows documentSigning; the C2PA library shipped (c2pa-python 0.38)
+    # refuses it by default. The probe signature at start reports the library's reason.
+    chain, key = leaf(purposes=[DOCUMENT_SIGNING])
+    credential = check_credential(chain, key, NOW)
+    with pytest.raises(ConfigError, match=r"(?s)C2PA refused the signing certificate.*missing required EKU"):
+        ContentSigner(credential)
