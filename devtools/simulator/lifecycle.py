@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import time
 
 from devtools.simulator.images import content_type
 from devtools.simulator.state import COMPLETED, FAILED, PROCESSING, SimTask, SimulatorState
@@ -31,6 +32,7 @@ async def run_task(sim: SimulatorState, task: SimTask) -> None:
         task.status = COMPLETED
         sim.stats.tasks_completed += 1
     task.inference_ms = int(total * 1000)
+    task.ended_at = time.time()
     task.finished.set()
     await deliver_final(sim, task)
 

@@ -49,6 +49,7 @@ class Delivery:
     http_status: int | None = None
     error: str = ""
     bad_signature: bool = False
+    sent_at: float = 0.0  # epoch seconds the POST began (benchmarks time the path from it)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,6 +70,7 @@ class SimTask:
     outputs: list[str] = field(default_factory=list)
     error: str = ""
     inference_ms: int = 0
+    ended_at: float = 0.0  # epoch seconds the task turned terminal (0: not yet)
     hung: bool = False
     webhook_dropped: bool = False
     deliveries: list[Delivery] = field(default_factory=list)
@@ -127,6 +129,7 @@ class SimTask:
             "deliveries": [d.as_dict() for d in self.deliveries],
             "hung": self.hung,
             "created_at": iso(self.created_at),
+            "ended_at": self.ended_at or None,
         }
 
 

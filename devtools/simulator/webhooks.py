@@ -77,7 +77,7 @@ async def _send(
     config = sim.config
     secret = WRONG_SECRET if bad_signature else config.webhook_secret
     for attempt in range(1, config.webhook_retries + 2):
-        delivery = Delivery(webhook_id, kind, status, attempt, bad_signature=bad_signature)
+        delivery = Delivery(webhook_id, kind, status, attempt, bad_signature=bad_signature, sent_at=time.time())
         task.deliveries.append(delivery)
         sim.stats.webhooks_sent += 1
         # Re-signed per attempt with a fresh timestamp, as a retrying sender would.

@@ -10,6 +10,7 @@ sha256 recorded does the job become ``completed``.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -142,7 +143,9 @@ class Storer:
             for output in pending[:-1]:
                 if not await self._store_one(job, output):
                     return  # the job was deleted meanwhile
+            began = time.monotonic()
             last = await self._upload(job, pending[-1]) if pending else None
+            copy_seconds = time.monotonic() - began
         except (*RETRYABLE, *REFUSED) as exc:
             verdict = after_failure(exc, job.attempts)
             if isinstance(verdict, StoreRetry):
@@ -153,7 +156,7 @@ class Storer:
                 log.warning("output.refused", job_id=job_id, error=verdict.message)
             return
         async with res.engine.begin() as conn:
-            if last is not None and not await self._record(conn, job, pending[-1], *last):
+            if last is not None and not await self._record(conn, job, pending[-1], *last, copy_seconds):
                 return
             price = res.settings.price_usd(job.model)
             moved = await jobs.transition(
@@ -182,9 +185,11 @@ class Storer:
 
     async def _store_one(self, job: JobRecord, output: OutputRecord) -> bool:
         """Store one output; False (and nothing kept) when the job was deleted meanwhile."""
+        began = time.monotonic()
         stored, thumbnail_key = await self._upload(job, output)
+        copy_seconds = time.monotonic() - began
         async with self.res.engine.begin() as conn:
-            return await self._record(conn, job, output, stored, thumbnail_key)
+            return await self._record(conn, job, output, stored, thumbnail_key, copy_seconds)
 
     async def _upload(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
         """Copy one output (and its thumbnail) into S3."""
@@ -208,9 +213,11 @@ class Storer:
 
     async def _record(
         self, conn: AsyncConnection, job: JobRecord, output: OutputRecord, stored: StoredObject,
-        thumbnail_key: str | None,
+        thumbnail_key: str | None, copy_seconds: float,
     ) -> bool:
-        """Record a copied output in ``conn``'s transaction; False when the job was deleted."""
+        """Record a copied output in ``conn``'s transaction; False when the job was deleted.
+        The event says how long the copy took (download, S3, thumbnail), so a job's time
+        between its webhook and its completion splits into waiting and copying."""
         # Under the job's row lock: once a deletion has committed, no object is recorded
         # (service/work/eraser.py relies on this), so what we just uploaded goes again.
         if await jobs.is_deleted(conn, job.id):
@@ -221,7 +228,7 @@ class Storer:
                                  content_credentials=self.res.content_signer is not None)
         await jobs.add_event(conn, job.id, "output.stored",
                              {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
-                              "sha256": stored.sha256})
+                              "sha256": stored.sha256, "copy_seconds": round(copy_seconds, 4)})
         metrics.observe_output(job.model, stored.size_bytes)
         return True
 

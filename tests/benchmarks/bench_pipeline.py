@@ -22,8 +22,14 @@ Logs: every service process writes its log (``--log-level``, JSON) to a director
 kept after the run (its path is printed first). For every job not called back within
 ``--timeout``, the run prints its status, lease, events and deliveries from the database.
 
-Scenarios: a burst (all N submitted at once by 32 concurrent clients) and a steady rate
-(``--rate`` jobs/s for N/rate seconds). The second process (``serve`` + ``worker``) runs
+Scenarios: a burst (all N submitted at once by 32 concurrent clients), a steady rate
+(``--rate`` jobs/s for N/rate seconds), and ``slow``: the provider takes 1–3 s per task
+(the simulator's delay 1 s plus up to 2 s of jitter) while ``--slow-jobs`` arrive at
+``--slow-rate`` per second; there the service's side also prints where each job's time
+went (tests/benchmarks/timeline.py: webhook sent → received → copy → completed →
+callback, p50/p90/p99 per segment) and what Postgres's backends waited on meanwhile
+(``pg_stat_activity`` sampled every 25 ms), and the script's latency is measured from the
+task's real end. The second process (``serve`` + ``worker``) runs
 the burst only. Medians over ``--reps`` repetitions are printed with their ratios.
 """
 
@@ -52,7 +58,7 @@ import psutil
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from service.db.keys import create_key_blocking
-from tests.benchmarks import database, procs
+from tests.benchmarks import database, procs, timeline
 from tests.benchmarks.loadgen import percentile
 from tests.servers import WebhookCatcher
 
@@ -178,8 +184,10 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             catcher.clear()
             meter = env_base["meter"]  # one connection held all along: Postgres's slots are shared
             cpu0, pg0, tx0 = _cpu(pids), _pg_backends(meter), _transactions(meter)
-            rate = args.rate if scenario == "steady" else 0.0
-            ids, started = _submit_all(f"http://127.0.0.1:{port}", key, args.jobs, rate, catcher.url("/cb"))
+            rate = {"steady": args.rate, "slow": args.slow_rate}.get(scenario, 0.0)
+            sampler = timeline.sampled(env_base["db"], scenario == "slow" or args.waits)
+            ids, started = _submit_all(f"http://127.0.0.1:{port}", key, _jobs(args, scenario), rate,
+                                       catcher.url("/cb"))
             wanted = set(ids)
             try:
                 catcher.wait_for(len(ids), timeout=args.timeout,
@@ -187,6 +195,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             except TimeoutError as exc:
                 print(f"  ! {exc}", flush=True)
             cpu1, pg1 = _cpu(pids), _pg_backends(meter)
+            if sampler is not None:
+                sampler.stop()
             for spy in spies:
                 _stop_spy(spy)
             time.sleep(1.0)  # backends report their counters at most once a second
@@ -210,6 +220,10 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     if unmeasured:
         _report_unfinished(env_base["meter"], unmeasured, callbacks, logs / f"{label}-unmeasured.txt")
     last = max(callbacks[i] for i in done) if done else float("nan")
+    if sampler is not None:
+        timeline.print_breakdown(timeline.breakdown(timeline.job_timelines(env_base["meter"], env_base["sim"], ids,
+                                                                           callbacks)))
+        sampler.report()
     return Run(
         side=side, scenario=scenario, jobs=len(ids), cpu_ms=(cpu1 - cpu0) / len(ids) * 1000,
         pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, xacts=(tx1 - tx0) / len(ids),
@@ -276,9 +290,9 @@ def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str
     env = {**os.environ, "WAVESPEED_API_KEY": SIM_KEY, "WAVESPEED_BASE_URL": env_base["sim"],
            "S3_ENDPOINT_URL": env_base["s3"], "S3_BUCKET": BUCKET,
            "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY}
-    argv = [procs.PYTHON, "-m", "tests.benchmarks.pipeline_script", "--jobs", str(args.jobs)]
-    if scenario == "steady":
-        argv += ["--rate", str(args.rate)]
+    argv = [procs.PYTHON, "-m", "tests.benchmarks.pipeline_script", "--jobs", str(_jobs(args, scenario))]
+    if scenario in ("steady", "slow"):
+        argv += ["--rate", str(args.rate if scenario == "steady" else args.slow_rate)]
     child = procs.spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = child.communicate(timeout=args.timeout + 60)
@@ -293,12 +307,26 @@ def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str
     for job in figures["jobs"]:
         task = tasks.get(job["task_id"])
         if task:
-            done_at = dt.datetime.fromisoformat(task["created_at"]).timestamp() + args.completion_delay
+            done_at = task.get("ended_at") or (dt.datetime.fromisoformat(task["created_at"]).timestamp()
+                                               + args.completion_delay)
             latency.append(job["stored_at"] - done_at)
     n = len(figures["jobs"])
     return Run(side="script", scenario=scenario, jobs=n, cpu_ms=figures["cpu_s"] / max(n, 1) * 1000,
                jobs_per_s=n / figures["wall_s"], latencies={"done→in S3": sorted(latency)},
                errors=figures["error_count"])
+
+
+def _jobs(args: argparse.Namespace, scenario: str) -> int:
+    return args.slow_jobs if scenario == "slow" else args.jobs
+
+
+@contextlib.contextmanager
+def _provider_for(args: argparse.Namespace, sim_url: str, scenario: str) -> Any:
+    """The simulator's task time for ``scenario``: 1–3 s for ``slow``, else --completion-delay."""
+    slow = scenario == "slow"
+    knobs = {"completion_delay": 1.0 if slow else args.completion_delay, "completion_jitter": 2.0 if slow else 0.0}
+    httpx.post(sim_url + "/_sim/config", json=knobs, timeout=30).raise_for_status()
+    yield
 
 
 def _fmt(run: Run) -> str:
@@ -323,7 +351,7 @@ def summary(runs: list[Run]) -> None:
         return [r for r in runs if r.side == side and r.scenario == scenario]
 
     print("\n== medians over repetitions")
-    for scenario in ("burst", "steady"):
+    for scenario in ("burst", "steady", "slow"):
         service, two, script = of("serve", scenario), of("serve+worker", scenario), of("script", scenario)
         if not service:
             continue
@@ -362,7 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--completion-delay", type=float, default=0.5, help="the simulated provider's time per task")
     parser.add_argument("--timeout", type=float, default=180.0, help="longest wait for one run's jobs")
-    parser.add_argument("--scenarios", default="burst,steady")
+    parser.add_argument("--scenarios", default="burst,steady,slow", help="of burst, steady, slow")
+    parser.add_argument("--slow-jobs", type=int, default=200, help="jobs per run of the slow-provider scenario")
+    parser.add_argument("--slow-rate", type=float, default=26.0, help="jobs/s of the slow-provider scenario")
+    parser.add_argument("--waits", action="store_true",
+                        help="sample Postgres's waits and print the per-job timeline in every scenario")
     parser.add_argument("--no-second-process", action="store_true")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run `serve` from this other checkout (e.g. `git worktree add /tmp/base main~3`), "
@@ -423,14 +455,19 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
             for side in sides:
                 if side not in args.sides.split(",") and not (side == "baseline" and args.baseline):
                     continue
-                if side == "script":
-                    run = run_script(args, env_base, scenario)
-                else:
-                    run = run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
-                                      catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
-                                      cwd=args.baseline if side == "baseline" else None)
+                with _provider_for(args, env_base["sim"], scenario):
+                    run = _run_side(args, env_base, scenario, side, catcher, key, logs, rep)
                 runs.append(run)
                 print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
+
+
+def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, side: str,
+              catcher: WebhookCatcher, key: str, logs: Path, rep: int) -> Run:
+    if side == "script":
+        return run_script(args, env_base, scenario)
+    return run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
+                       catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
+                       cwd=args.baseline if side == "baseline" else None)
 
 
 if __name__ == "__main__":
