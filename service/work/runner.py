@@ -144,8 +144,13 @@ class Runner:
                 task = asyncio.create_task(self._run_one(duty, row_id), name=f"{duty.name}:{row_id}")
                 running.add(task)
                 task.add_done_callback(running.discard)
-            if claimed and len(claimed) == free:
-                # Full: wait for a slot rather than for news.
+            if running and len(running) >= duty.concurrency:
+                # Full: wait for a slot rather than for news. The concurrency is read
+                # again after the claim: a duty whose limit follows its backlog (the
+                # storer's) has just raised it when the claim filled every free slot,
+                # and then claims the rest of the backlog at once instead of after a
+                # copy in flight ends (a steady trickle of one job per wake-up filled
+                # the one free slot each time, and the next job waited for a copy).
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
             elif not claimed:
                 await self.res.notifications.wait_for_work(duty.name, poll)
