@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
 from service.db import jobs
+from service.db.engine import one_statement
 from service.domain.content_credentials import Provenance, SigningFailed
 from service.domain.errors import EgressRefused, Retry, ServiceError
 from service.domain.image_types import EXTENSIONS, NOT_AN_IMAGE, SNIFF_BYTES, sniff
@@ -128,7 +129,9 @@ class Storer:
 
     async def _run(self, job_id: str) -> None:
         res, worker = self.res, self.holder
-        async with res.engine.connect() as conn:
+        # Two reads, each committing by itself: no BEGIN and ROLLBACK round trips on the
+        # path from the webhook to the copy (the claim is ours, so nothing they read moves).
+        async with one_statement(res.engine) as conn:
             job = await jobs.get_job(conn, job_id)
             outputs = (await jobs.get_outputs(conn, [job_id])).get(job_id, [])
         logs.bind_job(job_id, job.provider_task_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import structlog
 
 from service.db import jobs, leases, submits
+from service.db.engine import one_statement
 from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -105,7 +106,7 @@ class Submitter:
     async def run(self, job_id: str) -> None:
         fresh = job_id in self._marked
         self._marked.discard(job_id)
-        async with self.res.engine.connect() as conn:
+        async with one_statement(self.res.engine) as conn:  # one read: no BEGIN/ROLLBACK round trips
             job = await jobs.get_job(conn, job_id)
         step = next_step(job, self.holder, marked_by_this_claim=fresh)
         if step == "post":
