@@ -16,6 +16,7 @@ from service.db.receipt_keys import ReceiptSigner
 from service.domain.content_credentials import ContentSigner
 from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
+from service.observability.figures_cache import FiguresCache
 from service.settings import Settings
 
 
@@ -38,6 +39,11 @@ class Resources:
     # Content Credentials for stored outputs (C2PA_SIGNING_CERT/KEY); None: outputs are stored as they came.
     content_signer: ContentSigner | None = None
     worker_id: str = field(default="")
+    # /metrics' database figures, read at most once every METRICS_CACHE_SECONDS.
+    metrics_figures: FiguresCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics_figures = FiguresCache(self.settings.metrics_cache_seconds)
 
     def presign(self, key: str) -> str:
         return self.storage.presign(key, self.settings.s3_presign_seconds)

@@ -131,9 +131,31 @@ class Settings(BaseSettings):
     # --- the history page (the web page at /; its variable keeps the name DASHBOARD_SESSION_HOURS) ---
     dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)
 
+    # --- /metrics (docs/operations.md) ---
+    # Set: /metrics answers only "Authorization: Bearer <METRICS_TOKEN>" (401 otherwise).
+    metrics_token: SecretStr | None = None
+    # Series labelled by owner (spend, reservations, budget, jobs waiting): off by default,
+    # since owner names are the operator's customers and /metrics is often widely scraped.
+    metrics_per_owner: bool = False
+    # The figures read from the database, at most once this often per process (0: at
+    # every scrape); service/observability/figures_cache.py says why.
+    metrics_cache_seconds: float = Field(15.0, ge=0, le=3600)
+
     # --- logs ---
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token(cls, value: object) -> object:
+        if value == "":
+            return None  # METRICS_TOKEN= : unset
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not (16 <= len(raw) <= 1024 and raw.isascii() and raw.isprintable()
+                                         and " " not in raw):
+            raise ValueError("must be 16 to 1024 printable ASCII characters without spaces "
+                             "(e.g. the output of `openssl rand -hex 32`)")
+        return value
 
     @field_validator("database_pool_mode", "database_direct_url", mode="before")
     @classmethod

@@ -50,6 +50,9 @@ FAST_SETTINGS: dict[str, Any] = {
     # The pytest workers, each with its services (and the fault scenarios' processes), share
     # one Postgres of 100 connection slots: each pool holds at most 2 x 4.
     "db_pool_size": 4,
+    # /metrics reads the database at every scrape, so a test sees the figures of what it
+    # just did (test_metrics.py tests the cache of the production default itself).
+    "metrics_cache_seconds": 0.0,
 }
 
 

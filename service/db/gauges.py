@@ -3,8 +3,8 @@ model, the work due per duty, and per owner the month's money, the budget and th
 jobs waiting.
 
 service/observability/metrics.py shows these figures and never reads the database
-itself; the route passes it ``snapshot`` to call (so a process that serves metrics
-without the database, or reads it less often, changes only what it passes).
+itself; the route passes ``snapshot`` to service/observability/figures_cache.py, which
+calls it at most once every METRICS_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from service.observability.metrics import DatabaseSnapshot
 from service.observability.owner_metrics import OwnerSnapshot
 
 
-async def snapshot(engine: AsyncEngine) -> DatabaseSnapshot:
+async def snapshot(engine: AsyncEngine, per_owner: bool = False) -> DatabaseSnapshot:
     """Every figure of one scrape: the work's (one transaction: the fold of the job
-    counts writes), then the owners' (another connection, reading only)."""
+    counts writes), then with ``per_owner`` (METRICS_PER_OWNER) the owners' (another
+    connection, reading only; a statement per owner)."""
     snap = DatabaseSnapshot()
     async with engine.begin() as conn:
         await _work(conn, snap)
-    async with engine.connect() as conn:
-        snap.owners = await _owners(conn, dt.datetime.now(dt.UTC))
+    if per_owner:
+        async with engine.connect() as conn:
+            snap.owners = await _owners(conn, dt.datetime.now(dt.UTC))
     return snap
 
 

@@ -2,8 +2,9 @@
 
 Two kinds, because they answer different questions:
 
-* The state of the work, read from Postgres at scrape time (service/db/gauges.py reads
-  it; this module never touches the database), so every process shows the same truth
+* The state of the work, read from Postgres by a scrape at most once every
+  METRICS_CACHE_SECONDS (service/db/gauges.py reads it, figures_cache.py keeps it; this
+  module never touches the database), so every process shows the same truth
   whichever of them did the work: jobs by status and model (exact, from the
   ``job_counts`` plus live counts, migrations/versions/0008_job_counts_without_churn.py), and per duty the
   work that is due but not taken, the age of the oldest such row, and the rows leased
@@ -19,12 +20,10 @@ is all the instrumentation there is; the database-derived families are built per
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -42,9 +41,7 @@ from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
 from service.observability.owner_metrics import OwnerCollector, OwnerSnapshot
 
-log = structlog.get_logger(__name__)
 PREFIX = "wavespeed_jobs"
-SCRAPE_TIMEOUT_SECONDS = 5.0
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -293,17 +290,12 @@ class _ProcessCollector(Collector):
         yield from REGISTRY.collect()
 
 
-async def exposition(read: ReadDatabase, accept: str | None = None) -> tuple[bytes, str]:
+def exposition(snap: DatabaseSnapshot, accept: str | None = None) -> tuple[bytes, str]:
     """The whole /metrics body and its content type: this process's metrics, then the
-    database's figures (``read``), in the format the scraper's Accept header asks for
-    (Prometheus text 0.0.4 by default, OpenMetrics on request). A database that does not
-    answer within SCRAPE_TIMEOUT_SECONDS gives ``database_up 0`` rather than a failed
-    scrape, so the process metrics still arrive during an outage."""
-    try:
-        snap = await asyncio.wait_for(read(), timeout=SCRAPE_TIMEOUT_SECONDS)
-    except Exception as exc:  # noqa: BLE001 - an outage is reported as a metric, not raised
-        log.warning("metrics.database_failed", error=type(exc).__name__)
-        snap = DatabaseSnapshot(ok=False)
+    database's figures (``snap``, service/observability/figures_cache.py), in the format
+    the scraper's Accept header asks for (Prometheus text 0.0.4 by default, OpenMetrics
+    on request). A snapshot that is not ``ok`` shows ``database_up 0`` and no database
+    figure, so the process metrics still arrive during an outage."""
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_ProcessCollector())
     scrape.register(DatabaseCollector(snap))

@@ -53,8 +53,9 @@ def owner_key(service: Service, budget: Decimal | None = None, **values: Any) ->
 
 @pytest.fixture(scope="module")
 def api_only(database_url: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Service]:
-    """A service that sends nothing upstream: jobs stay queued, reservations stay held."""
-    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False) as svc:
+    """A service that sends nothing upstream: jobs stay queued, reservations stay held.
+    Its /metrics shows the owner series (METRICS_PER_OWNER)."""
+    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False, metrics_per_owner=True) as svc:
         yield svc
 
 

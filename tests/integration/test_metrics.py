@@ -9,8 +9,10 @@ are on differences across one action, never on absolute values.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import functools
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +22,13 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
+from sqlalchemy import event
 
 from devtools.serverthread import ServerThread
 from service.db import gauges
 from service.db.engine import create_engine
 from service.observability import metrics
+from service.observability.figures_cache import FiguresCache
 from tests.conftest import Service, fresh_database, run_service, sim_config
 from tests.integration.helpers import eventually, submit, wait_terminal
 from tests.servers import WebhookCatcher
@@ -264,7 +268,8 @@ def test_an_unreachable_database_is_a_zero_not_a_failed_scrape() -> None:
 
     async def go() -> bytes:
         try:
-            return (await metrics.exposition(functools.partial(gauges.snapshot, engine)))[0]
+            snap = await FiguresCache(0).get(functools.partial(gauges.snapshot, engine))
+            return metrics.exposition(snap)[0]
         finally:
             await engine.dispose()
 
@@ -279,3 +284,84 @@ def test_openmetrics_is_served_when_asked_for(service: Service) -> None:
     assert answer.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert answer.text.endswith("# EOF\n")
     assert answer.text.count("# EOF") == 1  # one document, not one per part
+
+
+# --------------------------------------------------------------------------- for the operator
+
+
+def test_no_series_is_labelled_by_owner_by_default(service: Service, client: httpx.Client) -> None:
+    owner = service.keys[client.headers["Authorization"].removeprefix("Bearer ")]
+    submit(client)
+    text = httpx.get(service.url + "/metrics", timeout=10).text
+    assert not service.settings.metrics_per_owner
+    labelled = [s for f in text_string_to_metric_families(text) for s in f.samples if "owner" in s.labels]
+    assert labelled == []
+    assert owner not in text
+
+
+TOKEN = "metrics-token-0123456789abcdef"
+
+
+def test_metrics_token_opens_metrics_and_nothing_else_does(
+    database_url: str, s3_endpoint: str, simulator: ServerThread
+) -> None:
+    with run_service(database_url, s3_endpoint, simulator.url, run_workers=False, metrics_token=TOKEN) as svc:
+        api_key = svc.new_key()
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN[:-1]}x"}, {"Authorization": f"Bearer {api_key}"},
+                        {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
+                        {"Authorization": "Bearer " + "x" * 5000}):
+            refused = httpx.get(svc.url + "/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "METRICS_TOKEN" in refused.json()["error"]["message"]
+            assert "wavespeed_jobs" not in refused.text and TOKEN not in refused.text
+        for scheme in ("Bearer", "bearer"):
+            opened = httpx.get(svc.url + "/metrics", headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=10)
+            assert opened.status_code == 200 and "wavespeed_jobs_database_up 1.0" in opened.text
+        assert httpx.get(svc.url + "/healthz", timeout=10).status_code == 200  # probes stay open
+        with svc.client(api_key) as client:
+            assert client.get("/v1/jobs").status_code == 200  # and the token is no API key either
+            assert httpx.get(svc.url + "/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
+
+
+def test_a_flood_of_scrapes_reads_the_database_once_per_interval(
+    postgres_server: str, s3_endpoint: str, simulator: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a database of its own with no workers, so the only statements are the scrapes'
+    (counted on the service's engine as SQLAlchemy sends them, beside the reads)."""
+    reads = 0
+    real = gauges.snapshot
+
+    async def counted(*args: Any, **kwargs: Any) -> metrics.DatabaseSnapshot:
+        nonlocal reads
+        reads += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(gauges, "snapshot", counted)
+    interval = 60.0
+    with fresh_database(postgres_server) as url, run_service(
+            url, s3_endpoint, simulator.url, run_workers=False, metrics_cache_seconds=interval,
+            metrics_per_owner=True) as svc:
+        for n in range(3):
+            svc.new_key(f"owner_{n}")  # three owners: a per-owner read costs statements per owner
+        statements = 0
+
+        def count(*_: Any) -> None:
+            nonlocal statements
+            statements += 1
+
+        assert svc.server is not None
+        engine = svc.server.server.config.app.state.resources.engine
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        started = time.monotonic()
+        assert httpx.get(svc.url + "/metrics", timeout=30).status_code == 200
+        one_read = statements
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: httpx.get(svc.url + "/metrics", timeout=30), range(100)))
+        elapsed = time.monotonic() - started
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert all(a.status_code == 200 and "wavespeed_jobs_database_up 1.0" in a.text for a in answers)
+    assert one_read > 0, "the first scrape read nothing: the count proves nothing"
+    # At most once per interval: 101 scrapes, one read (two if they outlasted the interval).
+    assert reads == 1 + int(elapsed // interval), (reads, elapsed)
+    assert statements == one_read * reads
