@@ -58,7 +58,7 @@ import psutil
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from service.db.keys import create_key_blocking
-from tests.benchmarks import database, procs, timeline
+from tests.benchmarks import database, delay_proxy, procs, timeline
 from tests.benchmarks.loadgen import percentile
 from tests.servers import WebhookCatcher
 
@@ -158,8 +158,10 @@ def _event_times(meter: Any, ids: list[str]) -> dict[str, tuple[float, float]]:
 def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, processes: int,
                 catcher: WebhookCatcher, key: str, logs: Path, label: str, cwd: Path | None = None) -> Run:
     port = free_port()
-    env = _service_env(args, env_base["db"], env_base["s3"], env_base["sim"], port)
-    side = ("serve" if processes == 1 else "serve+worker") if cwd is None else "baseline"
+    # "service_db": the database as the service reaches it (through the delay proxy, for
+    # the --db-delay-ms side); the benchmark's own readings always go straight to it.
+    env = _service_env(args, env_base.get("service_db", env_base["db"]), env_base["s3"], env_base["sim"], port)
+    side = env_base.get("side") or (("serve" if processes == 1 else "serve+worker") if cwd is None else "baseline")
     entry = "tests.benchmarks.statement_counter" if args.count_statements else "service"
     counts = logs / f"{label}-statements.json"
     env["STATEMENT_COUNTS"] = str(counts)
@@ -346,7 +348,7 @@ def _median(runs: list[Run], pick: Any) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summary(runs: list[Run]) -> None:
+def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
     def of(side: str, scenario: str) -> list[Run]:
         return [r for r in runs if r.side == side and r.scenario == scenario]
 
@@ -376,6 +378,13 @@ def summary(runs: list[Run]) -> None:
                   f"{_median(base, lambda r: r.pg_ms):.1f} ms, tx/job {_median(service, lambda r: r.xacts):.1f} vs "
                   f"{_median(base, lambda r: r.xacts):.1f}, jobs/s {_median(service, lambda r: r.jobs_per_s):.1f} vs "
                   f"{_median(base, lambda r: r.jobs_per_s):.1f}")
+        delayed = of("serve+delay", scenario)
+        if delayed:
+            d_rate, s_rate = _median(delayed, lambda r: r.jobs_per_s), _median(service, lambda r: r.jobs_per_s)
+            d_p50 = _median(delayed, lambda r: percentile(r.latencies["webhook→callback"], 50) * 1000)
+            d_p99 = _median(delayed, lambda r: percentile(r.latencies["webhook→callback"], 99) * 1000)
+            print(f"  database {args_delay_ms:.1f} ms away: {d_rate:.1f} jobs/s against {s_rate:.1f} "
+                  f"({d_rate / s_rate:.2f}×), webhook→callback p50 {d_p50:.0f} ms, p99 {d_p99:.0f} ms")
         if two:
             one_rate, two_rate = _median(service, lambda r: r.jobs_per_s), _median(two, lambda r: r.jobs_per_s)
             print(f"  serve+worker {two_rate:.1f} jobs/s vs serve {one_rate:.1f}: {two_rate / one_rate:.2f}× "
@@ -393,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="burst,steady,slow", help="of burst, steady, slow")
     parser.add_argument("--slow-jobs", type=int, default=200, help="jobs per run of the slow-provider scenario")
     parser.add_argument("--slow-rate", type=float, default=26.0, help="jobs/s of the slow-provider scenario")
+    parser.add_argument("--db-delay-ms", type=float, default=0.0,
+                        help="also run `serve` with its database behind a loopback proxy that holds every chunk "
+                             "this long each way (tests/benchmarks/delay_proxy.py), alternating with plain `serve`")
     parser.add_argument("--waits", action="store_true",
                         help="sample Postgres's waits and print the per-job timeline in every scenario")
     parser.add_argument("--no-second-process", action="store_true")
@@ -438,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(Run(side="crashed", scenario="", jobs=0, cpu_ms=float("nan"), errors=1))
         finally:
             meter.close()
-    summary(runs)
+    summary(runs, args.db_delay_ms)
     return 0 if all(r.errors == 0 for r in runs) else 1
 
 
@@ -450,10 +462,12 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
                                            args.no_second_process else [])
             if args.baseline:
                 sides.insert(1, "baseline")
+            if args.db_delay_ms > 0:
+                sides.insert(1, "serve+delay")
             if rep % 2:
                 sides.reverse()
             for side in sides:
-                if side not in args.sides.split(",") and not (side == "baseline" and args.baseline):
+                if side not in args.sides.split(",") and side not in ("baseline", "serve+delay"):
                     continue
                 with _provider_for(args, env_base["sim"], scenario):
                     run = _run_side(args, env_base, scenario, side, catcher, key, logs, rep)
@@ -465,6 +479,10 @@ def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str,
               catcher: WebhookCatcher, key: str, logs: Path, rep: int) -> Run:
     if side == "script":
         return run_script(args, env_base, scenario)
+    if side == "serve+delay":
+        with delay_proxy.delayed_url(env_base["db"], args.db_delay_ms) as url:
+            return run_service(args, {**env_base, "service_db": url, "side": side}, scenario, 1, catcher, key, logs,
+                               f"rep{rep + 1}-serve-delay-{scenario}")
     return run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
                        catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
                        cwd=args.baseline if side == "baseline" else None)
