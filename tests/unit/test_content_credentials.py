@@ -100,3 +100,35 @@ def test_a_certificate_that_c2pa_itself_refuses_stops_the_signer_at_start(tmp_pa
     credential = SigningCredential(one.chain_path.read_bytes(), other.key_path.read_bytes(), "es256", "CN=x", NOW)
     with pytest.raises(ConfigError, match="C2PA refused the signing certificate"):
         ContentSigner(credential)
+
+
+@pytest.mark.parametrize(("path", "shown"), [
+    ("acme/watercolor", "acme/watercolor"),
+    ("https://loras.example.com/styles/ink.safetensors", "https://loras.example.com/styles/ink.safetensors"),
+    ("https://bucket.s3.amazonaws.com/ink.safetensors?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef",
+     "https://bucket.s3.amazonaws.com/ink.safetensors"),
+    ("https://huggingface.co/acme/ink/resolve/main/ink.safetensors?token=hf_secretvalue#frag",
+     "https://huggingface.co/acme/ink/resolve/main/ink.safetensors"),
+    ("https://alice:s3cret@loras.example.com:8443/ink.safetensors", "https://loras.example.com:8443/ink.safetensors"),
+    ("https://alice:pa/ss@loras.example.com/ink.safetensors", "https://loras.example.com/ink.safetensors"),
+    ("acme/ink?token=hf_secretvalue", "acme/ink"),
+])
+def test_a_lora_urls_credentials_never_reach_the_manifest(path: str, shown: str) -> None:
+    job_input = {**INPUT, "loras": [{"path": path, "scale": 1.0}]}
+    parameters = manifest_for(Provenance.of_job("j", "m", job_input, 0, NOW, include_prompt=True)) \
+        ["assertions"][0]["data"]["actions"][0]["parameters"]
+    assert parameters["loras"] == [{"path": shown, "scale": 1.0}]
+    for secret in ("AKIAEXAMPLE", "deadbeef", "hf_secretvalue", "s3cret", "pa/ss", "alice"):
+        assert secret not in str(parameters)
+
+
+def test_a_signed_image_shows_a_presigned_lora_url_without_its_signature(signer: ContentSigner) -> None:
+    job_input = {**INPUT, "loras": [{"path": "https://b.s3.amazonaws.com/ink.safetensors?X-Amz-Signature=deadbeef",
+                                     "scale": 0.5}]}
+    out = io.BytesIO()
+    signer.sign(io.BytesIO(image("PNG")), out, "image/png",
+                Provenance.of_job("job_1", "wavespeed-ai/flux-dev-lora", job_input, 0, NOW, include_prompt=False))
+    reading = read(out.getvalue(), "image/png")
+    assert reading.created["parameters"]["loras"] == [{"path": "https://b.s3.amazonaws.com/ink.safetensors",
+                                                       "scale": 0.5}]
+    assert "deadbeef" not in str(reading.manifest)
