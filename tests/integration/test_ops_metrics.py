@@ -51,6 +51,28 @@ def test_a_worker_with_a_port_serves_health_readiness_and_metrics_and_nothing_of
         assert worker.terminate(timeout=30) == 0
 
 
+def test_a_workers_port_keeps_metrics_behind_metrics_token_and_names_no_owner(
+    database_url: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path,
+) -> None:
+    """The worker's port listens on every interface by default: its /metrics follows
+    METRICS_TOKEN like serve's, an API key does not open it, and no series names an owner
+    unless METRICS_PER_OWNER is set."""
+    token = "ops-metrics-token-0123456789abcdef"
+    port = free_port()
+    settings = make_settings(database_url, s3_endpoint, simulator.url, free_port(), metrics_token=token)
+    with ServiceProcess(["worker", "--port", str(port), "--host", "127.0.0.1"], settings, tmp_path / "worker.log",
+                        port=port) as worker:
+        for headers in ({}, {"Authorization": "Bearer wsj_not_the_metrics_token"}, {"Authorization": token}):
+            refused = httpx.get(worker.url + "/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401, headers
+            assert "wavespeed_jobs" not in refused.text and token not in refused.text
+        assert httpx.get(worker.url + "/healthz", timeout=10).status_code == 200  # probes stay open
+        opened = httpx.get(worker.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert opened.status_code == 200 and "wavespeed_jobs_database_up 1.0" in opened.text
+        assert "owner=" not in opened.text and "wavespeed_jobs_owner_" not in opened.text
+        assert worker.terminate(timeout=30) == 0
+
+
 def test_submits_are_counted_by_outcome_and_timed(service: Service, client: httpx.Client) -> None:
     before = scrape(service.url)
     body = {"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "counted", "size": "256*256"}}
