@@ -59,6 +59,12 @@ def test_one_host_runs_postgres_s3_a_one_shot_migrate_serve_and_worker(compose: 
     assert "--no-workers" in services["serve"]["command"]
 
 
+def test_only_serve_publishes_a_port_and_only_on_the_hosts_loopback(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["serve"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert [name for name, service in services.items() if "ports" in service] == ["serve"]
+
+
 @pytest.mark.parametrize("name", ["postgres", "minio", "serve", "worker"])
 def test_every_long_running_service_has_a_health_check(compose: dict[str, Any], name: str) -> None:
     check = compose["services"][name]["healthcheck"]["test"]
