@@ -23,6 +23,10 @@ import pytest
 from tests.conftest import Service, sim_config
 from tests.integration.helpers import submit, wait_terminal
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# a headless browser.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)",

@@ -21,7 +21,7 @@ import pytest
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from service.db.keys import create_key_blocking
-from tests.conftest import Service, fresh_database, make_settings, run_service, sim_config
+from tests.conftest import Service, make_settings, run_service, sim_config
 from tests.integration.helpers import sim_tasks, submit, wait_terminal
 from tests.processes import ServiceProcess
 
@@ -112,12 +112,7 @@ def test_cancel_releases_the_reservation_in_the_same_transaction(api_only: Servi
     assert ledger_rows(api_only.settings.database_url or "", job["id"]) == {"reserve": PRICE, "release": PRICE}
 
 
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
-
-
+@pytest.mark.slow
 def test_200_parallel_submits_through_two_processes_never_overshoot(
     own_db: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path
 ) -> None:

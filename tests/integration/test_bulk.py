@@ -228,6 +228,7 @@ def test_more_than_ten_thousand_matches_is_a_422_naming_the_count(
         sql.execute("DELETE FROM jobs WHERE owner = %s", (owner,))  # other tests count jobs by status
 
 
+@pytest.mark.slow
 def test_cli_bulk_matches_the_api(api_only: Service, bulk_db: str, sql: psycopg.Connection[Any]) -> None:
     owner = f"cli_{uuid.uuid4().hex[:8]}"
     with api_only.client(api_only.new_key(owner)) as client:

@@ -28,12 +28,6 @@ from tests.integration.helpers import submit, wait_terminal
 from tests.servers import CaughtRequest, WebhookCatcher
 
 
-@pytest.fixture
-def catcher() -> Iterator[WebhookCatcher]:
-    with WebhookCatcher() as c:
-        yield c
-
-
 def callback_of(client: httpx.Client, catcher: WebhookCatcher, path: str) -> CaughtRequest:
     """Cancel a fresh job whose callback goes to ``path``; the request that arrives."""
     job = submit(client, callback_url=catcher.url(path))
@@ -192,6 +186,7 @@ def test_secrets_are_encrypted_at_rest_with_the_configured_key(
         assert secret.removeprefix("whsec_") not in stored
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_owners_own_secret(service: Service, database_url: str) -> None:
     key = service.new_key()
     with service.client(key) as c:

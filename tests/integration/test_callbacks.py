@@ -123,9 +123,9 @@ def cb_service(private_db: str, s3_endpoint: str, simulator: ServerThread) -> It
 
 
 @pytest.fixture
-def api(cb_service: Service) -> Iterator[httpx.Client]:
-    with cb_service.client() as c:
-        yield c
+def api_service(cb_service: Service) -> Service:
+    """``api`` talks to this module's service."""
+    return cb_service
 
 
 @pytest.fixture

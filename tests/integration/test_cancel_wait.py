@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,12 +19,6 @@ from tests.servers import WebhookCatcher
 # The ?wait hold (wait_terminal()) re-reads the job at least every 5 s even if no
 # NOTIFY arrives; an answer well inside that proves the NOTIFY woke it.
 FALLBACK_REREAD_SECONDS = 5.0
-
-
-@pytest.fixture
-def catcher() -> Iterator[WebhookCatcher]:
-    with WebhookCatcher() as c:
-        yield c
 
 
 def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 from PIL import Image
 
 from devtools.serverthread import ServerThread
@@ -27,16 +25,9 @@ from service.work.runner import Runner
 from service.work.storer import Storer
 from service.work.submit_rules import outcome_of_answer
 from service.work.submitter import Submitter
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import make_settings
 
 MODEL = "wavespeed-ai/flux-dev-lora"
-
-
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    # Its own database: the claims below take every due job, and must take only ours.
-    with fresh_database(postgres_server) as url:
-        yield url
 
 
 def _jpeg_data_url() -> str:

@@ -13,6 +13,10 @@ import pytest
 from service.db.keys import hash_key
 from tests.conftest import fresh_database
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# the CLI as processes.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def empty_db(postgres_server: str) -> Iterator[str]:

@@ -107,12 +107,6 @@ def _broken_png_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(200)).decode()
 
 
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
-
-
 async def test_a_signing_failure_is_a_retried_store_failure_with_its_reason_and_nothing_is_stored(
         own_db: str, s3_endpoint: str, simulator: ServerThread, chain: TestChain, s3: Any) -> None:
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9, c2pa_signing_cert=str(chain.chain_path),

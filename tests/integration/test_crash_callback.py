@@ -25,6 +25,10 @@ from tests.integration.helpers import TERMINAL, eventually
 from tests.processes import ServiceProcess
 from tests.servers import WebhookCatcher
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# kills a worker process and restarts it.
+pytestmark = pytest.mark.slow
+
 # The first attempt waits 2 s after the job ends, so the kill lands before any attempt
 # (the window a crash between "terminal" and "sent" would hit); the rest retry fast.
 SCHEDULE = "2," + ",".join(["0.5"] * 30)

@@ -21,6 +21,10 @@ from tests.conftest import BUCKET, fresh_database, make_settings
 from tests.integration.helpers import eventually
 from tests.processes import ServiceProcess
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# kills a worker process and restarts it.
+pytestmark = pytest.mark.slow
+
 JOBS = 24
 
 

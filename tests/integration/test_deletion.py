@@ -4,7 +4,6 @@ table hold nothing of the job but its tombstone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -37,17 +36,10 @@ def erased(sql: psycopg.Connection[Any], job_id: str) -> bool:
     return sql.execute("SELECT 1 FROM erasures WHERE job_id = %s", (job_id,)).fetchone() is None
 
 
-@pytest.fixture
-def catcher() -> Iterator[tuple[WebhookCatcher, str]]:
-    hooks = WebhookCatcher()
-    with ServerThread(hooks.app()) as server:
-        yield hooks, server.url + "/hook"
-
-
 def test_deleted_job_leaves_only_its_tombstone_in_the_bucket_and_the_tables(
-    client: httpx.Client, s3: Any, sql: psycopg.Connection[Any], catcher: tuple[WebhookCatcher, str]
+    client: httpx.Client, s3: Any, sql: psycopg.Connection[Any], catcher: WebhookCatcher
 ) -> None:
-    hooks, hook_url = catcher
+    hooks, hook_url = catcher, catcher.url()
     secret_words = f"a lighthouse owned by {uuid.uuid4().hex}"
     marker = uuid.uuid4().hex
     job = submit(client, prompt=secret_words, input={"num_images": 2}, metadata={"customer": marker},

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import psycopg
@@ -18,13 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import engine as engine_module
 from service.domain.errors import Unavailable
-from tests.conftest import fresh_database
-
-
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
 
 
 @pytest.fixture

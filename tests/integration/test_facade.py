@@ -5,7 +5,6 @@ does not expose (``?webhook=``, the error envelope)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,31 +25,9 @@ SMALL = {"size": "256*256"}
 
 
 @pytest.fixture
-def key(service: Service) -> str:
-    """A fresh owner's API key: each test sees only its own jobs."""
-    return service.new_key()
-
-
-@pytest.fixture
-def sdk(service: Service, key: str) -> wavespeed.Client:
+def sdk(service: Service, owner_key: str) -> wavespeed.Client:
     """The official client, changed in one place: base_url."""
-    return wavespeed.Client(api_key=key, base_url=service.url, retry_interval=0.2)
-
-
-@pytest.fixture
-def api(service: Service, key: str) -> Iterator[httpx.Client]:
-    """The same owner through the job API, to look at what the facade recorded."""
-    with service.client(key) as c:
-        yield c
-
-
-@pytest.fixture
-def catcher() -> Iterator[WebhookCatcher]:
-    hooks = WebhookCatcher().start()
-    try:
-        yield hooks
-    finally:
-        hooks.stop()
+    return wavespeed.Client(api_key=owner_key, base_url=service.url, retry_interval=0.2)
 
 
 def only_job(api: httpx.Client) -> dict[str, Any]:
@@ -58,12 +35,12 @@ def only_job(api: httpx.Client) -> dict[str, Any]:
     return job  # type: ignore[no-any-return]
 
 
-def facade_post(service: Service, key: str, path: str, body: Any, **params: str) -> httpx.Response:
+def facade_post(service: Service, owner_key: str, path: str, body: Any, **params: str) -> httpx.Response:
     return httpx.post(
         f"{service.url}/api/v3/{path}",
         json=body,
         params=params,
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"Bearer {owner_key}"},
         timeout=70,
     )
 
@@ -194,10 +171,10 @@ def test_sdk_raises_the_provider_error_of_a_failed_job(
 
 
 def test_canceled_job_reads_as_failed_with_the_reason(
-    service: Service, key: str, sdk: wavespeed.Client, api: httpx.Client, sim_defaults: ServerThread
+    service: Service, owner_key: str, sdk: wavespeed.Client, api: httpx.Client, sim_defaults: ServerThread
 ) -> None:
     sim_config(sim_defaults, completion_delay=30.0)
-    job_id = facade_post(service, key, DEV, {"prompt": "a fox", **SMALL}).json()["data"]["id"]
+    job_id = facade_post(service, owner_key, DEV, {"prompt": "a fox", **SMALL}).json()["data"]["id"]
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
 
     data = sdk.get_result(job_id)["data"]
@@ -230,10 +207,10 @@ def test_sync_hold_ends_at_its_bound_and_the_sdk_names_the_job_to_poll(
 
 
 def test_plain_http_submit_with_webhook_leads_to_a_signed_callback(
-    service: Service, key: str, api: httpx.Client, sql: psycopg.Connection[Any], catcher: WebhookCatcher
+    service: Service, owner_key: str, api: httpx.Client, sql: psycopg.Connection[Any], catcher: WebhookCatcher
 ) -> None:
     hook = catcher.url("/hooks/wavespeed?tenant=7")
-    response = facade_post(service, key, DEV, {"prompt": "a fox", **SMALL}, webhook=hook)
+    response = facade_post(service, owner_key, DEV, {"prompt": "a fox", **SMALL}, webhook=hook)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["code"], body["message"]) == (200, "success")
@@ -252,9 +229,9 @@ def test_plain_http_submit_with_webhook_leads_to_a_signed_callback(
 
 
 def test_webhook_that_is_not_an_http_url_is_rejected_by_name(
-    service: Service, key: str, api: httpx.Client
+    service: Service, owner_key: str, api: httpx.Client
 ) -> None:
-    response = facade_post(service, key, DEV, {"prompt": "a fox"}, webhook="ftp://example.com/x")
+    response = facade_post(service, owner_key, DEV, {"prompt": "a fox"}, webhook="ftp://example.com/x")
     assert response.status_code == 422
     body = response.json()
     assert body["code"] == 422 and body["data"] is None
@@ -272,13 +249,13 @@ def test_webhook_that_is_not_an_http_url_is_rejected_by_name(
     ids=["not-json", "not-an-object", "too-large"],
 )
 def test_unreadable_bodies_answer_the_envelope(
-    service: Service, key: str, content: bytes, status: int, starts: str
+    service: Service, owner_key: str, content: bytes, status: int, starts: str
 ) -> None:
     response = httpx.post(
         f"{service.url}/api/v3/{DEV}",
         content=content,
         timeout=10,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {owner_key}", "Content-Type": "application/json"},
     )
     assert response.status_code == status
     body = response.json()
@@ -319,12 +296,12 @@ def test_another_owners_job_is_a_404_the_sdk_reports(service: Service, sdk: wave
     ],
 )
 def test_other_paths_under_api_v3_answer_json_in_the_same_shape(
-    service: Service, key: str, method: str, path: str, status: int, says: str
+    service: Service, owner_key: str, method: str, path: str, status: int, says: str
 ) -> None:
     response = httpx.request(
         method,
         f"{service.url}/api/v3/{path}",
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"Bearer {owner_key}"},
         json={"prompt": "x"} if method == "POST" else None,
         timeout=10,
     )

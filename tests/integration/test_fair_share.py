@@ -24,6 +24,10 @@ from service.db.engine import create_engine
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.helpers import eventually, sim_tasks, submit, wait_terminal
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# turns across owners, measured over many claims.
+pytestmark = pytest.mark.slow
+
 BODY = {"model": "wavespeed-ai/flux-dev-lora", "input": {"prompt": "fair", "size": "256*256"}}
 WORKER = "test-claimer"
 

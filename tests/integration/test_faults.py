@@ -41,12 +41,6 @@ def fault_db(postgres_server: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def catcher() -> Iterator[WebhookCatcher]:
-    with WebhookCatcher() as c:
-        yield c
-
-
 def finish_and_audit(
     database_url: str, s3: Any, simulator_url: str, ids: list[str], catcher: WebhookCatcher,
     timeout: float = 180, bucket: str = BUCKET,

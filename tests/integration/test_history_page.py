@@ -53,21 +53,9 @@ def sign_in(service: Service, key: str, **kwargs: Any) -> Iterator[httpx.Client]
 
 
 @pytest.fixture
-def owner_key(service: Service) -> str:
-    return service.new_key()
-
-
-@pytest.fixture
 def web(service: Service, owner_key: str) -> Iterator[httpx.Client]:
     """A signed-in browser-like client for a fresh owner."""
     with sign_in(service, owner_key) as client:
-        yield client
-
-
-@pytest.fixture
-def api(service: Service, owner_key: str) -> Iterator[httpx.Client]:
-    """The same owner through the JSON API."""
-    with service.client(owner_key) as client:
         yield client
 
 

@@ -140,6 +140,7 @@ def test_a_20_mb_signature_header_is_refused_before_any_route_runs(service: Serv
     assert status.startswith(b"HTTP/1.1 431"), status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("parser", "expected"), [("httptools", b"431"), ("h11", b"400")])
 def test_serve_caps_the_header_block(
     postgres_server: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path, parser: str, expected: bytes

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from setuptools import find_packages
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# imports the product in a copy of the image's tree, as processes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_SOURCES = {"requirements.lock", "pyproject.toml", "README.md", "service", "alembic.ini", "migrations"}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from devtools.serverthread import ServerThread
@@ -53,6 +54,7 @@ def serve_env(database_url: str, s3_endpoint: str, simulator_url: str, port: int
     return env
 
 
+@pytest.mark.slow
 def test_serve_logs_are_json_name_the_job_and_never_a_secret(
     postgres_server: str, s3_endpoint: str, tmp_path: Path
 ) -> None:

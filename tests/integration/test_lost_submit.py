@@ -17,14 +17,12 @@ from devtools.simulator.app import create_simulator_app
 from devtools.simulator.config import SimulatorConfig
 from service.db.jobs import new_job_id
 from service.domain.schemas import validate_input
-from tests.conftest import SIM_SECRET, fresh_database, run_service, sim_config
+from tests.conftest import SIM_SECRET, run_service, sim_config
 from tests.integration.helpers import wait_terminal
 
-
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# recovery waits out the reconciler's deadlines.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

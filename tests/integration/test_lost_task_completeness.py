@@ -17,6 +17,10 @@ from tests.conftest import SIM_SECRET, fresh_database, run_service
 from tests.integration.helpers import wait_terminal
 from tests.integration.test_lost_submit import events, stage_lost_submit, tasks_for
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# recovery waits out the reconciler's deadlines.
+pytestmark = pytest.mark.slow
+
 MODEL = "wavespeed-ai/flux-dev-lora"
 
 

@@ -140,6 +140,7 @@ def fuzzed(postgres_server: str, s3_endpoint: str, simulator: ServerThread) -> I
         yield svc
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ST.exists() and shutil.which("st") is None,
                     reason="schemathesis is not installed (pip install -e '.[dev]')")
 def test_schemathesis_finds_no_server_error_and_every_answer_conforms(fuzzed: Service, tmp_path: Path) -> None:
@@ -172,6 +173,7 @@ def test_schemathesis_finds_no_server_error_and_every_answer_conforms(fuzzed: Se
     print(output[output.find("SUMMARY"):] if "SUMMARY" in output else output[-2000:])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ST.exists() and shutil.which("st") is None,
                     reason="schemathesis is not installed (pip install -e '.[dev]')")
 def test_schemathesis_fuzzes_path_parameters_without_a_server_error(fuzzed: Service, tmp_path: Path) -> None:

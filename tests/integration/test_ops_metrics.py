@@ -9,12 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from tests.conftest import Service, make_settings, run_service
 from tests.integration.test_metrics import scrape, value
 from tests.processes import ServiceProcess
+
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# a worker process with its port.
+pytestmark = pytest.mark.slow
 
 
 def test_each_readiness_check_is_exported_with_its_result(

@@ -21,6 +21,10 @@ from service.db.page_sessions import open_session
 from tests.conftest import Service, fresh_database, run_service
 from tests.integration.test_cli import cli
 
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# every test drives the operator CLI as processes.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def owners_db(postgres_server: str) -> Iterator[str]:

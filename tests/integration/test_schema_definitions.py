@@ -77,6 +77,7 @@ def _steps() -> list[str]:
     return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
+@pytest.mark.slow
 def test_every_downgrade_gives_back_the_definitions_its_revision_found(postgres_server: str) -> None:
     # One database goes up a revision at a time and records the catalog at each; another
     # comes down from head a revision at a time and must match it at every step (the

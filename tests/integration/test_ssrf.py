@@ -57,9 +57,9 @@ def guarded(postgres_server: str, s3_endpoint: str, simulator: ServerThread) -> 
 
 
 @pytest.fixture
-def api(guarded: Service) -> Iterator[httpx.Client]:
-    with guarded.client() as c:
-        yield c
+def api_service(guarded: Service) -> Service:
+    """``api`` talks to the guarded service."""
+    return guarded
 
 
 def create(api: httpx.Client, **body: Any) -> httpx.Response:

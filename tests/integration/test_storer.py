@@ -4,24 +4,15 @@ output is recorded, and a failure part-way keeps what was already stored."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
-import pytest
 
 from devtools.serverthread import ServerThread
 from service.app import open_resources
 from service.db import admission
 from service.domain.schemas import validate_input
 from service.work.storer import Storer
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import make_settings
 from tests.integration.test_claim_fencing import MODEL, _jpeg_data_url
-
-
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
 
 
 async def test_a_failure_on_the_second_output_keeps_the_first_and_the_retry_completes(

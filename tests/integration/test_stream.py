@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
@@ -135,6 +136,7 @@ def test_a_stream_past_streams_max_per_process_is_503_with_retry_after_and_a_slo
             third.close()
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_open_stream_cleanly_and_serve_exits_at_once(
     database_url: str, s3_endpoint: str, simulator: ServerThread, sql: psycopg.Connection[Any], tmp_path: Path
 ) -> None:

@@ -4,7 +4,6 @@ processes, so work queues here instead of collecting 429s upstream."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,16 +11,12 @@ import psycopg
 import pytest
 
 from devtools.serverthread import ServerThread
-from tests.conftest import fresh_database, run_service, sim_config
+from tests.conftest import run_service, sim_config
 from tests.integration.helpers import wait_terminal
 
-
-@pytest.fixture
-def own_db(postgres_server: str) -> Iterator[str]:
-    # The limits count every job in the database: a database of its own keeps other
-    # tests' jobs out of the count.
-    with fresh_database(postgres_server) as url:
-        yield url
+# Left out of the fast loop (pytest -m "not slow", docs/development.md):
+# provider limits held across two processes and minute windows.
+pytestmark = pytest.mark.slow
 
 
 def _tasks_for(simulator_url: str, job_ids: set[str]) -> list[dict[str, Any]]:
