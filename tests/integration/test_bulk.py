@@ -289,6 +289,7 @@ class RecordingPacer(Pacer):
             self.rests.append(turn.rest and turn.factor > 0)
 
 
+@pytest.mark.slow
 def test_a_bulk_rests_between_its_batches_but_not_after_the_last(bulk_db: str, sql: psycopg.Connection[Any]) -> None:
     """The pause follows the matching (the bulk's first batch) and each batch but the
     last: after it nothing of the bulk is left, and a rest would only hold back the answer.

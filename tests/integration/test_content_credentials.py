@@ -144,6 +144,7 @@ def serve(chain: TestChain, database_url: str) -> subprocess.CompletedProcess[st
                           text=True, timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("expired", "leaf_is_ca", "problem"), [
     (True, False, "the certificate expired on"),
     (False, True, "it is a CA certificate"),

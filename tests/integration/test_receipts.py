@@ -107,6 +107,7 @@ def cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProces
                           env={**clean, "DATABASE_URL": database_url, **env})
 
 
+@pytest.mark.slow
 def test_after_a_rotation_old_receipts_still_verify_and_new_ones_name_the_new_key(
         svc: Service, receipt_db: str) -> None:
     with svc.client() as client:
@@ -154,6 +155,7 @@ def test_the_service_made_key_is_sealed_at_rest(svc: Service, receipt_db: str) -
     assert len(stored) == 1 and stored[0].startswith("fernet:") and "PRIVATE KEY" not in stored[0]
 
 
+@pytest.mark.slow
 def test_receipts_verify_checks_a_receipt_offline_against_a_file_or_a_url(svc: Service, receipt_db: str,
                                                                          tmp_path: Path) -> None:
     with svc.client() as client:
@@ -193,6 +195,7 @@ def test_receipt_signing_key_signs_and_stays_published(postgres_server: str, s3_
     assert json.loads(jws.deserialize_compact(token, keys, algorithms=ALGORITHMS).payload)["owner"]
 
 
+@pytest.mark.slow
 def test_hostile_receipt_ids_and_files_are_refused(svc: Service, tmp_path: Path) -> None:
     with svc.client() as client:
         for job_id in ("%00", "job_" + "x" * 300, "..%2F..%2Fetc"):
