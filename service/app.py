@@ -5,6 +5,7 @@ in reverse order."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator
 
@@ -32,10 +33,11 @@ from service.api import (
 )
 from service.api.plumbing import error_responses
 from service.api.plumbing.header_guard import HeaderGuard
+from service.api.stream_gate import StreamGate, live_check
 from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
-from service.db import callback_secrets, news_writer
+from service.db import callback_secrets, news_writer, page_sessions
 from service.db import engine as db
 from service.db.listen import Notifications
 from service.db.receipt_keys import ReceiptSigner
@@ -185,7 +187,9 @@ def create_app(
         async with open_resources(settings, resolver, network) as res, news_writer.open_writer(settings) as writer:
             app.state.resources = res
             app.state.news_writer = writer  # the receiver's group commit (service/db/news_writer.py)
-            app.state.streams = job_stream.StreamGate(settings.streams_max_per_process)  # live streams' cap
+            # Live streams' caps, and the recheck of their keys and sessions (service/api/stream_gate.py).
+            app.state.streams = StreamGate(settings.streams_max_per_process, settings.streams_max_per_owner,
+                                           live_check(functools.partial(page_sessions.live_credentials, res.engine)))
             # What start-up built (modules, botocore's service models, SQLAlchemy metadata:
             # ~140,000 objects) lives as long as the process. Freezing it keeps the
             # garbage collector's full passes from rescanning it: each took ~70 ms and

@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     stream_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     # ~33.5 KiB each (bench_lifecycle streams): 2,000 open streams cost ~65 MiB of RSS.
     streams_max_per_process: int = Field(2000, ge=1, le=100_000)
+    # One owner's share of a process's streams: one owner cannot take them all.
+    streams_max_per_owner: int = Field(100, ge=1, le=100_000)
 
     # --- the history page (the web page at /; its variable keeps the name DASHBOARD_SESSION_HOURS) ---
     dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)

@@ -6,15 +6,14 @@ Streams are woken by the process's one LISTEN connection (service/db/listen.py):
 open stream costs an Event and a parked coroutine, and reads the row only when told its
 job changed, never on a timer.
 
-A process holds at most STREAMS_MAX_PER_PROCESS streams (``StreamGate``); one more is
-refused with 503, ``Retry-After`` and error type ``too_many_streams`` before anything is
-read. On shutdown ``serve`` closes the gate first: every open stream sends a last comment
-and ends its response, so the graceful wait is not spent on streams that never end.
+Who may open one and for how long (caps per process and per owner, the credential's
+life, shutdown) is the gate's (service/api/stream_gate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -23,77 +22,46 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.auth import Credential, authenticate_credential, resources
 from service.api.plumbing.openapi_doc import BEARER, JOB_ID, documented, errors
-from service.db import jobs
+from service.api.stream_gate import OpenStream, StreamGate, live_check
+from service.db import jobs, page_sessions
 from service.db.history import jobs_by_owner_and_id
-from service.domain.errors import NotFound, TooManyStreams
+from service.domain.errors import NotFound, TooManyStreams, Unauthorized
 from service.domain.ids import checked_job_id
 from service.domain.serialize import Job, job_dict
 from service.domain.states import TERMINAL
-from service.observability import metrics
 from service.resources import Resources
 
 READ_BATCH = 500
-RETRY_AFTER_SECONDS = 5
 CLOSING = ": closing: the server is shutting down, reconnect\n\n"
-
-
-class StreamGate:
-    """Counts this process's open streams, refuses one past the cap, and ends them all
-    at shutdown. Made in the app's lifespan (``app.state.streams``)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.closing = False
-        self._open: set[asyncio.Event] = set()
-
-    @property
-    def open(self) -> int:
-        return len(self._open)
-
-    def enter(self, wake: asyncio.Event) -> None:
-        """Admit a stream whose waits end when ``wake`` is set, or raise."""
-        if self.closing:
-            metrics.STREAMS_REFUSED.inc()
-            raise TooManyStreams("the server is shutting down; reconnect", retry_after=RETRY_AFTER_SECONDS)
-        if len(self._open) >= self.limit:
-            metrics.STREAMS_REFUSED.inc()
-            raise TooManyStreams(f"this server holds its maximum of {self.limit:,} live streams "
-                                 f"(STREAMS_MAX_PER_PROCESS); retry in {RETRY_AFTER_SECONDS} s",
-                                 retry_after=RETRY_AFTER_SECONDS)
-        self._open.add(wake)
-        metrics.STREAMS_OPEN.set(len(self._open))
-
-    def leave(self, wake: asyncio.Event) -> None:
-        self._open.discard(wake)
-        metrics.STREAMS_OPEN.set(len(self._open))
-
-    def close_all(self) -> None:
-        """Shutdown: refuse new streams and wake every open one, which then ends."""
-        self.closing = True
-        for wake in self._open:
-            wake.set()
+ENDED = ": closing: the API key or session of this stream no longer opens doors\n\n"
 
 
 def sse(job: Job) -> str:
     return "event: job\ndata: " + json.dumps(job, separators=(",", ":")) + "\n\n"
 
 
+Read = tuple[str, str, Credential | None, "asyncio.Future[Job]"]
+
+
 class JobReader:
     """Group reads for streams: every stream woken in the same moment (a bulk change
     wakes a thousand) queues its (owner, job id) and one query reads them all, instead
-    of a round trip each. The owner is in the query, as everywhere."""
+    of a round trip each. The owner is in the query, as everywhere. A read that names
+    its stream's credential gets it checked in the same batch (two statements for all):
+    a revoked key or an ended session reads no more job data."""
 
     def __init__(self, res: Resources) -> None:
         self.res = res
-        self._queued: list[tuple[str, str, asyncio.Future[Job]]] = []
+        self._live = live_check(functools.partial(page_sessions.live_credentials, res.engine))
+        self._queued: list[Read] = []
         self._flushing = False
 
-    async def read(self, owner: str, job_id: str) -> Job:
+    async def read(self, owner: str, job_id: str, credential: Credential | None = None) -> Job:
         checked_job_id(job_id)  # only an id that could be a job's joins others' reads
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        self._queued.append((owner, job_id, future))
+        self._queued.append((owner, job_id, credential, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -110,23 +78,27 @@ class JobReader:
                 for item in chunk:
                     await self._read_alone(item)
 
-    async def _read_alone(self, item: tuple[str, str, asyncio.Future[Job]]) -> None:
+    async def _read_alone(self, item: Read) -> None:
         try:
             await self._read([item])
         except Exception as exc:  # noqa: BLE001 - the waiting stream gets the failure, never hangs
-            if not item[2].done():
-                item[2].set_exception(exc)
+            if not item[3].done():
+                item[3].set_exception(exc)
 
-    async def _read(self, batch: list[tuple[str, str, asyncio.Future[Job]]]) -> None:
-        pairs = list({(owner, job_id) for owner, job_id, _ in batch})
+    async def _read(self, batch: list[Read]) -> None:
+        credentials = {c for _, _, c, _ in batch if c is not None}
+        live = await self._live(credentials) if credentials else set()
+        pairs = list({(owner, job_id) for owner, job_id, _, _ in batch})
         async with self.res.engine.connect() as conn:
             rows = await jobs_by_owner_and_id(conn, pairs)
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
         found = {(r.owner, r.id): job_dict(r, outputs.get(r.id, []), self.res.presign) for r in rows}
-        for owner, job_id, future in batch:
+        for owner, job_id, credential, future in batch:
             if future.done():
                 continue
-            if (owner, job_id) in found:
+            if credential is not None and credential not in live:
+                future.set_exception(Unauthorized("the API key or session of this stream no longer opens doors"))
+            elif (owner, job_id) in found:
                 future.set_result(found[(owner, job_id)])
             else:
                 future.set_exception(NotFound(f"no job with id {job_id!r}"))
@@ -154,22 +126,23 @@ def reader(request: Request) -> JobReader:
     }}}}, **errors(401, 404)},
 )
 async def stream(request: Request) -> EventStream:
-    owner = await authenticate(request)
+    owner, credential = await authenticate_credential(request)
     res = resources(request)
     job_id = checked_job_id(request.path_params["job_id"])
     keepalive = res.settings.stream_keepalive_seconds
     gate: StreamGate = request.app.state.streams
     # Watch before the first read, so a change between the read and the wait is not lost.
-    changed = res.notifications.watch(job_id)
+    opened = OpenStream(owner, credential, wake=res.notifications.watch(job_id))
+    changed = opened.wake
     try:
-        gate.enter(changed)  # 503 past the cap, before any read
+        gate.enter(opened)  # 503 (429 for the owner's share) past the cap, before any read
     except TooManyStreams:
         res.notifications.unwatch(job_id, changed)
         raise
     try:
         first = await reader(request).read(owner, job_id)  # 404 before the stream starts
     except BaseException:
-        gate.leave(changed)
+        gate.leave(opened)
         res.notifications.unwatch(job_id, changed)
         raise
 
@@ -190,10 +163,16 @@ async def stream(request: Request) -> EventStream:
             if gate.closing:
                 yield CLOSING
                 return
-            job = await reader(request).read(owner, job_id)
+            try:
+                if opened.credential_ended:
+                    raise Unauthorized()
+                job = await reader(request).read(owner, job_id, credential)
+            except Unauthorized:
+                yield ENDED  # the key was revoked or expired, or the session ended: no more job data
+                return
 
     def release() -> None:
-        gate.leave(changed)
+        gate.leave(opened)
         res.notifications.unwatch(job_id, changed)
 
     return EventStream(events(), release)

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select
@@ -79,6 +80,30 @@ async def session_owner(engine: AsyncEngine, token: str) -> str | None:
             )
         ).first()
     return row.owner if row else None
+
+
+def token_digest(token: str) -> str:
+    """What the table keeps of a session token (its sha256)."""
+    return _hash(token)
+
+
+async def live_credentials(engine: AsyncEngine, key_digests: Collection[str], session_digests: Collection[str],
+                           ) -> tuple[set[str], set[str]]:
+    """Which of these API keys (by sha256) still open doors, and which of these sessions
+    (by the sha256 of their token) are live: one connection, one index probe each, so
+    the live streams of a process recheck their credentials with two statements."""
+    live_keys: set[str] = set()
+    live_sessions: set[str] = set()
+    async with engine.connect() as conn:
+        if key_digests:
+            live_keys = set((await conn.execute(select(keys_t.c.key_hash).where(
+                keys_t.c.key_hash.in_(list(key_digests)), live_key_clause()))).scalars())
+        if session_digests:
+            live_sessions = set((await conn.execute(
+                select(sessions_t.c.token_hash).join(keys_t, keys_t.c.id == sessions_t.c.api_key_id).where(
+                    sessions_t.c.token_hash.in_(list(session_digests)), sessions_t.c.expires_at > func.now(),
+                    live_key_clause()))).scalars())
+    return live_keys, live_sessions
 
 
 async def close_session(engine: AsyncEngine, token: str) -> None:

@@ -132,3 +132,7 @@ class Unavailable(ServiceError, status=503, kind="unavailable"):
 
 class TooManyStreams(Unavailable, kind="too_many_streams"):
     """This process holds as many live streams as it may; try again shortly."""
+
+
+class TooManyOwnerStreams(TooManyStreams, status=429):
+    """This owner holds as many live streams as it may on this server; close one or try again shortly."""

@@ -562,10 +562,13 @@ def bench_streams(count: int, rounds: int) -> None:
     with database.fresh_database("wsj_bench_streams") as db, s3_server() as s3:
         key = create_key_blocking(db, "streams")
         print(f"\n== {count:,} concurrent streams on one serve process")
-        with serve(db, s3, workers=False, BULK_BATCH_SIZE=str(count), DB_POOL_SIZE="8") as (base, proc):
+        # One owner holds them all: its share of the process is raised to the count.
+        with serve(db, s3, workers=False, BULK_BATCH_SIZE=str(count), DB_POOL_SIZE="8",
+                   STREAMS_MAX_PER_OWNER=str(count)) as (base, proc):
             for r in range(rounds):
-                seed(db, "streams", f"job_s{r}_", count, "queued")
-                ids = [f"job_s{r}_{n:07d}" for n in range(1, count + 1)]
+                prefix = f"job_{r:019d}"  # + 7 digits: ids of the real shape (a stream refuses any other)
+                seed(db, "streams", prefix, count, "queued")
+                ids = [f"{prefix}{n:07d}" for n in range(1, count + 1)]
                 f = asyncio.run(_streams_round(base, db, proc, key, ids))
                 per = (f["rss_open"] - f["rss_before"]) / count / 1024
                 print(f"  round {r + 1}: RSS {f['rss_before'] / 2**20:.1f} MiB idle -> {f['rss_open'] / 2**20:.1f} MiB "
