@@ -133,7 +133,8 @@ STREAMS_OPEN = Gauge(
     f"{PREFIX}_streams_open", "Live streams (GET /v1/jobs/{id}/stream) this process holds open.", registry=REGISTRY,
 )
 STREAMS_REFUSED = Counter(
-    f"{PREFIX}_streams_refused", "Streams refused with 503: STREAMS_MAX_PER_PROCESS reached, or shutting down.",
+    f"{PREFIX}_streams_refused",
+    "Streams refused: 503 (STREAMS_MAX_PER_PROCESS reached, or shutting down) or 429 (STREAMS_MAX_PER_OWNER).",
     registry=REGISTRY,
 )
 
