@@ -146,36 +146,41 @@ async def stream(request: Request) -> EventStream:
         res.notifications.unwatch(job_id, changed)
         raise
 
-    async def events() -> AsyncIterator[str]:
-        job, sent = first, None
-        while True:
-            if job["status"] != sent:
-                sent = job["status"]
-                yield sse(job)
-                if sent in TERMINAL:
-                    return
-            try:
-                await asyncio.wait_for(changed.wait(), keepalive)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
-                continue
-            changed.clear()
-            if gate.closing:
-                yield CLOSING
-                return
-            try:
-                if opened.credential_ended:
-                    raise Unauthorized()
-                job = await reader(request).read(owner, job_id, credential)
-            except Unauthorized:
-                yield ENDED  # the key was revoked or expired, or the session ended: no more job data
-                return
-
     def release() -> None:
         gate.leave(opened)
         res.notifications.unwatch(job_id, changed)
 
-    return EventStream(events(), release)
+    return EventStream(events(reader(request), gate, opened, job_id, first, keepalive), release)
+
+
+async def events(reader: JobReader, gate: StreamGate, opened: OpenStream, job_id: str, first: Job,
+                 keepalive: float) -> AsyncIterator[str]:
+    """The stream's text: the job at once and after each status change, to the terminal
+    one; keep-alive comments; a last comment when the server closes or the credential
+    that opened it ends (then no more job data)."""
+    job, sent = first, None
+    while True:
+        if job["status"] != sent:
+            sent = job["status"]
+            yield sse(job)
+            if sent in TERMINAL:
+                return
+        try:
+            await asyncio.wait_for(opened.wake.wait(), keepalive)
+        except TimeoutError:
+            yield ": keep-alive\n\n"
+            continue
+        opened.wake.clear()
+        if gate.closing:
+            yield CLOSING
+            return
+        try:
+            if opened.credential_ended:
+                raise Unauthorized()
+            job = await reader.read(opened.owner, job_id, opened.credential)
+        except Unauthorized:
+            yield ENDED  # the key was revoked or expired, or the session ended: no more job data
+            return
 
 
 class EventStream(StreamingResponse):
