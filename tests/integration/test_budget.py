@@ -102,7 +102,9 @@ def test_the_facade_answers_the_refusal_in_its_envelope(api_only: Service) -> No
 
 
 def test_cancel_releases_the_reservation_in_the_same_transaction(api_only: Service) -> None:
-    _, key = owner_key(api_only, PRICE)
+    # Paused, so the job is still queued when canceled: the session's own service runs
+    # workers on this database, and a job whose task went upstream keeps its reservation.
+    _, key = owner_key(api_only, PRICE, paused=True)
     with api_only.client(key) as client:
         job = client.post("/v1/jobs", json=BODY).json()
         assert client.post("/v1/jobs", json=BODY).status_code == 402
@@ -264,8 +266,9 @@ def test_nothing_goes_upstream_for_a_refused_submit(
 
 def test_a_bulk_retry_is_reserved_and_refused_past_the_budget(api_only: Service, sql: psycopg.Connection[Any]) -> None:
     """Retries are submits too: each reserves its retried job's estimate, and a batch
-    the budget cannot cover is a 402 that creates nothing."""
-    owner, key = owner_key(api_only, PRICE * 3)
+    the budget cannot cover is a 402 that creates nothing. Paused, so no job goes upstream
+    (the session's own service runs workers on this database)."""
+    owner, key = owner_key(api_only, PRICE * 3, paused=True)
     with api_only.client(key) as client:
         ids = [client.post("/v1/jobs", json={**BODY, "metadata": {"batch": "r"}}).json()["id"] for _ in range(2)]
         sql.execute("UPDATE jobs SET status = 'failed' WHERE id = ANY(%s)", (ids,))  # releases both
