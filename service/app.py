@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpcore
 import httpx
@@ -47,6 +47,8 @@ from service.domain.errors import ConfigError
 from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.observability import logs
+from service.observability.instrumentation import Libraries, instrument_client, request_middleware
+from service.observability.tracing import Tracing
 from service.resources import Resources
 from service.settings import Settings
 from service.web import bulk_page, history_page
@@ -93,12 +95,41 @@ def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient) -> St
                    part_size=settings.s3_part_size_bytes, max_threads=settings.s3_max_threads, http=http)
 
 
+@contextlib.contextmanager
+def open_tracing(settings: Settings, given: Tracing | None) -> Iterator[Tracing]:
+    """The process's tracer (``given``, or one made from the settings and shut down at the
+    end, which sends what it still holds) and, while it is open, the instrumentation of
+    the libraries that wrap process-wide (asyncpg, botocore) when spans are exported."""
+    tracing = given or Tracing.from_settings(settings)
+    libraries = Libraries(tracing)
+    libraries.start()
+    try:
+        yield tracing
+    finally:
+        libraries.stop()
+        if given is None:
+            tracing.shutdown()
+        else:
+            tracing.flush()
+
+
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, resolver: Resolver | None = None, network: httpcore.AsyncNetworkBackend | None = None
+    settings: Settings, resolver: Resolver | None = None, network: httpcore.AsyncNetworkBackend | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Resources]:
     """``resolver`` and ``network``: the egress layer's name lookup and sockets (tests
-    replace them, since the public internet is out of their reach; None: the system's)."""
+    replace them, since the public internet is out of their reach; None: the system's);
+    ``tracing``: the process's tracer (None: one from the settings, for this block)."""
+    with open_tracing(settings, tracing) as tracer:
+        async with _open_resources(settings, resolver, network, tracer) as res:
+            yield res
+
+
+@contextlib.asynccontextmanager
+async def _open_resources(
+    settings: Settings, resolver: Resolver | None, network: httpcore.AsyncNetworkBackend | None, tracing: Tracing,
+) -> AsyncIterator[Resources]:
     missing = settings.missing_for_serve()
     if missing:
         raise ConfigError(f"missing required settings: {', '.join(missing)}")
@@ -136,7 +167,9 @@ async def open_resources(
             pacer=Pacer(settings.lifecycle_pause_factor),
             receipt_signer=await start_receipt_signer(settings, engine, sealer),
             content_signer=signer,
+            tracing=tracing,
         )
+        instrument_client(tracing, http)
         logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
         if settings.s3_create_bucket:
             await storage.ensure_bucket()
@@ -180,11 +213,15 @@ def create_ops_app(res: Resources) -> Starlette:
 
 def create_app(
     settings: Settings, *, run_workers: bool = True, resolver: Resolver | None = None,
-    network: httpcore.AsyncNetworkBackend | None = None,
+    network: httpcore.AsyncNetworkBackend | None = None, tracing: Tracing | None = None,
 ) -> Starlette:
+    """``tracing``: the process's tracer (None: one from the settings, shut down with the app)."""
+    tracer = tracing or Tracing.from_settings(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_resources(settings, resolver, network) as res, news_writer.open_writer(settings) as writer:
+        async with (open_resources(settings, resolver, network, tracer) as res,
+                    news_writer.open_writer(settings) as writer):
             app.state.resources = res
             app.state.news_writer = writer  # the receiver's group commit (service/db/news_writer.py)
             # Live streams' caps, and the recheck of their keys and sessions (service/api/stream_gate.py).
@@ -203,7 +240,10 @@ def create_app(
             finally:
                 if runner:
                     await runner.stop(settings.shutdown_grace_seconds)
+        if tracing is None:
+            tracer.shutdown()
 
     return Starlette(routes=routes(), exception_handlers=error_responses.HANDLERS, lifespan=lifespan,
-                     middleware=[Middleware(HeaderGuard, limit=settings.max_request_header_bytes)])
+                     middleware=[*request_middleware(tracer),
+                                 Middleware(HeaderGuard, limit=settings.max_request_header_bytes)])
 

@@ -17,6 +17,7 @@ from service.domain.content_credentials import ContentSigner
 from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.observability.figures_cache import FiguresCache
+from service.observability.tracing import Tracing
 from service.settings import Settings
 
 
@@ -38,6 +39,8 @@ class Resources:
     receipt_signer: ReceiptSigner  # which key signs receipts (service/db/receipt_keys.py)
     # Content Credentials for stored outputs (C2PA_SIGNING_CERT/KEY); None: outputs are stored as they came.
     content_signer: ContentSigner | None = None
+    # Each job's trace (service/observability/tracing.py); off: ids and propagation only.
+    tracing: Tracing = field(default_factory=Tracing.off)
     worker_id: str = field(default="")
     # /metrics' database figures, read at most once every METRICS_CACHE_SECONDS.
     metrics_figures: FiguresCache = field(init=False)

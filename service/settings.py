@@ -147,6 +147,23 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None
 
+    # --- traces: OpenTelemetry's own variables (service/observability/tracing.py) ---
+    # Nothing is exported unless OTEL_TRACES_EXPORTER or an OTLP endpoint is set; every job
+    # still has a trace id, propagated to callbacks and upstream submits.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = None
+    otel_exporter_otlp_endpoint: str | None = Field(None, min_length=1, max_length=2048)
+    otel_exporter_otlp_traces_endpoint: str | None = Field(None, min_length=1, max_length=2048)
+    # Only OTLP over HTTP with protobuf bodies is built in.
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] | None = None
+    otel_exporter_otlp_headers: SecretStr | None = None  # "key=value,…": a collector's token goes here
+    otel_exporter_otlp_timeout: int = Field(10000, ge=1, le=600000)  # milliseconds, as the standard says
+    otel_service_name: str = Field("wavespeed-jobs", min_length=1, max_length=255)
+    otel_traces_sampler: Literal[
+        "always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+        "parentbased_traceidratio"] = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(1.0, ge=0, le=1)  # the ratio of the *traceidratio samplers
+
     @field_validator("metrics_token", mode="before")
     @classmethod
     def _metrics_token(cls, value: object) -> object:
@@ -242,6 +259,35 @@ class Settings(BaseSettings):
     @property
     def retry_delays(self) -> list[float]:
         return [float(p) for p in self.callback_retry_schedule.split(",") if p.strip()]
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. http://collector:4318")
+        return value.strip()
+
+    @property
+    def otlp_traces_url(self) -> str | None:
+        """Where spans are posted: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as it is, else
+        OTEL_EXPORTER_OTLP_ENDPOINT + ``/v1/traces`` (the standard's rule)."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
+
+    @property
+    def traces_exporter(self) -> str:
+        """``otlp``, ``console`` or ``none``: OTEL_TRACES_EXPORTER when set; otherwise
+        ``otlp`` only when an endpoint is set (nothing configured: nothing exported)."""
+        if self.otel_sdk_disabled:
+            return "none"
+        if self.otel_traces_exporter:
+            return self.otel_traces_exporter
+        return "otlp" if self.otlp_traces_url else "none"
 
     @property
     def effective_log_format(self) -> str:

@@ -35,6 +35,7 @@ from service.domain.ids import checked_job_id
 from service.domain.schemas import INPUT_MODELS, MODELS, URL_JSON_SCHEMA
 from service.domain.serialize import Job, Timestamp
 from service.domain.states import TERMINAL, JobStatus, WavespeedStatus, wavespeed_status
+from service.observability.tracing import TRACEPARENT
 from service.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -247,7 +248,10 @@ def submit_endpoint(model: str) -> Endpoint:
                     "`enable_sync_mode` the answer waits for the job (up to FACADE_SYNC_TIMEOUT_SECONDS).",
         parameters=[{"name": "webhook", "in": "query", "required": False,
                      "description": "Becomes the job's callback_url.",
-                     "schema": {k: v for k, v in URL_JSON_SCHEMA.items() if k != "description"}}],
+                     "schema": {k: v for k, v in URL_JSON_SCHEMA.items() if k != "description"}},
+                    {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "W3C Trace Context: the job's trace becomes a child of this one (ignored "
+                                    "when malformed)."}],
         requestBody=json_body(INPUT_MODELS[model]),
         responses={"200": answer(PredictionEnvelope, "The prediction (its id is the job id)."),
                    **errors(400, 401, 402, 409, 413, 422, shape=ErrorEnvelope)},
@@ -260,7 +264,8 @@ def submit_endpoint(model: str) -> Endpoint:
         webhook = request.query_params.get("webhook")
         if webhook is not None:
             body["callback_url"] = webhook
-        job, _ = await submit_job(res, owner, body, request.headers.get("idempotency-key"))
+        job, _ = await submit_job(res, owner, body, request.headers.get("idempotency-key"),
+                                  request.headers.get(TRACEPARENT))
         timed_out = False
         if job["input"].get("enable_sync_mode") and job["status"] not in TERMINAL:
             finished, held = await unless_disconnected(

@@ -27,6 +27,7 @@ from service.domain.schemas import INPUT_MODELS, MODELS, JobCreate, output_count
 from service.domain.serialize import Job, Timestamp, iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
 from service.observability import metrics
+from service.observability.tracing import TRACEPARENT, caller_context, current_traceparent, job_attributes
 from service.resources import Resources
 
 MAX_BODY_BYTES = 256 * 1024
@@ -121,13 +122,26 @@ async def wait_terminal(res: Resources, job_id: str, owner: str, seconds: float)
 
 
 async def submit_job(
-    res: Resources, owner: str, body: Any, idempotency_key: str | None
+    res: Resources, owner: str, body: Any, idempotency_key: str | None, traceparent: str | None = None
 ) -> tuple[Job, bool]:
-    """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade), counted
-    by outcome and timed for the admission stage's metrics."""
+    """Validate and record a job (shared by /v1/jobs and the WaveSpeed facade). Its trace
+    begins here: a ``job.admit`` span, a child of the caller's ``traceparent`` (ignored
+    when malformed), whose context the job keeps."""
+    with res.tracing.span("job.admit", context=caller_context(traceparent),
+                          attributes={"job.owner": owner}) as span:
+        job, created = await _admit(res, owner, body, idempotency_key, current_traceparent())
+        span.set_attributes({**job_attributes(job["id"], model=job["model"], status=job["status"]),
+                             "job.created": created})
+    return job, created
+
+
+async def _admit(
+    res: Resources, owner: str, body: Any, idempotency_key: str | None, traceparent: str | None
+) -> tuple[Job, bool]:
+    """Record the job, counted by outcome and timed for the admission stage's metrics."""
     started = time.perf_counter()
     try:
-        job, created = await _record_job(res, owner, body, idempotency_key)
+        job, created = await _record_job(res, owner, body, idempotency_key, traceparent)
     except ServiceError as exc:
         metrics.admission(exc.error_type, time.perf_counter() - started)
         raise
@@ -135,7 +149,9 @@ async def submit_job(
     return job, created
 
 
-async def _record_job(res: Resources, owner: str, body: Any, idempotency_key: str | None) -> tuple[Job, bool]:
+async def _record_job(
+    res: Resources, owner: str, body: Any, idempotency_key: str | None, traceparent: str | None
+) -> tuple[Job, bool]:
     request, input_ = validate_job_create(body)
     fields: list[FieldError] = []
     for loc, url in (("callback_url", request.callback_url), ("input.image", input_.get("image")),
@@ -163,6 +179,7 @@ async def _record_job(res: Resources, owner: str, body: Any, idempotency_key: st
             priority=request.priority, start_timeout_seconds=request.start_timeout_seconds,
             provider_max_in_flight=res.settings.provider_max_in_flight,
         ),
+        traceparent=traceparent,
     )
     if not created:  # the first job of this Idempotency-Key, as it stands now
         return await render(res, row.id, owner), created
@@ -184,6 +201,9 @@ def _query(name: str, schema: dict[str, Any], *, where: str = "query", **extra: 
                description="Seconds to hold the answer until the job is terminal."),
         _query("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
                where="header", description="The same key and body from the same owner return the first job (200)."),
+        _query("traceparent", {"type": "string"}, where="header",
+               description="W3C Trace Context: the job's trace (`trace_id`) becomes a child of this one. "
+                           "A malformed value is ignored (the job starts a trace of its own)."),
     ],
     requestBody=json_body({"oneOf": list(_BODIES.values()),
                            "discriminator": {"propertyName": "model", "mapping": _BODIES}}),
@@ -199,7 +219,8 @@ async def create(request: Request) -> JSONResponse:
     res = resources(request)
     wait = parse_wait(request)
     body = await read_json(request)
-    job, created = await submit_job(res, owner, body, request.headers.get("idempotency-key"))
+    job, created = await submit_job(res, owner, body, request.headers.get("idempotency-key"),
+                                    request.headers.get(TRACEPARENT))
     if wait and job["status"] not in TERMINAL:
         job = await wait_terminal(res, job["id"], owner, wait)
     return JSONResponse(job, status_code=202 if created else 200)

@@ -61,7 +61,8 @@ async def bulk_action(request: Request) -> JSONResponse:
     res = resources(request)
     parsed = bulk.parse_bulk(await read_json(request, MAX_BULK_BODY_BYTES))
     result = await run_bulk(res.engine, owner, parsed, res.settings.bulk_batch_size, res.pacer,
-                                 res.settings.bulk_pause_factor, res.settings.bulk_target_seconds)
+                                 res.settings.bulk_pause_factor, res.settings.bulk_target_seconds,
+                                 tracing=res.tracing)
     if result["affected"]:
         res.notifications.kick()
     return JSONResponse(result)

@@ -28,6 +28,7 @@ from service.db.news_writer import NewsWriter
 from service.domain.errors import BadRequest, SignatureInvalid
 from service.domain.signing import verify_wavespeed
 from service.observability import logs, metrics
+from service.observability.tracing import job_attributes, job_span
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,7 @@ class WebhookAck(TypedDict):
     },
 )
 async def receive(request: Request) -> JSONResponse:
+    arrived = time.time_ns()
     res = resources(request)
     settings = res.settings
     body = await read_capped(request, settings.webhook_max_body_bytes)
@@ -81,10 +83,16 @@ async def receive(request: Request) -> JSONResponse:
     )
     logs.bind_job(job_id, item.task_id)
     writer: NewsWriter = request.app.state.news_writer
-    outcome = (await writer.write(item)).outcome
-    metrics.webhook_received(outcome)
-    log.info("webhook.received", job_id=job_id, task_id=item.task_id, webhook_id=webhook_id, outcome=outcome)
-    ack: WebhookAck = {"received": True, "outcome": outcome}
+    result = await writer.write(item)
+    metrics.webhook_received(result.outcome)
+    # A span of the job's own trace (its context came back with the write), from the
+    # webhook's arrival to its commit; the request's span, if any, is linked.
+    with job_span(res.tracing, "webhook.receive", result.traceparent, start_time=arrived,
+                  attributes={**job_attributes(job_id), "webhook.outcome": result.outcome,
+                              "provider.status": item.provider_status or "", "provider.task_id": item.task_id or ""}):
+        log.info("webhook.received", job_id=job_id, task_id=item.task_id, webhook_id=webhook_id,
+                 outcome=result.outcome)
+    ack: WebhookAck = {"received": True, "outcome": result.outcome}
     return JSONResponse(ack)
 
 

@@ -53,6 +53,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bulk(args: argparse.Namespace) -> int:
     from service.db.bulk import BulkResult, parse_bulk
     from service.domain.pacing import Pacer
+    from service.observability.tracing import Tracing
     from service.work.bulk import run_bulk
 
     settings = load_settings()
@@ -65,12 +66,14 @@ def cmd_bulk(args: argparse.Namespace) -> int:
 
     async def go() -> BulkResult:
         engine = open_engine(settings, 2)
+        tracing = Tracing.from_settings(settings)  # a retry's new jobs begin their traces here
         try:
             return await run_bulk(engine, args.owner, request, settings.bulk_batch_size,
                                   Pacer(settings.lifecycle_pause_factor), settings.bulk_pause_factor,
-                                  settings.bulk_target_seconds)
+                                  settings.bulk_target_seconds, tracing=tracing)
         finally:
             await engine.dispose()
+            tracing.shutdown()
 
     try:
         result = asyncio.run(go())

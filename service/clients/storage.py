@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -109,7 +110,9 @@ class Storage:
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, partial(fn, **kwargs))
+            # In the caller's context: an S3 call's span (botocore's, when traces are
+            # exported) is then a child of the output copy that made it.
+            return await loop.run_in_executor(self._pool, contextvars.copy_context().run, partial(fn, **kwargs))
         except Exception as exc:  # botocore raises many unrelated types
             metrics.s3_error(getattr(fn, "__name__", "call"))
             raise StorageError(f"S3 {getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}") from exc

@@ -76,12 +76,15 @@ class WaveSpeedClient:
             raise ProviderError("the provider's answer has no data object", http_status=200)
         return data
 
-    async def submit(self, model: str, body: dict[str, Any], webhook_url: str) -> dict[str, Any]:
+    async def submit(self, model: str, body: dict[str, Any], webhook_url: str,
+                     traceparent: str | None = None) -> dict[str, Any]:
         """POST a task. Raises ProviderError (safe to retry if not is_permanent) or
-        SubmitOutcomeUnknown (the request went out; the task may exist)."""
+        SubmitOutcomeUnknown (the request went out; the task may exist). ``traceparent``:
+        the job's trace, sent along (W3C Trace Context)."""
         url = f"{self._base}/api/v3/{model}?webhook={quote(webhook_url, safe='')}"
+        headers = {**self._headers, "traceparent": traceparent} if traceparent else self._headers
         try:
-            response = await self._http.post(url, json=body, headers=self._headers, timeout=self._timeout)
+            response = await self._http.post(url, json=body, headers=headers, timeout=self._timeout)
         except _NOT_SENT as exc:
             metrics.provider_failure(f"/api/v3/{model}", metrics.transport_code(exc))
             raise ProviderError(f"could not reach the provider ({type(exc).__name__})") from exc

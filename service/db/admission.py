@@ -53,6 +53,7 @@ async def create_job(
     idempotency_key: str | None,
     body_hash: str | None,
     admission: Admission | None = None,
+    traceparent: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Insert a queued job; with an Idempotency-Key, return the first job instead.
 
@@ -60,7 +61,8 @@ async def create_job(
     first job before any money moves (never reserved twice); the budget check
     (BudgetExceeded: nothing is written); the job in its owner's turn, its reservation,
     its event and the wake-up of the submitters; the commit. Returns (job row, created).
-    Raises Conflict when the key was used with another body.
+    Raises Conflict when the key was used with another body. ``traceparent``: the job's
+    trace context (its admission span), kept with it.
     """
     adm = admission or Admission()
     month_start, month_end = ledger.month_period(dt.datetime.now(dt.UTC))
@@ -73,6 +75,7 @@ async def create_job(
         "priority": adm.priority, "start_timeout_seconds": adm.start_timeout_seconds or None,
         "estimate": adm.estimate_usd, "images": adm.images, "provider_max_in_flight": adm.provider_max_in_flight,
         "month_start": month_start, "month_end": month_end, "channel": queries.CHANNEL_WORK,
+        "traceparent": traceparent,
     }
     async with engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -10,6 +10,7 @@ batch and the API keeps answering while 10,000 jobs are canceled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -164,9 +165,10 @@ async def match(conn: AsyncConnection, owner: str, f: HistoryFilter) -> list[str
     return ids
 
 
-async def act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) -> int:
+async def act(conn: AsyncConnection, action: str, owner: str, batch: list[str], traces: Sequence[str] = ()) -> int:
     """Apply ``action`` to one batch of ``owner``'s jobs in ``conn``'s transaction;
-    returns how many it changed."""
+    returns how many it changed. ``traces``: for a retry, the trace context of each new
+    job (its admission span), one per id of ``batch``."""
     if action in ("cancel", "delete"):
         canceled = await jobs.finish_many(conn, owner, batch, JobStatus.CANCELED, reason=f"bulk.{action}")
         if action == "cancel":
@@ -180,6 +182,7 @@ async def act(conn: AsyncConnection, action: str, owner: str, batch: list[str]) 
         await owners.lock(conn, owner)
         made = await conn.execute(queries.RETRY_MANY, {
             "old": batch, "new": jobs.sortable_ids("job", len(batch)), "owner": owner, "retryable": RETRYABLE,
+            "traces": list(traces) if traces else [None for _ in batch],
         })
         created = [r.job_id for r in made.all()]
         await admission.admit_retries(conn, owner, created)  # reserved and in turn, like a submit

@@ -74,12 +74,14 @@ async def retry_erasures(engine: AsyncEngine, token: str, error: str, delay: flo
         await conn.execute(queries.RETRY_ERASURES, {"token": token, "error": error, "delay": delay})
 
 
-async def erase_batch(engine: AsyncEngine, token: str) -> list[str]:
+async def erase_batch(engine: AsyncEngine, token: str) -> dict[str, str | None]:
     """Erase the batch's rows and remove its duty rows, in one transaction (jobs locked
-    first, in id order); returns the job ids erased."""
+    first, in id order); returns the job ids erased, each with its traceparent."""
     async with engine.begin() as conn:
-        ids = id_list((await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})).scalar_one())
+        locked = (await conn.execute(queries.ERASE_LOCK_JOBS, {"token": token})).one()
+        traces = dict(zip(locked.ids, locked.traces, strict=True))
+        ids = id_list(locked.ids)
         for statement in queries.ERASE_STATEMENTS:
             await conn.execute(statement, {"ids": ids})
         done: list[str] = (await conn.execute(queries.FINISH_ERASURES, {"token": token, "ids": ids})).scalar_one()
-        return done
+        return {job_id: traces.get(job_id) for job_id in done}

@@ -34,9 +34,11 @@ async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobSta
 
 
 async def read_for_attempt(conn: AsyncConnection, delivery_id: str) -> Row[Any] | None:
-    """The delivery, with its job's task id (for the log lines) and owner (whose secret signs)."""
+    """The delivery, with its job's task id (for the log lines), owner (whose secret signs)
+    and trace (each attempt is a span of it)."""
     return (await conn.execute(
-        select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"))
+        select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"),
+               Job.traceparent.label("traceparent"))
         .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
     )).first()
 

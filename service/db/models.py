@@ -79,6 +79,9 @@ class Job(Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     deleted_reason: Mapped[str | None] = mapped_column(Text)
     retry_of: Mapped[str | None] = mapped_column(Text)
+    # The job's trace (revision 0016): the W3C traceparent of its admission span; every
+    # later span of the job is its child (service/observability/tracing.py).
+    traceparent: Mapped[str | None] = mapped_column(Text)
 
 
 class JobOutput(Base):

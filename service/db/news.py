@@ -67,6 +67,7 @@ class Result:
     outcome: str  # advanced, unchanged, duplicate, late, task_mismatch, unknown_job
     moved: bool
     wake: tuple[tuple[str, str], ...]  # (channel, payload) to NOTIFY after the commit
+    traceparent: str | None = None  # the job's trace (None: unknown job, or one without a trace)
 
 
 def _inference_ms(prediction: dict[str, Any]) -> int | None:
@@ -174,9 +175,9 @@ async def apply(conn: asyncpg.Connection, items: Sequence[News]) -> list[Result]
             moved = bool(row["moved"])
             outcome = "advanced" if moved or news.always_advanced else "unchanged"
             wake = _wake(news, row["has_callback"]) if moved else ()
-            results.append(Result(outcome, moved, wake))
+            results.append(Result(outcome, moved, wake, row["traceparent"]))
         else:
-            results.append(Result(_OUTCOME[verdict], False, ()))
+            results.append(Result(_OUTCOME[verdict], False, (), row["traceparent"]))
     await settle_late(conn, [n for n, row in zip(items, rows, strict=True) if row["verdict"] == "late"])
     return results
 

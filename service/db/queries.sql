@@ -65,6 +65,7 @@ RETURNING id;
 -- - c: the verdict on each item, from the locked row: unknown job, duplicate, another
 -- task (a webhook must name the job's task; a task id another job owns is never
 -- adopted), late (job terminal), stale (the provider said more already), or apply.
+-- Each answer row carries the job's traceparent: the receiver's span joins the job's trace.
 -- - upd: provider fields and the guarded forward-only transition (could_move: the target
 -- is reachable from the locked status, states.allowed_from) in one UPDATE per job.
 -- - events: ordered per item: webhook.received, then task adoption/mismatch, then the
@@ -77,7 +78,7 @@ WITH n AS (
         WITH ORDINALITY AS n(job_id, webhook_id, task_id, body, pstatus, inference_ms, nsfw, outputs, target,
                              allowed, terminal, error, delivery_id, event_type, source, delay, detail, ord)
 ), job AS (
-    SELECT id, status, provider_task_id, provider_status, callback_url, deleted_at
+    SELECT id, status, provider_task_id, provider_status, callback_url, deleted_at, traceparent
     FROM jobs WHERE id = ANY($1::text[])
     ORDER BY id
     FOR UPDATE
@@ -92,7 +93,7 @@ WITH n AS (
     ON CONFLICT (webhook_id) DO NOTHING
     RETURNING webhook_id
 ), c AS (
-    SELECT n.*, job.status AS was, job.callback_url,
+    SELECT n.*, job.status AS was, job.callback_url, job.traceparent,
            job.provider_task_id IS NULL AND n.task_id IS NOT NULL AS adopting,
            coalesce(n.target IS NOT NULL AND job.status = ANY(string_to_array(n.allowed, ',')), false)
                AS could_move,
@@ -169,7 +170,7 @@ WITH n AS (
     FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal
 ), {fragment:QUEUE_DELIVERIES}
 SELECT c.ord, c.verdict, c.verdict = 'apply' AND c.could_move AS moved,
-       c.callback_url IS NOT NULL AS has_callback
+       c.callback_url IS NOT NULL AS has_callback, c.traceparent
 FROM c ORDER BY c.ord;
 
 -- name: NOTIFY_MANY (asyncpg)
@@ -374,7 +375,8 @@ SELECT spent, reserved FROM owner_money(:owner, :start, :end);
 -- the function), so concurrent submits never overshoot.
 SELECT verdict, job_id, budget, spent, reserved FROM admit_job(
     :id, :owner, :model, :input, :metadata, :callback_url, :idempotency_key, :request_hash, :priority,
-    :start_timeout_seconds, :estimate, :images, :provider_max_in_flight, :month_start, :month_end, :channel);
+    :start_timeout_seconds, :estimate, :images, :provider_max_in_flight, :month_start, :month_end, :channel,
+    :traceparent);
 
 -- name: RESERVE
 INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
@@ -448,11 +450,12 @@ RETURNING id, attempts;
 -- name: RETRY_MANY
 -- Why: a retry is a new job with the old one's model, input, metadata and callback URL;
 -- only failed or timed-out jobs of the owner qualify, and a job already retried is not
--- retried again (a repeated bulk retry must not pay twice).
+-- retried again (a repeated bulk retry must not pay twice). Each new job takes its own
+-- trace context (:traces, one per new id: its admission span).
 WITH made AS (
-    INSERT INTO jobs (id, owner, model, input, metadata, callback_url, status, run_after, retry_of)
-    SELECT n.new_id, j.owner, j.model, j.input, j.metadata, j.callback_url, {status:queued}, now(), j.id
-    FROM unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS n(old_id, new_id)
+    INSERT INTO jobs (id, owner, model, input, metadata, callback_url, status, run_after, retry_of, traceparent)
+    SELECT n.new_id, j.owner, j.model, j.input, j.metadata, j.callback_url, {status:queued}, now(), j.id, n.trace
+    FROM unnest(CAST(:old AS text[]), CAST(:new AS text[]), CAST(:traces AS text[])) AS n(old_id, new_id, trace)
     JOIN jobs j ON j.id = n.old_id
     WHERE j.owner = :owner AND j.status = ANY(:retryable) AND j.deleted_at IS NULL
       AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
@@ -538,8 +541,10 @@ FROM (SELECT array_agg(job_id ORDER BY job_id) AS job_ids, array_agg(bytes ORDER
 -- Why: the erasure of a batch is one transaction that takes row locks in the documented
 -- order (jobs, then deliveries, then the rest) and ends by removing the duty rows: the
 -- data is either all erased with no duty left, or untouched with the duty still due.
-SELECT coalesce(array_agg(id), '{}') AS ids FROM (
-    SELECT j.id FROM jobs j JOIN erasures e ON e.job_id = j.id
+-- Each job's traceparent comes along: its erasure is a span of its trace.
+SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
+       coalesce(array_agg(traceparent ORDER BY id), '{}') AS traces FROM (
+    SELECT j.id, j.traceparent FROM jobs j JOIN erasures e ON e.job_id = j.id
     WHERE e.locked_by = :token ORDER BY j.id FOR UPDATE OF j) AS locked;
 
 -- name: ERASE_JOB_DATA

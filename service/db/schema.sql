@@ -465,12 +465,13 @@ $$;
 -- money, append its event, wake the submitter. Called outside a transaction block, so the
 -- owner's row is held from the lock to the commit with no client round trip between;
 -- each statement's fresh snapshot sees every reservation committed before the lock.
--- Verdicts: 'created', 'replay', 'conflict', 'budget_exceeded'.
+-- Verdicts: 'created', 'replay', 'conflict', 'budget_exceeded'. The job keeps its trace
+-- context (p_traceparent: its admission span, service/observability/tracing.py).
 CREATE OR REPLACE FUNCTION admit_job(
     p_id text, p_owner text, p_model text, p_input jsonb, p_metadata jsonb, p_callback_url text,
     p_idempotency_key text, p_request_hash text, p_priority integer, p_start_timeout_seconds integer,
     p_estimate numeric, p_images integer, p_provider_max_in_flight integer,
-    p_month_start timestamptz, p_month_end timestamptz, p_channel text)
+    p_month_start timestamptz, p_month_end timestamptz, p_channel text, p_traceparent text)
 RETURNS TABLE (verdict text, job_id text, budget numeric, spent numeric, reserved numeric)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -506,11 +507,11 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO jobs (id, owner, model, input, metadata, callback_url, idempotency_key, request_hash, status,
-                      run_after, priority, vtag, start_timeout_seconds, start_deadline_at)
+                      run_after, priority, vtag, start_timeout_seconds, start_deadline_at, traceparent)
     VALUES (p_id, p_owner, p_model, p_input, p_metadata, p_callback_url, p_idempotency_key, p_request_hash,
             'queued', now(), p_priority,
             owner_next_vtag(p_owner, p_priority, v_owner.weight, p_provider_max_in_flight),
-            p_start_timeout_seconds, now() + make_interval(secs => p_start_timeout_seconds))
+            p_start_timeout_seconds, now() + make_interval(secs => p_start_timeout_seconds), p_traceparent)
     RETURNING created_at INTO v_created;
     INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
     VALUES (p_owner, p_id, 'reserve', p_estimate, p_images, p_model, v_created)

@@ -80,6 +80,9 @@ class JobRecord(NamedTuple):
     vtag: float
     start_timeout_seconds: int | None
     start_deadline_at: dt.datetime | None
+    # W3C traceparent of the job's admission span: the parent of every later span of the
+    # job (service/observability/tracing.py); None for jobs made before traces were kept.
+    traceparent: str | None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:

@@ -72,6 +72,11 @@ class Job(TypedDict):
                                                              "(input {}, metadata {}, outputs []).")]
     deleted_reason: Literal["request", "retention"] | None
     retry_of: Annotated[str | None, Field(description="The job this one retries (bulk retry).")]
+    trace_id: Annotated[str | None, Field(
+        pattern="^[0-9a-f]{32}$",
+        description="The job's OpenTelemetry trace (W3C trace-id, 32 hex digits): a child of the `traceparent` "
+                    "sent with the submit, else a trace of its own. Every callback's `traceparent` carries it. "
+                    "Null only for jobs made before traces were kept.")]
 
 
 def usd(value: Decimal | None) -> str | None:
@@ -135,4 +140,5 @@ def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[
         "deleted_at": iso(job.deleted_at),
         "deleted_reason": job.deleted_reason,
         "retry_of": job.retry_of,
+        "trace_id": job.traceparent[3:35] if job.traceparent else None,  # 00-<trace-id>-<span-id>-<flags>
     }

@@ -4,6 +4,9 @@
 * Every line about a job carries ``job_id``, and ``task_id`` once the provider named the
   task: the runner binds the row a duty works on for the whole run (``bind_job``), the
   duties add the task id as soon as they know it, and request handlers name both.
+* A line written inside a span (a job's admission, submit, webhook, store, callback
+  attempt: service/observability/tracing.py) carries ``trace_id`` and ``span_id`` too, so
+  a log line leads to its trace and back.
 * Secrets never reach the output. Settings hold them as SecretStr and error bodies carry
   types only; behind that, ``redact`` masks every string of every line, tracebacks
   included: values shaped like a secret (``whsec_…``, ``wsj_…`` API keys, ``Bearer …``,
@@ -24,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
 
 MASK = "***"
@@ -108,9 +112,19 @@ def bind_job(job_id: str, task_id: str | None = None) -> None:
         structlog.contextvars.bind_contextvars(job_id=job_id)
 
 
+def add_trace(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """The processor: the trace and span this line was written in, when it was in one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", f"{context.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{context.span_id:016x}")
+    return event_dict
+
+
 def _shared() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,  # plain text, no locals, and then redacted

@@ -12,6 +12,9 @@ Two kinds, because they answer different questions:
 * What this process did, counted as it happens: submit latency, provider calls and
   errors by code, webhooks by outcome, webhook-to-stored latency, bytes stored, callback
   attempts by outcome. These are per process, as Prometheus expects (it sums them).
+  The duration histograms carry an exemplar, the trace id of the job whose observation
+  it is when its trace is recorded (OpenMetrics shows them: ``Accept:
+  application/openmetrics-text``), so a slow bucket leads to a trace.
 
 The process-local metrics live in one registry per process (``REGISTRY``), like
 prometheus_client's own default one, so a one-line call at the place an event happens
@@ -40,6 +43,7 @@ from prometheus_client.registry import Collector
 from service.domain.schemas import MODELS
 from service.domain.states import JobStatus
 from service.observability.owner_metrics import OwnerCollector, OwnerSnapshot
+from service.observability.tracing import exemplar
 
 PREFIX = "wavespeed_jobs"
 
@@ -150,12 +154,12 @@ def _seconds_since(moment: dt.datetime | None) -> float | None:
 
 def observe_submit(model: str, created_at: dt.datetime) -> None:
     if (seconds := _seconds_since(created_at)) is not None:
-        SUBMIT_LATENCY.labels(model).observe(seconds)
+        SUBMIT_LATENCY.labels(model).observe(seconds, exemplar())
 
 
 def observe_stored_job(model: str, news_at: dt.datetime | None) -> None:
     if (seconds := _seconds_since(news_at)) is not None:
-        WEBHOOK_TO_STORED.labels(model).observe(seconds)
+        WEBHOOK_TO_STORED.labels(model).observe(seconds, exemplar())
 
 
 def observe_output(model: str, size_bytes: int) -> None:
@@ -179,7 +183,7 @@ def provider_operation(path: str) -> str:
 def provider_answer(path: str, status_code: int, seconds: float) -> None:
     """One provider call that got an HTTP answer; non-200 answers also count as errors."""
     operation = provider_operation(path)
-    PROVIDER_REQUESTS.labels(operation, str(status_code)).observe(seconds)
+    PROVIDER_REQUESTS.labels(operation, str(status_code)).observe(seconds, exemplar())
     if status_code != 200:
         PROVIDER_ERRORS.labels(operation, str(status_code)).inc()
 

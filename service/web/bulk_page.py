@@ -45,7 +45,8 @@ async def bulk_page(request: Request, owner: str) -> Response:
     request_ = bulk.bulk_request(action, params, not confirmed, errors)
     res = resources(request)
     result = await run_bulk(res.engine, owner, request_, res.settings.bulk_batch_size, res.pacer,
-                                 res.settings.bulk_pause_factor, res.settings.bulk_target_seconds)
+                                 res.settings.bulk_pause_factor, res.settings.bulk_target_seconds,
+                                 tracing=res.tracing)
     if result["affected"]:
         res.notifications.kick()
     return page(request, "bulk.html", result=result, verb=VERBS[action], action=action, kept=kept,

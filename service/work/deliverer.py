@@ -25,8 +25,10 @@ import random
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -36,6 +38,7 @@ from service.db import callback_secrets, deliveries, jobs, leases
 from service.domain.serialize import iso, job_dict
 from service.domain.states import DeliveryStatus
 from service.observability import logs, metrics
+from service.observability.tracing import TRACEPARENT, current_traceparent, job_attributes, job_span
 from service.resources import Resources
 from service.work.runner import holder_for
 
@@ -118,8 +121,17 @@ class Deliverer:
             # Signed with the job owner's own secret (and, during a rotation's overlap,
             # the previous one too), so no owner's secret verifies another owner's callbacks.
             secrets = await callback_secrets.current(conn, row.owner, res.sealer, res.callback_secret)
-        attempt = await self._attempt(row, body.encode("utf-8"), secrets.signing)
-        await self._record(row, attempt, delays)
+        # The attempt is a span of the job's trace; its context is the callback's
+        # traceparent, so the backend's own tracing continues from it.
+        attributes = {**job_attributes(row.job_id, row.owner), "delivery.id": row.id,
+                      "callback.event_type": row.event_type, "callback.attempt": row.attempts + 1,
+                      "server.address": urlsplit(row.url).hostname or ""}
+        with job_span(res.tracing, "callback.attempt", row.traceparent, kind=SpanKind.CLIENT,
+                      attributes=attributes) as span:
+            attempt = await self._attempt(row, body.encode("utf-8"), secrets.signing)
+            if attempt.status_code is not None:
+                span.set_attribute("http.response.status_code", attempt.status_code)
+            span.set_attribute("callback.outcome", await self._record(row, attempt, delays))
 
     async def _freeze(self, conn: AsyncConnection, row: Row[Any]) -> str | None:
         """Build the event body from the job as it is now and store it (committed before
@@ -138,11 +150,15 @@ class Deliverer:
     async def _attempt(self, row: Row[Any], body: bytes, signing: list[str]) -> Attempt:
         res = self.res
         headers = callbacks.signed_headers(signing, row.id, int(time.time()), body)
+        traceparent = current_traceparent()  # the attempt's span (none for a job without a trace)
+        if traceparent:
+            headers[TRACEPARENT] = traceparent
         # The URL was checked at creation; the egress layer checks the address again as
         # it connects (DNS may have changed since), and connects only to what it checked.
         return await callbacks.send(res.egress.http, row.url, body, headers, res.settings.callback_timeout_seconds)
 
-    async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> None:
+    async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> str:
+        """Record the attempt; returns its outcome (delivered, retrying, failed, lease_lost)."""
         res, worker = self.res, self.holder
         number = row.attempts + 1
         status, delay, failure = outcome_of(attempt, number, delays, self._rng)
@@ -169,7 +185,7 @@ class Deliverer:
                 # happened, so it is recorded, but the row is theirs to move.
                 detail["outcome"] = "lease_lost"
                 await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
-                return
+                return "lease_lost"
             await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
             await deliveries.mirror_on_job(conn, row.job_id, status, number)
             if status == DeliveryStatus.DELIVERED:
@@ -182,3 +198,4 @@ class Deliverer:
         metrics.callback_attempt(detail["outcome"])
         log.info("callback.attempt", delivery_id=row.id, job_id=row.job_id, attempt=number,
                  http_status=attempt.status_code, latency_ms=attempt.latency_ms, outcome=detail["outcome"])
+        return str(detail["outcome"])

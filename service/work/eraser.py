@@ -18,6 +18,7 @@ records an object, and deletes what it uploaded for a deleted job itself.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import structlog
@@ -26,6 +27,7 @@ from service.clients.storage import StorageError
 from service.db import deletion, leases
 from service.domain.pacing import Turn
 from service.observability import metrics
+from service.observability.tracing import job_attributes, job_span
 from service.resources import Resources
 from service.work.runner import holder_for
 
@@ -66,6 +68,7 @@ class Eraser:
 
     async def _erase(self, token: str, turn: Turn) -> None:
         res = self.res
+        began = time.time_ns()
         # The batch's ids and keys travel as arrays and one string, never as rows or lists
         # of parameters: this runs in serve's event loop, beside the receiver.
         objects = await deletion.erasure_objects(res.engine, token, self.lease)
@@ -80,7 +83,17 @@ class Eraser:
             turn.rest = False
             return
         done = await deletion.erase_batch(res.engine, token)
-        erased = set(done)
-        size = sum(b for j, b in zip(objects.job_ids, objects.job_bytes, strict=True) if j in erased)
+        size = sum(b for j, b in zip(objects.job_ids, objects.job_bytes, strict=True) if j in done)
         metrics.observe_erasure(len(done), size, len(keys))
         log.info("erasure.done", jobs=len(done), objects=len(keys), bytes=size)
+        self._trace(done, began, len(done))
+
+    def _trace(self, done: dict[str, str | None], began: int, batch: int) -> None:
+        """Each erased job's ``job.erase`` span, in its own trace, covering its batch. Only
+        when spans are exported: without, a batch of 1,000 would make 1,000 spans nobody sees."""
+        if not self.res.tracing.exporting:
+            return
+        for job_id, traceparent in done.items():
+            with job_span(self.res.tracing, "job.erase", traceparent, start_time=began,
+                          attributes={**job_attributes(job_id), "erase.batch_jobs": batch}):
+                pass

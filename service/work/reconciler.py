@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, news
@@ -27,6 +28,7 @@ from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs
+from service.observability.tracing import job_attributes, job_span
 from service.resources import Resources
 from service.work.backoff import backoff
 from service.work.runner import claim_jobs, holder_for
@@ -187,6 +189,13 @@ class Reconciler:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.PROCESSING) or job.locked_by != worker:
             return
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        with job_span(res.tracing, "job.reconcile", job.traceparent, attributes=attributes):
+            await self._reconcile(job)
+
+    async def _reconcile(self, job: JobRecord) -> None:
+        """Ask the provider about a job without news, in its ``job.reconcile`` span."""
+        res, worker, job_id = self.res, self.holder, job.id
         now = dt.datetime.now(dt.UTC)
         deadline = job.deadline_at or (job.created_at + dt.timedelta(seconds=res.settings.job_deadline_seconds))
         try:
@@ -220,6 +229,7 @@ class Reconciler:
                 outcome = await self._apply(conn, job_id, prediction)
                 await jobs.add_event(conn, job_id, "reconcile.checked",
                                      {"provider_status": prediction.get("status"), "outcome": outcome})
+                trace.get_current_span().set_attribute("reconcile.outcome", outcome)
             if outcome == "advanced":
                 return
             if now >= deadline:

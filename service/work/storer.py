@@ -28,6 +28,7 @@ from service.domain.records import JobRecord, OutputRecord
 from service.domain.schemas import output_count
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
+from service.observability.tracing import job_attributes, job_span
 from service.resources import Resources
 from service.work.backlog_limit import BacklogLimit
 from service.work.backoff import backoff
@@ -137,6 +138,13 @@ class Storer:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        with job_span(res.tracing, "job.store", job.traceparent, attributes=attributes):
+            await self._store(job, outputs)
+
+    async def _store(self, job: JobRecord, outputs: list[OutputRecord]) -> None:
+        """Copy the job's pending outputs and complete it (in its ``job.store`` span)."""
+        res, worker, job_id = self.res, self.holder, job.id
         asked = output_count(job.input)
         outputs, extra = outputs_to_store(outputs, asked)
         pending = [o for o in outputs if o.stored_at is None]
@@ -195,7 +203,13 @@ class Storer:
             return await self._record(conn, job, output, stored, thumbnail_key, copy_seconds)
 
     async def _upload(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
-        """Copy one output (and its thumbnail) into S3."""
+        """Copy one output (and its thumbnail) into S3: an ``output.copy`` span."""
+        with self.res.tracing.span("output.copy", attributes={"job.id": job.id, "output.index": output.index}) as span:
+            stored, thumbnail_key = await self._copy(job, output)
+            span.set_attributes({"output.size_bytes": stored.size_bytes, "output.content_type": stored.content_type})
+            return stored, thumbnail_key
+
+    async def _copy(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
         data: bytes | None

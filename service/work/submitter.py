@@ -8,6 +8,8 @@ provider's predictions list (service/work/reconciler.py) — never by sending ag
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 
 from service.db import jobs, leases, submits
@@ -17,6 +19,7 @@ from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
 from service.domain.states import JobStatus
 from service.observability import logs, metrics
+from service.observability.tracing import current_traceparent, job_attributes, job_span
 from service.resources import Resources
 from service.work.runner import holder_for
 from service.work.submit_rules import (
@@ -134,17 +137,35 @@ class Submitter:
             await self._post(job)
 
     async def _post(self, job: JobRecord) -> None:
-        """POST a job marked as being sent, and record the outcome."""
-        try:
-            prediction = await self.res.wavespeed.submit(job.model, upstream_body(job.input), self.webhook_url(job.id))
-        except ProviderError as exc:
-            outcome = outcome_of_error(exc, job.attempts)
-            if isinstance(outcome, AnswerLost):
-                await self._answer_lost(job.id, outcome.why)
-            else:
-                await self._refused(job, outcome)
-            return
-        await self._accepted(job, outcome_of_answer(prediction))
+        """POST a job marked as being sent, and record the outcome: the ``job.submit`` span
+        of the job's trace, the request itself its ``provider.submit`` child (whose
+        context goes upstream as ``traceparent``)."""
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        with job_span(self.res.tracing, "job.submit", job.traceparent, attributes=attributes) as span:
+            try:
+                prediction = await self._send(job)
+            except ProviderError as exc:
+                outcome = outcome_of_error(exc, job.attempts)
+                span.set_attribute("submit.outcome", type(outcome).__name__)
+                if isinstance(outcome, AnswerLost):
+                    await self._answer_lost(job.id, outcome.why)
+                else:
+                    await self._refused(job, outcome)
+                return
+            span.set_attribute("submit.outcome", "Accepted")
+            await self._accepted(job, outcome_of_answer(prediction))
+
+    async def _send(self, job: JobRecord) -> dict[str, Any]:
+        with self.res.tracing.span("provider.submit", attributes={"http.request.method": "POST"}) as span:
+            try:
+                prediction = await self.res.wavespeed.submit(job.model, upstream_body(job.input),
+                                                             self.webhook_url(job.id), current_traceparent())
+            except ProviderError as exc:
+                if exc.http_status is not None:
+                    span.set_attribute("http.response.status_code", exc.http_status)
+                raise
+            span.set_attributes({"http.response.status_code": 200, "provider.task_id": str(prediction.get("id"))})
+            return prediction
 
     async def _refused(self, job: JobRecord, outcome: Rejected | RetryLater) -> None:
         """The provider said no (or could not be reached): no task exists."""

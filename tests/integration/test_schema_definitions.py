@@ -38,7 +38,7 @@ def test_a_fresh_database_at_head_has_exactly_the_definitions_of_schema_sql(at_h
         in_file = catalog_of_file(conn)
     assert {"function claim_submits(text,double precision,integer,integer,integer)",
             "function admit_job(text,text,text,jsonb,jsonb,text,text,text,integer,integer,numeric,integer,integer,"
-            "timestamp with time zone,timestamp with time zone,text)",
+            "timestamp with time zone,timestamp with time zone,text,text)",
             "trigger jobs.jobs_ledger", "trigger ledger.ledger_append_only"} <= migrated.keys()
     assert differences(in_file, migrated) == []
 

@@ -1,0 +1,85 @@
+"""The libraries' own spans, when traces are exported (service/observability/tracing.py):
+each request the API serves (ASGI), each provider and S3 call over the lifespan's httpx
+client, each Postgres statement (asyncpg, under SQLAlchemy too) and each boto3 call.
+
+Without an exporter none of this is installed: nothing is wrapped, nothing costs.
+
+The request spans are named after the route's template (``POST /v1/jobs``), never the
+path (a job id would make every name unique), and skip the probes, the scrape and static
+files. asyncpg's spans carry the statement's text, never its parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.middleware import Middleware
+from starlette.routing import Match
+
+from service.observability.tracing import Tracing
+
+# Paths whose requests get no span (regular expressions, searched in the URL).
+UNTRACED = "/healthz$,/readyz$,/metrics$,/static/,/favicon"
+# Request headers that would be recorded if an operator asked for them
+# (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST): masked all the same.
+SECRET_HEADERS = ["authorization", "cookie", "set-cookie", ".*secret.*", ".*token.*", ".*key.*", "webhook-signature"]
+
+
+def route_details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A request span's name and route: the template of the route that matches."""
+    method = str(scope.get("method", "")) or "HTTP"
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            path = str(getattr(route, "path", ""))
+            return f"{method} {path}", {"http.route": path}
+    return method, {}
+
+
+def request_middleware(tracing: Tracing) -> list[Middleware]:
+    """The ASGI middleware that makes each request's span (continuing a caller's
+    ``traceparent``), or none when nothing is exported."""
+    if not tracing.exporting:
+        return []
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return [Middleware(
+        OpenTelemetryMiddleware, excluded_urls=UNTRACED, default_span_details=route_details,
+        tracer_provider=tracing.provider, exclude_spans=["receive", "send"],
+        http_capture_headers_sanitize_fields=SECRET_HEADERS,
+    )]
+
+
+def instrument_client(tracing: Tracing, client: httpx.AsyncClient) -> None:
+    """Spans for the calls of ``client`` (the provider's API, S3 deletions); they carry
+    ``traceparent`` out as well."""
+    if tracing.exporting:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor.instrument_client(client, tracer_provider=tracing.provider)
+
+
+class Libraries:
+    """asyncpg's and botocore's instrumentation: they wrap the libraries process-wide, so
+    one holder installs them (``start``) and takes them off again (``stop``)."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+        self._installed: list[Any] = []
+
+    def start(self) -> None:
+        if not self.tracing.exporting:
+            return
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+
+        for instrumentor in (AsyncPGInstrumentor(), BotocoreInstrumentor()):  # type: ignore[no-untyped-call]
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument(tracer_provider=self.tracing.provider)
+                self._installed.append(instrumentor)
+
+    def stop(self) -> None:
+        for instrumentor in self._installed:
+            instrumentor.uninstrument()
+        self._installed.clear()
