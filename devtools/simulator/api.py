@@ -129,6 +129,7 @@ async def _submit(request: Request, model: str) -> Response:
         webhook_url=webhook,
         created_at=datetime.now(UTC),
         seed=seed,
+        traceparent=request.headers.get("traceparent"),
     )
     sim.add_task(task)
     sim.stats.submits_accepted += 1

@@ -66,6 +66,8 @@ class SimTask:
     webhook_url: str | None
     created_at: datetime
     seed: int  # the seed actually used: the input's, or a random one when it is -1
+    # The submit's W3C traceparent header, as it came (shown to tests: did the trace go upstream?).
+    traceparent: str | None = None
     status: str = CREATED
     outputs: list[str] = field(default_factory=list)
     error: str = ""
@@ -130,6 +132,7 @@ class SimTask:
             "hung": self.hung,
             "created_at": iso(self.created_at),
             "ended_at": self.ended_at or None,
+            "traceparent": self.traceparent,
         }
 
 

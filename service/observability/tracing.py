@@ -110,7 +110,7 @@ def job_attributes(job_id: str, owner: str | None = None, model: str | None = No
     attributes = {"job.id": job_id}
     for key, value in (("job.owner", owner), ("job.model", model), ("job.status", status)):
         if value is not None:
-            attributes[key] = value
+            attributes[key] = str(getattr(value, "value", value))  # a status enum as its value
     return attributes
 
 

@@ -189,7 +189,7 @@ class Reconciler:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.PROCESSING) or job.locked_by != worker:
             return
-        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts}
         with job_span(res.tracing, "job.reconcile", job.traceparent, attributes=attributes):
             await self._reconcile(job)
 

@@ -138,7 +138,7 @@ class Storer:
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
-        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts}
         with job_span(res.tracing, "job.store", job.traceparent, attributes=attributes):
             await self._store(job, outputs)
 

@@ -140,7 +140,7 @@ class Submitter:
         """POST a job marked as being sent, and record the outcome: the ``job.submit`` span
         of the job's trace, the request itself its ``provider.submit`` child (whose
         context goes upstream as ``traceparent``)."""
-        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts + 1}
+        attributes = {**job_attributes(job.id, job.owner, job.model, job.status), "job.attempt": job.attempts}
         with job_span(self.res.tracing, "job.submit", job.traceparent, attributes=attributes) as span:
             try:
                 prediction = await self._send(job)
