@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -222,7 +223,8 @@ class Tracing:
         """``exporter``: where spans go instead of what the settings say (tests hand in
         the SDK's in-memory exporter)."""
         exporter = exporter or exporter_for(settings)
-        resource = Resource.create({"service.name": settings.otel_service_name, "service.version": _version()})
+        resource = Resource.create({"service.name": settings.otel_service_name, "service.version": _version(),
+                                    "process.pid": os.getpid()})  # which process of the service
         chosen = sampler(settings) if exporter is not None else ALWAYS_OFF
         provider = TracerProvider(resource=resource, sampler=NoOrphanClients(chosen))
         if exporter is not None:
