@@ -48,7 +48,7 @@ from service.domain.pacing import Pacer
 from service.domain.sealing import Sealer
 from service.observability import logs
 from service.observability.instrumentation import Libraries, instrument_client, request_middleware
-from service.observability.tracing import Tracing
+from service.observability.tracing import Tracing, otlp_header_values
 from service.resources import Resources
 from service.settings import Settings
 from service.web import bulk_page, history_page
@@ -170,7 +170,8 @@ async def _open_resources(
             tracing=tracing,
         )
         instrument_client(tracing, http)
-        logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret)
+        logs.register_secret(settings.wavespeed_api_key.get_secret_value(), webhook_secret, res.callback_secret,
+                             *otlp_header_values(settings))
         if settings.s3_create_bucket:
             await storage.ensure_bucket()
         await _warn_if_jit_on(settings, engine)

@@ -4,8 +4,11 @@ The real stack on loopback (a throwaway database on the machine's Postgres, moto
 server, the WaveSpeed simulator, the service), a handful of jobs a user would recognise
 (ordinary prompts and metadata, one canceled, one failed), then Debian's Chromium
 driven by Playwright (``executable_path``: nothing is downloaded) signs in and shoots the
-history page with the filters open, showing the bulk-action bar of the current filter.
-Writes docs/screenshots/history.png.
+history page with the filters open, showing the bulk-action bar of the current filter,
+and the page's spend overview. The owner has a monthly budget, and its earlier weeks of
+use are written as the ledger would hold them (spend rows on past days: the script runs
+for a minute, the chart shows 30 days). Writes docs/screenshots/history.png and
+docs/screenshots/spend.png.
 """
 
 from __future__ import annotations
@@ -24,6 +27,28 @@ from tests.conftest import BUCKET, SIM_SECRET, SYSTEM_POSTGRES, fresh_database, 
 from tests.integration.helpers import submit, wait_terminal
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "history.png"
+SPEND_OUT = OUT.with_name("spend.png")
+# Completed jobs on each earlier day (days ago → jobs), as a month of steady use leaves them.
+EARLIER = {1: 6, 2: 9, 3: 4, 5: 12, 6: 7, 8: 3, 9: 10, 10: 8, 12: 5, 13: 11, 15: 6, 16: 9, 19: 4, 20: 8,
+           22: 13, 23: 7, 26: 5, 27: 9, 29: 6}
+
+
+def seed_history(database_url: str, owner: str) -> None:
+    """The owner's budget, and spend rows on earlier days (the ledger is append-only)."""
+    import datetime as dt
+
+    import psycopg
+
+    noon = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE owners SET monthly_budget_usd = 2.50 WHERE name = %s", (owner,))
+        for days_ago, jobs in EARLIER.items():
+            at = noon - dt.timedelta(days=days_ago)
+            for n in range(jobs):
+                conn.execute(
+                    "INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at, at) "
+                    "VALUES (%s, %s, 'spend', 0.015, 1, 'wavespeed-ai/flux-dev-lora', %s, %s)",
+                    (owner, f"job_earlier_{days_ago}_{n}", at, at))
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -53,6 +78,7 @@ def main() -> int:
 
         boto3.client("s3", endpoint_url=s3, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         key = svc.new_key("studio")
+        seed_history(db, "studio")
         with svc.client(key) as api:
             for prompt, metadata, extra in JOBS:
                 wait_terminal(api, submit(api, prompt=prompt, metadata=metadata, input=extra)["id"])
@@ -78,8 +104,9 @@ def main() -> int:
             page.wait_for_function("() => [...document.querySelectorAll('main img')].every(i => i.complete)")
             OUT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(OUT), full_page=True)
+            page.locator("#spend").screenshot(path=str(SPEND_OUT))
             browser.close()
-    print(f"wrote {OUT}")
+    print(f"wrote {OUT} and {SPEND_OUT}")
     return 0
 
 

@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -196,10 +197,14 @@ def exporter_for(settings: Settings) -> SpanExporter | None:
 
 def _headers(text: str) -> dict[str, str]:
     """``key=value,key2=value2`` (OTEL_EXPORTER_OTLP_HEADERS, values URL-encoded)."""
-    from urllib.parse import unquote
-
     pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
     return {unquote(key).strip(): unquote(value).strip() for key, value in pairs}
+
+
+def otlp_header_values(settings: Settings) -> list[str]:
+    """OTEL_EXPORTER_OTLP_HEADERS' values (a collector's token): kept out of the logs."""
+    headers = settings.otel_exporter_otlp_headers
+    return list(_headers(headers.get_secret_value()).values()) if headers else []
 
 
 def _version() -> str:

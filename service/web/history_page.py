@@ -8,15 +8,18 @@ actions in bulk_page.py, the pages themselves here.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from service.api.owner_account import usage_answer
 from service.api.plumbing.auth import resources
 from service.db import jobs, owners
 from service.db.history import MAX_LIMIT, job_deliveries, job_events, jobs_by_id, list_jobs, parse_filter
@@ -26,6 +29,7 @@ from service.domain.records import OutputRecord
 from service.domain.serialize import iso, job_dict
 from service.domain.states import TERMINAL, JobStatus
 from service.resources import Resources
+from service.web import spend_overview
 from service.web.rendering import WEB, fragment, page
 from service.web.sign_in import chrome, current_owner, login, login_page, logout, signed_in
 
@@ -76,6 +80,7 @@ async def history(request: Request, owner: str) -> Response:
     }
     cards: list[dict[str, Any]] = []
     spend: dict[str, Any] | None = None
+    days: dict[str, Any] | None = None
     next_cursor = None
     status_code = 200
     try:
@@ -83,7 +88,7 @@ async def history(request: Request, owner: str) -> Response:
             raise ValidationFailed(errors)
         f = parse_filter(params)
         async with res.engine.connect() as conn:
-            spend = (await owners.view(conn, owner))["budget"]  # the month's spend against the budget
+            spend, days = await spend_figures(conn, owner)
             rows, next_cursor = await list_jobs(conn, owner, f)
             outputs = await jobs.get_outputs(conn, [r.id for r in rows])
         cards = [card(job_dict(r, outputs.get(r.id, []), res.presign), outputs.get(r.id, [])) for r in rows]
@@ -97,10 +102,20 @@ async def history(request: Request, owner: str) -> Response:
         newest="/?" + urlencode(kept),
         paged=any(k == "cursor" for k, _ in query),
         filtered=any(k != "cursor" and v.strip() for k, v in query),
-        live_url=live_list_url(running), spend=spend,
+        live_url=live_list_url(running), spend=spend, days=days,
         bulk_fields=[(k, v) for k, v in kept if k != "cursor" and v.strip()],  # the bulk form acts on this filter
         **chrome(request, owner),
     )
+
+
+async def spend_figures(conn: AsyncConnection, owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The month's spend against the budget (GET /v1/owner's figures) and the last 30
+    days' jobs and cost (GET /v1/usage's, by day), ready to draw (service/web/spend_overview.py)."""
+    now = dt.datetime.now(dt.UTC)
+    start, end = spend_overview.window(now)
+    budget = (await owners.view(conn, owner, now))["budget"]
+    usage = await usage_answer(conn, owner, start, end, "day")
+    return spend_overview.budget_bar(budget), spend_overview.chart(usage, start)
 
 
 async def live_list(request: Request) -> JSONResponse:

@@ -10,18 +10,23 @@ missing; .ci/run installs both.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import Service, sim_config
 from tests.integration.helpers import submit, wait_terminal
+from tests.integration.test_budget import set_owner
 
 # Left out of the fast loop (pytest -m "not slow", docs/development.md):
 # a headless browser.
@@ -260,3 +265,63 @@ def test_a_person_previews_a_bulk_delete_and_the_confirm_button_cannot_be_presse
     assert tab.problems == []
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as api:
         assert all(api.get(f"/v1/jobs/{i}").json()["deleted_reason"] == "request" for i in ids)
+
+
+def test_the_history_page_draws_the_owners_spend_and_last_30_days_as_the_api_reports_them(
+    service: Service, desktop: Any, phone: Any, output_dir: Path,
+) -> None:
+    owner = f"owner_{uuid.uuid4().hex[:8]}"
+    key = new_key_for(service, owner)
+    set_owner(service.settings.database_url or "", owner, monthly_budget_usd=Decimal("0.20"))
+    # Earlier days as the ledger holds them: spend rows (it is append-only, and only
+    # completed jobs leave spend), so the chart has more than today to draw.
+    today = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    with psycopg.connect(service.settings.database_url or "", autocommit=True) as conn:
+        for days_ago, jobs in ((3, 2), (11, 5), (40, 4)):  # the last is outside the 30 days
+            for _ in range(jobs):
+                at = today - dt.timedelta(days=days_ago)
+                conn.execute("INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at, at) "
+                             "VALUES (%s, %s, 'spend', 0.015, 1, 'wavespeed-ai/flux-dev-lora', %s, %s)",
+                             (owner, f"job_past_{uuid.uuid4().hex}", at, at))
+    with service.client(key) as api:
+        made = [submit(api, prompt=f"a paper boat number {n}", input={"size": "256*256"}) for n in range(3)]
+        done = [wait_terminal(api, job["id"]) for job in made]
+        assert [j["status"] for j in done] == ["completed"] * 3
+        budget = api.get("/v1/owner").json()["budget"]
+
+    tab = Tab(desktop)
+    sign_in(tab, service, key)
+    page = tab.page
+    bars = page.eval_on_selector_all("#days-chart .day", "gs => gs.map(g => ({...g.dataset}))")
+    assert len(bars) == 30
+    first, last = bars[0]["day"], bars[-1]["day"]
+    assert last == today.strftime("%Y-%m-%d")
+    end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
+    with service.client(key) as api:
+        usage = api.get("/v1/usage", params={"from": f"{first}T00:00:00Z", "to": f"{end}T00:00:00Z",
+                                             "group_by": "day"}).json()
+    drawn = {b["day"]: (int(b["jobs"]), b["costUsd"]) for b in bars if b["jobs"] != "0"}
+    assert drawn == {row["key"]: (row["jobs"], row["cost_usd"]) for row in usage["data"]}
+    assert sum(n for n, _ in drawn.values()) == usage["total"]["jobs"] == 3 + 2 + 5
+    shown = page.eval_on_selector("#budget-bar", "b => ({...b.dataset})")
+    assert (shown["monthlyUsd"], shown["spentUsd"], shown["reservedUsd"], shown["remainingUsd"]) == (
+        budget["monthly_usd"], budget["spent_usd"], budget["reserved_usd"], budget["remaining_usd"])
+    spent_width = float(page.eval_on_selector("#budget-bar .spent", "r => r.getAttribute('width')"))
+    assert abs(spent_width - float(Decimal(budget["spent_usd"]) / Decimal(budget["monthly_usd"]) * 100)) < 0.01
+    page.locator("#spend").screenshot(path=str(output_dir / "history-spend.png"))
+
+    # Each job's page names its trace.
+    page.goto(f"{service.url}/jobs/{done[0]['id']}")
+    assert page.inner_text("#trace-id").strip() == done[0]["trace_id"]
+    assert tab.problems == []
+
+    mobile = Tab(phone)
+    sign_in(mobile, service, key)
+    assert no_horizontal_scroll(mobile) and mobile.page.locator("#days-chart .day").count() == 30
+    assert mobile.problems == []
+
+
+def new_key_for(service: Service, owner: str) -> str:
+    """A key of ``owner`` (made on another thread: see new_key)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(service.new_key, owner).result(timeout=30)
