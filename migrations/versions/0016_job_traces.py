@@ -6,7 +6,9 @@ this context, so one job is one trace (service/observability/tracing.py). ``admi
 takes it as a new last argument and writes it with the job; jobs made before this
 revision have none (their answer's ``trace_id`` is null).
 
-The column is added without a default: no table rewrite, no scan.
+The column is added without a default: no table rewrite, no scan. The new argument
+defaults to NULL, so a process of the previous release still running during an upgrade
+keeps admitting jobs (without a trace) with its 16 arguments.
 
 Revision ID: 0016
 Revises: 0015
@@ -28,7 +30,7 @@ CREATE FUNCTION admit_job(
     p_id text, p_owner text, p_model text, p_input jsonb, p_metadata jsonb, p_callback_url text,
     p_idempotency_key text, p_request_hash text, p_priority integer, p_start_timeout_seconds integer,
     p_estimate numeric, p_images integer, p_provider_max_in_flight integer,
-    p_month_start timestamptz, p_month_end timestamptz, p_channel text, p_traceparent text)
+    p_month_start timestamptz, p_month_end timestamptz, p_channel text, p_traceparent text DEFAULT NULL)
 RETURNS TABLE (verdict text, job_id text, budget numeric, spent numeric, reserved numeric)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column

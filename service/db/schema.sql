@@ -471,7 +471,7 @@ CREATE OR REPLACE FUNCTION admit_job(
     p_id text, p_owner text, p_model text, p_input jsonb, p_metadata jsonb, p_callback_url text,
     p_idempotency_key text, p_request_hash text, p_priority integer, p_start_timeout_seconds integer,
     p_estimate numeric, p_images integer, p_provider_max_in_flight integer,
-    p_month_start timestamptz, p_month_end timestamptz, p_channel text, p_traceparent text)
+    p_month_start timestamptz, p_month_end timestamptz, p_channel text, p_traceparent text DEFAULT NULL)
 RETURNS TABLE (verdict text, job_id text, budget numeric, spent numeric, reserved numeric)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column

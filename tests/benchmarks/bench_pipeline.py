@@ -31,6 +31,10 @@ callback, p50/p90/p99 per segment) and what Postgres's backends waited on meanwh
 (``pg_stat_activity`` sampled every 25 ms), and the script's latency is measured from the
 task's real end. The second process (``serve`` + ``worker``) runs
 the burst only. Medians over ``--reps`` repetitions are printed with their ratios.
+
+``--traced`` adds a side: this checkout's ``serve`` exporting every trace over OTLP/HTTP to
+a loopback collector (tests/benchmarks/otlp_sink.py), beside the same ``serve`` with
+nothing configured (``--baseline`` adds the one before a change, all in one run).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import psutil
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from service.db.keys import create_key_blocking
-from tests.benchmarks import database, delay_proxy, procs, timeline
+from tests.benchmarks import database, delay_proxy, otlp_sink, procs, timeline
 from tests.benchmarks.loadgen import percentile
 from tests.servers import WebhookCatcher
 
@@ -156,12 +160,17 @@ def _event_times(meter: Any, ids: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, processes: int,
-                catcher: WebhookCatcher, key: str, logs: Path, label: str, cwd: Path | None = None) -> Run:
+                catcher: WebhookCatcher, key: str, logs: Path, label: str, cwd: Path | None = None,
+                traced: str | None = None) -> Run:
+    """``traced``: a collector's URL, to export every trace to (the side is then "traced")."""
     port = free_port()
     # "service_db": the database as the service reaches it (through the delay proxy, for
     # the --db-delay-ms side); the benchmark's own readings always go straight to it.
     env = _service_env(args, env_base.get("service_db", env_base["db"]), env_base["s3"], env_base["sim"], port)
     side = env_base.get("side") or (("serve" if processes == 1 else "serve+worker") if cwd is None else "baseline")
+    if traced is not None:
+        env.update(otlp_sink.traced_env(traced))
+        side = "traced"
     entry = "tests.benchmarks.statement_counter" if args.count_statements else "service"
     counts = logs / f"{label}-statements.json"
     env["STATEMENT_COUNTS"] = str(counts)
@@ -371,6 +380,17 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
             print(f"  script done→in S3: p99 {p99:.0f} ms; jobs/s service "
                   f"{_median(service, lambda r: r.jobs_per_s):.1f}, "
                   f"script {_median(script, lambda r: r.jobs_per_s):.1f}")
+        traced = of("traced", scenario)
+        if service and traced:
+            t_cpu = _median(traced, lambda r: r.cpu_ms)
+
+            def p99(runs: list[Run]) -> float:
+                return _median(runs, lambda r: percentile(r.latencies["webhook→callback"], 99)) * 1000
+
+            print(f"  traced vs this checkout untraced: cpu/job {t_cpu:.1f} vs {s_cpu:.1f} ms ({t_cpu / s_cpu:.2f}×), "
+                  f"postgres {_median(traced, lambda r: r.pg_ms):.1f} vs {s_pg:.1f} ms, jobs/s "
+                  f"{_median(traced, lambda r: r.jobs_per_s):.1f} vs {_median(service, lambda r: r.jobs_per_s):.1f}, "
+                  f"webhook→callback p99 {p99(traced):.0f} vs {p99(service):.0f} ms")
         base = of("baseline", scenario)
         if service and base:
             print(f"  this checkout vs baseline: cpu/job {s_cpu:.1f} vs {_median(base, lambda r: r.cpu_ms):.1f} ms "
@@ -412,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also run `serve` from this other checkout (e.g. `git worktree add /tmp/base main~3`), "
                              "alternating with this one, on the same database schema: before/after a change")
     parser.add_argument("--sides", default="serve,script,serve+worker", help="which sides to run")
+    parser.add_argument("--traced", action="store_true",
+                        help="also run `serve` exporting every trace to a loopback OTLP collector, alternating")
     parser.add_argument("--count-statements", action="store_true",
                         help="count serve's SQL statements by text (tests/benchmarks/statement_counter.py)")
     parser.add_argument("--profile", action="store_true",
@@ -437,12 +459,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "--completion-delay", str(args.completion_delay), "--processing-delay", "0.1",
                        "--max-tasks", "100000"], env=sim_env, ready_url=sim_url + "/_sim/stats"),
         WebhookCatcher() as catcher,
+        contextlib.ExitStack() as stack,
     ):
         boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
                      aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
         key = create_key_blocking(db_url, "bench")
         meter = database.connect(db_url)
-        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter}
+        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter,
+                    "sink": stack.enter_context(otlp_sink.running()) if args.traced else None}
         try:
             _all_runs(args, env_base, scenarios, catcher, key, logs, runs)
         except Exception as exc:  # noqa: BLE001  a crashed run must not hide the figures measured so far
@@ -464,10 +488,12 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
                 sides.insert(1, "baseline")
             if args.db_delay_ms > 0:
                 sides.insert(1, "serve+delay")
+            if args.traced:
+                sides.insert(1, "traced")
             if rep % 2:
                 sides.reverse()
             for side in sides:
-                if side not in args.sides.split(",") and side not in ("baseline", "serve+delay"):
+                if side not in args.sides.split(",") and side not in ("baseline", "serve+delay", "traced"):
                     continue
                 with _provider_for(args, env_base["sim"], scenario):
                     run = _run_side(args, env_base, scenario, side, catcher, key, logs, rep)
@@ -485,7 +511,8 @@ def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str,
                                f"rep{rep + 1}-serve-delay-{scenario}")
     return run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
                        catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
-                       cwd=args.baseline if side == "baseline" else None)
+                       cwd=args.baseline if side == "baseline" else None,
+                       traced=env_base.get("sink") if side == "traced" else None)
 
 
 if __name__ == "__main__":

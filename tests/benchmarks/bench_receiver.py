@@ -193,14 +193,16 @@ def serve_env(database_url: str, s3_endpoint: str, port: int, pool_size: int) ->
 
 @contextlib.contextmanager
 def serve(database_url: str, s3_endpoint: str, pool_size: int, log_path: Path,
-          gc_report: Path | None = None, checkout: Path | None = None) -> Iterator[tuple[int, psutil.Process]]:
+          gc_report: Path | None = None, checkout: Path | None = None,
+          extra_env: dict[str, str] | None = None) -> Iterator[tuple[int, psutil.Process]]:
     """``wavespeed-jobs serve --no-workers`` (as ``python -m service``), optionally under
     gcwatch, which records every garbage-collector pause into ``gc_report``. With
-    ``checkout`` (another revision's tree, --compare-rev), that tree's service runs."""
+    ``checkout`` (another revision's tree, --compare-rev), that tree's service runs;
+    ``extra_env``: more variables (a traced side's OTEL_*)."""
     port = free_port()
     watch = ["-m", "tests.benchmarks.gcwatch", str(gc_report)] if gc_report else ["-m"]
     argv = [procs.PYTHON, *watch, "service", "serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
-    env = serve_env(database_url, s3_endpoint, port, pool_size)
+    env = {**serve_env(database_url, s3_endpoint, port, pool_size), **(extra_env or {})}
     cwd = procs.ROOT
     if checkout is not None:
         env["PYTHONPATH"], cwd = str(checkout), checkout
@@ -548,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare-rev", metavar="REV",
                         help="instead: HEAD's receiver beside REV's (a git revision) and the bare app, "
                              "alternating rounds (tests/benchmarks/receiver_compare.py)")
+    parser.add_argument("--traced", action="store_true",
+                        help="with --compare-rev: also HEAD exporting every trace over OTLP to a loopback "
+                             "collector (tests/benchmarks/otlp_sink.py), a side of its own")
     args = parser.parse_args(argv)
     if args.compare_rev:
         from tests.benchmarks import receiver_compare

@@ -14,7 +14,12 @@ HEAD/REV throughput ratio, and medians. HEAD's database is verified as in the ma
 benchmark; REV's by what holds in every schema (each accepted webhook-id stored, each
 job in the status its event asks for).
 
-``python -m tests.benchmarks.bench_receiver --compare-rev 5e763c9~1 [--duration 15] [--rounds 3]``
+With ``--traced`` a fourth side runs HEAD again, exporting every trace over OTLP/HTTP to
+a loopback collector (tests/benchmarks/otlp_sink.py): the cost of tracing on, beside off.
+HEAD's jobs are seeded with a trace context each (as admission writes it), so each
+webhook is a span of its job's trace on both HEAD sides.
+
+``python -m tests.benchmarks.bench_receiver --compare-rev 5e763c9~1 [--duration 15] [--rounds 3] [--traced]``
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil  # type: ignore[import-untyped]  # comes with the dev extra
 
 from devtools.devstack import embedded_s3
-from tests.benchmarks import database, loadgen, procs, wrk
+from tests.benchmarks import database, loadgen, otlp_sink, procs, wrk
 from tests.benchmarks.bench_receiver import (
     Plan,
     Sent,
@@ -166,7 +172,18 @@ def summarize(results: list[dict[str, Figure]], head: str, rev: str) -> None:
             f"{statistics.median(r[rev].rps / r['bare'].rps for r in results):.2f}", flush=True)
 
 
+# A trace context per seeded job, as admission stores it (revision 0016).
+SEED_TRACES = ("UPDATE jobs SET traceparent = '00-' || md5(id) || '-' || substr(md5(id || 'admit'), 1, 16) || '-01' "
+               "WHERE traceparent IS NULL")
+
+
 def main(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(otlp_sink.running()) if args.traced else None
+        return _compare(args, sink)
+
+
+def _compare(args: argparse.Namespace, sink: str | None) -> int:
     if not wrk.available():
         print("wrk is not installed (apt-get install -y wrk): --compare-rev needs it")
         return 2
@@ -178,12 +195,16 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_receiver_") as tmp_name, \
             checkout(args.compare_rev) as (tree, rev_sha), embedded_s3() as s3_endpoint, \
             database.fresh_database("wsj_bench_head") as head_url, \
-            database.fresh_database("wsj_bench_rev", migrate_with(tree, s3_endpoint)) as rev_url:
-        head, rev = f"HEAD {head_sha}", f"REV {rev_sha[:7]}"
+            database.fresh_database("wsj_bench_rev", migrate_with(tree, s3_endpoint)) as rev_url, \
+            database.fresh_database("wsj_bench_traced") as traced_url:
+        head, rev, traced = f"HEAD {head_sha}", f"REV {rev_sha[:7]}", "HEAD traced"
         print(f"== receiver, {head} beside {rev} ({args.compare_rev}) and the bare app: {os.cpu_count()} CPUs, "
               f"load {os.getloadavg()[0]:.2f}; {args.duration:g} s per phase, {args.rounds} rounds", flush=True)
-        for url in (head_url, rev_url):
+        for url in (head_url, rev_url, traced_url):
             seed_jobs(url, n_jobs)
+        for url in (head_url, traced_url):
+            with database.connect(url) as conn:
+                conn.execute(SEED_TRACES)
         print(f"seeded {n_jobs:,} jobs in 'submitted' in each database; {rev} runs {imported_from(tree)}",
               flush=True)
         if not imported_from(tree).startswith(str(tree)):
@@ -191,18 +212,30 @@ def main(args: argparse.Namespace) -> int:
             return 2
         with serve(head_url, s3_endpoint, args.pool_size, logs / "head.log") as (head_port, head_proc), \
                 serve(rev_url, s3_endpoint, args.pool_size, logs / "rev.log", checkout=tree) as (rev_port, rev_proc), \
-                bare_app() as (bare_port, bare_proc):
+                contextlib.ExitStack() as stack, bare_app() as (bare_port, bare_proc):
             sides = [Side(head, f"127.0.0.1:{head_port}", head_proc, head_url, Plan(seed=2), []),
                      Side(rev, f"127.0.0.1:{rev_port}", rev_proc, rev_url, Plan(seed=2), []),
                      Side("bare", f"127.0.0.1:{bare_port}", bare_proc, head_url, None, [])]
-            for side, port in zip(sides[:2], (head_port, rev_port), strict=True):
-                hooks = side.plan.stream(WARM_HOOKS) if side.plan else []
-                res = loadgen.run("127.0.0.1", port, [raw_request(h, side.host) for h in hooks],
-                                  connections=16, duration=3.0)
+            if sink is not None:
+                port, proc = stack.enter_context(serve(traced_url, s3_endpoint, args.pool_size, logs / "traced.log",
+                                                       extra_env=otlp_sink.traced_env(sink)))
+                sides.insert(2, Side(traced, f"127.0.0.1:{port}", proc, traced_url, Plan(seed=2), []))
+            for side in sides:
+                if side.plan is None:
+                    continue
+                hooks = side.plan.stream(WARM_HOOKS)
+                res = loadgen.run("127.0.0.1", int(side.host.rsplit(":", 1)[1]),
+                                  [raw_request(h, side.host) for h in hooks], connections=16, duration=3.0)
                 side.phases.append(python_sent(hooks, res))
-            summarize(rounds(args, Path(tmp_name), sides), head, rev)
+            results = rounds(args, Path(tmp_name), sides)
+            summarize(results, head, rev)
+            if sink is not None:
+                summarize(results, traced, head)
+                print(f"the collector received {httpx.get(sink + '/count', timeout=5).json()}", flush=True)
         problems = [f"{head}: {p}" for p in verify(head_url, sides[0].phases, n_jobs)[0]]
         problems += [f"{rev}: {p}" for p in verify_basic(rev_url, sides[1].phases)]
+        if sink is not None:
+            problems += [f"{traced}: {p}" for p in verify(traced_url, sides[2].phases, n_jobs)[0]]
     if problems:
         print("VERIFY FAILED:\n  " + "\n  ".join(problems) + f"\nservice logs: {logs}")
         return 1
