@@ -29,10 +29,12 @@ from starlette.routing import Route
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from service.db.keys import create_key_blocking
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import make_settings
 from tests.integration.helpers import eventually
 from tests.processes import ServiceProcess
 from tests.servers import WebhookCatcher
+
+pytestmark = pytest.mark.slow  # starts serve and worker as processes of their own
 
 
 @dataclass
@@ -93,12 +95,6 @@ def otel_env(endpoint: str) -> dict[str, str]:
             "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
 
-@pytest.fixture
-def otlp_db(postgres_server: str) -> Iterator[str]:
-    with fresh_database(postgres_server) as url:
-        yield url
-
-
 def log_lines(path: Path) -> list[dict[str, Any]]:
     lines = []
     for raw in path.read_text(errors="replace").splitlines():
@@ -111,12 +107,12 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_serve_and_worker_processes_export_one_trace_per_job_over_otlp(
-    otlp_db: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path
+    own_db: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path
 ) -> None:
     collector = Collector()
     port = free_port()
-    settings = make_settings(otlp_db, s3_endpoint, simulator.url, port, callback_retry_schedule="0,0.5")
-    key = create_key_blocking(otlp_db, "otlp")
+    settings = make_settings(own_db, s3_endpoint, simulator.url, port, callback_retry_schedule="0,0.5")
+    key = create_key_blocking(own_db, "otlp")
     trace_id = secrets.token_hex(16)
     caller_span = secrets.token_hex(8)
     with ServerThread(collector.app()) as receiver, WebhookCatcher() as catcher:
