@@ -212,6 +212,17 @@ def create_ops_app(res: Resources) -> Starlette:
     return app
 
 
+async def warn_of_shared_secret(engine: AsyncEngine) -> None:
+    """While owners from before per-owner secrets still sign with the service-wide one,
+    any of them can read it and sign for the others: say so at every start, with the fix."""
+    async with engine.connect() as conn:
+        sharing = await callback_secrets.sharing_owners(conn)
+    if sharing:
+        log.warning("callback_secret.shared", owners=len(sharing), names=sharing[:20],
+                    why="these owners sign callbacks with one service-wide secret that each of them can read",
+                    fix="wavespeed-jobs callback-secret rotate --all-sharing")
+
+
 def create_app(
     settings: Settings, *, run_workers: bool = True, resolver: Resolver | None = None,
     network: httpcore.AsyncNetworkBackend | None = None, tracing: Tracing | None = None,
@@ -225,6 +236,7 @@ def create_app(
                     news_writer.open_writer(settings) as writer):
             app.state.resources = res
             app.state.news_writer = writer  # the receiver's group commit (service/db/news_writer.py)
+            await warn_of_shared_secret(res.engine)
             # Live streams' caps, and the recheck of their keys and sessions (service/api/stream_gate.py).
             app.state.streams = StreamGate(settings.streams_max_per_process, settings.streams_max_per_owner,
                                            live_check(functools.partial(page_sessions.live_credentials, res.engine)))

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.api.plumbing.auth import authenticate, resources
+from service.api.plumbing.auth import authenticate, authenticate_bearer, resources
 from service.api.plumbing.body import parse_json, read_capped
 from service.api.plumbing.openapi_doc import BEARER, answer, documented, errors
 from service.db import callback_secrets
@@ -70,7 +70,7 @@ def parse_rotate(body: bytes) -> int:
             security=BEARER, description="Each owner's callbacks are signed with its own secret; verify them with it.",
             responses={"200": answer(CallbackSecret, "The current secret."), **errors(401)})
 async def show(request: Request) -> JSONResponse:
-    owner = await authenticate(request)
+    owner = await authenticate_bearer(request)  # never with a history-page cookie alone
     res = resources(request)
     async with res.engine.begin() as conn:
         secrets = await callback_secrets.current(conn, owner, res.sealer, res.callback_secret)

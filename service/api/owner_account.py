@@ -38,6 +38,13 @@ class OwnerLimits(TypedDict):
     weight: int
 
 
+class OwnerCallbackSecret(TypedDict):
+    service_wide: Annotated[bool, Field(description=(
+        "True while this owner's callbacks are signed with the service-wide secret of the owners from before "
+        "per-owner secrets (each of them can read it, so each could sign for the others): rotate the callback "
+        "secret to end it."))]
+
+
 class OwnerView(TypedDict):
     """The caller's owner: its budget this UTC calendar month (sums of the ledger) and limits."""
 
@@ -46,6 +53,7 @@ class OwnerView(TypedDict):
     budget: OwnerBudget
     limits: OwnerLimits
     retention_days: int | None
+    callback_secret: OwnerCallbackSecret
 
 
 class UsageRow(TypedDict):

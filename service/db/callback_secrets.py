@@ -110,3 +110,19 @@ async def rotate(
         )
     )
     return OwnerSecrets(secret=new, previous=replaced if expires else None, previous_expires_at=expires)
+
+
+async def shares_service_wide(conn: AsyncConnection, owner: str) -> bool:
+    """Whether ``owner`` still signs with the service-wide secret (an owner from before
+    per-owner secrets that never rotated): every such owner can read that secret, so any
+    of them could sign for the others."""
+    row = (await conn.execute(select(secrets_t.c.secret.is_(None).label("shared"))
+                              .where(secrets_t.c.owner == owner))).first()
+    return bool(row and row.shared)
+
+
+async def sharing_owners(conn: AsyncConnection) -> list[str]:
+    """Every owner that still signs with the service-wide secret, by name."""
+    rows = await conn.execute(select(secrets_t.c.owner).where(secrets_t.c.secret.is_(None))
+                              .order_by(secrets_t.c.owner))
+    return [r.owner for r in rows]

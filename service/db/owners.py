@@ -15,7 +15,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db import ledger
+from service.db import callback_secrets, ledger
 from service.db.models import Owner, table
 from service.domain.errors import FieldError, NotFound, ValidationFailed
 from service.domain.serialize import iso
@@ -125,6 +125,7 @@ async def view(conn: AsyncConnection, name: str, now: dt.datetime | None = None)
         },
         "limits": {"max_in_flight": row.max_in_flight, "weight": row.weight},
         "retention_days": row.retention_days,
+        "callback_secret": {"service_wide": await callback_secrets.shares_service_wide(conn, name)},
     }
 
 

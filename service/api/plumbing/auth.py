@@ -57,3 +57,12 @@ async def authenticate_credential(request: Request) -> tuple[str, Credential]:
             raise Unauthorized("the history page session has expired; sign in again")
         return owner, Credential("session", sessions.token_digest(cookie))
     raise Unauthorized()
+
+
+async def authenticate_bearer(request: Request) -> str:
+    """The owner of the request's API key; a history-page session alone is refused (for
+    answers a page has no use for and a stolen cookie must not read, such as a secret)."""
+    owner, credential = await authenticate_credential(request)
+    if credential.kind != "key":
+        raise Unauthorized("this needs an API key in the Authorization header; a history-page session cannot read it")
+    return owner
