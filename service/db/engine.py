@@ -76,9 +76,12 @@ def asyncpg_options(transaction_pooling: bool) -> dict[str, Any]:
     autocommit statement prepared in one round trip and run in the next still lands on
     another session (tests/integration/test_pgbouncer.py). PgBouncer also refuses
     startup parameters it does not know, ``jit`` among them (docs/deploy.md: set it on
-    the database instead)."""
+    the database instead). ``client_encoding`` is asked for in Postgres's own spelling:
+    asyncpg's ``'utf-8'`` differs from the ``UTF8`` a server session reports, and
+    PgBouncer then sent ``SET client_encoding`` before each transaction it lent a
+    session for, doubling the statements (bench_capacity --through-pgbouncer)."""
     if transaction_pooling:
-        return {"statement_cache_size": 0}
+        return {"statement_cache_size": 0, "server_settings": {"client_encoding": "UTF8"}}
     return {"server_settings": SESSION_SETTINGS}
 
 

@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], run: str, jobs: int) 
     # Provider limits above what the service reaches here (100 jobs/s), so its own costs
     # are measured; not bench_pipeline's 1,000,000 a minute, whose rate tokens are a
     # million-row insert at start (200 MB of WAL).
-    service_env.update(PROVIDER_MAX_IN_FLIGHT="1000", PROVIDER_MAX_PER_MINUTE="6000")
+    service_env.update(PROVIDER_MAX_IN_FLIGHT="1000", PROVIDER_MAX_PER_MINUTE="6000", **env["route"])
     meter, postmaster, catcher = env["meter"], env["postmaster"], env["catcher"]
     serve_args = ["serve", "--host", "127.0.0.1", "--port", str(port)] + (["--no-workers"] if run == "split" else [])
     logs: Path = env["logs"]
@@ -152,7 +152,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], run: str, jobs: int) 
         serve = stack.enter_context(procs.running([procs.PYTHON, "-m", "service", *serve_args], env=service_env,
                                                   ready_url=f"http://127.0.0.1:{port}/healthz",
                                                   log_path=logs / f"{run}-serve.log"))
-        pids = {"serve": serve.pid}
+        pids = {"serve": serve.pid, **env["pooler"]}
         if run == "split":
             worker = stack.enter_context(procs.running([procs.PYTHON, "-m", "service", "worker"], env=service_env,
                                                        log_path=logs / f"{run}-worker.log"))
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-seconds", type=float, default=10.0, help="after a service starts, before measuring")
     parser.add_argument("--timeout", type=float, default=300.0, help="longest wait for one burst's callbacks")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--through-pgbouncer", action="store_true",
+                        help="the service behind PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction)")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=procs.ROOT).stdout.strip()
@@ -230,18 +232,41 @@ def main(argv: list[str] | None = None) -> int:
     ):
         boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=DEV_ACCESS_KEY,
                      aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
+        pooled = contextlib.ExitStack()
         env = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter, "postmaster": postmaster,
-               "catcher": catcher, "logs": logs, "key": create_key_blocking(db_url, "capacity")}
-        idle = measure(args, env, "idle", 0)
-        show(idle)
-        results = [idle]
-        for run in ("serve", "split"):
-            result = measure(args, env, run, args.jobs)
-            show(result)
-            show(net(result, idle))
-            results += [result, net(result, idle)]
+               "catcher": catcher, "logs": logs, "key": create_key_blocking(db_url, "capacity"),
+               "route": {}, "pooler": {}}
+        if args.through_pgbouncer:
+            env.update(through_pgbouncer(pooled, meter, db_url))
+        with pooled:
+            results = runs(args, env)
     print("BENCH_JSON " + json.dumps([asdict(r) for r in results]))
     return 0
+
+
+def through_pgbouncer(stack: contextlib.ExitStack, meter: psycopg.Connection[Any], db_url: str) -> dict[str, Any]:
+    """PgBouncer (tests/pgbouncer.py: transaction mode) in front of the cluster, and the
+    service's settings for it; its CPU is counted beside the service's."""
+    from tests.pgbouncer import PgBouncer
+
+    bouncer = stack.enter_context(PgBouncer.start(db_url, pool_size=20))
+    meter.execute(f"ALTER DATABASE {DB} SET jit = off")  # as docs/deploy.md asks behind a pooler
+    return {"route": {"DATABASE_URL": bouncer.url(db_url), "DATABASE_DIRECT_URL": db_url,
+                      "DATABASE_POOL_MODE": "transaction"},
+            "pooler": {"pgbouncer": bouncer.process.pid}}
+
+
+def runs(args: argparse.Namespace, env: dict[str, Any]) -> list[Result]:
+    """The idle run, then each burst, and each less the idle cost."""
+    idle = measure(args, env, "idle", 0)
+    show(idle)
+    results = [idle]
+    for run in ("serve", "split"):
+        result = measure(args, env, run, args.jobs)
+        show(result)
+        show(net(result, idle))
+        results += [result, net(result, idle)]
+    return results
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def test_unset_pool_mode_is_todays_behaviour_one_url_for_everything() -> None:
 def test_transaction_mode_opens_asyncpg_without_statement_cache_or_startup_parameters() -> None:
     s = settings(database_url=POOLER, database_direct_url=DIRECT, database_pool_mode="transaction")
     assert s.transaction_pooling
-    assert asyncpg_options(s.transaction_pooling) == {"statement_cache_size": 0}
+    assert asyncpg_options(s.transaction_pooling) == {"statement_cache_size": 0,
+                                                      "server_settings": {"client_encoding": "UTF8"}}
     assert s.session_database_url == DIRECT  # LISTEN/NOTIFY and migrations
 
 
