@@ -102,8 +102,13 @@ def create_engine(url: str, pool_size: int = 10, *, transaction_pooling: bool = 
         connect_args["prepared_statement_cache_size"] = 0
     engine = create_async_engine(
         async_url(url),
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        # Up to twice DB_POOL_SIZE sessions, opened as needed and kept (recycled after 30
+        # min). Not pool_size plus max_overflow: SQLAlchemy closes an overflow session
+        # whenever it comes back to a full pool, so a busy process opened a Postgres
+        # backend (a fork, cold catalog caches, PL/pgSQL compiled again) for a third of
+        # its jobs: 40 % of Postgres's CPU per job (bench_capacity, docs/deploy.md).
+        pool_size=2 * pool_size,
+        max_overflow=0,
         pool_recycle=1800,
         connect_args=connect_args,
     )

@@ -194,3 +194,23 @@ async def test_a_statement_cancelled_on_raw_statement_never_serves_the_next_call
         async with engine_module.raw_statement(engine) as raw:
             assert await raw.fetchval("SELECT pg_backend_pid()") != first
             assert await raw.fetchval("SELECT 1") == 1
+
+
+async def test_a_burst_reuses_the_pools_sessions_and_starts_no_backend_per_request(own_db: str) -> None:
+    """As many transactions at once as the pool holds, round after round: the same
+    backends serve every round. (With an overflow beside the pool, SQLAlchemy closed the
+    overflow sessions each round and Postgres started new backends for the next.)"""
+    engine = engine_module.create_engine(own_db, pool_size=2)  # 4 sessions
+    backends: set[int] = set()
+
+    async def one() -> None:
+        async with engine.begin() as conn:
+            backends.add((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            await conn.execute(text("SELECT pg_sleep(0.01)"))
+
+    try:
+        for _ in range(10):
+            await asyncio.gather(*(one() for _ in range(4)))
+    finally:
+        await engine.dispose()
+    assert len(backends) == 4

@@ -55,7 +55,7 @@ from tests.processes import ServiceProcess
 pytestmark = pytest.mark.slow
 
 # Server sessions per database: the scenarios' services hold up to 3 x 4 client connections
-# each (SQLAlchemy's pool and overflow, the receiver's own pool), so clients queue.
+# each (SQLAlchemy's pool, the receiver's own pool), so clients queue.
 POOL_SIZE = 3
 BURST = 30  # jobs asked for at once, each answered when it ends (?wait)
 
