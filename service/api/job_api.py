@@ -305,6 +305,8 @@ async def redeliver(request: Request) -> JSONResponse:
     async with res.engine.begin() as conn:
         # Locked first: redeliver writes the delivery, then the job (lock order: jobs first).
         job = await jobs.get_job(conn, job_id, owner, lock=True)
+        if job.deleted:  # as a bulk redeliver: a tombstone's callback is not sent again
+            raise Conflict(f"job {job.id} was deleted; its callback is not sent again", field="deleted_at")
         if not job.callback_url:
             raise Conflict("the job has no callback_url", field="callback_url")
         if JobStatus(job.status) not in TERMINAL:

@@ -60,6 +60,10 @@ class StoredObject:
     content_type: str
 
 
+# A job's objects are its outputs and thumbnails: a handful. A prefix listing stops here.
+LIST_LIMIT = 10_000
+
+
 class Storage:
     def __init__(
         self,
@@ -214,6 +218,20 @@ class Storage:
     async def get_bytes(self, key: str) -> bytes:
         answer = await self._run(self._client.get_object, Bucket=self.bucket, Key=key)
         return await self._run(answer["Body"].read)  # type: ignore[no-any-return]
+
+    async def list_keys(self, prefix: str, limit: int = LIST_LIMIT) -> list[str]:
+        """The keys under ``prefix``, at most ``limit`` (pages of 1,000)."""
+        keys: list[str] = []
+        token: str | None = None
+        while len(keys) < limit:
+            page = await self._run(self._client.list_objects_v2, Bucket=self.bucket, Prefix=prefix,
+                                   MaxKeys=min(1000, limit - len(keys)),
+                                   **({"ContinuationToken": token} if token else {}))
+            keys += [item["Key"] for item in page.get("Contents", [])]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        return keys
 
     async def delete_keys(self, keys: list[str]) -> int:
         """Delete ``keys`` with DeleteObjects, up to DELETE_BATCH per call; returns the

@@ -53,11 +53,13 @@ async def past_retention(conn: AsyncConnection, default_days: int | None, shorte
 
 @dataclass(frozen=True)
 class ErasureObjects:
-    """A batch's S3 keys (outputs and thumbnails), and the bytes of outputs per job."""
+    """A batch's S3 keys (outputs and thumbnails), and the bytes of outputs per job;
+    ``stored_ids``, the jobs whose key prefix is to be listed as well."""
 
     keys: list[str]
     job_ids: list[str]
     job_bytes: list[int]
+    stored_ids: list[str]
 
 
 async def erasure_objects(engine: AsyncEngine, token: str, lease: float) -> ErasureObjects:
@@ -65,7 +67,7 @@ async def erasure_objects(engine: AsyncEngine, token: str, lease: float) -> Eras
     async with one_statement(engine) as conn:
         await conn.execute(queries.EXTEND_ERASURE_LEASE, {"token": token, "lease": lease})
         row = (await conn.execute(queries.ERASURE_OBJECTS, {"token": token})).one()._mapping
-    return ErasureObjects(list(row["keys"]), list(row["job_ids"]), list(row["job_bytes"]))
+    return ErasureObjects(list(row["keys"]), list(row["job_ids"]), list(row["job_bytes"]), list(row["stored_ids"]))
 
 
 async def retry_erasures(engine: AsyncEngine, token: str, error: str, delay: float) -> None:

@@ -93,3 +93,9 @@ async def mirror_on_job(conn: AsyncConnection, job_id: str, status: DeliveryStat
     await conn.execute(
         update(Job).where(Job.id == job_id).values(callback_status=status.value, callback_attempts=attempts)
     )
+
+
+async def forget_urls_if_deleted(conn: AsyncConnection, job_id: str) -> None:
+    """A deleted job's callback URLs, once no callback of it is pending any more (the
+    erasure kept them for that one); the caller holds the job's lock."""
+    await conn.execute(queries.FORGET_CALLBACK_URLS, {"ids": job_id})

@@ -477,14 +477,14 @@ ORDER BY id FOR UPDATE;
 -- deleted job always has its erasure due until the erasure itself removes the row. Only
 -- terminal jobs are marked (callers cancel first, in the same transaction); the owner is
 -- in the query (NULL only for the retention sweep, which works across owners).
--- The row's own data (input, metadata, idempotency key, request hash) is erased by the
--- same UPDATE: the row is rewritten once, not again by the eraser (each rewrite of a jobs
+-- The row's own data (input, metadata, idempotency key, request hash, the provider's
+-- error text, which can echo the prompt) is erased by the same UPDATE: the row is rewritten once, not again by the eraser (each rewrite of a jobs
 -- row puts a new entry in every one of its indexes: ~2 MB of WAL per 1,000 jobs, WAL the
 -- receiver's commits wait to flush). ERASE_JOB_DATA still covers rows marked before.
 WITH marked AS (
     UPDATE jobs SET deleted_at = now(), deleted_reason = :reason, updated_at = now(),
                     input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
-                    request_hash = NULL, has_nsfw_contents = NULL
+                    request_hash = NULL, has_nsfw_contents = NULL, error = NULL
     WHERE id = ANY(string_to_array(:ids, ',')) AND deleted_at IS NULL AND status = ANY(:terminal)
       AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING id),
@@ -525,7 +525,9 @@ UPDATE erasures SET locked_until = now() + make_interval(secs => :lease) WHERE l
 -- name: ERASURE_OBJECTS
 -- Why one row of arrays: a batch's 500-1,000 objects as rows cost serve's event loop a
 -- Row object each (the receiver shares that loop); arrays are decoded in C. Sizes are
--- summed per job, for the bytes metric of the jobs actually erased.
+-- summed per job, for the bytes metric of the jobs actually erased. ``stored_ids``: the
+-- jobs whose outputs the storer may have copied (the provider completed them), whose
+-- key prefix is listed too (an upload whose row was never written is found there).
 WITH o AS (
     SELECT o.job_id, o.key, o.thumbnail_key, coalesce(o.size_bytes, 0) AS size_bytes
     FROM erasures e JOIN job_outputs o ON o.job_id = e.job_id
@@ -533,7 +535,9 @@ WITH o AS (
 per_job AS (SELECT job_id, CAST(sum(size_bytes) AS bigint) AS bytes FROM o GROUP BY job_id)
 SELECT coalesce((SELECT array_agg(v.k) FROM o CROSS JOIN LATERAL (VALUES (o.key), (o.thumbnail_key)) AS v(k)
                  WHERE v.k IS NOT NULL), '{}') AS keys,
-       coalesce(p.job_ids, '{}') AS job_ids, coalesce(p.job_bytes, '{}') AS job_bytes
+       coalesce(p.job_ids, '{}') AS job_ids, coalesce(p.job_bytes, '{}') AS job_bytes,
+       coalesce((SELECT array_agg(e.job_id ORDER BY e.job_id) FROM erasures e JOIN jobs j ON j.id = e.job_id
+                 WHERE e.locked_by = :token AND j.provider_status = {provider:completed}), '{}') AS stored_ids
 FROM (SELECT array_agg(job_id ORDER BY job_id) AS job_ids, array_agg(bytes ORDER BY job_id) AS job_bytes
       FROM per_job) AS p;
 
@@ -552,10 +556,24 @@ SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
 -- Rows already erased by MARK_DELETED are left alone (an UPDATE to the same values still
 -- writes a new row version, and WAL for every index).
 UPDATE jobs SET input = '{}'::jsonb, metadata = '{}'::jsonb, idempotency_key = NULL,
-    request_hash = NULL, has_nsfw_contents = NULL, updated_at = now()
+    request_hash = NULL, has_nsfw_contents = NULL, error = NULL, updated_at = now()
 WHERE id = ANY(string_to_array(:ids, ','))
   AND (input <> '{}'::jsonb OR metadata <> '{}'::jsonb OR idempotency_key IS NOT NULL
-       OR request_hash IS NOT NULL OR has_nsfw_contents IS NOT NULL);
+       OR request_hash IS NOT NULL OR has_nsfw_contents IS NOT NULL OR error IS NOT NULL);
+
+-- name: FORGET_CALLBACK_URLS
+-- Why: a deleted job keeps its callback URL (the job's and its deliveries') only while a
+-- callback of it is still to be sent (the job.canceled of a DELETE of a running job); the
+-- erasure forgets them for every job of its batch with none pending, and the deliverer
+-- for a deleted job whose last pending callback has just ended. The jobs are locked first.
+WITH gone AS (
+    SELECT j.id FROM jobs j
+    WHERE j.id = ANY(string_to_array(:ids, ',')) AND j.deleted_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.status = {delivery:pending})
+), urls AS (
+    UPDATE deliveries SET url = '' WHERE job_id IN (SELECT id FROM gone) AND url <> ''
+)
+UPDATE jobs SET callback_url = NULL WHERE id IN (SELECT id FROM gone) AND callback_url IS NOT NULL;
 
 -- name: ERASE_DELIVERY_BODIES
 UPDATE deliveries SET body = '' WHERE job_id = ANY(string_to_array(:ids, ',')) AND body <> '';

@@ -109,7 +109,7 @@ def output_dict(row: OutputRecord, presign: Callable[[str], str]) -> StoredOutpu
 def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[[str], str]) -> Job:
     deleted = job.deleted
     # A deleted job is a tombstone from the moment it is marked, even before the eraser
-    # has run: its input, metadata and outputs are never shown again.
+    # has run: its input, metadata, outputs, error text and callback URL are never shown again.
     stored = [] if deleted else [o for o in outputs if o.stored_at is not None]
     return {
         "id": job.id,
@@ -118,7 +118,7 @@ def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[
         "status": job.status,
         "input": {} if deleted else job.input,
         "metadata": {} if deleted else job.metadata,
-        "callback_url": job.callback_url,
+        "callback_url": None if deleted else job.callback_url,
         "provider": {
             "task_id": job.provider_task_id,
             "status": job.provider_status,
@@ -126,7 +126,7 @@ def job_dict(job: JobRecord, outputs: Sequence[OutputRecord], presign: Callable[
         },
         "outputs": [output_dict(o, presign) for o in stored],
         "has_nsfw_contents": None if deleted else job.has_nsfw_contents,
-        "error": job.error,
+        "error": None if deleted else job.error,  # the provider's text can echo the prompt
         "cost_usd": usd(job.cost_usd),
         "priority": job.priority,
         "start_timeout_seconds": job.start_timeout_seconds,

@@ -188,6 +188,8 @@ class Deliverer:
                 return "lease_lost"
             await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
             await deliveries.mirror_on_job(conn, row.job_id, status, number)
+            if status != DeliveryStatus.PENDING:
+                await deliveries.forget_urls_if_deleted(conn, row.job_id)
             if status == DeliveryStatus.DELIVERED:
                 await jobs.add_event(conn, row.job_id, "callback.delivered",
                                      {"delivery_id": row.id, "event_type": row.event_type, "attempts": number})

@@ -1,12 +1,13 @@
-"""Erase deleted jobs: every S3 object (outputs and thumbnails), then the job's input,
-metadata, webhook and callback bodies and event details, leaving a tombstone.
+"""Erase deleted jobs: every S3 object (outputs and thumbnails, recorded or found under the
+job's key prefix), then the job's input, metadata, provider error text, callback URLs,
+webhook and callback bodies and event details, leaving a tombstone.
 
 A deletion (``DELETE /v1/jobs/{id}``, a bulk delete or the retention sweep) marks the job
 ``deleted_at`` and inserts its ``erasures`` row in one statement (service/db/deletion.py).
 This duty claims those rows in batches, so one DeleteObjects call serves up to 1,000
 keys, and works a batch in three steps:
 
-1. read the batch's object keys;
+1. read the batch's object keys, and list the key prefixes of jobs the storer worked on;
 2. delete them from S3 (a key already gone counts as deleted, so a repeat is harmless);
 3. one transaction erases the rows and removes the duty rows.
 
@@ -18,6 +19,7 @@ records an object, and deletes what it uploaded for a deleted job itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -32,6 +34,8 @@ from service.resources import Resources
 from service.work.runner import holder_for
 
 log = structlog.get_logger(__name__)
+
+LIST_CONCURRENCY = 4  # prefix listings at once, of the S3 thread pool's threads
 
 
 class Eraser:
@@ -72,8 +76,8 @@ class Eraser:
         # The batch's ids and keys travel as arrays and one string, never as rows or lists
         # of parameters: this runs in serve's event loop, beside the receiver.
         objects = await deletion.erasure_objects(res.engine, token, self.lease)
-        keys = objects.keys
         try:
+            keys = sorted(set(objects.keys) | set(await self._under_prefixes(objects.stored_ids)))
             await res.storage.delete_keys(keys)
         except StorageError as exc:
             await deletion.retry_erasures(res.engine, token, exc.message[:500], 30)
@@ -87,6 +91,18 @@ class Eraser:
         metrics.observe_erasure(len(done), size, len(keys))
         log.info("erasure.done", jobs=len(done), objects=len(keys), bytes=size)
         self._trace(done, began, len(done))
+
+    async def _under_prefixes(self, job_ids: list[str]) -> list[str]:
+        """Every object under these jobs' key prefixes (``S3_PREFIX`` + id + ``/``): an
+        upload finished before its row was written (a store retried after a crash) is
+        recorded nowhere else. Listed a few at a time (the S3 threads are shared)."""
+        prefix = self.res.settings.s3_prefix
+        found: list[str] = []
+        for start in range(0, len(job_ids), LIST_CONCURRENCY):
+            pages = await asyncio.gather(*(self.res.storage.list_keys(f"{prefix}{job_id}/")
+                                           for job_id in job_ids[start : start + LIST_CONCURRENCY]))
+            found += [key for page in pages for key in page]
+        return found
 
     def _trace(self, done: dict[str, str | None], began: int, batch: int) -> None:
         """Each erased job's ``job.erase`` span, in its own trace, covering its batch. Only
