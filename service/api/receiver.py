@@ -86,7 +86,8 @@ async def receive(request: Request) -> JSONResponse:
     result = await writer.write(item)
     metrics.webhook_received(result.outcome)
     # A span of the job's own trace (its context came back with the write), from the
-    # webhook's arrival to its commit; the request's span, if any, is linked.
+    # webhook's arrival to its commit (the request itself gets no span of its own:
+    # service/observability/instrumentation.py UNTRACED).
     with job_span(res.tracing, "webhook.receive", result.traceparent, start_time=arrived,
                   attributes={**job_attributes(job_id), "webhook.outcome": result.outcome,
                               "provider.status": item.provider_status or "", "provider.task_id": item.task_id or ""}):
