@@ -17,6 +17,11 @@ times the *smaller* of the two batches' factors: a bulk arriving during a retent
 backlog runs at its own pace instead of waiting out the duties' long rests, and the
 duties resume theirs once it is done.
 
+Turns go round the participants, not the batches: each bulk names its owner, the duties
+are one participant, and when the turn is free it goes to the waiting participant whose
+last turn is the oldest. One owner's many bulks (or one bulk of 10,000 jobs) then delay
+another owner's bulk by one batch per turn, not by all of theirs.
+
 Why the duties rest so long: the hot paths' p99 moves with the *share of requests* that
 meet background work, not with how long each batch is. Every background batch, however
 short, adds 1-3 ms to a request that meets it on a machine whose cores Postgres shares;
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -65,12 +71,22 @@ class Pacer:
         self._running = False
         self._last: _Done | None = None  # None: nothing to rest after (start, or a batch that failed)
         self._stopping = asyncio.Event()
+        # Who waits for a turn (batches per participant), and when each last had one.
+        self._waiting: Counter[str] = Counter()
+        self._arrived: dict[str, int] = {}
+        self._last_turn: dict[str, int] = {}
+        self._turns = 0
         self.busy_seconds = 0.0  # time spent inside batches (tests and benchmarks read it)
         self.paused_seconds = 0.0  # rests taken after batches
 
     def _ready_at(self, factor: float) -> float:
         last = self._last
         return 0.0 if last is None else last.ended + last.took * min(last.factor, factor)
+
+    def _next(self) -> str:
+        """The waiting participant the free turn goes to: the one whose last turn is the
+        oldest (never: first), then the one that has waited longest."""
+        return min(self._waiting, key=lambda who: (self._last_turn.get(who, -1), self._arrived[who]))
 
     def _change(self) -> None:
         self._changed.set()
@@ -82,29 +98,44 @@ class Pacer:
         self._stopping.set()
         self._change()
 
+    async def _wait_for_turn(self, factor: float, who: str) -> None:
+        """Until no batch runs, the last one's rest is over and ``who`` is next."""
+        self._waiting[who] += 1
+        self._arrived.setdefault(who, self._turns)
+        try:
+            while True:
+                changed = self._changed
+                if not self._running and self._next() == who:
+                    wait = 0.0 if self._stopping.is_set() else self._ready_at(factor) - time.monotonic()
+                    if wait <= 0:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):  # or sooner, when a batch ends
+                            await changed.wait()
+                else:
+                    await changed.wait()
+        finally:
+            self._waiting[who] -= 1
+            if not self._waiting[who]:
+                del self._waiting[who], self._arrived[who]
+                self._change()  # another participant may be next now
+
     @contextlib.asynccontextmanager
-    async def batch(self, factor: float | None = None, *, rest_after: bool = True) -> AsyncIterator[Turn]:
-        """One background batch: waits for its turn (no batch running, and the rest owed
-        to the last one over), runs, then rests ``factor`` times its duration before it
-        returns, so its caller claims no more work meanwhile. ``factor``: this batch's pace
-        (the pacer's own if None). ``rest_after=False`` (a bulk's last batch: nothing of it
-        follows, a rest would only hold back the caller's answer), ``turn.rest = False``
-        and a batch that raises leave no rest behind them."""
+    async def batch(self, factor: float | None = None, *, rest_after: bool = True, who: str = ""
+                    ) -> AsyncIterator[Turn]:
+        """One background batch: waits for its turn (no batch running, the rest owed to
+        the last one over, and its participant ``who`` next in the rotation: a bulk's
+        owner; "" for the duties), runs, then rests ``factor`` times its duration before
+        it returns, so its caller claims no more work meanwhile. ``factor``: this batch's
+        pace (the pacer's own if None). ``rest_after=False`` (a bulk's last batch: nothing
+        of it follows, a rest would only hold back the caller's answer), ``turn.rest =
+        False`` and a batch that raises leave no rest behind them."""
         factor = self.factor if factor is None else factor
         if factor < 0:
             raise ValueError("the pause factor must be >= 0")
-        while True:
-            changed = self._changed
-            if not self._running:
-                wait = 0.0 if self._stopping.is_set() else self._ready_at(factor) - time.monotonic()
-                if wait <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):  # or sooner, when a batch ends
-                        await changed.wait()
-            else:
-                await changed.wait()
-        self._running = True  # no await since the check above: the turn is this batch's
+        await self._wait_for_turn(factor, who)
+        self._running = True  # no await since the check: the turn is this batch's
+        self._last_turn[who], self._turns = self._turns, self._turns + 1
         started = time.monotonic()
         turn = Turn(factor, rest_after, started)
         done: _Done | None = None

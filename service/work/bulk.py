@@ -59,7 +59,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
     # instead of queueing for a turn behind a duty's batch (an erasure's S3 call).
     matching: AbstractAsyncContextManager[Turn] = (
         contextlib.nullcontext(Turn(enter, rest=False, started=began)) if request.dry_run
-        else pacer.batch(enter))
+        else pacer.batch(enter, who=owner))
     async with matching as turn, engine.begin() as conn:
         ids = await bulk.match(conn, owner, request.filter)
         batches += -(-len(ids) // batch_size)
@@ -76,7 +76,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
             part = ids[(done - 2) * batch_size : (done - 1) * batch_size]
             admits = [tracing.tracer.start_span("job.admit", attributes={"job.owner": owner, "job.retry_of": old})
                       for old in part] if request.action == "retry" else []
-            async with pacer.batch(enter, rest_after=done < batches) as turn, connect(engine) as conn:
+            async with pacer.batch(enter, rest_after=done < batches, who=owner) as turn, connect(engine) as conn:
                 traces = [format_traceparent(span.get_span_context()) for span in admits]
                 affected += await bulk.act(conn, request.action, owner, part, traces)
                 pace(turn, done)

@@ -283,8 +283,9 @@ class RecordingPacer(Pacer):
         self.rests: list[bool] = []
 
     @contextlib.asynccontextmanager
-    async def batch(self, factor: float | None = None, *, rest_after: bool = True) -> AsyncIterator[Turn]:
-        async with super().batch(factor, rest_after=rest_after) as turn:
+    async def batch(self, factor: float | None = None, *, rest_after: bool = True, who: str = ""
+                    ) -> AsyncIterator[Turn]:
+        async with super().batch(factor, rest_after=rest_after, who=who) as turn:
             yield turn
             self.rests.append(turn.rest and turn.factor > 0)
 

@@ -6,6 +6,7 @@ upper ones leave a margin of ten times the expected rest."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -202,3 +203,38 @@ async def test_a_batch_may_change_its_rest_before_it_ends() -> None:
             await asyncio.sleep(0.02)
             turn.factor = 2.0
     assert 2.0 * 0.02 * 0.99 <= pacer.paused_seconds < 1000 * 0.02
+
+
+async def test_turns_go_round_the_owners_not_the_batches() -> None:
+    """Owner a runs three bulks at once, owner b one: while b waits, a never takes two
+    turns in a row (one turn-taking queue of batches gave a three turns for each of b's)."""
+    pacer = Pacer(0.0)
+    order: list[str] = []
+
+    async def bulk(who: str, batches: int, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        for _ in range(batches):
+            async with pacer.batch(who=who):
+                order.append(who)
+                await asyncio.sleep(0.002)
+
+    await asyncio.gather(*(bulk("a", 6) for _ in range(3)), bulk("b", 6, delay=0.001))
+    first_b, last_b = order.index("b"), len(order) - 1 - order[::-1].index("b")
+    assert "aa" not in "".join(order[first_b : last_b + 1]), order
+    assert order.count("b") == 6 and order.count("a") == 18
+
+
+async def test_the_duties_are_one_participant_beside_the_owners() -> None:
+    pacer = Pacer(0.0)
+    order: list[str] = []
+
+    async def batches(who: str, count: int) -> None:
+        for _ in range(count):
+            async with pacer.batch(who=who):
+                order.append(who or "duty")
+                await asyncio.sleep(0.002)
+
+    await asyncio.gather(batches("", 4), batches("", 4), batches("owner", 4))
+    first, last = order.index("owner"), len(order) - 1 - order[::-1].index("owner")
+    window = order[first : last + 1]
+    assert all(not (x == y == "duty") for x, y in itertools.pairwise(window)), order
