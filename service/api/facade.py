@@ -11,7 +11,6 @@ its user, so the message must name the field and its rule.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions before 3.12
 
+from service.api.data_uris import DataUris
 from service.api.job_api import read_json, render, submit_job, wait_terminal
 from service.api.plumbing.auth import authenticate, resources
 from service.api.plumbing.disconnect import unless_disconnected
@@ -212,19 +212,24 @@ def wavespeed_errors(endpoint: Endpoint) -> Endpoint:
 
 
 
-async def output_refs(res: Resources, job: Job) -> list[str]:
+async def output_refs(res: Resources, uris: DataUris, job: Job) -> list[str]:
     """What the caller gets for each stored output: a presigned URL, or, when the job
-    asked for ``enable_base64_output``, the stored bytes as a ``data:`` URI."""
+    asked for ``enable_base64_output``, the stored bytes as a ``data:`` URI (read a few at
+    a time per process, and kept: service/api/data_uris.py)."""
     if job["status"] != JobStatus.COMPLETED:
         return []
     outputs = [o for o in job["outputs"] if o["key"]]
     if not job["input"].get("enable_base64_output"):
         return [str(o["url"]) for o in outputs]
-    blobs = await asyncio.gather(*(res.storage.get_bytes(str(o["key"])) for o in outputs))
-    return [
-        f"data:{o['content_type'] or 'application/octet-stream'};base64,{base64.b64encode(b).decode('ascii')}"
-        for o, b in zip(outputs, blobs, strict=True)
-    ]
+    return list(await asyncio.gather(*(uris.uri(res.storage, str(o["key"]), o["content_type"]) for o in outputs)))
+
+
+def data_uris(request: Request) -> DataUris:
+    """The process's one DataUris (made on first use, beside the app's resources)."""
+    existing: DataUris | None = getattr(request.app.state, "data_uris", None)
+    if existing is None:
+        existing = request.app.state.data_uris = DataUris()
+    return existing
 
 
 def result_url(request: Request, job_id: str) -> str:
@@ -232,7 +237,7 @@ def result_url(request: Request, job_id: str) -> str:
 
 
 async def present(request: Request, res: Resources, job: Job) -> Prediction:
-    return prediction(job, await output_refs(res, job), result_url(request, job["id"]))
+    return prediction(job, await output_refs(res, data_uris(request), job), result_url(request, job["id"]))
 
 
 # --------------------------------------------------------------------------- endpoints
