@@ -207,7 +207,8 @@ def routes() -> list[BaseRoute]:
 def create_ops_app(res: Resources) -> Starlette:
     """A worker's own port (``worker --port``): liveness, readiness and metrics on the
     worker's resources, nothing of the API."""
-    app = Starlette(routes=[*health.routes, *metrics_endpoint.routes], exception_handlers=error_responses.HANDLERS)
+    app = Starlette(routes=[*health.routes, *metrics_endpoint.routes], exception_handlers=error_responses.HANDLERS,
+                    middleware=[Middleware(HeaderGuard, limit=res.settings.max_request_header_bytes)])
     app.state.resources = res
     return app
 

@@ -137,10 +137,15 @@ class _OpsServer(uvicorn.Server):
 def _ops_server(res: Resources, args: argparse.Namespace) -> _OpsServer:
     """The worker's own port: /healthz, /readyz and /metrics (its callbacks, provider calls
     and S3 writes are counted in this process, so Prometheus scrapes it too)."""
+    from service.api.plumbing.header_guard import capped_httptools
     from service.app import create_ops_app
 
+    # The port listens on every interface by default: the same header cap as serve's,
+    # counted as the bytes arrive (a 20 MB header would otherwise be joined by httptools).
+    limit = res.settings.max_request_header_bytes
     return _OpsServer(uvicorn.Config(create_ops_app(res), host=args.host, port=args.port, log_level="warning",
-                                     access_log=False, log_config=None))
+                                     access_log=False, log_config=None, http=capped_httptools(limit),
+                                     h11_max_incomplete_event_size=limit))
 
 
 def add_parsers(sub: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from devtools.devstack import free_port
 from devtools.serverthread import ServerThread
 from tests.conftest import Service, make_settings, run_service
+from tests.integration.test_hostile_input import _raw_post
 from tests.integration.test_metrics import scrape, value
 from tests.processes import ServiceProcess
 
@@ -96,3 +97,21 @@ def test_submits_are_counted_by_outcome_and_timed(service: Service, client: http
     assert grew("wavespeed_jobs_admissions_total", outcome="invalid_request") >= 1
     assert grew("wavespeed_jobs_admission_seconds_count") >= 3
 
+
+
+def test_a_workers_port_caps_the_header_block_like_serve(
+    database_url: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path,
+) -> None:
+    """The worker's port has serve's header cap: a header block over
+    MAX_REQUEST_HEADER_BYTES is a 431 as it arrives (a 20 MB one too), whatever the path;
+    probes with ordinary headers are answered."""
+    port = free_port()
+    settings = make_settings(database_url, s3_endpoint, simulator.url, free_port())
+    with ServiceProcess(["worker", "--port", str(port), "--host", "127.0.0.1"], settings, tmp_path / "worker.log",
+                        port=port) as worker:
+        over = httpx.get(worker.url + "/healthz", headers={"x-filler": "a" * 70_000}, timeout=10)
+        assert over.status_code == 431, over.text
+        status, _ = _raw_post(port, b" ".join([b"v3," + b"0" * 64] * 300_000))  # about 20 MB
+        assert status.startswith(b"HTTP/1.1 431"), status
+        assert httpx.get(worker.url + "/healthz", headers={"x-filler": "a" * 8_000}, timeout=10).status_code == 200
+        assert worker.terminate(timeout=30) == 0
