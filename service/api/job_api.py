@@ -257,7 +257,7 @@ async def index(request: Request) -> JSONResponse:
     f = parse_filter(list(request.query_params.multi_items()))
     async with res.engine.connect() as conn:
         rows, next_cursor = await list_jobs(conn, owner, f)
-        outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+        outputs = await jobs.get_outputs(conn, [r.id for r in rows], owner=owner)
     page: JobList = {"object": "list", "data": [job_dict(r, outputs.get(r.id, []), res.presign) for r in rows],
                      "next_cursor": next_cursor}
     return JSONResponse(page)
@@ -272,7 +272,7 @@ async def events(request: Request) -> JSONResponse:
     res = resources(request)
     async with res.engine.connect() as conn:
         job = await jobs.get_job(conn, job_id, owner)
-        rows = await job_events(conn, job.id)
+        rows = await job_events(conn, job.id, owner=owner)
     listing: JobEventList = {"object": "list",
                             "data": [{"at": iso(r.at), "type": r.type, "detail": r.detail} for r in rows]}
     return JSONResponse(listing)

@@ -91,7 +91,7 @@ class JobReader:
         pairs = list({(owner, job_id) for owner, job_id, _, _ in batch})
         async with self.res.engine.connect() as conn:
             rows = await jobs_by_owner_and_id(conn, pairs)
-            outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+            outputs = await jobs.owned_outputs(conn, [(r.owner, r.id) for r in rows])
         found = {(r.owner, r.id): job_dict(r, outputs.get(r.id, []), self.res.presign) for r in rows}
         for owner, job_id, credential, future in batch:
             if future.done():

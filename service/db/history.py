@@ -256,12 +256,17 @@ async def jobs_by_owner_and_id(conn: AsyncConnection, pairs: Sequence[tuple[str,
     return [JobRecord.from_row(r._mapping) for r in rows]
 
 
-async def job_events(conn: AsyncConnection, job_id: str) -> Sequence[Row[Any]]:
-    """A job's events, oldest first (call it once the job is known to be the caller's)."""
-    return (await conn.execute(select(events_t).where(events_t.c.job_id == job_id).order_by(events_t.c.id))).all()
-
-
-async def job_deliveries(conn: AsyncConnection, job_id: str) -> Sequence[Row[Any]]:
-    """A job's callback deliveries, oldest first (once the job is known to be the caller's)."""
+async def job_events(conn: AsyncConnection, job_id: str, *, owner: str) -> Sequence[Row[Any]]:
+    """``owner``'s job's events, oldest first: the owner is in the statement itself, so
+    another owner's id yields nothing even if a caller forgot to check it first."""
     return (await conn.execute(
-        select(deliveries_t).where(deliveries_t.c.job_id == job_id).order_by(deliveries_t.c.created_at))).all()
+        select(events_t).join(jobs_t, jobs_t.c.id == events_t.c.job_id)
+        .where(events_t.c.job_id == job_id, jobs_t.c.owner == owner).order_by(events_t.c.id))).all()
+
+
+async def job_deliveries(conn: AsyncConnection, job_id: str, *, owner: str) -> Sequence[Row[Any]]:
+    """``owner``'s job's callback deliveries, oldest first (the owner in the statement, as
+    for the events)."""
+    return (await conn.execute(
+        select(deliveries_t).join(jobs_t, jobs_t.c.id == deliveries_t.c.job_id)
+        .where(deliveries_t.c.job_id == job_id, jobs_t.c.owner == owner).order_by(deliveries_t.c.created_at))).all()

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, Select, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Alias
 
@@ -171,16 +171,31 @@ async def lock_job_id(conn: AsyncConnection, job_id: str) -> None:
     await conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
 
 
-async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
+async def get_outputs(conn: AsyncConnection, job_ids: Sequence[str], *, owner: str | None,
+                      ) -> dict[str, list[OutputRecord]]:
+    """The stored outputs of ``job_ids``. ``owner``: the caller's, in the statement itself,
+    so another owner's id yields nothing even if a caller forgot to check it first; None
+    only for a worker's read of a job it holds (no tenant is asking)."""
     if not job_ids:
         return {}
-    rows = (
-        await conn.execute(
-            select(outputs_t)
-            .where(outputs_t.c.job_id.in_(list(job_ids)))
-            .order_by(outputs_t.c.job_id, outputs_t.c.index)
-        )
-    ).all()
+    stmt = select(outputs_t).where(outputs_t.c.job_id.in_(list(job_ids)))
+    if owner is not None:
+        stmt = stmt.join(jobs_t, jobs_t.c.id == outputs_t.c.job_id).where(jobs_t.c.owner == owner)
+    return await _outputs_by_job(conn, stmt)
+
+
+async def owned_outputs(conn: AsyncConnection, pairs: Sequence[tuple[str, str]]) -> dict[str, list[OutputRecord]]:
+    """The stored outputs of the jobs among ``(owner, id)`` pairs, each only as its own
+    owner's (one statement for many readers: the live streams' batched reads)."""
+    if not pairs:
+        return {}
+    stmt = (select(outputs_t).join(jobs_t, jobs_t.c.id == outputs_t.c.job_id)
+            .where(tuple_(jobs_t.c.owner, jobs_t.c.id).in_(list(pairs))))
+    return await _outputs_by_job(conn, stmt)
+
+
+async def _outputs_by_job(conn: AsyncConnection, stmt: Select[Any]) -> dict[str, list[OutputRecord]]:
+    rows = (await conn.execute(stmt.order_by(outputs_t.c.job_id, outputs_t.c.index))).all()
     out: dict[str, list[OutputRecord]] = {}
     for row in rows:
         out.setdefault(row.job_id, []).append(OutputRecord.from_row(row._mapping))

@@ -90,7 +90,7 @@ async def history(request: Request, owner: str) -> Response:
         async with res.engine.connect() as conn:
             spend, days = await spend_figures(conn, owner)
             rows, next_cursor = await list_jobs(conn, owner, f)
-            outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+            outputs = await jobs.get_outputs(conn, [r.id for r in rows], owner=owner)
         cards = [card(job_dict(r, outputs.get(r.id, []), res.presign), outputs.get(r.id, [])) for r in rows]
     except ValidationFailed as exc:
         errors, status_code = list(exc.fields), exc.status_code
@@ -126,7 +126,7 @@ async def live_list(request: Request) -> JSONResponse:
     ids = [checked_job_id(value) for value in request.query_params.getlist("id")[:MAX_LIMIT]]
     async with res.engine.connect() as conn:
         rows = await jobs_by_id(conn, owner, ids)
-        outputs = await jobs.get_outputs(conn, [r.id for r in rows])
+        outputs = await jobs.get_outputs(conn, [r.id for r in rows], owner=owner)
     cards = [card(job_dict(r, outputs.get(r.id, []), res.presign), outputs.get(r.id, [])) for r in rows]
     running = [c["id"] for c in cards if not c["terminal"]]
     return JSONResponse({
@@ -155,9 +155,9 @@ async def job_view(res: Resources, job_id: str, owner: str) -> dict[str, Any]:
     """The job with its events and callback deliveries, oldest first."""
     async with res.engine.connect() as conn:
         row = await jobs.get_job(conn, job_id, owner)
-        outputs = (await jobs.get_outputs(conn, [row.id])).get(row.id, [])
-        events = await job_events(conn, row.id)
-        deliveries = await job_deliveries(conn, row.id)
+        outputs = (await jobs.get_outputs(conn, [row.id], owner=owner)).get(row.id, [])
+        events = await job_events(conn, row.id, owner=owner)
+        deliveries = await job_deliveries(conn, row.id, owner=owner)
     job = card(job_dict(row, outputs, res.presign), outputs)
     job["events"] = [{"at": iso(e.at), "type": e.type, "detail": e.detail} for e in events]
     job["deliveries"] = [

@@ -142,7 +142,7 @@ class Deliverer:
             return res.storage.presign(key, CALLBACK_URL_SECONDS)
 
         job = await jobs.get_job(conn, row.job_id)
-        outputs = (await jobs.get_outputs(conn, [job.id])).get(job.id, [])
+        outputs = (await jobs.get_outputs(conn, [job.id], owner=None)).get(job.id, [])
         event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         return body if await deliveries.freeze_body(conn, row.id, self.holder, body) else None

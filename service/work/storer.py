@@ -134,7 +134,7 @@ class Storer:
         # path from the webhook to the copy (the claim is ours, so nothing they read moves).
         async with one_statement(res.engine) as conn:
             job = await jobs.get_job(conn, job_id)
-            outputs = (await jobs.get_outputs(conn, [job_id])).get(job_id, [])
+            outputs = (await jobs.get_outputs(conn, [job_id], owner=None)).get(job_id, [])
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
