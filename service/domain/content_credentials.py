@@ -21,6 +21,7 @@ from typing import IO, Any
 import c2pa
 
 from service.domain.errors import ConfigError, ServiceError
+from service.domain.public_urls import public_reference
 from service.domain.signing_certificate import SigningCredential, load_credential
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -58,24 +59,13 @@ class Provenance:
     @classmethod
     def of_job(cls, job_id: str, model: str, input_: dict[str, Any], index: int, made_at: dt.datetime,
                *, include_prompt: bool) -> Provenance:
+        # The image travels far beyond the owner: a LoRA path loses its access (public_urls.py).
         loras = [{"path": public_reference(str(lora["path"])), "scale": lora["scale"]}
                  for lora in input_.get("loras") or []]
         seed = input_.get("seed")
         prompt = input_.get("prompt") if include_prompt else None
         return cls(job_id, model, loras, seed if isinstance(seed, int) else None, index, made_at,
                    prompt if isinstance(prompt, str) else None)
-
-
-def public_reference(path: str) -> str:
-    """A LoRA's path as the manifest shows it: without query, fragment, user and
-    password. The image travels far beyond the owner, and a LoRA URL often carries its
-    access in those parts (a presigned S3 URL's signature, ``?token=``,
-    ``https://user:pass@host``); the scheme, host and path still name the LoRA. Cut by
-    hand rather than parsed, so a URL no parser accepts loses them too: after ``://``,
-    everything up to the last ``@`` goes (a password may hold a ``/``)."""
-    head = path.split("#", 1)[0].split("?", 1)[0]
-    scheme, sep, rest = head.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else head
 
 
 def manifest_for(p: Provenance) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 (``application/jose``) that anyone holding the service's JWK Set can check offline.
 
 The payload is what a platform bills its own customers on: who asked (owner), for what
-(model, the full input with the seed the service chose), what the provider ran (its
-task id), what was stored (each output's S3 key, size and sha256, and whether it carries
-Content Credentials), what it cost, and when. The same job always gives the same
-payload (JSON with sorted keys), so two receipts of one job differ only in signature.
+(model, the full input with the seed the service chose, its URLs without their query,
+user and password), what the provider ran (its task id), what was stored (each output's
+S3 key, size and sha256, and whether it carries Content Credentials), what it cost, and
+when. The same job always gives the same payload (JSON with sorted keys), so two
+receipts of one job differ only in signature.
 
 Signing and checking go through ``joserfc``; nothing here parses JWS by hand.
 """
@@ -20,6 +21,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from service.domain.errors import ServiceError
+from service.domain.public_urls import public_input
 from service.domain.receipt_keys import ALGORITHMS, ReceiptKey
 from service.domain.records import JobRecord, OutputRecord
 from service.domain.serialize import iso, usd
@@ -40,7 +42,9 @@ def payload(job: JobRecord, outputs: list[OutputRecord]) -> dict[str, Any]:
         "job_id": job.id,
         "owner": job.owner,
         "model": job.model,
-        "input": job.input,
+        # A receipt is passed on as proof, and its signature forbids redacting it: the
+        # input's URLs come without their access (query, user, password: public_urls.py).
+        "input": public_input(job.input),
         "provider_task_id": job.provider_task_id,
         "outputs": [
             {"index": o.index, "key": o.key, "content_type": o.content_type, "size_bytes": o.size_bytes,

@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes
 
+from service.domain.public_urls import public_reference
 from service.settings import Settings
 
 TRACEPARENT = "traceparent"
@@ -149,7 +150,8 @@ class NoOrphanClients(Sampler):
 
 class StripQueries(SpanProcessor):
     """URL attributes that instrumentations record keep their path only: a query string
-    may carry someone's token (a callback URL given to the facade as ``?webhook=``)."""
+    may carry someone's token (a callback URL given to the facade as ``?webhook=``), a
+    full URL its user and password (the one rule of service/domain/public_urls.py)."""
 
     KEYS = ("http.url", "http.target", "url.full")
 
@@ -157,8 +159,8 @@ class StripQueries(SpanProcessor):
         attributes = span.attributes or {}
         for key in self.KEYS:
             value = attributes.get(key)
-            if isinstance(value, str) and "?" in value:
-                span.set_attribute(key, value.split("?", 1)[0])
+            if isinstance(value, str) and ("?" in value or "#" in value or "@" in value):
+                span.set_attribute(key, public_reference(value))
         if attributes.get("url.query"):
             span.set_attribute("url.query", "")
 

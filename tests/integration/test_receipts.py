@@ -92,6 +92,25 @@ def test_a_receipt_verifies_with_the_published_keys_and_states_the_job_as_stored
     assert header_of(token)["kid"] in [k["kid"] for k in httpx.get(svc.url + "/.well-known/jwks.json").json()["keys"]]
 
 
+def test_a_receipt_states_a_presigned_lora_url_without_its_signature(svc: Service) -> None:
+    """The job keeps its input as given (the owner reads it back); the signed receipt,
+    which is passed on as proof and cannot be redacted, names the LoRA without the access
+    its URL carried."""
+    lora = ("https://models.s3.amazonaws.com/loras/style.safetensors?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=" + "ab" * 32)
+    with svc.client() as client:
+        body = {"model": MODEL, "input": {"prompt": "a receipt", "size": "256*256",
+                                          "loras": [{"path": lora, "scale": 0.5}]}}
+        job = client.post("/v1/jobs?wait=30", json=body).json()
+        assert job["status"] == "completed", job
+        assert job["input"]["loras"][0]["path"] == lora
+        token = receipt_of(client, job["id"])
+    claims = json.loads(jws.deserialize_compact(token, key_set(svc), algorithms=ALGORITHMS).payload)
+    assert claims["input"]["loras"] == [{"path": lora.split("?")[0], "scale": 0.5}]
+    assert claims["input"]["prompt"] == "a receipt"
+    assert "X-Amz" not in json.dumps(claims)
+
+
 def test_one_changed_character_of_the_payload_fails_verification(svc: Service) -> None:
     with svc.client() as client:
         token = receipt_of(client, completed(client)["id"])

@@ -117,3 +117,27 @@ def test_a_stored_key_reads_back_with_its_kid() -> None:
 def test_a_key_of_another_kind_is_a_configuration_error(pem: bytes) -> None:
     with pytest.raises(ConfigError, match="RECEIPT_SIGNING_KEY"):
         receipt_keys.from_pem(pem)
+
+
+SECRETS = ("X-Amz-Signature", "deadbeef", "t0k3n", "s3cr3t", "alice", "frag")
+
+
+def test_a_receipts_input_urls_come_without_their_access() -> None:
+    """A receipt is passed on as proof and cannot be redacted without breaking its
+    signature: the input's URLs (image, mask_image, each LoRA's path) lose query,
+    fragment, user and password; the rest of the input is as given."""
+    given = {"prompt": "a fox?token=not-a-url", "seed": 7,
+             "image": "https://bucket.s3.amazonaws.com/in/a.png?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA",
+             "mask_image": "https://alice:s3cr3t@masks.example/m.png#frag",
+             "loras": [{"path": "https://hub.example/l.safetensors?token=t0k3n", "scale": 0.7},
+                       {"path": "acme/style", "scale": 1.0}]}
+    done = job(status="completed", input=given, submitted_at=T0, completed_at=T0)
+    shown = receipts.payload(done, [])["input"]
+    assert shown == {"prompt": "a fox?token=not-a-url", "seed": 7,
+                     "image": "https://bucket.s3.amazonaws.com/in/a.png",
+                     "mask_image": "https://masks.example/m.png",
+                     "loras": [{"path": "https://hub.example/l.safetensors", "scale": 0.7},
+                               {"path": "acme/style", "scale": 1.0}]}
+    token = receipts.sign(receipts.payload(done, []), receipt_keys.generate())
+    assert not any(secret in _unb64(token.split(".")[1]).decode() for secret in SECRETS)
+    assert done.input == given  # the job itself keeps its input

@@ -156,7 +156,7 @@ def test_urls_recorded_by_instrumentations_keep_their_path_only() -> None:
     tracing, exporter = recorded()
     with tracing.span("POST /api/v3/x", attributes={
             "http.url": "http://h/api/v3/x?webhook=https%3A%2F%2Fb%2Fhook%3Ftoken%3Ds3cr3t",
-            "http.target": "/api/v3/x?webhook=1", "url.full": "https://h/p?sig=abc", "url.query": "sig=abc",
+            "http.target": "/api/v3/x?webhook=1", "url.full": "https://u:pw@h/p?sig=abc", "url.query": "sig=abc",
             "url.path": "/api/v3/x"}):
         pass
     [span] = exporter.get_finished_spans()
