@@ -189,22 +189,55 @@ def test_journal_patterns_find_work_journal_text_and_not_the_products_words(text
 
 
 _FILE_NAMES = {p.name for top in ("service", "devtools", "tests", "migrations") for p in (ROOT / top).rglob("*")}
+_BY_NAME: dict[str, list[Path]] = {}
+for _file in (p for top in ("service", "devtools", "tests") for p in (ROOT / top).rglob("*.py")):
+    _BY_NAME.setdefault(_file.name, []).append(_file)
+# A backticked ``::a_name`` (maybe after "…") names something in the file named before it on the line.
+_SHORT_NAME = re.compile(r"`…?::(\w+)")
+
+
+def _named_file(named: str) -> Path | None:
+    """The file a page means by ``named``: from the root, service/ or tests/, or a file
+    name alone (``test_bulk.py``) when one file of the repository has it."""
+    found = [c for c in (ROOT / named, ROOT / "service" / named, ROOT / "tests" / named) if c.is_file()]
+    alone = _BY_NAME.get(named, []) if "/" not in named else []
+    return found[0] if found else alone[0] if len(alone) == 1 else None
+
+
+def _defines(path: Path, name: str) -> bool:
+    return re.search(rf"\b(?:def|class) {name}\b|^{name} =", path.read_text(), re.M) is not None
+
+
+def _dead_names(line: str) -> list[str]:
+    """In one line of a page: paths that do not exist and names not in their file, a
+    ``::name`` alone checked against the file named before it on the line."""
+    dead: list[str] = []
+    spots = [(m.start(), m.group(1), m.group(2)) for m in _NAMED_PATH.finditer(line)]
+    spots += [(m.start(), None, m.group(1)) for m in _SHORT_NAME.finditer(line)]
+    current: Path | None = None
+    for _, named, name in sorted(spots, key=lambda spot: spot[0]):
+        if named is not None:
+            current = _named_file(named)
+            module_unknown = named.endswith((".py", ".sql")) and named not in _FILE_NAMES
+            if current is None and ("/" in named or module_unknown):
+                dead.append(named)
+            elif name and current is not None and not _defines(current, name):
+                dead.append(f"{named}::{name}")
+        elif current is not None and not _defines(current, name):
+            dead.append(f"{current.relative_to(ROOT)}::{name}")
+    return dead
 
 
 def dead_paths(path: Path) -> list[str]:
     """Repository paths a file names that do not exist, and in the pages: backticked
     paths (from the root, service/ or tests/) that do not exist, a backticked module name
-    no file of the repository has, and ``file.py::name`` whose name is not in the file."""
+    no file of the repository has, and ``file.py::name`` (or ``::name`` after it on the
+    line) whose name is not in the file."""
     text = path.read_text(errors="replace")
     dead = [p for p in _ROOTED_PATH.findall(text) if not (ROOT / p).exists()]
     if path.suffix == ".md":
-        for named, name in _NAMED_PATH.findall(_prose(text)):
-            found = [c for c in (ROOT / named, ROOT / "service" / named, ROOT / "tests" / named) if c.is_file()]
-            module_unknown = named.endswith((".py", ".sql")) and named not in _FILE_NAMES
-            if not found and ("/" in named or module_unknown):
-                dead.append(named)
-            elif name and found and not re.search(rf"\b(?:def|class) {name}\b|^{name} =", found[0].read_text(), re.M):
-                dead.append(f"{named}::{name}")
+        for line in _prose(text).splitlines():
+            dead += _dead_names(line)
     return dead
 
 
@@ -216,5 +249,7 @@ def test_every_path_named_in_a_document_or_a_comment_exists() -> None:
 def test_a_path_that_no_longer_exists_is_found(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("`service/settings.py`, `db/jobs.py::transition`, service/gone.py, `db/jobs.py::gone`\n"
-                    "`unit/test_docs.py::test_a_path_that_no_longer_exists_is_found`, `api/nothing.py`, `gone.py`\n")
-    assert dead_paths(page) == ["service/gone.py", "db/jobs.py::gone", "api/nothing.py", "gone.py"]
+                    "`unit/test_docs.py::test_a_path_that_no_longer_exists_is_found`, `api/nothing.py`, `gone.py`\n"
+                    "`test_docs.py::dead_paths`, `::slug`, `…::gone_too`, `test_docs.py::nothing`\n")
+    assert dead_paths(page) == ["service/gone.py", "db/jobs.py::gone", "api/nothing.py", "gone.py",
+                                "tests/unit/test_docs.py::gone_too", "test_docs.py::nothing"]
