@@ -12,6 +12,8 @@ RUN python -m venv /opt/venv
 COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
+# The Alembic revisions are package data of service (service/db/migrations): `migrate` needs
+# nothing from the working directory.
 COPY service ./service
 RUN /opt/venv/bin/pip install --no-deps . && /opt/venv/bin/pip check
 
@@ -21,9 +23,6 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
-# Migrations run from the working directory (service/db/engine.py looks here in an image).
-COPY alembic.ini ./
-COPY migrations ./migrations
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 8000

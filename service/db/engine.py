@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy import event
@@ -18,10 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from service.db import queries
 from service.domain.errors import Unavailable
 
-# alembic.ini and migrations/ sit beside the package in a checkout (editable install);
-# in an image with a regular install they are in the working directory (/app).
-_SOURCE = Path(__file__).resolve().parents[2]
-ROOT = _SOURCE if (_SOURCE / "alembic.ini").exists() else Path.cwd()
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The Alembic revisions ship inside the package (service/db/migrations/), so `migrate` runs
+# from any install and any working directory: no alembic.ini, no checkout needed.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def async_url(url: str) -> str:
@@ -243,12 +245,20 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(queries.PING)
 
 
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for ``url``, built here rather than read from an alembic.ini
+    (the repository's alembic.ini, for the ``alembic`` command, points at the same place)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.attributes["database_url"] = url
+    return config
+
+
 def migrate(url: str, revision: str = "head") -> None:
     """``alembic upgrade head`` on ``url``. Synchronous: call it outside an event loop."""
     from alembic import command
-    from alembic.config import Config
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["database_url"] = url
-    command.upgrade(config, revision)
+    command.upgrade(alembic_config(url), revision)

@@ -19,7 +19,7 @@ from setuptools import find_packages
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_SOURCES = {"requirements.lock", "pyproject.toml", "README.md", "service", "alembic.ini", "migrations"}
+PRODUCT_SOURCES = {"requirements.lock", "pyproject.toml", "README.md", "service"}
 
 
 def copied_sources() -> set[str]:
@@ -66,6 +66,21 @@ def test_the_history_pages_templates_and_static_files_are_installed_with_it() ->
     files = [p for folder in ("templates", "static") for p in (ROOT / "service" / "web" / folder).iterdir()]
     assert files, "service/web/ has no templates or static files"
     assert [str(f.relative_to(ROOT)) for f in files if f not in installed] == []
+
+
+def test_every_file_of_the_package_is_installed_with_it() -> None:
+    # A regular install takes packages (directories with an __init__.py) and the package
+    # data its globs match, nothing else: the Alembic revisions (service/db/migrations/,
+    # what `migrate` runs in the image) and the SQL the service loads must be one or the other.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(find_packages(str(ROOT), include=config["packages"]["find"]["include"]))
+    data = {p for g in config["package-data"]["service"] for p in (ROOT / "service").glob(g)}
+    tracked = subprocess.run(["git", "ls-files", "service"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    missed = [name for name in tracked if not (
+        ".".join(Path(name).parent.parts) in packages if name.endswith(".py") else ROOT / name in data)]
+    assert missed == []
+    assert {"service.db.migrations", "service.db.migrations.versions"} <= packages
 
 
 def _run_in_image(image_tree: Path, code: str) -> subprocess.CompletedProcess[str]:

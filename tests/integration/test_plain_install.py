@@ -1,9 +1,10 @@
 """The product runs from the plain install, as the image installs it: a fresh virtual
 environment gets requirements.lock with --require-hashes (pip refuses any package the lock
 leaves out), then the project from the image's own sources with --no-deps, no extras. From
-that install, in a directory laid out like the image's /app, `migrate` builds a new
-database, `keys create` makes a key, `serve --no-workers` and `worker` run as processes,
-and a job goes to `completed` against the simulator and the S3 server over HTTP.
+that install, in an empty directory outside the checkout (as the image's /app: the Alembic
+revisions come inside the package), `migrate` builds a new database, `keys create` makes a
+key, `serve --no-workers` and `worker` run as processes, and a job goes to `completed`
+against the simulator and the S3 server over HTTP.
 
 Nothing of the dev extra is in that environment (it would have hidden the missing
 `cryptography` and `certifi` before); pip's cache makes the install take seconds."""
@@ -47,9 +48,9 @@ def run(args: list[str], timeout: float = 300, **kwargs: Any) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the venv's bin directory, the image's working directory with alembic.ini and
-    migrations/), installed the way the Dockerfile installs, once per test run: the
-    pytest-xdist workers of one run share it (the first builds it under a lock)."""
+    """(the venv's bin directory, an empty working directory outside the checkout),
+    installed the way the Dockerfile installs, once per test run: the pytest-xdist workers
+    of one run share it (the first builds it under a lock)."""
     base = tmp_path_factory.getbasetemp()
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "plain-install"
     shared.mkdir(exist_ok=True)
@@ -62,9 +63,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def install_like_the_image(base: Path) -> None:
-    src, app = base / "src", base / "app"
+    src = base / "src"
+    (base / "app").mkdir()
     for source in copied_sources():
-        target = (app if source in ("alembic.ini", "migrations") else src) / source
+        target = src / source
         target.parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / source).is_dir():
             shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
@@ -129,6 +131,7 @@ def test_migrate_keys_serve_and_worker_take_a_job_to_completed_from_the_plain_in
     tmp_path: Path,
 ) -> None:
     bin_dir, app = image
+    assert not app.is_relative_to(ROOT) and not (app / "alembic.ini").exists() and not (app / "migrations").exists()
     cli = str(bin_dir / "wavespeed-jobs")
     port = free_port()
     env = plain_env(settings_env(make_settings(empty_database, s3_endpoint, simulator.url, port)))

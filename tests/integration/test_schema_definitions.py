@@ -11,10 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from service.db.engine import ROOT, migrate
+from service.db.engine import alembic_config, migrate
 from tests.conftest import fresh_database
 from tests.schema_catalog import SCHEMA_SQL, catalog, catalog_of_file, differences
 
@@ -23,13 +22,6 @@ from tests.schema_catalog import SCHEMA_SQL, catalog, catalog_of_file, differenc
 def at_head(postgres_server: str) -> Iterator[str]:
     with fresh_database(postgres_server) as url:
         yield url
-
-
-def _config(url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["database_url"] = url
-    return config
 
 
 def test_a_fresh_database_at_head_has_exactly_the_definitions_of_schema_sql(at_head: str) -> None:
@@ -73,7 +65,7 @@ def test_a_function_changed_by_a_migration_and_not_in_the_file_is_reported(
 
 def _steps() -> list[str]:
     """The revisions from the first that defines functions to head, oldest first."""
-    script = ScriptDirectory.from_config(_config(""))
+    script = ScriptDirectory.from_config(alembic_config(""))
     return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
@@ -85,13 +77,13 @@ def test_every_downgrade_gives_back_the_definitions_its_revision_found(postgres_
     steps = _steps()
     seen: dict[str, dict[str, str]] = {}
     with fresh_database(postgres_server) as going_up, fresh_database(postgres_server) as coming_down:
-        command.downgrade(_config(going_up), "base")
+        command.downgrade(alembic_config(going_up), "base")
         with psycopg.connect(going_up, autocommit=True) as conn:
             for revision in steps:
                 migrate(going_up, revision)
                 seen[revision] = catalog(conn)
         with psycopg.connect(coming_down, autocommit=True) as conn:
             for revision in reversed(steps[:-1]):
-                command.downgrade(_config(coming_down), revision)
+                command.downgrade(alembic_config(coming_down), revision)
                 now: dict[str, Any] = catalog(conn)
                 assert differences(seen[revision], now, f"upgrade to {revision}", f"downgrade to {revision}") == []

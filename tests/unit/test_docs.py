@@ -20,7 +20,7 @@ PAGES = [README, *sorted(DOCS.glob("*.md"))]
 README_MAX_LINES = 200
 
 # Where work-journal text must not appear, and which files there are text.
-JOURNAL_SCOPE = ("README.md", "docs", "service", "devtools", "migrations", "tests")
+JOURNAL_SCOPE = ("README.md", "docs", "service", "devtools", "tests")
 TEXT_SUFFIXES = {".py", ".md", ".sql", ".html", ".js", ".css", ".lua", ".mako", ".toml", ".ini", ".txt", ".svg"}
 
 # Each pattern names one kind of work-journal text; precise enough that an HTTP session,
@@ -145,7 +145,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
 
 # A path from the repository's root named in any text (a comment, a docstring, a page).
 _ROOTED_PATH = re.compile(
-    r"(?<![\w./-])((?:service|devtools|tests|migrations|docs)/[\w./-]*\w\.(?:py|md|sql|js|css|html|png|lua))\b")
+    r"(?<![\w./-])((?:service|devtools|tests|docs)/[\w./-]*\w\.(?:py|md|sql|js|css|html|png|lua))\b")
 # In the pages, a backticked path (from the root, from service/ or tests/), maybe ::a_name.
 _NAMED_PATH = re.compile(r"`((?:[\w-]+/)*[\w-]+\.(?:py|md|sql|js|css|html|png|lua))(?:::(\w+))?")
 
@@ -188,7 +188,7 @@ def test_journal_patterns_find_work_journal_text_and_not_the_products_words(text
     assert len(journal_text(text)) == hits
 
 
-_FILE_NAMES = {p.name for top in ("service", "devtools", "tests", "migrations") for p in (ROOT / top).rglob("*")}
+_FILE_NAMES = {p.name for top in ("service", "devtools", "tests") for p in (ROOT / top).rglob("*")}
 _BY_NAME: dict[str, list[Path]] = {}
 for _file in (p for top in ("service", "devtools", "tests") for p in (ROOT / top).rglob("*.py")):
     _BY_NAME.setdefault(_file.name, []).append(_file)
