@@ -82,11 +82,18 @@ async def current(conn: AsyncConnection, owner: str, sealer: Sealer, legacy: str
     if row is None:
         await _ensure(conn, owner, sealer)
         row = (await conn.execute(_select(owner))).one()
-    live = bool(row.live) and row.previous_secret is not None
+    return opened(row.secret, row.previous_secret, bool(row.live), row.previous_expires_at, sealer, legacy)
+
+
+def opened(secret: str | None, previous_secret: str | None, previous_live: bool,
+           previous_expires_at: dt.datetime | None, sealer: Sealer, legacy: str) -> OwnerSecrets:
+    """An owner's secrets from its sealed row (``previous_live``: the previous one has not
+    expired); ``legacy`` stands for a NULL secret."""
+    live = previous_live and previous_secret is not None
     return OwnerSecrets(
-        secret=sealer.open(row.secret) if row.secret is not None else legacy,
-        previous=sealer.open(row.previous_secret) if live else None,
-        previous_expires_at=row.previous_expires_at if live else None,
+        secret=sealer.open(secret) if secret is not None else legacy,
+        previous=sealer.open(previous_secret) if live and previous_secret is not None else None,
+        previous_expires_at=previous_expires_at if live else None,
     )
 
 

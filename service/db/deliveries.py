@@ -10,9 +10,12 @@ each attempt here. Every write a worker makes is fenced on its lease (``locked_b
 from __future__ import annotations
 
 import datetime as dt
+import json
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+import asyncpg
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, queries
@@ -33,14 +36,34 @@ async def redeliver(conn: AsyncConnection, job_id: str, url: str, status: JobSta
     return str(row.id)
 
 
-async def read_for_attempt(conn: AsyncConnection, delivery_id: str) -> Row[Any] | None:
-    """The delivery, with its job's task id (for the log lines), owner (whose secret signs)
-    and trace (each attempt is a span of it)."""
-    return (await conn.execute(
-        select(deliveries_t, Job.provider_task_id.label("task_id"), Job.owner.label("owner"),
-               Job.traceparent.label("traceparent"))
-        .join(Job, Job.id == deliveries_t.c.job_id).where(deliveries_t.c.id == delivery_id)
-    )).first()
+@dataclass(frozen=True)
+class AttemptRow:
+    """A delivery as an attempt needs it (queries.DELIVERY_FOR_ATTEMPT): the row, its job's
+    task id, owner and trace, and the owner's sealed callback secrets."""
+
+    id: str
+    job_id: str
+    event_type: str
+    url: str
+    body: str
+    status: str
+    attempts: int
+    locked_by: str | None
+    created_at: dt.datetime
+    task_id: str | None
+    owner: str
+    traceparent: str | None
+    has_secrets: bool
+    secret: str | None
+    previous_secret: str | None
+    previous_live: bool
+    previous_expires_at: dt.datetime | None
+
+
+async def for_attempt(conn: asyncpg.Connection, delivery_id: str) -> AttemptRow | None:
+    """The delivery, its job's bits and its owner's secrets, in one round trip."""
+    row = await conn.fetchrow(queries.DELIVERY_FOR_ATTEMPT, delivery_id)
+    return AttemptRow(**dict(row.items())) if row is not None else None
 
 
 async def defer_first_attempt(conn: AsyncConnection, delivery_id: str, worker: str, delay: float) -> bool:
@@ -51,16 +74,29 @@ async def defer_first_attempt(conn: AsyncConnection, delivery_id: str, worker: s
     return deferred is not None
 
 
-async def freeze_body(conn: AsyncConnection, delivery_id: str, worker: str, body: str) -> bool:
+async def freeze_body(conn: asyncpg.Connection, delivery_id: str, worker: str, body: str) -> bool:
     """Store the body every attempt of this series sends; False when the lease is no
     longer ``worker``'s or a body is already there."""
-    frozen = (await conn.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.locked_by == worker, Delivery.body == "")
-        .values(body=body)
-        .returning(Delivery.id)
-    )).first()
-    return frozen is not None
+    return await conn.fetchval(queries.FREEZE_BODY, delivery_id, body, worker) is not None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    deleted: bool  # the job is deleted: nothing was written (record_attempt's path does it)
+    moved: bool  # False: our lease lapsed and another took the row (the attempt is logged)
+
+
+async def record_live(conn: asyncpg.Connection, delivery_id: str, job_id: str, worker: str, *, number: int,
+                      status: DeliveryStatus, status_code: int | None, error: str | None, delay: float | None,
+                      detail: dict[str, Any], closing: tuple[str, dict[str, Any]] | None) -> Recorded:
+    """Record attempt ``number`` of a delivery whose job is not deleted, in one statement
+    (queries.RECORD_ATTEMPT): the delivery, its mirror on the job, the attempt's event
+    and ``closing`` (the series' last event, if any)."""
+    row = await conn.fetchrow(
+        queries.RECORD_ATTEMPT, delivery_id, job_id, worker, number, status.value, status_code, error, delay,
+        json.dumps(detail), closing[0] if closing else None, json.dumps(closing[1]) if closing else None)
+    assert row is not None
+    return Recorded(deleted=bool(row["deleted"]), moved=bool(row["moved"]))
 
 
 async def record_attempt(conn: AsyncConnection, delivery_id: str, worker: str, *, number: int,

@@ -422,6 +422,72 @@ GROUP BY 1 ORDER BY 1;
 
 -- === Callbacks (service/db/deliveries.py)
 
+-- name: DELIVERY_FOR_ATTEMPT (asyncpg)
+-- Why one statement: everything an attempt needs before it is sent, in one round trip
+-- (the deliverer's hot path): the delivery, its job's task id (log lines), owner, trace and
+-- whether it is deleted, and the owner's callback secrets (has_secrets false: the owner
+-- has no row yet, one is made through callback_secrets.current). Nothing is locked: the
+-- delivery is ours by its lease, and every write after this is fenced on it.
+SELECT d.id, d.job_id, d.event_type, d.url, d.body, d.status, d.attempts, d.locked_by, d.created_at,
+       j.provider_task_id AS task_id, j.owner, j.traceparent,
+       s.owner IS NOT NULL AS has_secrets, s.secret, s.previous_secret,
+       coalesce(s.previous_expires_at > now(), false) AS previous_live, s.previous_expires_at
+FROM deliveries d
+JOIN jobs j ON j.id = d.job_id
+LEFT JOIN callback_secrets s ON s.owner = j.owner
+WHERE d.id = $1;
+
+-- name: FREEZE_BODY (asyncpg)
+-- Why: the body every attempt of a series sends is stored once, before the first attempt;
+-- fenced on our lease ($3) and written only over an empty one ($1 delivery, $2 body).
+UPDATE deliveries SET body = $2 WHERE id = $1 AND locked_by = $3 AND body = '' RETURNING id;
+
+-- name: RECORD_ATTEMPT (asyncpg)
+-- Why one statement: an attempt of a delivery whose job is not deleted is recorded in one
+-- round trip, instead of a transaction of six (the deliverer's hot path).
+-- $1 delivery id, $2 its job, $3 our lease (locked_by), $4 the attempt's number, $5 the
+-- delivery's status after it, $6 the HTTP status (NULL: none), $7 the error, $8 seconds
+-- until the next attempt (NULL: none), $9 the callback.attempt event's detail (JSON), $10
+-- the event that closes the series (callback.delivered / callback.failed; NULL: none),
+-- $11 its detail (JSON).
+-- - job: the job's row is locked first (the lock order); every other part reads it, so
+-- no row of deliveries is locked before it.
+-- - live: a deleted job is left alone (answer deleted, nothing written): its callback
+-- URLs are forgotten once no callback of it is pending, which needs a look at its other
+-- deliveries after the lock (FORGET_CALLBACK_URLS in a transaction of its own,
+-- service/work/deliverer.py), not this statement's snapshot, taken before the lock.
+-- - moved: fenced on our lease and on the delivery still pending; not moved: the lease
+-- lapsed and another worker took the row, the attempt is still logged (lease_lost).
+-- - mirror: the job shows its delivery's state and attempt count.
+-- - events: the attempt, then the series' end, in that order.
+WITH job AS (
+    SELECT id, deleted_at IS NOT NULL AS deleted FROM jobs WHERE id = $2 FOR UPDATE
+), live AS (
+    SELECT id FROM job WHERE NOT deleted
+), moved AS (
+    UPDATE deliveries AS d SET
+        attempts = $4::integer, status = $5::text, last_status_code = $6::integer, last_error = $7::text,
+        next_attempt_at = now() + make_interval(secs => $8::float8),
+        delivered_at = CASE WHEN $5::text = {delivery:delivered} THEN now() END,
+        locked_until = NULL, locked_by = NULL
+    FROM live
+    WHERE d.id = $1 AND d.job_id = live.id AND d.locked_by = $3 AND d.status = {delivery:pending}
+    RETURNING d.id
+), mirror AS (
+    UPDATE jobs AS j SET callback_status = $5::text, callback_attempts = $4::integer
+    FROM moved WHERE j.id = $2
+), events AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT live.id, e.type, e.detail FROM live, (
+        SELECT 1 AS step, 'callback.attempt' AS type,
+               CASE WHEN EXISTS (SELECT 1 FROM moved) THEN $9::jsonb
+                    ELSE $9::jsonb || '{"outcome": "lease_lost"}'::jsonb END AS detail
+        UNION ALL
+        SELECT 2, $10::text, $11::jsonb FROM moved WHERE $10::text IS NOT NULL
+    ) AS e ORDER BY e.step
+)
+SELECT coalesce((SELECT deleted FROM job), false) AS deleted, EXISTS (SELECT 1 FROM moved) AS moved;
+
 -- name: DEFER_FIRST_ATTEMPT
 -- Why: a non-zero first entry of the schedule delays the first attempt. Counted from
 -- the delivery's creation (the terminal transition), fenced on our lease, and a no-op

@@ -27,14 +27,16 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients import callbacks
 from service.clients.callbacks import Attempt
 from service.db import callback_secrets, deliveries, jobs, leases
+from service.db.callback_secrets import OwnerSecrets
+from service.db.deliveries import AttemptRow
+from service.db.engine import raw_statement
 from service.domain.serialize import iso, job_dict
 from service.domain.states import DeliveryStatus
 from service.observability import logs, metrics
@@ -102,25 +104,11 @@ class Deliverer:
                                              lease=self.res.settings.lease_seconds)
 
     async def run(self, delivery_id: str) -> None:
-        res, worker = self.res, self.holder
-        delays = res.settings.retry_delays
-        # One transaction reads the row, before a first attempt defers it or freezes its
-        # body, and reads the owner's signing secrets (two transactions fewer per callback
-        # than doing each apart).
-        async with res.engine.begin() as conn:
-            row = await deliveries.read_for_attempt(conn, delivery_id)
-            if row is None or row.status != DeliveryStatus.PENDING or row.locked_by != worker:
-                return
-            logs.bind_job(row.job_id, row.task_id)
-            if row.attempts == 0 and delays[0] > 0 and await deliveries.defer_first_attempt(
-                    conn, row.id, worker, delays[0]):
-                return
-            body = row.body or await self._freeze(conn, row)
-            if body is None:
-                return  # our lease was taken over while we built the body
-            # Signed with the job owner's own secret (and, during a rotation's overlap,
-            # the previous one too), so no owner's secret verifies another owner's callbacks.
-            secrets = await callback_secrets.current(conn, row.owner, res.sealer, res.callback_secret)
+        res = self.res
+        prepared = await self._prepare(delivery_id)
+        if prepared is None:
+            return
+        row, body, secrets = prepared
         # The attempt is a span of the job's trace; its context is the callback's
         # traceparent, so the backend's own tracing continues from it.
         attributes = {**job_attributes(row.job_id, row.owner), "delivery.id": row.id,
@@ -131,9 +119,40 @@ class Deliverer:
             attempt = await self._attempt(row, body.encode("utf-8"), secrets.signing)
             if attempt.status_code is not None:
                 span.set_attribute("http.response.status_code", attempt.status_code)
-            span.set_attribute("callback.outcome", await self._record(row, attempt, delays))
+            span.set_attribute("callback.outcome", await self._record(row, attempt, res.settings.retry_delays))
 
-    async def _freeze(self, conn: AsyncConnection, row: Row[Any]) -> str | None:
+    async def _prepare(self, delivery_id: str) -> tuple[AttemptRow, str, OwnerSecrets] | None:
+        """The delivery, its body (frozen now on a first attempt) and the secrets that sign
+        it; None when there is nothing to send now. Statements that each commit by
+        themselves: one round trip for the row and secrets, two more on a first attempt."""
+        res, worker, delays = self.res, self.holder, self.res.settings.retry_delays
+        async with raw_statement(res.engine) as raw:
+            row = await deliveries.for_attempt(raw, delivery_id)
+            if row is None or row.status != DeliveryStatus.PENDING or row.locked_by != worker:
+                return None
+            logs.bind_job(row.job_id, row.task_id)
+            deferring = row.attempts == 0 and delays[0] > 0
+            body = row.body or (None if deferring else await self._freeze(raw, row))
+        if deferring:  # a schedule whose first entry waits (a transaction of its own)
+            async with res.engine.begin() as conn:
+                if await deliveries.defer_first_attempt(conn, row.id, worker, delays[0]):
+                    return None
+            if not body:
+                async with raw_statement(res.engine) as raw:
+                    body = await self._freeze(raw, row)
+        if body is None:
+            return None  # our lease was taken over while we built the body
+        # Signed with the job owner's own secret (and, during a rotation's overlap, the
+        # previous one too), so no owner's secret verifies another owner's callbacks.
+        if row.has_secrets:
+            secrets = callback_secrets.opened(row.secret, row.previous_secret, row.previous_live,
+                                              row.previous_expires_at, res.sealer, res.callback_secret)
+        else:  # the owner's first callback: its secret is made now
+            async with res.engine.begin() as conn:
+                secrets = await callback_secrets.current(conn, row.owner, res.sealer, res.callback_secret)
+        return row, body, secrets
+
+    async def _freeze(self, conn: asyncpg.Connection, row: AttemptRow) -> str | None:
         """Build the event body from the job as it is now and store it (committed before
         the first attempt), so every retry of this series sends the same bytes."""
         res = self.res
@@ -141,13 +160,12 @@ class Deliverer:
         def presign(key: str) -> str:
             return res.storage.presign(key, CALLBACK_URL_SECONDS)
 
-        job = await jobs.get_job(conn, row.job_id)
-        outputs = (await jobs.get_outputs(conn, [job.id], owner=None)).get(job.id, [])
+        job, outputs = await jobs.get_job_with_outputs(conn, row.job_id, row.owner)
         event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         return body if await deliveries.freeze_body(conn, row.id, self.holder, body) else None
 
-    async def _attempt(self, row: Row[Any], body: bytes, signing: list[str]) -> Attempt:
+    async def _attempt(self, row: AttemptRow, body: bytes, signing: list[str]) -> Attempt:
         res = self.res
         headers = callbacks.signed_headers(signing, row.id, int(time.time()), body)
         traceparent = current_traceparent()  # the attempt's span (none for a job without a trace)
@@ -157,7 +175,7 @@ class Deliverer:
         # it connects (DNS may have changed since), and connects only to what it checked.
         return await callbacks.send(res.egress.http, row.url, body, headers, res.settings.callback_timeout_seconds)
 
-    async def _record(self, row: Row[Any], attempt: Attempt, delays: Sequence[float]) -> str:
+    async def _record(self, row: AttemptRow, attempt: Attempt, delays: Sequence[float]) -> str:
         """Record the attempt; returns its outcome (delivered, retrying, failed, lease_lost)."""
         res, worker = self.res, self.holder
         number = row.attempts + 1
@@ -175,29 +193,51 @@ class Deliverer:
         }
         if attempt.retry_after is not None:
             detail["retry_after"] = attempt.retry_after
-        async with res.engine.begin() as conn:
-            # Lock order (service/db/queries.py): the job first, then its delivery.
-            await jobs.lock_job_id(conn, row.job_id)
-            moved = await deliveries.record_attempt(conn, row.id, worker, number=number, status=status,
-                                                    status_code=attempt.status_code, error=attempt.error, delay=delay)
-            if not moved:
-                # Our lease lapsed and another worker took the row: the attempt still
-                # happened, so it is recorded, but the row is theirs to move.
-                detail["outcome"] = "lease_lost"
-                await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
-                return "lease_lost"
-            await jobs.add_event(conn, row.job_id, "callback.attempt", detail)
-            await deliveries.mirror_on_job(conn, row.job_id, status, number)
-            if status != DeliveryStatus.PENDING:
-                await deliveries.forget_urls_if_deleted(conn, row.job_id)
-            if status == DeliveryStatus.DELIVERED:
-                await jobs.add_event(conn, row.job_id, "callback.delivered",
-                                     {"delivery_id": row.id, "event_type": row.event_type, "attempts": number})
-            elif status == DeliveryStatus.FAILED:
-                await jobs.add_event(conn, row.job_id, "callback.failed",
-                                     {"delivery_id": row.id, "event_type": row.event_type, "attempts": number,
-                                      "reason": failure, "last_error": attempt.error})
+        closing = _closing_event(row, status, number, failure, attempt)
+        async with raw_statement(res.engine) as raw:
+            recorded = await deliveries.record_live(
+                raw, row.id, row.job_id, worker, number=number, status=status, status_code=attempt.status_code,
+                error=attempt.error, delay=delay, detail=detail, closing=closing)
+        if recorded.deleted:
+            moved = await self._record_deleted(row, attempt, number, status, delay, detail, closing)
+        else:
+            moved = recorded.moved
+        if not moved:
+            detail["outcome"] = "lease_lost"
         metrics.callback_attempt(detail["outcome"])
         log.info("callback.attempt", delivery_id=row.id, job_id=row.job_id, attempt=number,
                  http_status=attempt.status_code, latency_ms=attempt.latency_ms, outcome=detail["outcome"])
         return str(detail["outcome"])
+
+    async def _record_deleted(self, row: AttemptRow, attempt: Attempt, number: int, status: DeliveryStatus,
+                              delay: float | None, detail: dict[str, Any],
+                              closing: tuple[str, dict[str, Any]] | None) -> bool:
+        """Record an attempt of a deleted job's delivery: as RECORD_ATTEMPT does, and, once
+        no callback of the job is pending, forget its callback URLs, looked at after the
+        job's lock is taken. False when our lease lapsed (the attempt is logged)."""
+        async with self.res.engine.begin() as conn:
+            # Lock order (service/db/queries.py): the job first, then its delivery.
+            await jobs.lock_job_id(conn, row.job_id)
+            moved = await deliveries.record_attempt(conn, row.id, self.holder, number=number, status=status,
+                                                    status_code=attempt.status_code, error=attempt.error, delay=delay)
+            await jobs.add_event(conn, row.job_id, "callback.attempt",
+                                 detail if moved else {**detail, "outcome": "lease_lost"})
+            if not moved:
+                return False
+            await deliveries.mirror_on_job(conn, row.job_id, status, number)
+            if status != DeliveryStatus.PENDING:
+                await deliveries.forget_urls_if_deleted(conn, row.job_id)
+            if closing is not None:
+                await jobs.add_event(conn, row.job_id, *closing)
+        return True
+
+
+def _closing_event(row: AttemptRow, status: DeliveryStatus, number: int, failure: str | None,
+                   attempt: Attempt) -> tuple[str, dict[str, Any]] | None:
+    """The event that ends a delivery's series (None while it goes on)."""
+    if status == DeliveryStatus.DELIVERED:
+        return "callback.delivered", {"delivery_id": row.id, "event_type": row.event_type, "attempts": number}
+    if status == DeliveryStatus.FAILED:
+        return "callback.failed", {"delivery_id": row.id, "event_type": row.event_type, "attempts": number,
+                                   "reason": failure, "last_error": attempt.error}
+    return None
