@@ -99,3 +99,9 @@ def seconds(duration: str) -> float:
     match = re.fullmatch(r"(\d+)s", duration)
     assert match, duration
     return float(match.group(1))
+
+
+@pytest.mark.parametrize("name", ["serve", "worker"])
+def test_metrics_needs_the_token_a_compose_file_cannot_start_without(compose: dict[str, Any], name: str) -> None:
+    # serve's port is behind the TLS proxy, which would show /metrics to anyone without it.
+    assert compose["services"][name]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:?set METRICS_TOKEN in .env}"

@@ -178,7 +178,8 @@ def test_the_overlay_sets_only_variables_the_service_reads() -> None:
     secret = [o for o in objs if o["kind"] == "Secret"]
     assert len(secret) == 1
     assert set(settings_values(objs)) | set(secret[0]["data"]) <= known
-    assert {"DATABASE_URL", "WAVESPEED_API_KEY", "SECRETS_ENCRYPTION_KEY"} <= set(secret[0]["data"])
+    # METRICS_TOKEN too: /metrics is behind the token Prometheus sends (deploy/prometheus/scrape.yaml).
+    assert {"DATABASE_URL", "WAVESPEED_API_KEY", "SECRETS_ENCRYPTION_KEY", "METRICS_TOKEN"} <= set(secret[0]["data"])
     for pod in pods(objs).values():
         refs = [ref for source in pod["spec"]["containers"][0]["envFrom"] for ref in source.values()]
         assert {ref["name"] for ref in refs} == {settings_values_name(objs), secret[0]["metadata"]["name"]}
@@ -186,3 +187,28 @@ def test_the_overlay_sets_only_variables_the_service_reads() -> None:
 
 def settings_values_name(objs: list[dict[str, Any]]) -> str:
     return str(next(o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"))
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_egress_rule_names_where_it_may_go(path: str) -> None:
+    # An egress rule without `to` opens its ports towards every address, in the cluster and
+    # outside it: the database's ports were such a rule once.
+    policies = [o for o in objects(path) if o["kind"] == "NetworkPolicy"]
+    assert [(p["metadata"]["name"], rule.get("ports")) for p in policies
+            for rule in p["spec"].get("egress", []) if not rule.get("to")] == []
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_only_the_database_policy_opens_the_database_ports_for_every_pod(path: str) -> None:
+    objs = objects(path)
+    labels = {name: pod["metadata"]["labels"] for name, pod in pods(objs).items()}
+    database = one(objs, "NetworkPolicy", "wavespeed-jobs-egress-database")
+    selector = database["spec"]["podSelector"]["matchLabels"]
+    assert {name for name, have in labels.items() if selector.items() <= have.items()} == {
+        "serve", "worker", "migrate"}
+    (rule,) = database["spec"]["egress"]
+    assert {p["port"] for p in rule["ports"]} == {5432, 6432}
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}}}]
+    others = [p for p in objs if p["kind"] == "NetworkPolicy" and p is not database]
+    assert [p["metadata"]["name"] for p in others for rule in p["spec"].get("egress", [])
+            for port in rule.get("ports", []) if port["port"] in (5432, 6432)] == []
