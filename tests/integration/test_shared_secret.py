@@ -51,6 +51,8 @@ def svc(own_db: str, s3_endpoint: str, simulator: ServerThread) -> Iterator[Serv
         yield service
 
 
+# slow: runs the CLI (`owners show`, `callback-secret rotate`) as a process of its own
+@pytest.mark.slow
 def test_an_owner_that_shares_the_service_wide_secret_is_shown_as_such(svc: Service, own_db: str) -> None:
     old, old_key = legacy_owner(own_db)
     with svc.client(old_key) as client, svc.client() as newcomer:
@@ -62,6 +64,8 @@ def test_an_owner_that_shares_the_service_wide_secret_is_shown_as_such(svc: Serv
     assert shown["callback_secret"] == {"service_wide": True}
 
 
+# slow: runs the CLI (`owners show`, `callback-secret rotate`) as a process of its own
+@pytest.mark.slow
 def test_rotate_all_sharing_ends_the_sharing_for_every_such_owner_with_the_usual_overlap(
     svc: Service, own_db: str
 ) -> None:
@@ -85,6 +89,8 @@ def test_rotate_all_sharing_ends_the_sharing_for_every_such_owner_with_the_usual
     assert json.loads(again.stdout) == []
 
 
+# slow: starts `serve` three times as a process of its own, reading its start log
+@pytest.mark.slow
 def test_serve_warns_at_start_while_an_owner_shares_the_service_wide_secret(
     own_db: str, s3_endpoint: str, simulator: ServerThread, tmp_path: Path
 ) -> None:
