@@ -156,6 +156,16 @@ async def lock_job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
     return None if row is None else job_record(row)
 
 
+async def held_job_with_outputs(conn: asyncpg.Connection, job_id: str) -> tuple[JobRecord, list[OutputRecord]]:
+    """A job the caller's worker holds and all its outputs (queries.HELD_JOB_WITH_OUTPUTS),
+    on the raw connection of ``engine.raw_statement``: one round trip."""
+    rows = await conn.fetch(queries.HELD_JOB_WITH_OUTPUTS, job_id)
+    if not rows:
+        raise NotFound(f"no job with id {job_id!r}")
+    outputs = [OutputRecord.from_row(r, prefix="output_") for r in rows if r["output_job_id"] is not None]
+    return JobRecord.from_row(rows[0]), outputs
+
+
 async def is_deleted(conn: AsyncConnection, job_id: str) -> bool:
     """Whether ``job_id`` is deleted (or gone), read under a share lock on its row so a
     deletion cannot commit between this check and the caller's commit."""

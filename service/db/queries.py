@@ -150,6 +150,8 @@ CALLBACK_ATTEMPTS_ENDED: ColumnClause[Any] = literal_column(_SQL.fragment("CALLB
 QUEUE_CALLBACK = _SQL.text("QUEUE_CALLBACK")
 # One job's status change, after its guarded UPDATE (service/db/jobs.py transition)
 AFTER_MOVE = _SQL.text("AFTER_MOVE")
+# The storer's completion (service/work/storer.py)
+STORE_COMPLETE = _SQL.asyncpg("STORE_COMPLETE")
 # Transitions of many jobs at once (service/db/jobs.py)
 FINISH_MANY = _SQL.text("FINISH_MANY")
 # Provider capacity and fair turns
@@ -195,6 +197,7 @@ RETRY_ERASURES = _SQL.text("RETRY_ERASURES")
 # Keys, pages, health
 LOOKUP_KEY = _SQL.asyncpg("LOOKUP_KEY")
 JOB_WITH_OUTPUTS = _SQL.asyncpg("JOB_WITH_OUTPUTS")
+HELD_JOB_WITH_OUTPUTS = _SQL.asyncpg("HELD_JOB_WITH_OUTPUTS")
 PING = _SQL.text("PING")
 PAGE_SETTINGS = _SQL.text("PAGE_SETTINGS")
 # Metrics

@@ -239,6 +239,62 @@ WITH event AS (
 ), {fragment:QUEUE_DELIVERIES}
 SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(c, p);
 
+-- name: STORE_COMPLETE (asyncpg)
+-- Why one statement: the storer's last step (its last output recorded, the job completed,
+-- what ``jobs.transition`` does after a terminal move) in one round trip instead of a
+-- transaction of seven (service/work/storer.py).
+-- $1 job id, $2 our lease (locked_by), $3 the output's index (NULL: no output to record),
+-- $4 its key, $5 content type, $6 size, $7 sha256, $8 thumbnail key, $9 whether it carries
+-- Content Credentials, $10 the output.stored event's detail (JSON), $11 the job's cost,
+-- $12 the statuses ``completed`` may be reached from, $13 the status.changed detail (JSON),
+-- $14 the delivery id (the webhook-id, used when the job has a callback URL), $15 its
+-- event type, $16 the output.ignored detail (JSON; NULL: none), $17 the work channel,
+-- $18 the done channel.
+-- - job: the job's row is locked first (the lock order), as the UPDATE that completes it
+-- would (NO KEY UPDATE), so a deletion cannot commit between the look at deleted_at and
+-- our commit (service/work/eraser.py relies on it: no object is recorded once a deletion
+-- has committed). A deleted job with an output to record gets nothing written (answer
+-- deleted: the storer deletes what it uploaded).
+-- - moved: the guarded, lease-fenced move to completed, as ``jobs.transition`` writes it
+-- (the trigger jobs_ledger spends the reservation in this same UPDATE).
+-- - events: output.stored, then status.changed, then output.ignored, in that order.
+-- - ended: the terminal move queues its callback (the rule above); wakes: the deliverer
+-- (when there is a callback) and the job's waiters.
+WITH job AS (
+    SELECT id, deleted_at IS NOT NULL AS deleted FROM jobs WHERE id = $1 FOR NO KEY UPDATE
+), live AS (
+    SELECT id FROM job WHERE NOT deleted OR $3::integer IS NULL
+), out AS (
+    UPDATE job_outputs AS o SET key = $4::text, content_type = $5::text, size_bytes = $6::bigint, sha256 = $7::text,
+        thumbnail_key = $8::text, stored_at = now(), content_credentials = $9::boolean
+    FROM live WHERE o.job_id = live.id AND o.index = $3::integer
+), moved AS (
+    UPDATE jobs AS j SET status = {status:completed}, updated_at = now(), locked_until = NULL, locked_by = NULL,
+        run_after = NULL, completed_at = now(), cost_usd = $11::numeric,
+        callback_status = {fragment:CALLBACK_STATUS_ENDED}, callback_attempts = {fragment:CALLBACK_ATTEMPTS_ENDED}
+    FROM live WHERE j.id = live.id AND j.status = ANY($12::text[]) AND j.locked_by = $2
+    RETURNING j.id, j.callback_url
+), events AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT live.id, e.type, e.detail FROM live, (
+        SELECT 1 AS step, 'output.stored' AS type, $10::jsonb AS detail WHERE $3::integer IS NOT NULL
+        UNION ALL
+        SELECT 2, 'status.changed', $13::jsonb FROM moved
+        UNION ALL
+        SELECT 3, 'output.ignored', $16::jsonb FROM moved WHERE $16::text IS NOT NULL
+    ) AS e ORDER BY e.step
+), ended AS (
+    SELECT moved.id AS job_id, $14::text AS delivery_id, $15::text AS event_type, moved.callback_url AS url
+    FROM moved
+), {fragment:QUEUE_DELIVERIES}, wakes AS (
+    SELECT pg_notify(w.c, w.p) FROM moved, LATERAL (
+        SELECT $17::text, 'deliver' WHERE moved.callback_url IS NOT NULL
+        UNION ALL
+        SELECT $18::text, moved.id) AS w(c, p)
+)
+SELECT coalesce((SELECT deleted FROM job), true) AND $3::integer IS NOT NULL AS deleted,
+       EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS woken;
+
 -- === Transitions of many jobs at once (service/db/jobs.py: bulk cancel and delete)
 
 -- name: FINISH_MANY
@@ -698,6 +754,17 @@ SELECT j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS 
        o.content_credentials AS output_content_credentials
 FROM jobs j LEFT JOIN job_outputs o ON o.job_id = j.id
 WHERE j.id = $1 AND j.owner = $2
+ORDER BY o.index;
+
+-- name: HELD_JOB_WITH_OUTPUTS (asyncpg)
+-- Why one statement: a job a worker holds (its lease: no tenant is asking, so no owner
+-- filter) and all its outputs, in one round trip and one snapshot (the storer's read).
+SELECT j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS output_source_url,
+       o.key AS output_key, o.content_type AS output_content_type, o.size_bytes AS output_size_bytes,
+       o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at,
+       o.content_credentials AS output_content_credentials
+FROM jobs j LEFT JOIN job_outputs o ON o.job_id = j.id
+WHERE j.id = $1
 ORDER BY o.index;
 
 -- name: PING

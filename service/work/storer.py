@@ -19,8 +19,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
-from service.db import jobs
-from service.db.engine import one_statement
+from service.db import completion, jobs
+from service.db.engine import raw_statement
 from service.domain.content_credentials import Provenance, SigningFailed
 from service.domain.errors import EgressRefused, Retry, ServiceError
 from service.domain.image_types import EXTENSIONS, NOT_AN_IMAGE, SNIFF_BYTES, sniff
@@ -130,11 +130,10 @@ class Storer:
 
     async def _run(self, job_id: str) -> None:
         res, worker = self.res, self.holder
-        # Two reads, each committing by itself: no BEGIN and ROLLBACK round trips on the
-        # path from the webhook to the copy (the claim is ours, so nothing they read moves).
-        async with one_statement(res.engine) as conn:
-            job = await jobs.get_job(conn, job_id)
-            outputs = (await jobs.get_outputs(conn, [job_id], owner=None)).get(job_id, [])
+        # One read, committing by itself: no BEGIN and ROLLBACK round trips on the path
+        # from the webhook to the copy (the claim is ours, so nothing it reads moves).
+        async with raw_statement(res.engine) as raw:
+            job, outputs = await jobs.held_job_with_outputs(raw, job_id)
         logs.bind_job(job_id, job.provider_task_id)
         if job.status != JobStatus.STORING or job.locked_by != worker:
             return
@@ -166,20 +165,32 @@ class Storer:
                     await jobs.fail(conn, job, verdict.message, reason="output.refused", worker=worker)
                 log.warning("output.refused", job_id=job_id, error=verdict.message)
             return
-        async with res.engine.begin() as conn:
-            if last is not None and not await self._record(conn, job, pending[-1], *last, copy_seconds):
-                return
-            price = res.settings.price_usd(job.model)
-            moved = await jobs.transition(
-                conn, job, JobStatus.COMPLETED, reason="outputs.stored", worker=worker,
-                values={"cost_usd": jobs.cost_for(price, len(outputs) or asked)},
-            )
-            if moved and extra:
-                await jobs.add_event(conn, job_id, "output.ignored", {"indexes": extra[:20], "count": len(extra),
-                                                                      "asked": asked})
-        if moved:
+        stored = self._stored_output(job, pending[-1], *last, copy_seconds) if last is not None else None
+        price = res.settings.price_usd(job.model)
+        ignored = {"indexes": extra[:20], "count": len(extra), "asked": asked} if extra else None
+        async with raw_statement(res.engine) as raw:
+            done = await completion.complete_stored(raw, job, worker, output=stored, ignored=ignored,
+                                                    cost=jobs.cost_for(price, len(outputs) or asked))
+        if done.deleted and last is not None:
+            # The job was deleted meanwhile: nothing was recorded, so what we uploaded goes again.
+            await res.storage.delete_keys([k for k in (last[0].key, last[1]) if k])
+            return
+        if stored is not None:
+            metrics.observe_output(job.model, stored.size_bytes)
+        if done.moved:
             metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
+
+    def _stored_output(self, job: JobRecord, output: OutputRecord, stored: StoredObject, thumbnail_key: str | None,
+                       copy_seconds: float) -> completion.StoredOutput:
+        """The job_outputs row of a copied output and its output.stored event, which says
+        how long the copy took (download, S3, thumbnail): a job's time between its webhook
+        and its completion splits into waiting and copying."""
+        return completion.StoredOutput(
+            index=output.index, key=stored.key, content_type=stored.content_type, size_bytes=stored.size_bytes,
+            sha256=stored.sha256, thumbnail_key=thumbnail_key, content_credentials=self.res.content_signer is not None,
+            event={"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
+                   "sha256": stored.sha256, "copy_seconds": round(copy_seconds, 4)})
 
     async def _retry_later(self, job: JobRecord, verdict: StoreRetry) -> None:
         message, delay = verdict.message, verdict.delay
@@ -200,7 +211,7 @@ class Storer:
         stored, thumbnail_key = await self._upload(job, output)
         copy_seconds = time.monotonic() - began
         async with self.res.engine.begin() as conn:
-            return await self._record(conn, job, output, stored, thumbnail_key, copy_seconds)
+            return await self._record(conn, job, self._stored_output(job, output, stored, thumbnail_key, copy_seconds))
 
     async def _upload(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
         """Copy one output (and its thumbnail) into S3: an ``output.copy`` span."""
@@ -228,25 +239,19 @@ class Storer:
             stored, data = await self._stream(job, output.index, source, fmt)
         return stored, await self._thumbnail(stored, data)
 
-    async def _record(
-        self, conn: AsyncConnection, job: JobRecord, output: OutputRecord, stored: StoredObject,
-        thumbnail_key: str | None, copy_seconds: float,
-    ) -> bool:
-        """Record a copied output in ``conn``'s transaction; False when the job was deleted.
-        The event says how long the copy took (download, S3, thumbnail), so a job's time
-        between its webhook and its completion splits into waiting and copying."""
+    async def _record(self, conn: AsyncConnection, job: JobRecord, out: completion.StoredOutput) -> bool:
+        """Record a copied output (not the last: STORE_COMPLETE records that one) in
+        ``conn``'s transaction; False when the job was deleted."""
         # Under the job's row lock: once a deletion has committed, no object is recorded
         # (service/work/eraser.py relies on this), so what we just uploaded goes again.
         if await jobs.is_deleted(conn, job.id):
-            await self.res.storage.delete_keys([k for k in (stored.key, thumbnail_key) if k])
+            await self.res.storage.delete_keys([k for k in (out.key, out.thumbnail_key) if k])
             return False
-        await jobs.record_output(conn, job.id, output.index, key=stored.key, content_type=stored.content_type,
-                                 size_bytes=stored.size_bytes, sha256=stored.sha256, thumbnail_key=thumbnail_key,
-                                 content_credentials=self.res.content_signer is not None)
-        await jobs.add_event(conn, job.id, "output.stored",
-                             {"index": output.index, "key": stored.key, "size_bytes": stored.size_bytes,
-                              "sha256": stored.sha256, "copy_seconds": round(copy_seconds, 4)})
-        metrics.observe_output(job.model, stored.size_bytes)
+        await jobs.record_output(conn, job.id, out.index, key=out.key, content_type=out.content_type,
+                                 size_bytes=out.size_bytes, sha256=out.sha256, thumbnail_key=out.thumbnail_key,
+                                 content_credentials=out.content_credentials)
+        await jobs.add_event(conn, job.id, "output.stored", out.event)
+        metrics.observe_output(job.model, out.size_bytes)
         return True
 
     async def _put(self, job: JobRecord, index: int, key: str, chunks: AsyncIterator[bytes],

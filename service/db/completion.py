@@ -1,0 +1,56 @@
+"""The storer's completion in one statement (queries.STORE_COMPLETE): its last output
+recorded, the job completed, and what ``jobs.transition`` does after a terminal move (the
+status.changed event, the callback's delivery, the wake-ups), in one round trip on the raw
+asyncpg connection instead of a transaction of seven statements."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from service.db import queries
+from service.db.jobs import new_delivery_id
+from service.domain.records import JobRecord
+from service.domain.states import CALLBACK_EVENT, JobStatus, allowed_from
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output copied into S3, as the job_outputs row records it."""
+
+    index: int
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    thumbnail_key: str | None
+    content_credentials: bool
+    event: dict[str, Any]  # the output.stored event's detail
+
+
+@dataclass(frozen=True)
+class Completed:
+    deleted: bool  # the job is deleted: nothing was written (the caller deletes what it uploaded)
+    moved: bool  # False: the job was no longer ours to complete (lease lost, or not storing)
+
+
+async def complete_stored(conn: asyncpg.Connection, job: JobRecord, worker: str, *, output: StoredOutput | None,
+                          cost: Decimal, ignored: dict[str, Any] | None) -> Completed:
+    """Record ``output`` (None: nothing left to record) and move ``job`` to completed,
+    fenced on ``worker``'s lease; ``ignored``: the output.ignored event's detail."""
+    target = JobStatus.COMPLETED
+    change = {"from": job.status, "to": target.value, "reason": "outputs.stored"}
+    o = output
+    row = await conn.fetchrow(
+        queries.STORE_COMPLETE, job.id, worker,
+        o.index if o else None, o.key if o else None, o.content_type if o else None, o.size_bytes if o else None,
+        o.sha256 if o else None, o.thumbnail_key if o else None, o.content_credentials if o else None,
+        json.dumps(o.event) if o else None, cost, allowed_from(target), json.dumps(change), new_delivery_id(),
+        CALLBACK_EVENT[target], json.dumps(ignored) if ignored is not None else None,
+        queries.CHANNEL_WORK, queries.CHANNEL_DONE)
+    assert row is not None
+    return Completed(deleted=bool(row["deleted"]), moved=bool(row["moved"]))
