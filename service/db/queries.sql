@@ -239,6 +239,35 @@ WITH event AS (
 ), {fragment:QUEUE_DELIVERIES}
 SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(c, p);
 
+-- name: SUBMIT_ACCEPTED (asyncpg)
+-- Why one statement: the provider accepted a submit; the job moves to submitted as
+-- ``jobs.transition`` writes it (guarded, fenced on our lease), with its task id, its
+-- submit time and deadline, its events (status.changed, then submit.accepted) and its
+-- wake-ups, in one round trip instead of a transaction of five (service/work/submitter.py).
+-- Not moved (the webhook beat the answer, or a re-send): nothing is written, and the
+-- submitter records the answer in a transaction of its own.
+-- $1 job id, $2 our lease (locked_by), $3 task id, $4 provider status, $5 seconds until the
+-- reconciler looks, $6 seconds until the job's deadline, $7 the statuses submitted may be
+-- reached from, $8 the status.changed detail (JSON), $9 the work channel, $10 the job channel.
+WITH moved AS (
+    UPDATE jobs AS j SET status = {status:submitted}, updated_at = now(), locked_until = NULL, locked_by = NULL,
+        attempts = 0, run_after = now() + make_interval(secs => $5::float8),
+        provider_task_id = $3::text, provider_status = $4::text,
+        submitted_at = now(), deadline_at = now() + make_interval(secs => $6::float8)
+    WHERE j.id = $1 AND j.status = ANY($7::text[]) AND j.locked_by = $2
+    RETURNING j.id
+), events AS (
+    INSERT INTO job_events (job_id, type, detail)
+    SELECT moved.id, e.type, e.detail FROM moved, (
+        SELECT 1 AS step, 'status.changed' AS type, $8::jsonb AS detail
+        UNION ALL
+        SELECT 2, 'submit.accepted', jsonb_build_object('task_id', $3::text)
+    ) AS e ORDER BY e.step
+), wakes AS (
+    SELECT pg_notify(w.c, w.p) FROM moved, LATERAL (VALUES ($9::text, {status:submitted}), ($10::text, moved.id)) AS w(c, p)
+)
+SELECT EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS woken;
+
 -- name: STORE_COMPLETE (asyncpg)
 -- Why one statement: the storer's last step (its last output recorded, the job completed,
 -- what ``jobs.transition`` does after a terminal move) in one round trip instead of a

@@ -18,13 +18,17 @@ same transaction. One statement, one round trip, one index probe per owner per s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Literal
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import queries
 from service.db.engine import one_statement
+from service.domain.records import JobRecord
+from service.domain.states import JobStatus, allowed_from
 
 
 async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> int:
@@ -67,3 +71,15 @@ async def mark_submit_sent(
                                                            "max_per_minute": max_per_minute})).one()
     verdict: Literal["marked", "throttled", "gone"] = row.verdict
     return verdict
+
+
+async def accepted(conn: asyncpg.Connection, job: JobRecord, worker: str, task_id: str,
+                   provider_status: str | None, *, reconcile_after: float, deadline: float) -> bool:
+    """Move ``job`` to submitted with the task the provider accepted (queries.SUBMIT_ACCEPTED),
+    fenced on ``worker``'s lease; False (nothing written) when it could not move."""
+    target = JobStatus.SUBMITTED
+    change = {"from": job.status, "to": target.value, "reason": "submit.accepted"}
+    row = await conn.fetchrow(queries.SUBMIT_ACCEPTED, job.id, worker, task_id, provider_status, reconcile_after,
+                              deadline, allowed_from(target), json.dumps(change), queries.CHANNEL_WORK,
+                              queries.CHANNEL_JOB)
+    return row is not None and bool(row["moved"])

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from service.db import jobs, leases, submits
-from service.db.engine import one_statement
+from service.db.engine import raw_statement
 from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -109,8 +109,8 @@ class Submitter:
     async def run(self, job_id: str) -> None:
         fresh = job_id in self._marked
         self._marked.discard(job_id)
-        async with one_statement(self.res.engine) as conn:  # one read: no BEGIN/ROLLBACK round trips
-            job = await jobs.get_job(conn, job_id)
+        async with raw_statement(self.res.engine) as raw:  # one read: no BEGIN/ROLLBACK round trips
+            job, _ = await jobs.held_job_with_outputs(raw, job_id)
         step = next_step(job, self.holder, marked_by_this_claim=fresh)
         if step == "post":
             await self._post(job)
@@ -188,18 +188,16 @@ class Submitter:
         settings = self.res.settings
         task_id = accepted.task_id
         logs.bind_job(job.id, task_id)
-        async with self.res.engine.begin() as conn:
-            moved = await jobs.transition(
-                conn, job, JobStatus.SUBMITTED, reason="submit.accepted", worker=self.holder,
-                run_after_seconds=settings.reconcile_after_seconds,
-                values={"provider_task_id": task_id, "provider_status": accepted.provider_status,
-                        **jobs.sent_now(settings.job_deadline_seconds)},
-            )
-            if not moved:
+        async with raw_statement(self.res.engine) as raw:
+            moved = await submits.accepted(raw, job, self.holder, task_id, accepted.provider_status,
+                                           reconcile_after=settings.reconcile_after_seconds,
+                                           deadline=settings.job_deadline_seconds)
+        if not moved:
+            async with self.res.engine.begin() as conn:
                 # The webhook beat the answer and already moved the job on, or this was a
                 # re-send of a submitted job: keep its task id, and (re-send) hand it back.
                 await jobs.keep_task_id(conn, job.id, task_id, accepted.provider_status)
                 await jobs.reschedule(conn, job.id, self.holder, settings.reconcile_after_seconds)
-            await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
+                await jobs.add_event(conn, job.id, "submit.accepted", {"task_id": task_id})
         metrics.observe_submit(job.model, job.created_at)
         log.info("submit.accepted", job_id=job.id, task_id=task_id)
