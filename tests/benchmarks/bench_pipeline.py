@@ -81,6 +81,10 @@ class Run:
     cpu_ms: float  # per job, the side's own processes
     pg_ms: float = float("nan")  # per job, Postgres backends (service sides only)
     xacts: float = float("nan")  # transactions per job (pg_stat_database), load-independent
+    # Postgres backends started during the run (pg_stat_database.sessions): one that also
+    # ended before the run's end is missing from pg_ms, so a side that opens and closes
+    # connections (a pool with overflow) looks cheaper there than it is.
+    sessions: int = 0
     jobs_per_s: float = float("nan")
     latencies: dict[str, list[float]] = field(default_factory=dict)  # name → sorted seconds
     errors: int = 0
@@ -103,11 +107,12 @@ def _pg_backends(meter: Any) -> dict[int, float]:
     return {pid: _cpu([pid]) for pid in pids}
 
 
-def _transactions(meter: Any) -> int:
+def _transactions(meter: Any) -> tuple[int, int]:
+    """(transactions, sessions) of the benchmark's database so far."""
     meter.execute("SELECT pg_stat_force_next_flush()")
-    row = meter.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+    row = meter.execute("SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database "
                         "WHERE datname = current_database()").fetchone()
-    return int(row[0]) if row else 0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _pg_used(before: dict[int, float], after: dict[int, float]) -> float:
@@ -237,7 +242,7 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
         sampler.report()
     return Run(
         side=side, scenario=scenario, jobs=len(ids), cpu_ms=(cpu1 - cpu0) / len(ids) * 1000,
-        pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, xacts=(tx1 - tx0) / len(ids),
+        pg_ms=_pg_used(pg0, pg1) / len(ids) * 1000, xacts=(tx1[0] - tx0[0]) / len(ids), sessions=tx1[1] - tx0[1],
         jobs_per_s=len(done) / (last - started),
         latencies={
             "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
@@ -343,7 +348,7 @@ def _provider_for(args: argparse.Namespace, sim_url: str, scenario: str) -> Any:
 def _fmt(run: Run) -> str:
     parts = [f"{run.side:<13} {run.scenario:<6} cpu/job {run.cpu_ms:6.1f} ms"]
     if run.side != "script":
-        parts.append(f"postgres/job {run.pg_ms:5.1f} ms  {run.xacts:4.1f} tx/job")
+        parts.append(f"postgres/job {run.pg_ms:5.1f} ms  {run.xacts:4.1f} tx/job  {run.sessions:3d} backends started")
     parts.append(f"{run.jobs_per_s:6.1f} jobs/s")
     for name, values in run.latencies.items():
         parts.append(f"{name} p50 {percentile(values, 50) * 1000:6.0f} ms p99 {percentile(values, 99) * 1000:6.0f} ms")
@@ -355,6 +360,15 @@ def _fmt(run: Run) -> str:
 def _median(runs: list[Run], pick: Any) -> float:
     values = [pick(r) for r in runs]
     return statistics.median(values) if values else float("nan")
+
+
+def _paired(these: list[Run], those: list[Run], pick: Any) -> str:
+    """Each repetition's ratio (the sides of a repetition ran back to back) and their
+    median: what the verdict reads, the medians of each side apart being only context."""
+    ratios = [pick(a) / pick(b) for a, b in zip(these, those, strict=False) if pick(b)]
+    if not ratios:
+        return "no ratio"
+    return ", ".join(f"{x:.2f}" for x in ratios) + f" (median {statistics.median(ratios):.2f})"
 
 
 def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
@@ -390,14 +404,19 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
             print(f"  traced vs this checkout untraced: cpu/job {t_cpu:.1f} vs {s_cpu:.1f} ms ({t_cpu / s_cpu:.2f}×), "
                   f"postgres {_median(traced, lambda r: r.pg_ms):.1f} vs {s_pg:.1f} ms, jobs/s "
                   f"{_median(traced, lambda r: r.jobs_per_s):.1f} vs {_median(service, lambda r: r.jobs_per_s):.1f}, "
-                  f"webhook→callback p99 {p99(traced):.0f} vs {p99(service):.0f} ms")
+                  f"webhook→callback p99 {p99(traced):.0f} vs {p99(service):.0f} ms; per rep cpu/job "
+                  f"{_paired(traced, service, lambda r: r.cpu_ms)}, jobs/s "
+                  f"{_paired(traced, service, lambda r: r.jobs_per_s)}")
         base = of("baseline", scenario)
         if service and base:
             print(f"  this checkout vs baseline: cpu/job {s_cpu:.1f} vs {_median(base, lambda r: r.cpu_ms):.1f} ms "
                   f"({s_cpu / _median(base, lambda r: r.cpu_ms):.2f}×), postgres {s_pg:.1f} vs "
                   f"{_median(base, lambda r: r.pg_ms):.1f} ms, tx/job {_median(service, lambda r: r.xacts):.1f} vs "
                   f"{_median(base, lambda r: r.xacts):.1f}, jobs/s {_median(service, lambda r: r.jobs_per_s):.1f} vs "
-                  f"{_median(base, lambda r: r.jobs_per_s):.1f}")
+                  f"{_median(base, lambda r: r.jobs_per_s):.1f}, backends started "
+                  f"{_median(service, lambda r: r.sessions):.0f} vs {_median(base, lambda r: r.sessions):.0f}; "
+                  f"per rep cpu/job {_paired(service, base, lambda r: r.cpu_ms)}, jobs/s "
+                  f"{_paired(service, base, lambda r: r.jobs_per_s)}")
         delayed = of("serve+delay", scenario)
         if delayed:
             d_rate, s_rate = _median(delayed, lambda r: r.jobs_per_s), _median(service, lambda r: r.jobs_per_s)

@@ -19,6 +19,10 @@ a loopback collector (tests/benchmarks/otlp_sink.py): the cost of tracing on, be
 HEAD's jobs are seeded with a trace context each (as admission writes it), so each
 webhook is a span of its job's trace on both HEAD sides.
 
+``--profile FILE`` runs py-spy on each service side in every round (collapsed stacks in
+FILE.<side>.<round>; py-spy's own CPU then competes with the sides, so a profiled run's
+figures are for reading the stacks, not for the table).
+
 ``python -m tests.benchmarks.bench_receiver --compare-rev 5e763c9~1 [--duration 15] [--rounds 3] [--traced]``
 """
 
@@ -46,6 +50,7 @@ from tests.benchmarks.bench_receiver import (
     Sent,
     _fmt,
     bare_app,
+    profiling,
     python_sent,
     raw_request,
     seed_jobs,
@@ -129,7 +134,16 @@ class Side:
 class Figure:
     rps: float
     p99: float
-    cpu: float
+    cpu: float  # the side's process, in cores
+    pg: float = 0.0  # its database's Postgres backends, in cores
+
+    def cpu_ms(self) -> float:
+        """The side's CPU per webhook (ms): on a busy machine throughput measures the
+        share of the cores a side got as much as its cost; this is its cost."""
+        return self.cpu * 1000 / self.rps if self.rps else math.nan
+
+    def pg_ms(self) -> float:
+        return self.pg * 1000 / self.rps if self.rps else math.nan
 
 
 def rounds(args: argparse.Namespace, tmp: Path, sides: list[Side]) -> list[dict[str, Figure]]:
@@ -141,15 +155,17 @@ def rounds(args: argparse.Namespace, tmp: Path, sides: list[Side]) -> list[dict[
         for side in order:
             plan = side.plan or Plan(seed=3)
             streams = [plan.stream(wrk_len if side.plan else 2000) for _ in range(args.connections)]
-            result, cpu, pg, busy = wrk_phase(args, tmp / f"wrk_{side.name}_{n}", streams, f"http://{side.host}",
-                                              side.proc, side.url)
+            spied = Path(f"{args.profile}.{side.name.split()[-1]}.{n + 1}") if args.profile and side.plan else None
+            with profiling(spied, side.proc.pid, args.duration):
+                result, cpu, pg, busy = wrk_phase(args, tmp / f"wrk_{side.name}_{n}", streams,
+                                                  f"http://{side.host}", side.proc, side.url)
             errors = sum(result.errors.values())
             if side.plan is not None:
                 sent = wrk_sent(streams, result)
                 side.phases.append(sent)
                 errors += len(sent.rejected)
             lat = result.latency_ms
-            figures[side.name] = Figure(result.rps, lat["p99"], cpu)
+            figures[side.name] = Figure(result.rps, lat["p99"], cpu, pg)
             print(f"round {n + 1} {side.name:>10}: {_fmt(result.rps, 0)} webhooks/s; latency p50 "
                   f"{_fmt(lat['p50'], 2)} / p99 {_fmt(lat['p99'], 2)} ms; errors {errors}; CPU in cores: "
                   f"{side.name} {cpu:.2f}, postgres backends {pg:.2f}, machine {busy:.2f}; "
@@ -170,6 +186,12 @@ def summarize(results: list[dict[str, Figure]], head: str, rev: str) -> None:
             f"{statistics.median(ratios):.2f}; of the bare app: {head} "
             f"{statistics.median(r[head].rps / r['bare'].rps for r in results):.2f}, {rev} "
             f"{statistics.median(r[rev].rps / r['bare'].rps for r in results):.2f}", flush=True)
+    cpu = [r[head].cpu_ms() / r[rev].cpu_ms() for r in results]
+    print(f"same run: CPU per webhook {head}/{rev} per round " + ", ".join(f"{x:.2f}" for x in cpu)
+          + f"; median {statistics.median(cpu):.2f} ({head} {statistics.median(r[head].cpu_ms() for r in results):.3f} "
+            f"ms, {rev} {statistics.median(r[rev].cpu_ms() for r in results):.3f} ms; Postgres backends "
+            f"{statistics.median(r[head].pg_ms() for r in results):.3f} and "
+            f"{statistics.median(r[rev].pg_ms() for r in results):.3f} ms)", flush=True)
 
 
 # A trace context per seeded job, as admission stores it (revision 0016).
