@@ -8,10 +8,11 @@
   reconciliation, an erasure), is a span whose parent is that stored context: one job,
   one trace (docs/operations.md lists the spans).
 * Export follows OpenTelemetry's own variables, read once by service/settings.py
-  (``traces_exporter``). With none set nothing is exported, no library is instrumented
-  and the sampler records nothing; the SDK's tracer still makes ids, so every job has a
-  trace id, shown in its answer and sent as ``traceparent`` on its callbacks and upstream
-  submit. That is the whole cost: a few random numbers and a context switch per span.
+  (``traces_exporter``). With none set nothing is exported, no library is instrumented and
+  the SDK makes no span: each span is a ``Propagation`` (a new span id in the job's
+  trace, current for its block), so every job still has a trace id, shown in its answer
+  and sent as ``traceparent`` on its callbacks and upstream submit. That is the whole
+  cost: a few random numbers and a context switch per span (docs/benchmarks.md).
 * Attributes are chosen where spans are made (``job_attributes``) and never carry a
   secret, a prompt or a key; URL attributes recorded by instrumentations lose their query
   string (``StripQueries``): a callback URL may carry a backend's own token there.
@@ -286,6 +287,16 @@ class Tracing:
         if not self.exporting:
             return Propagation(context)
         return self._recorded(name, context, kind, attributes, start_time, links)
+
+    def started(self, name: str, attributes: Mapping[str, Any] | None = None) -> Span:
+        """A span begun now, a child of the current one, that is not made current: the
+        caller ends it (a bulk retry's ``job.admit`` spans, one per new job, around one
+        statement). With nothing exported only its ids are made, as in ``Propagation``."""
+        if not self.exporting:
+            parent = trace.get_current_span().get_span_context()
+            trace_id = parent.trace_id if parent.is_valid else (random.getrandbits(128) or 1)
+            return NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False))
+        return self.tracer.start_span(name, attributes=dict(attributes) if attributes else None)
 
     @contextlib.contextmanager
     def _recorded(

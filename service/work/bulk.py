@@ -74,7 +74,7 @@ async def run_bulk(engine: AsyncEngine, owner: str, request: BulkRequest, batch_
             # No rest after the last batch: nothing of this bulk follows it, and the rest
             # would only hold back the caller's answer (up to 20 x ~45 ms for a batch of 1,000).
             part = ids[(done - 2) * batch_size : (done - 1) * batch_size]
-            admits = [tracing.tracer.start_span("job.admit", attributes={"job.owner": owner, "job.retry_of": old})
+            admits = [tracing.started("job.admit", {"job.owner": owner, "job.retry_of": old})
                       for old in part] if request.action == "retry" else []
             async with pacer.batch(enter, rest_after=done < batches, who=owner) as turn, connect(engine) as conn:
                 traces = [format_traceparent(span.get_span_context()) for span in admits]

@@ -112,6 +112,11 @@ def test_bulk_retry_makes_one_new_job_per_failed_job_and_never_two(
     assert sorted(r[0] for r in rows) == sorted(failed)
     assert all(r[1] == "queued" and r[3] == {"run": "r"} and r[4] == "http://127.0.0.1:9/hook" for r in rows)
     assert sorted(r[2] for r in rows) == ["a storm 0", "a storm 1", "a storm 2"]
+    # Each new job has a trace context of its own (its job.admit span: ids only, nothing
+    # exported here), never the failed job's.
+    traces = [r[0] for r in sql.execute("SELECT traceparent FROM jobs WHERE retry_of = ANY(%s) OR id = ANY(%s)",
+                                         (failed, failed))]
+    assert len(set(traces)) == 6 and all(t is not None and t.startswith("00-") and t.endswith("-00") for t in traces)
 
 
 def test_two_bulk_retries_at_once_make_one_new_job_per_failed_job(bulk_db: str, sql: psycopg.Connection[Any]) -> None:

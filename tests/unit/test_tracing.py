@@ -135,6 +135,24 @@ def test_a_jobs_later_work_is_a_child_of_its_stored_span_whatever_the_task_was_i
     assert span.get_span_context().span_id == (store.context.span_id if store.context else 0)
 
 
+def test_a_started_span_is_a_child_of_the_current_one_and_recorded_only_when_exporting() -> None:
+    # A bulk retry's job.admit spans: begun before their statement, ended after it, never current.
+    off = Tracing.off()
+    with off.span("job.admit", context=caller_context(VALID)) as parent:
+        quiet = off.started("job.admit", {"job.retry_of": "job_old"})
+        assert trace.get_current_span() is parent  # not made current
+    context = quiet.get_span_context()
+    assert not quiet.is_recording() and f"{context.trace_id:032x}" == TRACE and context.span_id != SPAN
+    assert not context.trace_flags.sampled  # its traceparent says nothing was recorded
+    assert off.started("job.admit").get_span_context().trace_id != context.trace_id  # outside any span: a new trace
+    tracing, exporter = recorded()
+    with tracing.span("POST /v1/jobs/bulk"):
+        tracing.started("job.admit", {"job.retry_of": "job_old"}).end()
+    [admit, request] = exporter.get_finished_spans()
+    assert admit.name == "job.admit" and admit.attributes == {"job.retry_of": "job_old"}
+    assert admit.parent is not None and request.context is not None and admit.parent.span_id == request.context.span_id
+
+
 def test_a_job_without_a_trace_gets_no_span() -> None:
     tracing, exporter = recorded()
     with job_span(tracing, "job.store", None) as span:
