@@ -14,17 +14,18 @@ then the ledger; jobs that exist already are never locked here.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import fairness, ledger, owners, queries
-from service.db.jobs import job_record, jobs_t, new_job_id
+from service.db.engine import raw_statement
+from service.db.jobs import new_job_id
 from service.domain import schemas
 from service.domain.errors import Conflict
 from service.domain.records import JobRecord
@@ -66,26 +67,26 @@ async def create_job(
     """
     adm = admission or Admission()
     month_start, month_end = ledger.month_period(dt.datetime.now(dt.UTC))
-    params = {
+    params = (
         # A seed of its own per job: its task is then told apart by input in the provider's
         # list (service/work/reconciler.py), see schemas.with_chosen_seed.
-        "id": new_job_id(), "owner": owner, "model": model,
-        "input": schemas.with_chosen_seed(input_, secrets.randbelow), "metadata": metadata,
-        "callback_url": callback_url, "idempotency_key": idempotency_key, "request_hash": body_hash,
-        "priority": adm.priority, "start_timeout_seconds": adm.start_timeout_seconds or None,
-        "estimate": adm.estimate_usd, "images": adm.images, "provider_max_in_flight": adm.provider_max_in_flight,
-        "month_start": month_start, "month_end": month_end, "channel": queries.CHANNEL_WORK,
-        "traceparent": traceparent,
-    }
-    async with engine.connect() as conn:
-        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        verdict = (await autocommit.execute(queries.ADMIT_JOB, params)).one()
-        if verdict.verdict == "budget_exceeded":
-            raise ledger.exceeded(verdict.budget, verdict.spent, verdict.reserved, adm.estimate_usd)
-        if verdict.verdict == "conflict":
+        new_job_id(), owner, model, json.dumps(schemas.with_chosen_seed(input_, secrets.randbelow)),
+        json.dumps(metadata), callback_url, idempotency_key, body_hash, adm.priority,
+        adm.start_timeout_seconds or None, adm.estimate_usd, adm.images, adm.provider_max_in_flight,
+        month_start, month_end, queries.CHANNEL_WORK, traceparent,
+    )
+    # Autocommit statements on the raw asyncpg connection: no SQLAlchemy execution layer on
+    # every submit's path.
+    async with raw_statement(engine) as raw:
+        verdict = await raw.fetchrow(queries.ADMIT_JOB, *params)
+        assert verdict is not None
+        if verdict["verdict"] == "budget_exceeded":
+            raise ledger.exceeded(verdict["budget"], verdict["spent"], verdict["reserved"], adm.estimate_usd)
+        if verdict["verdict"] == "conflict":
             raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
-        row = (await autocommit.execute(select(jobs_t).where(jobs_t.c.id == verdict.job_id))).one()
-        return job_record(row), verdict.verdict == "created"
+        row = await raw.fetchrow(queries.ADMITTED_JOB, verdict["job_id"])
+        assert row is not None
+        return JobRecord.from_row(row), verdict["verdict"] == "created"
 
 
 ANY_SLOT = 2**31 - 1  # count every slot an owner holds (no provider setting here)

@@ -49,8 +49,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnClause, TextClause, bindparam, literal_column, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnClause, TextClause, literal_column, text
 
 from service.db import statements
 from service.db.statements import sql_values
@@ -167,7 +166,8 @@ RETRY_ESTIMATES = _SQL.text("RETRY_ESTIMATES")
 RETRY_TAGS = _SQL.text("RETRY_TAGS")
 # Money
 BUDGET_FIGURES = _SQL.text("BUDGET_FIGURES")
-ADMIT_JOB = _SQL.text("ADMIT_JOB").bindparams(bindparam("input", type_=JSONB), bindparam("metadata", type_=JSONB))
+ADMIT_JOB = _SQL.asyncpg("ADMIT_JOB")
+ADMITTED_JOB = _SQL.asyncpg("ADMITTED_JOB")
 RESERVE = _SQL.text("RESERVE")
 RELEASE_RESERVATION = _SQL.text("RELEASE_RESERVATION")
 SETTLE_HELD = _SQL.asyncpg("SETTLE_HELD")

@@ -452,16 +452,24 @@ WHERE jobs.id = t.id;
 -- the owner's held reservations, never a read of the owner's history.
 SELECT spent, reserved FROM owner_money(:owner, :start, :end);
 
--- name: ADMIT_JOB
+-- name: ADMIT_JOB (asyncpg)
 -- Why: the whole admission in one statement (admit_job, revision 0010), sent outside
 -- any transaction block so the server commits it before answering: the owner's row is
 -- held from its lock to the commit with no round trip to the API process in between,
 -- and the budget figures are read after the lock (a new snapshot per statement inside
--- the function), so concurrent submits never overshoot.
+-- the function), so concurrent submits never overshoot. Raw asyncpg SQL, on the raw
+-- connection (service/db/admission.py): $1 id, $2 owner, $3 model, $4 input (JSON), $5
+-- metadata (JSON), $6 callback URL, $7 Idempotency-Key, $8 request hash, $9 priority, $10
+-- start timeout, $11 estimate, $12 images, $13 provider's in-flight cap, $14 and $15 the
+-- month, $16 the work channel, $17 traceparent.
 SELECT verdict, job_id, budget, spent, reserved FROM admit_job(
-    :id, :owner, :model, :input, :metadata, :callback_url, :idempotency_key, :request_hash, :priority,
-    :start_timeout_seconds, :estimate, :images, :provider_max_in_flight, :month_start, :month_end, :channel,
-    :traceparent);
+    $1::text, $2::text, $3::text, $4::jsonb, $5::jsonb, $6::text, $7::text, $8::text, $9::integer,
+    $10::integer, $11::numeric, $12::integer, $13::integer, $14::timestamptz, $15::timestamptz, $16::text,
+    $17::text);
+
+-- name: ADMITTED_JOB (asyncpg)
+-- The job admission answers with (after ADMIT_JOB committed: a statement of its own sees it).
+SELECT * FROM jobs WHERE id = $1;
 
 -- name: RESERVE
 INSERT INTO ledger (owner, job_id, kind, amount_usd, images, model, reserved_at)
