@@ -9,6 +9,7 @@ happen in the storer, never here.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -24,11 +25,13 @@ from service.api.plumbing.body import parse_json, read_capped
 from service.api.plumbing.error_responses import ErrorBody
 from service.api.plumbing.openapi_doc import JOB_ID, answer, documented
 from service.db import jobs, news
+from service.db.news import News, Result
 from service.db.news_writer import NewsWriter
 from service.domain.errors import BadRequest, SignatureInvalid
 from service.domain.signing import verify_wavespeed
 from service.observability import logs, metrics
 from service.observability.tracing import job_attributes, job_span
+from service.resources import Resources
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +88,15 @@ async def receive(request: Request) -> JSONResponse:
     writer: NewsWriter = request.app.state.news_writer
     result = await writer.write(item)
     metrics.webhook_received(result.outcome)
+    if res.tracing.exporting or log.is_enabled_for(logging.INFO):
+        record(res, arrived, job_id, item, webhook_id, result)
+    ack: WebhookAck = {"received": True, "outcome": result.outcome}
+    return JSONResponse(ack)
+
+
+def record(res: Resources, arrived: int, job_id: str, item: News, webhook_id: str, result: Result) -> None:
+    """The webhook's span and log line. Skipped when neither is kept (no exporter, log
+    level above info): a span that records nothing served only the line's trace ids."""
     # A span of the job's own trace (its context came back with the write), from the
     # webhook's arrival to its commit (the request itself gets no span of its own:
     # service/observability/instrumentation.py UNTRACED).
@@ -93,8 +105,6 @@ async def receive(request: Request) -> JSONResponse:
                               "provider.status": item.provider_status or "", "provider.task_id": item.task_id or ""}):
         log.info("webhook.received", job_id=job_id, task_id=item.task_id, webhook_id=webhook_id,
                  outcome=result.outcome)
-    ack: WebhookAck = {"received": True, "outcome": result.outcome}
-    return JSONResponse(ack)
 
 
 def checked_prediction(text: str, job_id: str) -> dict[str, Any]:

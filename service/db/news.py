@@ -28,6 +28,8 @@ from service.domain.states import CALLBACK_EVENT, TERMINAL, JobStatus, allowed_f
 NO_OUTPUTS_ERROR = "provider reported completion without outputs"
 FAILED_ERROR = "the provider reported the task as failed"
 _TERMINAL = sorted(s.value for s in TERMINAL)
+# Postgres refuses a NOTIFY payload of 8,000 bytes or more.
+PAYLOAD_BYTES = 7000
 
 # The verdicts of queries.APPLY_NEWS, as the receiver's outcome (and metric label).
 _OUTCOME = {
@@ -105,32 +107,41 @@ def plan(
     """What ``prediction`` says about job ``job_id`` and where it would move it."""
     task_id = prediction.get("id") if isinstance(prediction.get("id"), str) and prediction.get("id") else None
     status = prediction.get("status") if isinstance(prediction.get("status"), str) else None
-    news = News(
-        job_id=job_id, source=source, webhook_id=webhook_id, body=body, task_id=task_id,
-        provider_status=status, inference_ms=_inference_ms(prediction), nsfw=_nsfw(prediction),
-        detail={"webhook_id": webhook_id, "task_id": task_id, "status": prediction.get("status")},
-    )
+    outputs: tuple[str, ...] = ()
+    target: JobStatus | None = None
+    error: str | None = None
+    delay, always_advanced = 0.0, False
     if status == "completed":
         outputs = _outputs(prediction)
         if outputs:
-            return _with(news, outputs=outputs, target=JobStatus.STORING)
-        return _with(news, target=JobStatus.FAILED, error=NO_OUTPUTS_ERROR, always_advanced=True)
-    if status == "failed":
-        return _with(news, target=JobStatus.FAILED, error=str(prediction.get("error") or FAILED_ERROR))
-    if status == "processing":
-        return _with(news, target=JobStatus.PROCESSING, delay=reconcile_after)
-    return news
+            target = JobStatus.STORING
+        else:
+            target, error, always_advanced = JobStatus.FAILED, NO_OUTPUTS_ERROR, True
+    elif status == "failed":
+        target, error = JobStatus.FAILED, str(prediction.get("error") or FAILED_ERROR)
+    elif status == "processing":
+        target, delay = JobStatus.PROCESSING, reconcile_after
+    # Built once (a frozen dataclass costs a setattr per field): the receiver plans
+    # every webhook on its request.
+    return News(
+        job_id=job_id, source=source, webhook_id=webhook_id, body=body, task_id=task_id,
+        provider_status=status, inference_ms=_inference_ms(prediction), nsfw=_nsfw(prediction),
+        detail={"webhook_id": webhook_id, "task_id": task_id, "status": prediction.get("status")},
+        outputs=outputs, target=target, error=error, delay=delay, always_advanced=always_advanced,
+    )
 
 
-def _with(news: News, **changes: Any) -> News:
-    return News(**{**news.__dict__, **changes})
+# Per target status, computed once: APPLY_NEWS's "reachable from" list, whether it
+# ends the job, and the callback event of an end (enum hashing and the state rule per
+# item were most of the cost of building a batch's arrays).
+_ALLOWED = {target: ",".join(allowed_from(target)) for target in JobStatus}
+_ENDS = {target: target in TERMINAL for target in JobStatus}
 
 
 def _args(items: Sequence[News]) -> list[Any]:
     """APPLY_NEWS's parallel arrays."""
-    def target_terminal(n: News) -> bool:
-        return n.target in TERMINAL if n.target else False
-
+    ends = [_ENDS[n.target] if n.target else False for n in items]
+    dumps = json.dumps
     return [
         [n.job_id for n in items],
         [n.webhook_id for n in items],
@@ -138,17 +149,17 @@ def _args(items: Sequence[News]) -> list[Any]:
         [n.body for n in items],
         [n.provider_status for n in items],
         [n.inference_ms for n in items],
-        [None if n.nsfw is None else json.dumps(n.nsfw) for n in items],
-        [json.dumps(list(n.outputs)) for n in items],
+        [None if n.nsfw is None else dumps(n.nsfw) for n in items],
+        [dumps(n.outputs) for n in items],
         [n.target.value if n.target else None for n in items],
-        [",".join(allowed_from(n.target)) if n.target else None for n in items],
-        [target_terminal(n) for n in items],
+        [_ALLOWED[n.target] if n.target else None for n in items],
+        ends,
         [n.error for n in items],
-        [new_delivery_id() if target_terminal(n) else None for n in items],
-        [CALLBACK_EVENT[n.target] if n.target and target_terminal(n) else None for n in items],
+        [new_delivery_id() if end else None for end in ends],
+        [CALLBACK_EVENT[n.target] if end and n.target else None for n, end in zip(items, ends, strict=True)],
         [n.source for n in items],
         [float(n.delay) for n in items],
-        [json.dumps(n.detail) for n in items],
+        [dumps(n.detail) for n in items],
         _TERMINAL,
     ]
 
@@ -196,9 +207,35 @@ async def settle_late(conn: asyncpg.Connection, late: Sequence[News]) -> None:
 
 async def notify(conn: asyncpg.Connection, wakes: Sequence[tuple[str, str]]) -> None:
     """Send many wake-ups in one statement (Postgres drops repeats within it)."""
-    unique = sorted(set(wakes))
-    if unique:
-        await conn.execute(queries.NOTIFY_MANY, [c for c, _ in unique], [p for _, p in unique])
+    joined = joined_wakes(wakes)
+    if joined:
+        await conn.execute(queries.NOTIFY_MANY, [c for c, _ in joined], [p for _, p in joined])
+
+
+def joined_wakes(wakes: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The wake-ups as few notifications: the job ids of the job and done channels
+    joined by commas (as a bulk batch's ends are; service/db/listen.py splits them), in
+    payloads under Postgres's 8,000-byte limit. A batch of N moves costs Postgres and
+    every listening process a few notifications instead of N + 1: each one is queued,
+    sent to every listener and handled there one by one."""
+    work: list[tuple[str, str]] = []
+    ids: dict[str, list[str]] = {}
+    for channel, payload in sorted(set(wakes)):
+        if channel == queries.CHANNEL_WORK:
+            work.append((channel, payload))  # a duty's name: one each
+        else:
+            ids.setdefault(channel, []).append(payload)
+    for channel, payloads in ids.items():
+        chunk: list[str] = []
+        size = 0
+        for payload in payloads:
+            if chunk and size + len(payload.encode()) + 1 > PAYLOAD_BYTES:
+                work.append((channel, ",".join(chunk)))
+                chunk, size = [], 0
+            chunk.append(payload)
+            size += len(payload.encode()) + 1
+        work.append((channel, ",".join(chunk)))
+    return work
 
 
 async def apply_one(conn: AsyncConnection, item: News) -> str:

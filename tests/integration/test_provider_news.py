@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from service.db import news
 from service.db.engine import asyncpg_dsn
+from service.db.listen import Notifications
 from service.db.news_writer import NewsWriter
 from tests.conftest import fresh_database
 
@@ -341,3 +342,57 @@ def test_a_late_webhook_for_a_deleted_job_is_logged_without_its_body(
     assert result.outcome == "late"
     body = quiet_sql.execute("SELECT body FROM webhook_events WHERE webhook_id = %s", (f"w_del_{run}",)).fetchone()
     assert body == ({},)
+
+
+def test_the_wake_ups_of_a_batch_are_job_ids_joined_in_few_notifications_each_watcher_woken(
+    quiet_database: str, quiet_sql: psycopg.Connection[Any]
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    stored = [f"job_js{n:03d}_{run}" for n in range(500)]
+    ended = [f"job_jf{n:03d}_{run}" for n in range(20)]
+    for job_id in stored + ended:
+        seed(quiet_sql, job_id, f"task_{job_id}", {})
+    heard: list[tuple[str, str]] = []
+
+    async def go() -> tuple[bool, bool]:
+        notifications = Notifications(asyncpg_dsn(quiet_database))
+        listener = await asyncpg.connect(asyncpg_dsn(quiet_database))
+        await notifications.start()
+        try:
+            for channel in ("wsj_work", "wsj_done", "wsj_job"):
+                await listener.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+            watched, waited = notifications.watch(stored[321]), notifications.done_waiter(ended[7])
+            await send_all(quiet_database, [
+                [item(j, f"w_{j}", fill(completed(1), f"task_{j}")) for j in stored]
+                + [item(j, f"w_{j}", fill(failed(), f"task_{j}")) for j in ended]], max_flushes=1)
+            for _ in range(100):  # notifications arrive asynchronously; bounded wait
+                if {p for ch, p in heard if ch == "wsj_job" for p in p.split(",")} >= set(stored):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            return watched.is_set(), waited.is_set()
+        finally:
+            await notifications.stop()
+            await listener.close()
+
+    assert asyncio.run(go()) == (True, True)
+    job_payloads = [p for ch, p in heard if ch == "wsj_job"]
+    done_payloads = [p for ch, p in heard if ch == "wsj_done"]
+    # 520 moves in 3 batches (the first alone, then up to 256 each): a few joined
+    # notifications, not one per job, each under Postgres's 8,000-byte payload limit.
+    assert sorted(j for p in job_payloads for j in p.split(",")) == sorted(stored)
+    assert sorted(j for p in done_payloads for j in p.split(",")) == sorted(ended)
+    assert len(job_payloads) <= 6 and len(done_payloads) <= 3
+    assert max(len(p.encode()) for p in job_payloads + done_payloads) < 8000
+    assert sorted({p for ch, p in heard if ch == "wsj_work"}) == ["deliver", "storing"]
+
+
+def test_joined_wake_ups_keep_duty_names_apart_and_split_long_id_lists() -> None:
+    wakes = [("wsj_work", "storing"), ("wsj_job", "job_b"), ("wsj_job", "job_a"), ("wsj_work", "deliver"),
+             ("wsj_done", "job_c"), ("wsj_job", "job_a")]
+    assert news.joined_wakes(wakes) == [("wsj_work", "deliver"), ("wsj_work", "storing"), ("wsj_done", "job_c"),
+                                        ("wsj_job", "job_a,job_b")]
+    many = [("wsj_job", f"job_{n:026d}") for n in range(1000)]
+    joined = news.joined_wakes(many)
+    assert [p for _, p in joined] and all(len(p) <= news.PAYLOAD_BYTES for _, p in joined)
+    assert len(joined) == 5 and sorted(j for _, p in joined for j in p.split(",")) == sorted(p for _, p in many)

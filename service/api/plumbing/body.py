@@ -48,6 +48,10 @@ def parse_json(body: bytes | str, what: str = "the body") -> Any:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest(f"{what} must be valid JSON", field="body") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
+    # Each level of nesting opens with its own bracket, so a text with few of them cannot
+    # nest deeply: counted in C, this spares the walk (three times the parse's cost on
+    # a webhook) for almost every body.
+    openers = body.count(b"[") + body.count(b"{") if isinstance(body, bytes) else body.count("[") + body.count("{")
+    if openers > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:
         raise BadRequest(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", field="body")
     return value
