@@ -196,9 +196,11 @@ async def _warn_if_jit_on(settings: Settings, engine: AsyncEngine) -> None:
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    # facade last: it ends in an /api/v3 catch-all.
-    for module in (health, metrics_endpoint, openapi_endpoint, job_api, job_lifecycle, job_stream, receipt_api,
-                   callback_secret_api, owner_account, receiver, facade):
+    # The receiver first: Starlette tries the routes in order, a regex each, and the
+    # provider's webhooks are the busiest path (no other route starts with /webhooks).
+    # The facade last: it ends in an /api/v3 catch-all.
+    for module in (receiver, health, metrics_endpoint, openapi_endpoint, job_api, job_lifecycle, job_stream,
+                   receipt_api, callback_secret_api, owner_account, facade):
         out += module.routes
     out += bulk_page.routes + history_page.routes  # the history page at / (and /login, /bulk, /jobs/{id}, /static)
     return out

@@ -204,8 +204,16 @@ def transport_code(exc: BaseException) -> str:
     return "transport"
 
 
+# The outcomes are a few fixed names: each one's counter is looked up once (``labels``
+# takes a lock and checks its values on every call, on the receiver's busiest path).
+_WEBHOOK_OUTCOMES: dict[str, Counter] = {}
+
+
 def webhook_received(outcome: str) -> None:
-    WEBHOOKS.labels(outcome).inc()
+    counter = _WEBHOOK_OUTCOMES.get(outcome)
+    if counter is None:
+        counter = _WEBHOOK_OUTCOMES[outcome] = WEBHOOKS.labels(outcome)
+    counter.inc()
 
 
 def observe_erasure(jobs: int, size_bytes: int, objects: int) -> None:
