@@ -4,7 +4,10 @@ Each webhook is verified on its own by its request; then ``NewsWriter.write`` qu
 ``News`` and waits. Up to ``max_flushes`` batches are in flight at once, each one
 statement (``news.apply``, its own transaction) on a plain asyncpg pool: at low load a
 webhook is written alone at once; under load every arrival during a flush joins the
-next batch, so one commit (one WAL flush) serves many webhooks. A request is answered
+next batch, so one commit (one WAL flush) serves many webhooks, and a batch starts
+beside one in flight only with at least half as many webhooks (16 clients in a closed
+loop: two batches of 8 in turn, where a free flush taken by any arrival made batches
+of 1 and 15). A request is answered
 only after the commit that holds its webhook; the wake-ups go out after it, from one
 task, many in one NOTIFY statement (a NOTIFY inside the transaction would serialise the
 commits of every notifying transaction).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -55,6 +59,7 @@ class NewsWriter:
         self._queue: deque[tuple[News, asyncio.Future[Result]]] = deque()
         self._busy_jobs: set[str] = set()  # jobs with an item in a batch in flight
         self._flushes: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # webhooks in the batches in flight
         self._wakes: set[tuple[str, str]] = set()
         self._notifier: asyncio.Task[None] | None = None
 
@@ -75,13 +80,23 @@ class NewsWriter:
             await asyncio.wait({self._notifier}, timeout=timeout)
 
     def _start_flushes(self) -> None:
-        while len(self._flushes) < self._max_flushes and self._queue:
+        while self._worth_a_flush():
             batch = self._take()
             if not batch:
                 return  # everything queued waits for a job in flight
             task = asyncio.create_task(self._flush(batch), name="news.flush")
             self._flushes.add(task)
-            task.add_done_callback(self._flush_done)
+            self._in_flight += len(batch)
+            task.add_done_callback(functools.partial(self._flush_done, size=len(batch)))
+
+    def _worth_a_flush(self) -> bool:
+        """Idle: at once. With a batch in flight, whose commit takes what is queued by
+        then, another starts only with at least half as many webhooks: started for any
+        arrival, the clients of a closed loop split into a group of one and a group of
+        all the others, and half the commits served one webhook each."""
+        if not self._queue or len(self._flushes) >= self._max_flushes:
+            return False
+        return not self._flushes or 2 * len(self._queue) >= self._in_flight
 
     def _take(self) -> list[tuple[News, asyncio.Future[Result]]]:
         batch: list[tuple[News, asyncio.Future[Result]]] = []
@@ -101,8 +116,9 @@ class NewsWriter:
         self._queue = left
         return batch
 
-    def _flush_done(self, task: asyncio.Task[None]) -> None:
+    def _flush_done(self, task: asyncio.Task[None], size: int) -> None:
         self._flushes.discard(task)
+        self._in_flight -= size
         self._start_flushes()
 
     async def _flush(self, batch: list[tuple[News, asyncio.Future[Result]]]) -> None:

@@ -396,3 +396,36 @@ def test_joined_wake_ups_keep_duty_names_apart_and_split_long_id_lists() -> None
     joined = news.joined_wakes(many)
     assert [p for _, p in joined] and all(len(p) <= news.PAYLOAD_BYTES for _, p in joined)
     assert len(joined) == 5 and sorted(j for _, p in joined for j in p.split(",")) == sorted(p for _, p in many)
+
+
+def test_under_load_a_free_flush_waits_for_company_instead_of_committing_one_webhook(
+    quiet_database: str, quiet_sql: psycopg.Connection[Any]
+) -> None:
+    """16 clients, each sending its next webhook once the last is answered (wrk's closed
+    loop): started at once, the first arrival after a commit took the free flush alone,
+    and half the batches held one webhook; gathered, few do."""
+    run = uuid.uuid4().hex[:8]
+    clients = [[f"job_c{c:02d}_{n:02d}_{run}" for n in range(12)] for c in range(16)]
+    for job_id in (j for jobs in clients for j in jobs):
+        seed(quiet_sql, job_id, f"task_{job_id}", {})
+
+    async def go() -> None:
+        pool = await asyncpg.create_pool(asyncpg_dsn(quiet_database), min_size=2, max_size=2)
+        try:
+            writer = NewsWriter(pool, max_flushes=2)
+
+            async def client(jobs: list[str]) -> None:
+                for job_id in jobs:
+                    result = await writer.write(item(job_id, f"w_{job_id}", fill(completed(1), f"task_{job_id}")))
+                    assert result.outcome == "advanced"
+
+            await asyncio.gather(*(client(jobs) for jobs in clients))
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    ids = [j for jobs in clients for j in jobs]
+    sizes = [n for (n,) in quiet_sql.execute(
+        "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND status = 'storing' GROUP BY xmin::text", (ids,))]
+    assert sum(sizes) == len(ids)
+    assert sizes.count(1) <= len(sizes) // 4, sorted(sizes, reverse=True)
