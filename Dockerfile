@@ -9,13 +9,19 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY requirements.lock ./
+COPY requirements.lock build-requirements.lock ./
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+# The build tools (pyproject's [build-system]) from a hashed lock of their own, in a venv of
+# their own: the wheel is built with nothing fetched unpinned, and setuptools stays out of
+# the image.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r build-requirements.lock
 COPY pyproject.toml README.md ./
 # The Alembic revisions are package data of service (service/db/migrations): `migrate` needs
 # nothing from the working directory.
 COPY service ./service
-RUN /opt/venv/bin/pip install --no-deps . && /opt/venv/bin/pip check
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl && /opt/venv/bin/pip check
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 LOG_FORMAT=json

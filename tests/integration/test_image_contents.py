@@ -19,7 +19,7 @@ from setuptools import find_packages
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_SOURCES = {"requirements.lock", "pyproject.toml", "README.md", "service"}
+PRODUCT_SOURCES = {"requirements.lock", "build-requirements.lock", "pyproject.toml", "README.md", "service"}
 
 
 def copied_sources() -> set[str]:

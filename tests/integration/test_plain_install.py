@@ -76,7 +76,15 @@ def install_like_the_image(base: Path) -> None:
     run([sys.executable, "-m", "venv", str(venv)])
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(src / "requirements.lock")], timeout=900)
-    run([*pip, "install", "--no-deps", str(src)], timeout=600)
+    build = base / "build"
+    run([sys.executable, "-m", "venv", str(build)])
+    build_pip = [str(build / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    run([*build_pip, "install", "--require-hashes", "--no-deps", "-r", str(src / "build-requirements.lock")],
+        timeout=600)
+    run([*build_pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(base / "dist"), str(src)],
+        timeout=600)
+    [wheel] = (base / "dist").glob("*.whl")
+    run([*pip, "install", "--no-deps", str(wheel)], timeout=600)
     run([*pip, "check"])
 
 

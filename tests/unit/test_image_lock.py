@@ -26,6 +26,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
+# The build tools of pyproject's [build-system], locked for the image's wheel build.
+BUILD_LOCK = ROOT / "build-requirements.lock"
 PROJECT = "wavespeed-jobs"
 # How the lock is made (also in its header): universal, so its markers hold on any platform.
 LOCK_COMMAND = "uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 -o requirements.lock"
@@ -168,9 +170,26 @@ def dockerfile_runs() -> list[str]:
 
 def test_the_image_installs_the_lock_with_hashes_then_the_project_without_resolving() -> None:
     installs = [run for run in dockerfile_runs() if "pip install" in run]
-    assert len(installs) == 2, installs
+    assert len(installs) == 3, installs
     assert "--require-hashes" in installs[0] and "-r requirements.lock" in installs[0]
-    assert "--no-deps ." in installs[1]
+    assert "--require-hashes" in installs[1] and "-r build-requirements.lock" in installs[1]
+    # The wheel is built by the locked build tools (no isolated build environment that
+    # would fetch the newest setuptools), then installed without resolving anything.
+    [build] = [run for run in dockerfile_runs() if "pip wheel" in run]
+    assert "--no-build-isolation" in build and "--no-deps" in build
+    assert "--no-deps /tmp/dist/" in installs[2]
+
+
+def test_the_build_lock_pins_every_build_requirement_with_hashes() -> None:
+    build_pins = parse_lock(BUILD_LOCK.read_text())
+    requires = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]]
+    assert requires
+    for req in requires:
+        pin = build_pins.get(canonicalize_name(req.name))
+        assert pin is not None, f"{req.name} of [build-system] is not in {BUILD_LOCK.name}"
+        assert req.specifier.contains(pin.version, prereleases=True), (req, pin.version)
+    for pin in build_pins.values():
+        assert pin.hashes and all(h.startswith("sha256:") for h in pin.hashes), pin
 
 
 def test_the_image_runs_as_a_numeric_non_root_user() -> None:
