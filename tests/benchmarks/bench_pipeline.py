@@ -263,6 +263,9 @@ def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     spy = Path(procs.PYTHON).with_name("py-spy")
     argv = [str(spy), "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking",
             "--output", str(out)]
+    # BENCH_PYSPY_ARGS: more py-spy flags, e.g. "--gil" (only samples holding the GIL: Python's
+    # CPU, not threads waiting for it on a busy machine) or "--native".
+    argv += os.environ.get("BENCH_PYSPY_ARGS", "").split()
     return procs.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
