@@ -21,10 +21,13 @@ Transactions that write more than one table, and how they keep the order:
 
 - provider news (``APPLY_NEWS``, service/db/news.py): one statement locks the batch's jobs
   in id order before judging them, then appends events, outputs and deliveries;
-- ``jobs.transition`` (storer, submitter, reconciler, cancel, time-outs): the guarded
-  UPDATE of the job comes first, then its event and delivery (``AFTER_MOVE``);
-- the deliverer recording an attempt (service/work/deliverer.py ``_record``) and the
-  redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
+- ``jobs.transition`` (reconciler, cancel, time-outs, the storer's and submitter's rarer
+  paths): the guarded UPDATE of the job comes first, then its event and delivery
+  (``AFTER_MOVE``); the submitter's accepted answer (``SUBMIT_ACCEPTED``) and the storer's
+  completion (``STORE_COMPLETE``) are the same in one statement, the job first;
+- the deliverer recording an attempt (``RECORD_ATTEMPT``: one statement whose first part
+  locks the job; for a deleted job, service/work/deliverer.py ``_record_deleted``) and
+  the redeliver route lock the job (``jobs.lock_job_id`` / ``get_job(lock=True)``) before
   they update the delivery and mirror its state on the job (service/db/deliveries.py);
 - bulk cancel and delete (``FINISH_MANY``, one statement, service/db/jobs.py
   ``finish_many``) and bulk redeliver (``REDELIVERABLE``) lock the
