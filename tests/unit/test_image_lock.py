@@ -182,7 +182,8 @@ def test_the_image_installs_the_lock_with_hashes_then_the_project_without_resolv
 
 def test_the_build_lock_pins_every_build_requirement_with_hashes() -> None:
     build_pins = parse_lock(BUILD_LOCK.read_text())
-    requires = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]]
+    build_system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    requires = [Requirement(r) for r in build_system["requires"]]
     assert requires
     for req in requires:
         pin = build_pins.get(canonicalize_name(req.name))
