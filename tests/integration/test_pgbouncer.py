@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -88,10 +89,8 @@ RERUN: dict[ModuleType, tuple[str, ...]] = {
         "test_gives_up_after_the_schedule_and_redelivers_through_the_api",
         "test_retry_after_on_503_is_honoured", "test_many_deliveries_in_flight_at_once",
     ),
-    test_faults: ("fault_db", "test_kill_9_of_serve_mid_run_with_two_workers_beside_it"),
-    test_crash_callback: (
-        "crash_db", "test_callback_of_a_job_that_ended_just_before_kill_9_is_delivered_after_restart",
-    ),
+    test_faults: ("test_kill_9_of_serve_mid_run_with_two_workers_beside_it",),
+    test_crash_callback: ("test_callback_of_a_job_that_ended_just_before_kill_9_is_delivered_after_restart",),
 }
 # Collected here too (pytest collects a module's test functions and fixtures by name), so
 # they run with this module's fixtures: the services behind PgBouncer.
@@ -108,14 +107,36 @@ def pgbouncer(postgres_server: str) -> Iterator[PgBouncer]:
         yield bouncer
 
 
-@pytest.fixture(scope="module")
-def database_url(postgres_server: str, pgbouncer: PgBouncer) -> Iterator[str]:
-    """A database of this module's own, so no service of another module (reaching it
-    directly) takes its jobs. JIT off on the database, as docs/deploy.md asks for behind
-    a pooler (no session can set it there)."""
+@contextlib.contextmanager
+def pooled_database(postgres_server: str) -> Iterator[str]:
+    """A fresh database with JIT off on it, as docs/deploy.md asks for behind a pooler (no
+    session can set it there; left on, every claim is compiled anew and a run under load
+    takes minutes)."""
     with fresh_database(postgres_server) as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{_database(url)}" SET jit = off')
+        yield url
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_server: str, pgbouncer: PgBouncer) -> Iterator[str]:
+    """A database of this module's own, so no service of another module (reaching it
+    directly) takes its jobs."""
+    with pooled_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def fault_db(postgres_server: str, pgbouncer: PgBouncer) -> Iterator[str]:
+    """The kill -9 scenario's database (test_faults makes its own the same way), JIT off."""
+    with pooled_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def crash_db(postgres_server: str, pgbouncer: PgBouncer) -> Iterator[str]:
+    """The crashed callback's database (as test_crash_callback's), JIT off."""
+    with pooled_database(postgres_server) as url:
         yield url
 
 
