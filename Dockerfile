@@ -16,10 +16,11 @@ RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 # the image.
 RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --require-hashes --no-deps -r build-requirements.lock
-COPY pyproject.toml README.md ./
-# The Alembic revisions are package data of service (service/db/migrations): `migrate` needs
-# nothing from the working directory.
+COPY pyproject.toml setup.py README.md ./
+# The Alembic revisions (migrations/) are installed inside the package as
+# service.db.migrations: `migrate` needs nothing from the working directory.
 COPY service ./service
+COPY migrations ./migrations
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
     && /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl && /opt/venv/bin/pip check
 

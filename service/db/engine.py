@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -21,9 +21,6 @@ from service.domain.errors import Unavailable
 if TYPE_CHECKING:
     from alembic.config import Config
 
-# The Alembic revisions ship inside the package (service/db/migrations/), so `migrate` runs
-# from any install and any working directory: no alembic.ini, no checkout needed.
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def async_url(url: str) -> str:
@@ -251,7 +248,10 @@ def alembic_config(url: str) -> Config:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    # The Alembic revisions (migrations/ in the checkout) ship inside the package as
+    # service.db.migrations, so `migrate` runs from any install and any working directory:
+    # no alembic.ini, no checkout. The import system knows where either install put them.
+    config.set_main_option("script_location", str(importlib.resources.files("service.db.migrations")))
     config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = url
     return config

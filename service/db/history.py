@@ -8,7 +8,7 @@ Every page is an ordered index walk that stops after ``limit + 1`` rows, whateve
 filter's selectivity: ``(owner, created_at, id)``, ``(owner, status, …)`` and ``(owner,
 model, …)`` on jobs, and for ``metadata.<key>=<value>`` the ``(owner, key, value,
 created_at, job_id)`` index of job_metadata (one row per key, kept by a trigger; see
-service/db/migrations/versions/0003_history_indexes.py). A GIN index on the jsonb could find the
+migrations/versions/0003_history_indexes.py). A GIN index on the jsonb could find the
 matches but not in order, so a value matching thousands of jobs meant fetching and
 sorting them all. tests/benchmarks/bench_history.py measures every shape at 1,000,000
 jobs of one owner.

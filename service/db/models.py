@@ -1,5 +1,5 @@
 """SQLAlchemy 2 typed models. The schema itself is created by the Alembic revisions in
-db/migrations/ (which must stay in step with this file); these classes are for queries."""
+migrations/ (which must stay in step with this file); these classes are for queries."""
 
 from __future__ import annotations
 

@@ -820,7 +820,7 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit
 -- === Metrics (service/db/gauges.py, for service/observability/metrics.py)
 
 -- name: FOLD_COUNTS
--- Why: fold first (tried, never waited for: see db/migrations/versions/0008), then read
+-- Why: fold first (tried, never waited for: see migrations/versions/0008), then read
 -- the folded counts of terminal jobs plus, live, the terminal jobs not folded yet (a
 -- range of the jobs_terminal index) and the active ones (the small jobs_active index).
 -- One statement, so one snapshot: the mark and the counts it folded agree.

@@ -1,6 +1,6 @@
 -- The current definition of every SQL function and trigger of the database, in one place.
 --
--- Tables, indexes and data come from the Alembic revisions in db/migrations/versions/ (the
+-- Tables, indexes and data come from the Alembic revisions in migrations/versions/ (the
 -- history: each revision keeps the text it ran, forever). This file is what those
 -- revisions arrive at for the database's own logic, so that its live body can be read
 -- without finding the revision that last replaced it.

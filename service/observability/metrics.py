@@ -6,7 +6,7 @@ Two kinds, because they answer different questions:
   METRICS_CACHE_SECONDS (service/db/gauges.py reads it, figures_cache.py keeps it; this
   module never touches the database), so every process shows the same truth
   whichever of them did the work: jobs by status and model (exact, from the
-  ``job_counts`` plus live counts, service/db/migrations/versions/0008_job_counts_without_churn.py), and per duty the
+  ``job_counts`` plus live counts, migrations/versions/0008_job_counts_without_churn.py), and per duty the
   work that is due but not taken, the age of the oldest such row, and the rows leased
   now. Each query reads a dozen rows or walks a partial index of the active set only.
 * What this process did, counted as it happens: submit latency, provider calls and

@@ -19,7 +19,8 @@ from setuptools import find_packages
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_SOURCES = {"requirements.lock", "build-requirements.lock", "pyproject.toml", "README.md", "service"}
+PRODUCT_SOURCES = {"requirements.lock", "build-requirements.lock", "pyproject.toml", "README.md", "service",
+                   "migrations", "setup.py"}
 
 
 def copied_sources() -> set[str]:
@@ -51,10 +52,9 @@ def test_the_dockerfile_copies_the_product_only() -> None:
 
 
 def test_the_installed_packages_are_the_service_alone(image_tree: Path) -> None:
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = find_packages(str(image_tree), include=include)
+    packages = find_packages(str(image_tree), include=["service*"])
     assert {"service", "service.api", "service.api.plumbing", "service.web", "service.cli"} <= set(packages)
-    assert [p for p in packages if not p.startswith("service")] == []
+    assert set(find_packages(str(image_tree))) - set(packages) == {"migrations", "migrations.versions"}
     assert not list(image_tree.rglob("simulator*"))
 
 
@@ -70,15 +70,25 @@ def test_the_history_pages_templates_and_static_files_are_installed_with_it() ->
 
 def test_every_file_of_the_package_is_installed_with_it() -> None:
     # A regular install takes packages (directories with an __init__.py) and the package
-    # data its globs match, nothing else: the Alembic revisions (service/db/migrations/,
+    # data its globs match, nothing else: the Alembic revisions (migrations/,
     # what `migrate` runs in the image) and the SQL the service loads must be one or the other.
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = set(find_packages(str(ROOT), include=config["packages"]["find"]["include"]))
-    data = {p for g in config["package-data"]["service"] for p in (ROOT / "service").glob(g)}
-    tracked = subprocess.run(["git", "ls-files", "service"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    # The installed packages: found under service/ (setup.py's find), and migrations/ as
+    # service.db.migrations (setup.py's package_dir).
+    packages = set(find_packages(str(ROOT), include=["service*"]))
+    packages |= {"service.db." + name for name in find_packages(str(ROOT), include=["migrations*"])}
+    folder = {"service": "service", "service.db.migrations": "migrations"}
+    data = {p for package, globs in config["package-data"].items() for g in globs
+            for p in (ROOT / folder[package]).glob(g)}
+    tracked = subprocess.run(["git", "ls-files", "service", "migrations"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+
+    def package_of(path: Path) -> str:
+        parts = path.parent.parts
+        return ".".join(("service", "db", *parts) if parts[0] == "migrations" else parts)
+
     missed = [name for name in tracked if not (
-        ".".join(Path(name).parent.parts) in packages if name.endswith(".py") else ROOT / name in data)]
+        package_of(Path(name)) in packages if name.endswith(".py") else ROOT / name in data)]
     assert missed == []
     assert {"service.db.migrations", "service.db.migrations.versions"} <= packages
 

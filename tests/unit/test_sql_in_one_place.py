@@ -5,7 +5,7 @@ service/db/queries.py) or built by queries.py's lease template; modules use
 ``queries.NAME``. Dynamic filters built with SQLAlchemy Core (history, bulk) are not
 hand-written SQL and stay in their modules. Status values in SQL come from
 service/domain/states.py: ``{status:NAME}`` placeholders in the file, bind parameters, or
-``sql_values`` in the template. Migrations (service/db/migrations/) are history and are not
+``sql_values`` in the template. Migrations (migrations/) are history and are not
 scanned.
 """
 
@@ -27,7 +27,6 @@ SERVICE = ROOT / "service"
 # The only modules allowed to turn a string into SQL.
 SQL_MODULES = {"service/db/queries.py", "service/db/statements.py"}
 # The Alembic revisions: the SQL each release ran, kept as it ran.
-MIGRATIONS = SERVICE / "db" / "migrations"
 SQL_START = re.compile(r"^\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|WITH|SET|LISTEN|NOTIFY|CREATE|ALTER|DROP)\s")
 STATUS_NAMES = sorted({s.value for s in JobStatus} | {s.value for s in DeliveryStatus}
                       | set(get_args(WavespeedStatus)))
@@ -35,7 +34,7 @@ QUOTED_STATUS = re.compile("'(" + "|".join(STATUS_NAMES) + ")'")
 
 
 def _modules(package: Path) -> list[Path]:
-    return [p for p in sorted(package.rglob("*.py")) if not p.is_relative_to(MIGRATIONS)]
+    return sorted(package.rglob("*.py"))
 
 
 def _strings(tree: ast.AST) -> list[tuple[int, str]]:
