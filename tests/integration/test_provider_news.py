@@ -365,8 +365,9 @@ def test_the_wake_ups_of_a_batch_are_job_ids_joined_in_few_notifications_each_wa
             await send_all(quiet_database, [
                 [item(j, f"w_{j}", fill(completed(1), f"task_{j}")) for j in stored]
                 + [item(j, f"w_{j}", fill(failed(), f"task_{j}")) for j in ended]], max_flushes=1)
-            for _ in range(100):  # notifications arrive asynchronously; bounded wait
-                if {p for ch, p in heard if ch == "wsj_job" for p in p.split(",")} >= set(stored):
+            for _ in range(100):  # notifications arrive asynchronously; bounded wait, for both channels
+                ids = {ch: {j for c, p in heard if c == ch for j in p.split(",")} for ch in ("wsj_job", "wsj_done")}
+                if ids["wsj_job"] >= set(stored) and ids["wsj_done"] >= set(ended):
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
