@@ -25,7 +25,7 @@ import contextlib
 import contextvars
 import hashlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +50,15 @@ S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 class StorageError(ServiceError):
     """S3 could not be reached or refused the request."""
+
+
+class _S3CallFailed(Exception):
+    """An S3 call failed inside a thread that also ran other code: tells S3's failure
+    apart from that code's own exceptions."""
+
+    def __init__(self, call: str, cause: Exception) -> None:
+        super().__init__(call)
+        self.call, self.cause = call, cause
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,31 @@ class Storage:
             yield data
 
         return await self.put_stream(key, one(), content_type)
+
+    async def put_made(self, key: str, make: Callable[[], bytes | None], content_type: str) -> bool:
+        """Make an object's bytes with ``make`` and upload them (one PUT), both in one of
+        the pool's threads: one hop to a thread and back where making them in a thread and
+        then calling ``put_bytes`` takes two, and each return waits its turn on a busy
+        event loop. False, and nothing uploaded, when ``make`` returns None. ``make``'s
+        own exceptions propagate as they are; S3's become StorageError."""
+        loop = asyncio.get_running_loop()
+
+        def made_and_put() -> bool:
+            body = make()
+            if body is None:
+                return False
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+            except Exception as exc:  # botocore raises many unrelated types
+                raise _S3CallFailed("put_object", exc) from exc
+            return True
+
+        try:
+            return await loop.run_in_executor(self._pool, contextvars.copy_context().run, made_and_put)
+        except _S3CallFailed as failed:
+            metrics.s3_error(failed.call)
+            cause = failed.cause
+            raise StorageError(f"S3 {failed.call} failed: {type(cause).__name__}: {cause}") from cause
 
     async def get_bytes(self, key: str) -> bytes:
         answer = await self._run(self._client.get_object, Bucket=self.bucket, Key=key)

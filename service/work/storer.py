@@ -34,12 +34,13 @@ from service.work.backlog_limit import BacklogLimit
 from service.work.backoff import backoff
 from service.work.runner import claim_jobs, holder_for
 from service.work.signed_copy import put_signed
-from service.work.thumbnails import make_thumbnail
+from service.work.thumbnails import ThumbnailCopy
 
 log = structlog.get_logger(__name__)
 
 PROVIDER_RETENTION = dt.timedelta(days=7)
 KEEP_FOR_THUMBNAIL_BYTES = 16 * 1024 * 1024
+READ_BACK_FOR_THUMBNAIL_BYTES = 40 * 1024 * 1024
 
 
 class NotAnImage(ServiceError):
@@ -221,23 +222,36 @@ class Storer:
             return stored, thumbnail_key
 
     async def _copy(self, job: JobRecord, output: OutputRecord) -> tuple[StoredObject, str | None]:
+        """The output's PUT and its thumbnail (made, then PUT) run side by side once the
+        output's bytes are all in hand: the copy takes the longer of the two, not their
+        sum. Both keys are recorded together afterwards, in the one completing statement
+        (or ``_record``), so a deletion meanwhile still finds and deletes both objects."""
         fmt = job.input.get("output_format", "jpeg")
         source: str = output.source_url
-        data: bytes | None
-        if source.startswith("data:"):
-            try:
-                _, data = jobs.decode_data_url(source)
-            except ValueError:  # binascii.Error: not base64
-                raise NotAnImage(f"output {output.index} is a data: URL that is not base64") from None
-            # The type the URL declares is only a claim: the bytes decide.
-            content_type = sniff(data[:SNIFF_BYTES])
-            if content_type is None:
-                raise NotAnImage(f"output {output.index} {NOT_AN_IMAGE}")
-            stored = await self._put(job, output.index, self._key(job.id, output.index, content_type, fmt),
-                                     _once(data), content_type)
-        else:
-            stored, data = await self._stream(job, output.index, source, fmt)
-        return stored, await self._thumbnail(stored, data)
+        thumbnail = ThumbnailCopy(self.res.storage)
+        try:
+            if source.startswith("data:"):
+                try:
+                    _, data = jobs.decode_data_url(source)
+                except ValueError:  # binascii.Error: not base64
+                    raise NotAnImage(f"output {output.index} is a data: URL that is not base64") from None
+                # The type the URL declares is only a claim: the bytes decide.
+                content_type = sniff(data[:SNIFF_BYTES])
+                if content_type is None:
+                    raise NotAnImage(f"output {output.index} {NOT_AN_IMAGE}")
+                key = self._key(job.id, output.index, content_type, fmt)
+                if len(data) <= READ_BACK_FOR_THUMBNAIL_BYTES:
+                    thumbnail.start(key, data)
+                stored = await self._put(job, output.index, key, _once(data), content_type)
+            else:
+                stored = await self._stream(job, output.index, source, fmt, thumbnail)
+            if not thumbnail.started and stored.size_bytes <= READ_BACK_FOR_THUMBNAIL_BYTES:
+                # Too large (or unsized) to have been held: read back from S3, after the PUT.
+                await self._thumbnail_from_s3(stored, thumbnail)
+            return stored, await thumbnail.key()
+        except BaseException:
+            await thumbnail.settle()
+            raise
 
     async def _record(self, conn: AsyncConnection, job: JobRecord, out: completion.StoredOutput) -> bool:
         """Record a copied output (not the last: STORE_COMPLETE records that one) in
@@ -268,20 +282,21 @@ class Storer:
         ext = EXTENSIONS.get(content_type, fmt)
         return f"{self.res.settings.s3_prefix}{job_id}/{index}.{ext}"
 
-    async def _stream(self, job: JobRecord, index: int, url: str, fmt: str) -> tuple[StoredObject, bytes | None]:
-        """Stream one output into S3. Also returns its bytes when its declared size is
-        at most KEEP_FOR_THUMBNAIL_BYTES (every real Flux image), so the thumbnail needs
-        no second read from S3; larger or unsized outputs are never held in memory."""
+    async def _stream(self, job: JobRecord, index: int, url: str, fmt: str, thumbnail: ThumbnailCopy) -> StoredObject:
+        """Stream one output into S3. When its declared size is at most
+        KEEP_FOR_THUMBNAIL_BYTES (every real Flux image) its bytes are also kept, and the
+        thumbnail starts from them as soon as the download ends, while the output's PUT
+        runs; larger or unsized outputs are never held in memory."""
         settings = self.res.settings
         timeout = httpx.Timeout(settings.download_timeout_seconds, connect=10.0)
         try:
-            return await self._download(job, index, url, fmt, timeout)
+            return await self._download(job, index, url, fmt, timeout, thumbnail)
         except EgressRefused as exc:
             raise EgressRefused(f"output {index} refused: {exc.message}") from None
 
     async def _download(
-        self, job: JobRecord, index: int, url: str, fmt: str, timeout: httpx.Timeout
-    ) -> tuple[StoredObject, bytes | None]:
+        self, job: JobRecord, index: int, url: str, fmt: str, timeout: httpx.Timeout, thumbnail: ThumbnailCopy
+    ) -> StoredObject:
         settings = self.res.settings
         # Redirects are followed by hand, each hop checked and pinned (service/clients/egress.py).
         async with self.res.egress.get_following(url, timeout=timeout, host_problem=self._host_problem) as response:
@@ -302,6 +317,7 @@ class Storer:
             declared = int(expected) if expected and expected.isdigit() else None
             kept = bytearray() if declared is not None and declared <= KEEP_FOR_THUMBNAIL_BYTES else None
             seen = 0  # bytes downloaded (what S3 receives may be more: the signed copy)
+            key = self._key(job.id, index, content_type, fmt)
 
             async def chunks() -> AsyncIterator[bytes]:
                 nonlocal seen
@@ -312,11 +328,15 @@ class Storer:
                     if kept is not None and seen <= KEEP_FOR_THUMBNAIL_BYTES:
                         kept.extend(chunk)
                     yield chunk
+                # The whole body is in hand (put_stream has yet to send it, or its last
+                # part): the thumbnail goes now, beside the output's PUT.
+                if kept is not None and len(kept) == seen == declared:
+                    thumbnail.start(key, bytes(kept))
 
-            stored = await self._put(job, index, self._key(job.id, index, content_type, fmt), chunks(), content_type)
+            stored = await self._put(job, index, key, chunks(), content_type)
             if declared is not None and declared != seen:
                 raise Retry(f"output {index} was cut short ({seen} of {declared} bytes)", delay=backoff(job.attempts))
-            return stored, (bytes(kept) if kept is not None and len(kept) == seen else None)
+            return stored
 
     def _host_problem(self, host: str) -> str | None:
         """OUTPUT_HOSTS_ALLOWED: when set, a download (and each redirect) must stay on
@@ -326,22 +346,12 @@ class Storer:
             return None
         return f"host {host!r} is not in OUTPUT_HOSTS_ALLOWED"
 
-    async def _thumbnail(self, stored: StoredObject, data: bytes | None) -> str | None:
-        """A small WebP beside the original, for the history page, from the bytes we
-        already hold or else read back from S3. Best effort: a thumbnail that cannot be
-        made never blocks completion."""
-        if stored.size_bytes > 40 * 1024 * 1024:
-            return None
+    async def _thumbnail_from_s3(self, stored: StoredObject, thumbnail: ThumbnailCopy) -> None:
+        """Start the thumbnail of an output that was not held, from its bytes read back.
+        Best effort: an output that cannot be read back gets no thumbnail."""
         try:
-            if data is None:
-                data = await self.res.storage.get_bytes(stored.key)
-            thumb = await make_thumbnail(data)
-        except Exception as exc:  # noqa: BLE001  a thumbnail is optional: any failure leaves it out
+            data = await self.res.storage.get_bytes(stored.key)
+        except StorageError as exc:
             log.warning("thumbnail.failed", key=stored.key, error=type(exc).__name__)
-            return None
-        if thumb is None:
-            return None
-        key = stored.key.rsplit(".", 1)[0] + ".thumb.webp"
-        await self.res.storage.put_bytes(key, thumb, "image/webp")
-        return key
-
+            return
+        thumbnail.start(stored.key, data)

@@ -1,17 +1,29 @@
 """The storer records every output but the last on its own (a retry does not copy it
 again) and the last in the completing transaction: a job is completed exactly when every
-output is recorded, and a failure part-way keeps what was already stored."""
+output is recorded, and a failure part-way keeps what was already stored. An output's
+thumbnail is made and uploaded while the output's own PUT is in flight."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import psycopg
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from devtools.serverthread import ServerThread
 from service.app import open_resources
 from service.db import admission
 from service.domain.schemas import validate_input
+from service.resources import Resources
 from service.work.storer import Storer
 from tests.conftest import make_settings
+from tests.integration.staging import image_bytes
 from tests.integration.test_claim_fencing import MODEL, _jpeg_data_url
 
 
@@ -126,3 +138,107 @@ async def test_the_last_output_and_the_completion_are_one_step_with_its_callback
     assert events[-2:] == ["output.stored", "status.changed"]
     assert deliveries == [("job.completed", "pending", "https://backend.example/hook")]
     assert spent == (1,)
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[ServerThread]:
+    """A provider's CDN: ``/good.jpeg`` a real JPEG, ``/broken.jpeg`` bytes that start
+    like one and decode as nothing (both with their Content-Length, as Flux's are)."""
+    images = {"good.jpeg": image_bytes("JPEG", 512), "broken.jpeg": b"\xff\xd8\xff\xe0" + b"\x00" * 4000}
+
+    async def serve(request: Request) -> Response:
+        return Response(images[request.path_params["name"]], media_type="image/jpeg")
+
+    with ServerThread(Starlette(routes=[Route("/{name}", serve)])) as server:
+        yield server
+
+
+def _on_put_object(res: Resources, hook: Callable[[str], None]) -> None:
+    """Call ``hook(key)`` in the S3 thread before each PutObject goes out."""
+    real = res.storage._client.put_object
+
+    def put_object(**kwargs: Any) -> Any:
+        hook(kwargs["Key"])
+        return real(**kwargs)
+
+    res.storage._client.put_object = put_object
+
+
+async def _store_one_output(res: Resources, own_db: str, source: str) -> tuple[str, Any, Any, list[str]]:
+    """A job in ``storing`` with one output at ``source``, stored once: (id, status,
+    the output's (key, thumbnail_key), its event types)."""
+    storer = Storer(res)
+    job, _ = await admission.create_job(
+        res.engine, owner="storer", model=MODEL, input_=validate_input(MODEL, {"prompt": "thumb"}),
+        metadata={}, callback_url=None, idempotency_key=None, body_hash=None,
+    )
+    with psycopg.connect(own_db, autocommit=True) as sql:
+        sql.execute("UPDATE jobs SET status = 'storing', provider_task_id = 'task_thumb', run_after = now() "
+                    "WHERE id = %s", (job.id,))
+        sql.execute("INSERT INTO job_outputs (job_id, index, source_url) VALUES (%s, 0, %s)", (job.id, source))
+        assert await storer.claim(5) == [job.id]
+        await storer.run(job.id)
+        status = sql.execute("SELECT status FROM jobs WHERE id = %s", (job.id,)).fetchone()
+        keys = sql.execute("SELECT key, thumbnail_key FROM job_outputs WHERE job_id = %s", (job.id,)).fetchone()
+        events = [r[0] for r in sql.execute("SELECT type FROM job_events WHERE job_id = %s ORDER BY id", (job.id,))]
+    return job.id, status, keys, events
+
+
+@pytest.mark.parametrize("source", ["download", "data URL"])
+async def test_the_thumbnail_is_made_and_uploaded_while_the_outputs_put_is_in_flight(
+    own_db: str, s3_endpoint: str, simulator: ServerThread, image_host: ServerThread, source: str
+) -> None:
+    """The output's PUT is held until the thumbnail's PUT has begun: one after the other,
+    it would never begin (the hold gives up after 5 s and says so)."""
+    settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
+    thumbnail_put_began = threading.Event()
+    output_put_saw_it: list[bool] = []
+
+    def hold(key: str) -> None:
+        if key.endswith(".thumb.webp"):
+            thumbnail_put_began.set()
+        else:
+            output_put_saw_it.append(thumbnail_put_began.wait(5))
+
+    url = image_host.url + "/good.jpeg" if source == "download" else _jpeg_data_url()
+    async with open_resources(settings) as res:
+        _on_put_object(res, hold)
+        job_id, status, keys, events = await _store_one_output(res, own_db, url)
+        stored = await res.storage.list_keys(f"{settings.s3_prefix}{job_id}/")
+    assert output_put_saw_it == [True]
+    assert status == ("completed",)
+    assert keys == (f"{settings.s3_prefix}{job_id}/0.jpeg", f"{settings.s3_prefix}{job_id}/0.thumb.webp")
+    assert sorted(stored) == sorted(keys)
+    assert events[-2:] == ["output.stored", "status.changed"]
+
+
+async def test_an_output_whose_thumbnail_cannot_be_made_still_completes_without_one(
+    own_db: str, s3_endpoint: str, simulator: ServerThread, image_host: ServerThread
+) -> None:
+    settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
+    async with open_resources(settings) as res:
+        job_id, status, keys, _ = await _store_one_output(res, own_db, image_host.url + "/broken.jpeg")
+        stored = await res.storage.list_keys(f"{settings.s3_prefix}{job_id}/")
+    assert status == ("completed",)
+    assert keys == (f"{settings.s3_prefix}{job_id}/0.jpeg", None)
+    assert stored == [f"{settings.s3_prefix}{job_id}/0.jpeg"]
+
+
+async def test_a_thumbnail_whose_put_fails_is_s3s_failure_and_the_job_waits_to_try_again(
+    own_db: str, s3_endpoint: str, simulator: ServerThread, image_host: ServerThread
+) -> None:
+    """A thumbnail that was made but could not be uploaded is not left out quietly: the
+    store fails as for the output's own PUT, nothing is recorded, and the retry (same
+    keys) copies both again."""
+    settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
+
+    def refuse_thumbnails(key: str) -> None:
+        if key.endswith(".thumb.webp"):
+            raise ConnectionError("S3 went away")
+
+    async with open_resources(settings) as res:
+        _on_put_object(res, refuse_thumbnails)
+        _, status, keys, events = await _store_one_output(res, own_db, image_host.url + "/good.jpeg")
+    assert status == ("storing",)
+    assert keys == (None, None)
+    assert events[-1] == "output.store_failed"
