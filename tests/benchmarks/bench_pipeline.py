@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,8 @@ import psutil
 
 from devtools.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY, free_port
 from service.db.keys import create_key_blocking
-from tests.benchmarks import database, delay_proxy, otlp_sink, procs, timeline
+from tests.benchmarks import database, delay_proxy, otlp_sink, procs, timeline, work_split
+from tests.benchmarks.cpu_shares import Phase, Shares, postgres_pids
 from tests.benchmarks.loadgen import percentile
 from tests.servers import WebhookCatcher
 
@@ -88,6 +89,11 @@ class Run:
     jobs_per_s: float = float("nan")
     latencies: dict[str, list[float]] = field(default_factory=dict)  # name → sorted seconds
     errors: int = 0
+    phase: Phase | None = None  # where the machine's CPU went meanwhile (service sides)
+    notes: list[str] = field(default_factory=list)  # printed under the run's line
+    # Per job, the writes the service sent its database through the delay proxy (each about
+    # one round trip: a statement, or messages sent together), --db-delay-ms sides only.
+    round_trips: float = float("nan")
 
 
 def _cpu(pids: Sequence[int]) -> float:
@@ -187,30 +193,43 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     ):
         pids = [serve.pid]
         worker = None
+        metrics_urls = {"serve": f"http://127.0.0.1:{port}"}
         if processes > 1:
             worker_log = stack.enter_context(open(logs / f"{label}-worker.log", "wb"))
-            worker = procs.spawn([procs.PYTHON, "-m", entry, "worker"], env={**env, "STATEMENT_COUNTS": ""},
+            worker_port = free_port()  # its /metrics: what it did (work_split)
+            worker = procs.spawn([procs.PYTHON, "-m", entry, "worker", "--host", "127.0.0.1", "--port",
+                                  str(worker_port)], env={**env, "STATEMENT_COUNTS": ""},
                                  stdout=worker_log, stderr=worker_log)
             pids.append(worker.pid)
-            time.sleep(3.0)  # its start-up (imports, pools) is not charged to the jobs
+            metrics_urls["worker"] = f"http://127.0.0.1:{worker_port}"
+            procs.wait_http(metrics_urls["worker"] + "/healthz", worker, 30, logs / f"{label}-worker.log")
+            time.sleep(2.0)  # its start-up (imports, pools) is not charged to the jobs
         spies = [_spy(pid, logs / f"{label}-{name}.pyspy") for pid, name in zip(pids, ("serve", "worker"),
                                                                                   strict=False)
                  if args.profile]
         try:
             catcher.clear()
             meter = env_base["meter"]  # one connection held all along: Postgres's slots are shared
+            shares = _shares(env_base, dict(zip(("serve", "worker"), pids, strict=False)), spies, catcher)
+            done0 = {name: work_split.counts(url) for name, url in metrics_urls.items()}
             cpu0, pg0, tx0 = _cpu(pids), _pg_backends(meter), _transactions(meter)
+            proxy = env_base.get("proxy")
+            chunks0 = proxy.counts() if proxy else (0, 0)
+            reading0, wall0 = shares.read(), time.monotonic()
             rate = {"steady": args.rate, "slow": args.slow_rate}.get(scenario, 0.0)
             sampler = timeline.sampled(env_base["db"], scenario == "slow" or args.waits)
             ids, started = _submit_all(f"http://127.0.0.1:{port}", key, _jobs(args, scenario), rate,
                                        catcher.url("/cb"))
             wanted = set(ids)
             try:
-                catcher.wait_for(len(ids), timeout=args.timeout,
-                                 predicate=lambda r: r.json()["data"]["id"] in wanted)
+                _wait_callbacks(catcher, wanted, args.timeout)
             except TimeoutError as exc:
                 print(f"  ! {exc}", flush=True)
             cpu1, pg1 = _cpu(pids), _pg_backends(meter)
+            phase = Shares.between(reading0, shares.read(), time.monotonic() - wall0)
+            chunks1 = proxy.counts() if proxy else (0, 0)
+            split = {name: work_split.difference(done0[name], work_split.counts(url))
+                     for name, url in metrics_urls.items()}
             if sampler is not None:
                 sampler.stop()
             for spy in spies:
@@ -249,7 +268,69 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
         },
         errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
+        phase=phase, notes=[work_split.line(split), *phase.lines(len(ids))],
+        round_trips=(chunks1[0] - chunks0[0]) / len(ids) if proxy else float("nan"),
     )
+
+
+def _shares(env_base: dict[str, Any], service: dict[str, int], spies: list[subprocess.Popen[bytes]],
+            catcher: WebhookCatcher) -> Shares:
+    """The groups of processes a run's CPU is read from (see cpu_shares.py)."""
+    meter = env_base["meter"]
+
+    def fixed(*pids: int) -> Callable[[], list[int]]:
+        return lambda: list(pids)
+
+    groups: dict[str, Callable[[], Iterable[int]]] = {name: fixed(pid) for name, pid in service.items()}
+    groups |= {"postgres: this database": lambda: list(_pg_backends(meter)), "postgres: the rest": postgres_pids,
+               "S3 emulator (moto)": fixed(env_base["pids"]["s3"]), "simulator": fixed(env_base["pids"]["sim"])}
+    if env_base.get("proxy"):
+        groups["db delay proxy"] = fixed(env_base["proxy"].pid)
+    if spies:
+        groups["py-spy"] = fixed(*(spy.pid for spy in spies))
+    groups["benchmark: submits, waits"] = fixed(os.getpid())
+    # The catcher's uvicorn thread: the backend receiving the callbacks, apart from the rest.
+    thread = getattr(getattr(catcher, "_server", None), "_thread", None)
+    threads = {"benchmark: callback catcher": fixed(thread.native_id)} if thread and thread.native_id else {}
+    return Shares(groups, threads)
+
+
+def _wait_callbacks(catcher: WebhookCatcher, wanted: set[str], timeout: float) -> None:
+    """Wait until every job in ``wanted`` was called back. Each callback's body is parsed
+    once (the catcher's ``wait_for`` runs its predicate on every request at every arrival,
+    under the lock its server thread needs to record the next one: n² parses in the
+    benchmark's process, while the service's callbacks wait for their answers)."""
+    deadline, seen, found = time.monotonic() + timeout, 0, set()
+    while True:
+        caught = catcher.snapshot()
+        for request in caught[seen:]:
+            job_id = request.json()["data"]["id"]
+            if job_id in wanted:
+                found.add(job_id)
+        seen = len(caught)
+        if len(found) >= len(wanted):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"expected {len(wanted)} callback(s), got {len(found)} in {timeout} s")
+        time.sleep(0.05)
+
+
+def _round_trips(direct: str, proxied: str, n: int = 200) -> str:
+    """A ``SELECT 1``'s round trip straight to Postgres and through the delay proxy: what
+    the delay really adds (the proxy's timers and the machine's load add to the nominal
+    2 × delay)."""
+    figures = []
+    for url in (direct, proxied):
+        with database.connect(url) as conn:
+            conn.execute("SELECT 1")
+            took = []
+            for _ in range(n):
+                began = time.perf_counter()
+                conn.execute("SELECT 1")
+                took.append(time.perf_counter() - began)
+        took.sort()
+        figures.append(f"p50 {percentile(took, 50) * 1000:.2f} ms, p90 {percentile(took, 90) * 1000:.2f} ms")
+    return f"     SELECT 1 round trip: direct {figures[0]}; through the proxy {figures[1]}"
 
 
 def _print_counts(counts: dict[str, int], jobs: int) -> None:
@@ -336,7 +417,7 @@ def run_script(args: argparse.Namespace, env_base: dict[str, Any], scenario: str
 
 
 def _jobs(args: argparse.Namespace, scenario: str) -> int:
-    return args.slow_jobs if scenario == "slow" else args.jobs
+    return int(args.slow_jobs if scenario == "slow" else args.jobs)
 
 
 @contextlib.contextmanager
@@ -352,6 +433,8 @@ def _fmt(run: Run) -> str:
     parts = [f"{run.side:<13} {run.scenario:<6} cpu/job {run.cpu_ms:6.1f} ms"]
     if run.side != "script":
         parts.append(f"postgres/job {run.pg_ms:5.1f} ms  {run.xacts:4.1f} tx/job  {run.sessions:3d} backends started")
+    if run.round_trips == run.round_trips:  # not NaN: the side's database was behind the delay proxy
+        parts.append(f"{run.round_trips:4.1f} round trips/job")
     parts.append(f"{run.jobs_per_s:6.1f} jobs/s")
     for name, values in run.latencies.items():
         parts.append(f"{name} p50 {percentile(values, 50) * 1000:6.0f} ms p99 {percentile(values, 99) * 1000:6.0f} ms")
@@ -401,13 +484,13 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
         if service and traced:
             t_cpu = _median(traced, lambda r: r.cpu_ms)
 
-            def p99(runs: list[Run]) -> float:
+            def p99_of(runs: list[Run]) -> float:
                 return _median(runs, lambda r: percentile(r.latencies["webhook→callback"], 99)) * 1000
 
             print(f"  traced vs this checkout untraced: cpu/job {t_cpu:.1f} vs {s_cpu:.1f} ms ({t_cpu / s_cpu:.2f}×), "
                   f"postgres {_median(traced, lambda r: r.pg_ms):.1f} vs {s_pg:.1f} ms, jobs/s "
                   f"{_median(traced, lambda r: r.jobs_per_s):.1f} vs {_median(service, lambda r: r.jobs_per_s):.1f}, "
-                  f"webhook→callback p99 {p99(traced):.0f} vs {p99(service):.0f} ms; per rep cpu/job "
+                  f"webhook→callback p99 {p99_of(traced):.0f} vs {p99_of(service):.0f} ms; per rep cpu/job "
                   f"{_paired(traced, service, lambda r: r.cpu_ms)}, jobs/s "
                   f"{_paired(traced, service, lambda r: r.jobs_per_s)}")
         base = of("baseline", scenario)
@@ -426,12 +509,46 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
             d_p50 = _median(delayed, lambda r: percentile(r.latencies["webhook→callback"], 50) * 1000)
             d_p99 = _median(delayed, lambda r: percentile(r.latencies["webhook→callback"], 99) * 1000)
             print(f"  database {args_delay_ms:.1f} ms away: {d_rate:.1f} jobs/s against {s_rate:.1f} "
-                  f"({d_rate / s_rate:.2f}×), webhook→callback p50 {d_p50:.0f} ms, p99 {d_p99:.0f} ms")
+                  f"({d_rate / s_rate:.2f}×; per rep {_paired(delayed, service, lambda r: r.jobs_per_s)}), "
+                  f"webhook→callback p50 {d_p50:.0f} ms, p99 {d_p99:.0f} ms; "
+                  f"{_median(delayed, lambda r: r.round_trips):.1f} round trips/job; cpu/job "
+                  f"{_median(delayed, lambda r: r.cpu_ms):.1f} vs {s_cpu:.1f} ms")
+            print(_machine_line("serve+delay", delayed))
         if two:
             one_rate, two_rate = _median(service, lambda r: r.jobs_per_s), _median(two, lambda r: r.jobs_per_s)
             print(f"  serve+worker {two_rate:.1f} jobs/s vs serve {one_rate:.1f}: {two_rate / one_rate:.2f}× "
-                  f"(cpu/job {_median(two, lambda r: r.cpu_ms):.1f} ms + postgres "
-                  f"{_median(two, lambda r: r.pg_ms):.1f} ms)")
+                  f"(per rep {_paired(two, service, lambda r: r.jobs_per_s)}; cpu/job "
+                  f"{_median(two, lambda r: r.cpu_ms):.1f} ms + postgres {_median(two, lambda r: r.pg_ms):.1f} ms)")
+        for side, side_runs in (("serve", service), ("serve+worker", two)):
+            if side_runs and (two or delayed):
+                print(_machine_line(side, side_runs))
+
+
+def _machine_line(side: str, runs: list[Run]) -> str:
+    """The machine while ``side`` ran (medians of its repetitions): every process's CPU
+    per job, and per job × jobs/s = the cores in use, against the cores there are."""
+    measured = [r for r in runs if r.phase is not None]
+    if not measured:
+        return f"  {side}: no machine figures"
+
+    def per_job(r: Run) -> float:
+        assert r.phase is not None
+        return r.phase.busy / r.jobs * 1000
+
+    def cores(r: Run) -> float:
+        assert r.phase is not None
+        return r.phase.busy / r.phase.wall
+
+    def idle(r: Run) -> float:
+        assert r.phase is not None
+        return r.phase.idle_share
+
+    names = list(measured[0].phase.groups) if measured[0].phase else []
+    parts = ", ".join(f"{name} {_median(measured, lambda r, n=name: r.phase.groups.get(n, 0.0) / r.jobs * 1000):.1f}"
+                      for name in names)
+    return (f"  {side}: the machine {_median(measured, per_job):.1f} ms of CPU per job × "
+            f"{_median(measured, lambda r: r.jobs_per_s):.1f} jobs/s = {_median(measured, cores):.2f} cores busy of "
+            f"{psutil.cpu_count()}, idle {_median(measured, idle):.0%} (per job, ms: {parts})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -476,10 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         database.fresh_database("wsj_bench_pipeline") as db_url,
         procs.running([procs.PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                      ready_url=s3_url),
+                      ready_url=s3_url) as s3,
         procs.running([procs.PYTHON, "-m", "service", "simulator", "--port", str(sim_port),
                        "--completion-delay", str(args.completion_delay), "--processing-delay", "0.1",
-                       "--max-tasks", "100000"], env=sim_env, ready_url=sim_url + "/_sim/stats"),
+                       "--max-tasks", "100000"], env=sim_env, ready_url=sim_url + "/_sim/stats") as sim,
         WebhookCatcher() as catcher,
         contextlib.ExitStack() as stack,
     ):
@@ -487,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
         key = create_key_blocking(db_url, "bench")
         meter = database.connect(db_url)
-        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter,
+        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter, "pids": {"s3": s3.pid, "sim": sim.pid},
                     "sink": stack.enter_context(otlp_sink.running()) if args.traced else None}
         try:
             _all_runs(args, env_base, scenarios, catcher, key, logs, runs)
@@ -521,6 +638,8 @@ def _all_runs(args: argparse.Namespace, env_base: dict[str, Any], scenarios: lis
                     run = _run_side(args, env_base, scenario, side, catcher, key, logs, rep)
                 runs.append(run)
                 print(f"rep {rep + 1}: {_fmt(run)}  (load {os.getloadavg()[0]:.2f})", flush=True)
+                for note in run.notes:
+                    print(note, flush=True)
 
 
 def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str, side: str,
@@ -528,9 +647,12 @@ def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str,
     if side == "script":
         return run_script(args, env_base, scenario)
     if side == "serve+delay":
-        with delay_proxy.delayed_url(env_base["db"], args.db_delay_ms) as url:
-            return run_service(args, {**env_base, "service_db": url, "side": side}, scenario, 1, catcher, key, logs,
-                               f"rep{rep + 1}-serve-delay-{scenario}")
+        with delay_proxy.delayed(env_base["db"], args.db_delay_ms) as proxy:
+            probe = _round_trips(env_base["db"], proxy.url)
+            run = run_service(args, {**env_base, "service_db": proxy.url, "side": side, "proxy": proxy}, scenario,
+                              1, catcher, key, logs, f"rep{rep + 1}-serve-delay-{scenario}")
+            run.notes.insert(0, probe)
+            return run
     return run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
                        catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
                        cwd=args.baseline if side == "baseline" else None,
