@@ -210,6 +210,7 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
         try:
             catcher.clear()
             meter = env_base["meter"]  # one connection held all along: Postgres's slots are shared
+            ready_after = _wait_capacity_ready(meter)
             shares = _shares(env_base, dict(zip(("serve", "worker"), pids, strict=False)), spies, catcher)
             done0 = {name: work_split.counts(url) for name, url in metrics_urls.items()}
             cpu0, pg0, tx0 = _cpu(pids), _pg_backends(meter), _transactions(meter)
@@ -268,9 +269,32 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
         },
         errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
-        phase=phase, notes=[work_split.line(split), *phase.lines(len(ids))],
+        phase=phase, notes=[f"     submitters' start-up (provider slots and tokens) done {ready_after:.1f} s after the "
+                            f"processes answered", work_split.line(split), *phase.lines(len(ids))],
         round_trips=(chunks1[0] - chunks0[0]) / len(ids) if proxy else float("nan"),
     )
+
+
+# A submitter's first claim makes sure the provider's slot and rate-token rows exist
+# (service/db/submits.py::ensure_capacity): with the limits this benchmark sets (none, in
+# effect: 100,000 slots and 1,000,000 tokens) that is seconds of Postgres's CPU in each
+# process that starts, and a second process's insert waits for the first one's. The
+# measured phase begins once no session of the database is at it.
+_CAPACITY_WORK = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'
+  AND (query LIKE '%%provider_slots%%' OR query LIKE '%%provider_rate_tokens%%')
+"""
+
+
+def _wait_capacity_ready(meter: Any, quiet_polls: int = 3, timeout: float = 60.0) -> float:
+    """Seconds until no session ran the submitters' start-up for ``quiet_polls`` polls in a row."""
+    began, quiet = time.monotonic(), 0
+    while quiet < quiet_polls and time.monotonic() - began < timeout:
+        busy = meter.execute(_CAPACITY_WORK).fetchone()[0]
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.1)
+    return time.monotonic() - began
 
 
 def _shares(env_base: dict[str, Any], service: dict[str, int], spies: list[subprocess.Popen[bytes]],
