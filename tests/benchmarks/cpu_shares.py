@@ -33,6 +33,24 @@ def _process_cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _runqueue_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` (those alive now) spent runnable, waiting for a core
+    (the second field of /proc/PID/task/TID/schedstat): a process that is slow because the
+    machine is out of CPU waits here, one that waits for work or I/O does not."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def postgres_pids() -> list[int]:
     """Every process of the Postgres server on this machine (name ``postgres``)."""
     out = []
@@ -47,6 +65,7 @@ class Reading:
     busy: float  # machine-wide core-seconds busy so far
     idle: float  # machine-wide core-seconds idle so far
     groups: dict[str, dict[int, float]]  # group → pid → CPU seconds of that process so far
+    waits: dict[str, dict[int, float]]  # group → pid → seconds runnable without a core so far
 
 
 @dataclass
@@ -57,6 +76,7 @@ class Phase:
     busy: float
     idle: float
     groups: dict[str, float] = field(default_factory=dict)
+    waits: dict[str, float] = field(default_factory=dict)  # group → seconds runnable without a core
 
     def unaccounted(self) -> float:
         return max(0.0, self.busy - sum(self.groups.values()))
@@ -70,7 +90,13 @@ class Phase:
         """Per group: ms of CPU per job and cores in use; then the machine's busy and idle."""
         out = []
         for name, cpu in [*self.groups.items(), ("unaccounted", self.unaccounted())]:
-            out.append(f"     {name:<24} {cpu / max(jobs, 1) * 1000:6.1f} ms/job  {cpu / self.wall:4.2f} cores")
+            line = f"     {name:<24} {cpu / max(jobs, 1) * 1000:6.1f} ms/job  {cpu / self.wall:4.2f} cores"
+            if name in self.waits:
+                waited = self.waits[name]
+                # waited / wall: how many of its threads were runnable without a core, on average
+                line += (f"  waiting for a core {waited / max(jobs, 1) * 1000:6.1f} ms/job, "
+                         f"{waited / self.wall:4.2f} threads")
+            out.append(line)
         out.append(f"     {'machine busy':<24} {self.busy / max(jobs, 1) * 1000:6.1f} ms/job  "
                    f"{self.busy / self.wall:4.2f} of {psutil.cpu_count()} cores, idle {self.idle_share:.0%} "
                    f"over {self.wall:.1f} s")
@@ -102,19 +128,22 @@ class Shares:
         in_threads = sum(sum(g.values()) for g in groups.values())
         seen: set[int] = set()
         me = os.getpid()
+        waits: dict[str, dict[int, float]] = {}
         for name, pids in self.groups.items():
             groups[name] = {pid: _process_cpu(pid) - (in_threads if pid == me else 0.0)
                             for pid in pids() if pid not in seen}
+            waits[name] = {pid: _runqueue_wait(pid) for pid in groups[name]}
             seen.update(groups[name])
-        return Reading(busy=busy, idle=idle, groups=groups)
+        return Reading(busy=busy, idle=idle, groups=groups, waits=waits)
 
     @staticmethod
     def between(first: Reading, last: Reading, wall: float) -> Phase:
         """What each group used between two readings. A process that appeared meanwhile
         counts from zero; one that ended before the last reading is missing (its time
         shows as unaccounted)."""
-        groups = {}
-        for name, now in last.groups.items():
-            before = first.groups.get(name, {})
-            groups[name] = sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in now.items())
-        return Phase(wall=wall, busy=last.busy - first.busy, idle=last.idle - first.idle, groups=groups)
+        def used(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> dict[str, float]:
+            return {name: sum(max(0.0, v - a.get(name, {}).get(pid, 0.0)) for pid, v in now.items())
+                    for name, now in b.items()}
+
+        return Phase(wall=wall, busy=last.busy - first.busy, idle=last.idle - first.idle,
+                     groups=used(first.groups, last.groups), waits=used(first.waits, last.waits))
