@@ -570,9 +570,13 @@ def _machine_line(side: str, runs: list[Run]) -> str:
     names = list(measured[0].phase.groups) if measured[0].phase else []
     parts = ", ".join(f"{name} {_median(measured, lambda r, n=name: r.phase.groups.get(n, 0.0) / r.jobs * 1000):.1f}"
                       for name in names)
+    waited = ", ".join(
+        f"{name} {_median(measured, lambda r, n=name: r.phase.waits.get(n, 0.0) / r.jobs * 1000):.1f}"
+        for name in names if name in ("serve", "worker") or name.startswith("postgres: this"))
     return (f"  {side}: the machine {_median(measured, per_job):.1f} ms of CPU per job × "
             f"{_median(measured, lambda r: r.jobs_per_s):.1f} jobs/s = {_median(measured, cores):.2f} cores busy of "
-            f"{psutil.cpu_count()}, idle {_median(measured, idle):.0%} (per job, ms: {parts})")
+            f"{psutil.cpu_count()}, idle {_median(measured, idle):.0%} (per job, ms: {parts}); "
+            f"runnable without a core, ms per job: {waited}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
