@@ -23,6 +23,11 @@ service stopped, so every backend has reported), WAL bytes (``pg_current_wal_lsn
 CPU of each service process and of Postgres (every process of the cluster: backends,
 WAL writer, checkpointer), and jobs/s. The idle run's rates are subtracted from the job
 runs' totals ("net"): what a job adds to a process that is there anyway.
+
+Each burst also prints, for the tables a job writes most, its row updates per job and the
+share of them that were HOT (heap-only: no new entry in any index, pg_stat_user_tables),
+and the statements that took the most of the backends' time (pg_stat_statements, reset
+before the burst): where the database's CPU per job goes. ``--runs serve`` skips the split run.
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ class Counters:
     at: float
 
 
+# The tables whose updates per job and HOT share a burst reports.
+HOT_TABLES = ("jobs", "deliveries", "job_outputs", "job_metadata", "provider_slots", "provider_rate_tokens")
+TOP_STATEMENTS = 12
+
+
 @dataclass
 class Result:
     run: str
@@ -75,6 +85,8 @@ class Result:
     pg_cpu_ms: float
     service_cpu_ms: dict[str, float]
     jobs_per_s: float
+    updates: dict[str, tuple[float, float]] | None = None  # table → (updates per job, HOT share)
+    top: list[tuple[str, float, float, float]] | None = None  # (statement, calls, exec ms, WAL bytes) per job
 
 
 @contextlib.contextmanager
@@ -132,6 +144,24 @@ def _cluster_cpu(postmaster: psutil.Process) -> float:
         [p.pid for p in postmaster.children()])
 
 
+def table_updates(url: str) -> dict[str, tuple[int, int]]:
+    """Rows updated and rows HOT-updated so far, per table of HOT_TABLES (read in the
+    database itself: pg_stat_user_tables shows only the current database's tables)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                            "WHERE relname = ANY(%s)", (list(HOT_TABLES),)).fetchall()
+    return {name: (int(upd), int(hot)) for name, upd, hot in rows}
+
+
+def top_statements(meter: psycopg.Connection[Any], jobs: int) -> list[tuple[str, float, float, float]]:
+    """The statements with the most execution time since the last reset, per job."""
+    rows = meter.execute(
+        "SELECT regexp_replace(left(s.query, 400), '\\s+', ' ', 'g'), s.calls, s.total_exec_time, s.wal_bytes "
+        "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+        "ORDER BY s.total_exec_time DESC LIMIT %s", (DB, TOP_STATEMENTS)).fetchall()
+    return [(q, calls / jobs, ms / jobs, float(wal) / jobs) for q, calls, ms, wal in rows]
+
+
 def transactions(meter: psycopg.Connection[Any]) -> int:
     row = meter.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
                         (DB,)).fetchone()
@@ -161,7 +191,9 @@ def measure(args: argparse.Namespace, env: dict[str, Any], run: str, jobs: int) 
         time.sleep(args.settle_seconds)  # start-up (pools, the first claims, autovacuum after it) is not charged
         if jobs:  # a first burst, not charged either: a running service's pools are already open
             burst(args, env, port, min(jobs, args.warm_up))
-        tx0, before = transactions(meter), read(meter, postmaster, pids)
+        if jobs:
+            meter.execute("SELECT pg_stat_statements_reset()")
+        tx0, upd0, before = transactions(meter), table_updates(env["db"]), read(meter, postmaster, pids)
         if jobs:
             burst(args, env, port, jobs)
         else:
@@ -170,12 +202,16 @@ def measure(args: argparse.Namespace, env: dict[str, Any], run: str, jobs: int) 
     time.sleep(1.0)  # the service's backends ended with it and reported their counters
     tx = transactions(meter) - tx0
     per = jobs or (after.at - before.at)
+    upd1 = table_updates(env["db"])
+    updates = {t: ((upd1[t][0] - upd0[t][0]) / per,
+                   (upd1[t][1] - upd0[t][1]) / max(upd1[t][0] - upd0[t][0], 1)) for t in HOT_TABLES if t in upd1}
     return Result(run=run, jobs=jobs, seconds=round(after.at - before.at, 2),
                   statements=(after.statements - before.statements) / per, transactions=tx / per,
                   wal_bytes=(after.wal_bytes - before.wal_bytes) / per,
                   pg_cpu_ms=(after.pg_cpu - before.pg_cpu) / per * 1000,
                   service_cpu_ms={n: (after.service_cpu[n] - before.service_cpu[n]) / per * 1000 for n in pids},
-                  jobs_per_s=jobs / (after.at - before.at) if jobs else 0.0)
+                  jobs_per_s=jobs / (after.at - before.at) if jobs else 0.0,
+                  updates=updates, top=top_statements(meter, jobs) if jobs else None)
 
 
 def burst(args: argparse.Namespace, env: dict[str, Any], port: int, jobs: int) -> None:
@@ -209,6 +245,13 @@ def show(result: Result) -> None:
     print(f"{result.run:<12} per {unit}: {result.statements:7.1f} statements  {result.transactions:6.1f} transactions  "
           f"{result.wal_bytes / 1024:7.1f} KiB WAL  postgres CPU {result.pg_cpu_ms:6.1f} ms  service CPU {cpu}"
           + (f"  {result.jobs_per_s:.1f} jobs/s over {result.seconds:.0f} s" if result.jobs else ""), flush=True)
+    if result.jobs and result.updates and not result.run.endswith(" net"):
+        print("   updates per job (HOT share): " + ", ".join(
+            f"{t} {n:.2f} ({hot:.0%})" for t, (n, hot) in result.updates.items() if n), flush=True)
+    if result.jobs and result.top and not result.run.endswith(" net"):
+        print("   statements by execution time, per job:  calls      ms  WAL bytes", flush=True)
+        for query, calls, ms, wal in result.top:
+            print(f"   {calls:6.2f} {ms:7.3f} {wal:9.0f}  {query[:150]}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-up", type=int, default=100, help="jobs of a first burst, not measured")
     parser.add_argument("--timeout", type=float, default=300.0, help="longest wait for one burst's callbacks")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--runs", default="serve,split", help="which bursts, of serve and split")
     parser.add_argument("--through-pgbouncer", action="store_true",
                         help="the service behind PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction)")
     args = parser.parse_args(argv)
@@ -271,7 +315,7 @@ def runs(args: argparse.Namespace, env: dict[str, Any]) -> list[Result]:
     idle = measure(args, env, "idle", 0)
     show(idle)
     results = [idle]
-    for run in ("serve", "split"):
+    for run in args.runs.split(","):
         result = measure(args, env, run, args.jobs)
         show(result)
         show(net(result, idle))
