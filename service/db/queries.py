@@ -56,7 +56,7 @@ from sqlalchemy import ColumnClause, TextClause, literal_column, text
 
 from service.db import statements
 from service.db.statements import sql_values
-from service.domain.states import DeliveryStatus, JobStatus
+from service.domain.states import ACTIVE, DeliveryStatus, JobStatus
 
 
 # --- Leases: ONE template for every duty table (jobs, deliveries, erasures).
@@ -112,8 +112,13 @@ RELEASE_LEASES: dict[str, TextClause] = {t: _release(t) for t in LEASED_TABLES}
 
 _QUEUED = sql_values([JobStatus.QUEUED])
 
-# The claims, one per duty. Jobs in ``:statuses`` (storer, reconciler).
-CLAIM_JOBS = claim("jobs", due="status = ANY(:statuses) AND run_after <= now()", order="run_after")
+_ACTIVE = sql_values(sorted(ACTIVE))
+
+# The claims, one per duty. Jobs in ``:statuses`` (storer, reconciler), all active: the
+# literal list lets the planner prove that the partial index jobs_due (the active jobs)
+# holds every row the claim may take, which a parameter alone cannot (revision 0017).
+CLAIM_JOBS = claim("jobs", due=f"status = ANY(:statuses) AND status IN ({_ACTIVE}) AND run_after <= now()",
+                   order="run_after")
 # Why: a queued job with its submit marker set and its lease lapsed was being sent by a
 # worker that died: it is recovered (its task looked for), never sent again blindly.
 # Fresh queued jobs are claimed in fair order by claim_submits (service/db/submits.py).

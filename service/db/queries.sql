@@ -831,7 +831,8 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit
 -- name: FOLD_COUNTS
 -- Why: fold first (tried, never waited for: see migrations/versions/0008), then read
 -- the folded counts of terminal jobs plus, live, the terminal jobs not folded yet (a
--- range of the jobs_terminal index) and the active ones (the small jobs_active index).
+-- range of the jobs_terminal index) and the active ones (the small partial index jobs_due,
+-- which includes each job's model: revision 0017).
 -- One statement, so one snapshot: the mark and the counts it folded agree.
 SELECT fold_job_counts();
 
@@ -850,7 +851,7 @@ GROUP BY status, model
 HAVING sum(n) <> 0;
 
 -- name: JOB_WORK
--- Why: only active jobs carry run_after, so this walks the small partial index jobs_due,
+-- Why: only active jobs carry run_after; this walks the small partial index jobs_due (the active jobs),
 -- never the history. "Due" is exactly what a claim would take now (queries.CLAIM_JOBS).
 SELECT CASE status WHEN {status:queued} THEN 'submit' WHEN {status:storing} THEN 'store' ELSE 'reconcile' END AS duty,
        count(*) FILTER (WHERE locked_until IS NULL OR locked_until < now()) AS due,
