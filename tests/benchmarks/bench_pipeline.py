@@ -35,6 +35,10 @@ the burst only. Medians over ``--reps`` repetitions are printed with their ratio
 ``--traced`` adds a side: this checkout's ``serve`` exporting every trace over OTLP/HTTP to
 a loopback collector (tests/benchmarks/otlp_sink.py), beside the same ``serve`` with
 nothing configured (``--baseline`` adds the one before a change, all in one run).
+
+``--baseline`` runs the other checkout's ``serve`` on this checkout's database, so a schema
+change shows on both sides; ``--baseline-schema`` gives the baseline a database of its own,
+migrated by its checkout's own revisions (its figures then read that database's backends).
 """
 
 from __future__ import annotations
@@ -598,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run `serve` from this other checkout (e.g. `git worktree add /tmp/base main~3`), "
                              "alternating with this one, on the same database schema: before/after a change")
+    parser.add_argument("--baseline-schema", action="store_true",
+                        help="the baseline side on a database of its own, migrated by the baseline checkout")
     parser.add_argument("--sides", default="serve,script,serve+worker", help="which sides to run")
     parser.add_argument("--traced", action="store_true",
                         help="also run `serve` exporting every trace to a loopback OTLP collector, alternating")
@@ -632,8 +638,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                      aws_secret_access_key=DEV_SECRET_KEY).create_bucket(Bucket=BUCKET)
         key = create_key_blocking(db_url, "bench")
         meter = database.connect(db_url)
-        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter, "pids": {"s3": s3.pid, "sim": sim.pid},
+        env_base = {"db": db_url, "s3": s3_url, "sim": sim_url, "meter": meter, "key": key,
+                    "pids": {"s3": s3.pid, "sim": sim.pid},
                     "sink": stack.enter_context(otlp_sink.running()) if args.traced else None}
+        if args.baseline and args.baseline_schema:
+            base_url = stack.enter_context(database.fresh_database("wsj_bench_pipeline_base", database.migrate_checkout(
+                args.baseline, _service_env(args, "", s3_url, sim_url, 9), procs.PYTHON)))
+            base_meter = stack.enter_context(database.connect(base_url))
+            env_base["baseline"] = {"db": base_url, "meter": base_meter, "key": create_key_blocking(base_url, "bench")}
         try:
             _all_runs(args, env_base, scenarios, catcher, key, logs, runs)
         except Exception as exc:  # noqa: BLE001  a crashed run must not hide the figures measured so far
@@ -681,6 +693,9 @@ def _run_side(args: argparse.Namespace, env_base: dict[str, Any], scenario: str,
                               1, catcher, key, logs, f"rep{rep + 1}-serve-delay-{scenario}")
             run.notes.insert(0, probe)
             return run
+    if side == "baseline" and "baseline" in env_base:  # --baseline-schema: its own database
+        env_base = {**env_base, **env_base["baseline"]}
+        key = env_base["key"]
     return run_service(args, env_base, scenario, 2 if side == "serve+worker" else 1,
                        catcher, key, logs, f"rep{rep + 1}-{side.replace('+', '-')}-{scenario}",
                        cwd=args.baseline if side == "baseline" else None,

@@ -80,36 +80,9 @@ def checkout(rev: str) -> Iterator[tuple[Path, str]]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-# REV's ``migrate`` with REV's revisions. Since the revisions moved to migrations/ at the
-# top of the checkout, service.db.migrations is not in REV's service/ package: the import
-# system would fall through to the editable install's finder and migrate REV's database
-# with HEAD's revisions (a schema change of HEAD would then show on both sides). The
-# package is bound to REV's migrations/ first when REV has one there.
-_REV_MIGRATE = """
-import importlib.util, pathlib, runpy, sys
-tree = pathlib.Path(sys.argv[1])
-if (tree / "migrations" / "__init__.py").exists():
-    spec = importlib.util.spec_from_file_location(
-        "service.db.migrations", tree / "migrations" / "__init__.py",
-        submodule_search_locations=[str(tree / "migrations")])
-    import service.db
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["service.db.migrations"] = module
-    spec.loader.exec_module(module)
-sys.argv = ["service", "migrate"]
-runpy.run_module("service", run_name="__main__")
-"""
-
-
 def migrate_with(tree: Path, s3_endpoint: str) -> Callable[[str], None]:
     """REV's own ``migrate`` command, run from its tree (its migrations, its schema)."""
-    def run(url: str) -> None:
-        env = {**serve_env(url, s3_endpoint, 9, 2), "PYTHONPATH": str(tree)}
-        done = subprocess.run([procs.PYTHON, "-c", _REV_MIGRATE, str(tree)], cwd=tree, env=env,
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"migrate at {tree} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return run
+    return database.migrate_checkout(tree, serve_env("", s3_endpoint, 9, 2), procs.PYTHON)
 
 
 def imported_from(tree: Path) -> str:
