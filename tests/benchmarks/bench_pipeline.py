@@ -16,7 +16,19 @@ Per run it measures, from outside:
   S3, from the job's events) → callback received by the backend; for the script, task
   done at the provider (the simulator's task creation + its completion delay) → last
   object in S3 (the SDK polls, once a second by default);
-- jobs/s: jobs ÷ (first submit → last callback, or the script's wall time).
+- jobs/s: jobs ÷ (first submit → last callback, or the script's wall time);
+- for each service side, where the machine's CPU went (tests/benchmarks/cpu_shares.py):
+  per job, the CPU of each process (``serve``, ``worker``, the database's backends, the
+  rest of Postgres, the S3 emulator, the simulator, the delay proxy, py-spy, this process
+  and its callback catcher), the time each was runnable without a core (run-queue wait),
+  the machine's busy cores and idle share; which process did which part of the work
+  (tests/benchmarks/work_split.py, from each one's ``/metrics``); behind ``--db-delay-ms``,
+  the writes per job the service sent its database (about one round trip each) and a
+  ``SELECT 1``'s round trip with and without the proxy. The summary ends with one line per
+  side: the machine's CPU per job × jobs/s = the cores in use.
+
+The measured phase begins once the submitters' start-up is done (the provider's slot and
+token rows: see ``_wait_capacity_ready``).
 
 Logs: every service process writes its log (``--log-level``, JSON) to a directory that is
 kept after the run (its path is printed first). For every job not called back within
