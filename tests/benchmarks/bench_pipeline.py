@@ -265,6 +265,9 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     if len(caught) > len(callbacks):  # the same job's event twice: a duplicate callback
         print(f"  ! {len(caught) - len(callbacks)} duplicate callback(s)", flush=True)
     events = _event_times(env_base["meter"], ids)
+    first, last_in = env_base["meter"].execute("SELECT min(created_at), max(created_at) FROM jobs WHERE id = ANY(%s)",
+                                               (ids,)).fetchone()
+    admitted = (last_in - first).total_seconds() if first and last_in else float("nan")
     done = [i for i in ids if i in events and i in callbacks]
     # Not measured: never called back, or called back without the webhook's event (the
     # reconciler fetched the result, so there is no webhook → completed latency).
@@ -286,7 +289,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
         },
         errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
         phase=phase, notes=[f"     submitters' start-up (provider slots and tokens) done {ready_after:.1f} s after the "
-                            f"processes answered", work_split.line(split), *phase.lines(len(ids))],
+                            f"processes answered; the {len(ids)} jobs admitted in {admitted:.1f} s",
+                            work_split.line(split), *phase.lines(len(ids))],
         round_trips=(chunks1[0] - chunks0[0]) / len(ids) if proxy else float("nan"),
     )
 
