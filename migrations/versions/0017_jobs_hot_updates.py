@@ -23,6 +23,12 @@ that need none.
   callback's state mirrored on its job, news that moves nothing) find 10 % of the page
   free. Only pages written from now on are filled to 90 %: no rewrite, no lock held long.
 
+The new indexes are built by plain CREATE INDEX, as every earlier revision builds its
+indexes: writes to jobs wait for the build (one scan of the table). A process of the
+previous release still running claims storing and reconciled jobs without naming the
+active statuses, so it cannot use the new jobs_due: its claims scan jobs (and answer the
+same) until it is replaced (docs/deploy.md, a rolling upgrade).
+
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-07
