@@ -6,6 +6,7 @@ thumbnail is made and uploaded while the output's own PUT is in flight."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -241,4 +242,36 @@ async def test_a_thumbnail_whose_put_fails_is_s3s_failure_and_the_job_waits_to_t
         _, status, keys, events = await _store_one_output(res, own_db, image_host.url + "/good.jpeg")
     assert status == ("storing",)
     assert keys == (None, None)
+    assert events[-1] == "output.store_failed"
+
+
+async def test_a_failed_copy_is_handled_only_once_its_thumbnails_put_has_ended(
+    own_db: str, s3_endpoint: str, simulator: ServerThread, image_host: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output's PUT fails while its thumbnail's is still going: the failure is
+    recorded (and the job rescheduled) only after that PUT ended, so nothing of the job's
+    is still being uploaded when a deletion or a retry comes next."""
+    settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
+    thumbnail_put_ended = threading.Event()
+    ended_before_the_failure_was_handled: list[bool] = []
+
+    def slow_thumbnail_failing_output(key: str) -> None:
+        if key.endswith(".thumb.webp"):
+            time.sleep(0.5)
+            thumbnail_put_ended.set()
+        else:
+            raise ConnectionError("S3 went away")
+
+    async with open_resources(settings) as res:
+        _on_put_object(res, slow_thumbnail_failing_output)
+        real_retry_later = Storer._retry_later
+
+        async def retry_later(self: Storer, job: Any, verdict: Any) -> None:
+            ended_before_the_failure_was_handled.append(thumbnail_put_ended.is_set())
+            await real_retry_later(self, job, verdict)
+
+        monkeypatch.setattr(Storer, "_retry_later", retry_later)
+        _, status, _, events = await _store_one_output(res, own_db, image_host.url + "/good.jpeg")
+    assert ended_before_the_failure_was_handled == [True]
+    assert status == ("storing",)
     assert events[-1] == "output.store_failed"
