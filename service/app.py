@@ -251,10 +251,15 @@ def create_app(
             runner = Runner(res, build_duties(res)) if run_workers else None
             if runner:
                 await runner.start()
+                # The receiver's commits wake this process's duties at once and hand them
+                # the jobs they move to storing (service/db/news_writer.py).
+                writer.wake_local = res.notifications.kick_for
+                writer.handoff = runner
             try:
                 yield
             finally:
                 if runner:
+                    writer.handoff = None
                     await runner.stop(settings.shutdown_grace_seconds)
         if tracing is None:
             tracer.shutdown()

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.clients.egress import Egress
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
+from service.db.leases import Handoff
 from service.db.listen import Notifications
 from service.db.receipt_keys import ReceiptSigner
 from service.domain.content_credentials import ContentSigner
@@ -42,6 +43,9 @@ class Resources:
     # Each job's trace (service/observability/tracing.py); off: ids and propagation only.
     tracing: Tracing = field(default_factory=Tracing.off)
     worker_id: str = field(default="")
+    # This process's running duties, for statements that hand them new rows directly (set
+    # by service/work/runner.py while it runs; None: no duties here, rows wait for claims).
+    handoff: Handoff | None = None
     # /metrics' database figures, read at most once every METRICS_CACHE_SECONDS.
     metrics_figures: FiguresCache = field(init=False)
 

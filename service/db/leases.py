@@ -9,6 +9,7 @@ run one table per transaction, in the lock order (service/db/queries.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from sqlalchemy import TextClause
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +19,29 @@ from service.db.engine import one_statement
 
 # The tables whose leases the runner renews and releases, in the lock order.
 LEASED_TABLES = queries.LEASED_TABLES
+
+
+class Handoff(Protocol):
+    """The duties of this process, for a statement that makes work for one of them and
+    leases the new row to it in the same statement (APPLY_NEWS, STORE_COMPLETE): the
+    row is worked at once, with no claim statement (service/work/runner.py ``Runner``).
+    A caller reserves a slot before its statement and then either hands the row over
+    or gives the slot back, whatever the statement's fate."""
+
+    lease: float  # seconds, as a claim's
+
+    def reserve(self, duty: str) -> str | None:
+        """A free slot of ``duty``, held for the caller: the holder to lease the row to,
+        or None (no such duty here, no free slot, or stopping: the row is claimed as usual)."""
+        ...
+
+    def adopt(self, duty: str, row_id: str) -> None:
+        """Work on ``row_id``, leased to ``duty``'s holder, in the slot reserved for it."""
+        ...
+
+    def give_back(self, duty: str) -> None:
+        """Free a slot reserved for a row that was not leased to the duty."""
+        ...
 
 
 async def _claim(engine: AsyncEngine, statement: TextClause, limit: int, holder: str, lease: float,

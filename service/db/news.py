@@ -70,6 +70,7 @@ class Result:
     moved: bool
     wake: tuple[tuple[str, str], ...]  # (channel, payload) to NOTIFY after the commit
     traceparent: str | None = None  # the job's trace (None: unknown job, or one without a trace)
+    adopted: str | None = None  # the row the holder given for this item got (the job to store, or its delivery)
 
 
 def _inference_ms(prediction: dict[str, Any]) -> int | None:
@@ -138,8 +139,18 @@ _ALLOWED = {target: ",".join(allowed_from(target)) for target in JobStatus}
 _ENDS = {target: target in TERMINAL for target in JobStatus}
 
 
-def _args(items: Sequence[News]) -> list[Any]:
-    """APPLY_NEWS's parallel arrays."""
+def handoff_duty(item: News) -> str | None:
+    """The duty (service/work) that works on what ``item`` makes when it moves its job:
+    the storer for a move to storing, the deliverer for an end (its callback)."""
+    if item.target is None:
+        return None
+    if item.target == JobStatus.STORING:
+        return "store"
+    return "deliver" if _ENDS[item.target] else None
+
+
+def _args(items: Sequence[News], holders: Sequence[str | None] | None, lease: float) -> list[Any]:
+    """APPLY_NEWS's parallel arrays (and its scalars)."""
     ends = [_ENDS[n.target] if n.target else False for n in items]
     dumps = json.dumps
     return [
@@ -161,32 +172,40 @@ def _args(items: Sequence[News]) -> list[Any]:
         [float(n.delay) for n in items],
         [dumps(n.detail) for n in items],
         _TERMINAL,
+        list(holders) if holders is not None else [None] * len(items),
+        float(lease),
     ]
 
 
-def _wake(news: News, has_callback: bool) -> tuple[tuple[str, str], ...]:
+def _wake(news: News, has_callback: bool, adopted: bool) -> tuple[tuple[str, str], ...]:
     """The NOTIFYs a move causes, as ``jobs.transition`` sends them: a terminal job wakes
     its waiters (and the deliverer when it has a callback); a job due for more work
-    wakes that duty and the job's live streams."""
+    wakes that duty and the job's live streams. Work a local duty adopted wakes no duty:
+    it is leased already, and a claim it woke anywhere would find nothing."""
     assert news.target is not None
     if news.target in TERMINAL:
-        deliver = ((queries.CHANNEL_WORK, "deliver"),) if has_callback else ()
+        deliver = ((queries.CHANNEL_WORK, "deliver"),) if has_callback and not adopted else ()
         return (*deliver, (queries.CHANNEL_DONE, news.job_id))
-    return ((queries.CHANNEL_WORK, news.target.value), (queries.CHANNEL_JOB, news.job_id))
+    work = () if adopted else ((queries.CHANNEL_WORK, news.target.value),)
+    return (*work, (queries.CHANNEL_JOB, news.job_id))
 
 
-async def apply(conn: asyncpg.Connection, items: Sequence[News]) -> list[Result]:
+async def apply(conn: asyncpg.Connection, items: Sequence[News], *, holders: Sequence[str | None] | None = None,
+                lease: float = 0.0) -> list[Result]:
     """Write ``items`` (no two for the same job or webhook-id) with one statement, in
-    the caller's transaction if it has one; one result per item, in order."""
-    rows = await conn.fetch(queries.APPLY_NEWS, *_args(items))
+    the caller's transaction if it has one; one result per item, in order. ``holders``
+    (one per item, None: none): the duty holder that takes the item's work at once,
+    leased for ``lease`` seconds (service/db/news_writer.py's handoff)."""
+    rows = await conn.fetch(queries.APPLY_NEWS, *_args(items, holders, lease))
     results = []
     for news, row in zip(items, rows, strict=True):
         verdict = row["verdict"]
         if verdict == "apply":
             moved = bool(row["moved"])
             outcome = "advanced" if moved or news.always_advanced else "unchanged"
-            wake = _wake(news, row["has_callback"]) if moved else ()
-            results.append(Result(outcome, moved, wake, row["traceparent"]))
+            adopted = row["adopted"]
+            wake = _wake(news, row["has_callback"], adopted is not None) if moved else ()
+            results.append(Result(outcome, moved, wake, row["traceparent"], adopted))
         else:
             results.append(Result(_OUTCOME[verdict], False, (), row["traceparent"]))
     await settle_late(conn, [n for n, row in zip(items, rows, strict=True) if row["verdict"] == "late"])

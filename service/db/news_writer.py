@@ -25,14 +25,15 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import structlog
 
 from service.db import engine as db
-from service.db import news
+from service.db import leases, news
 from service.db.news import News, Result
+from service.db.queries import CHANNEL_WORK
 from service.domain.errors import BadRequest, Unavailable
 from service.settings import Settings
 
@@ -62,6 +63,14 @@ class NewsWriter:
         self._in_flight = 0  # webhooks in the batches in flight
         self._wakes: set[tuple[str, str]] = set()
         self._notifier: asyncio.Task[None] | None = None
+        # This process's own duties (Notifications.kick_for), set when it runs them: a
+        # batch's work wakes them at its commit, not a NOTIFY round trip later. The
+        # NOTIFY still goes out, for the duties of other processes.
+        self.wake_local: Callable[[str], None] | None = None
+        # This process's runner, when it has one: a job a batch moves to storing (or a
+        # callback it queues) is leased by the same statement to a free slot of the local
+        # storer (deliverer), which works it at once, without a claim.
+        self.handoff: leases.Handoff | None = None
 
     async def write(self, item: News) -> Result:
         """Write ``item`` in the next batch; return once that batch is committed."""
@@ -173,9 +182,22 @@ class NewsWriter:
             return
 
     async def _write(self, items: list[News]) -> list[Result]:
-        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            results = await news.apply(conn, items)  # one statement: its own transaction
-        self._wake([w for r in results for w in r.wake])
+        handoff = self.handoff
+        duties, holders = _reserve(handoff, items)
+        results: list[Result] | None = None
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                # One statement: its own transaction.
+                results = await news.apply(conn, items, holders=holders,
+                                           lease=handoff.lease if handoff is not None else 0.0)
+        finally:
+            _hand_over(handoff, duties, holders, results)
+        assert results is not None
+        wakes = [w for r in results for w in r.wake]
+        if self.wake_local is not None:
+            for payload in {p for c, p in wakes if c == CHANNEL_WORK}:
+                self.wake_local(payload)
+        self._wake(wakes)
         return results
 
     def _wake(self, wakes: list[tuple[str, str]]) -> None:
@@ -194,6 +216,32 @@ class NewsWriter:
             except DB_ERRORS as exc:
                 # Only a hint: pollers and waiters' re-checks pick the change up anyway.
                 log.warning("notify.failed", error=type(exc).__name__, count=len(wakes))
+
+
+def _reserve(handoff: leases.Handoff | None, items: list[News]) -> tuple[list[str | None], list[str | None] | None]:
+    """Per item, the local duty that would work on what it makes, and the holder of a
+    slot reserved in it for the statement (None: none free, or no such duty here)."""
+    if handoff is None:
+        return [], None
+    duties = [news.handoff_duty(item) for item in items]
+    return duties, [handoff.reserve(d) if d is not None else None for d in duties]
+
+
+def _hand_over(handoff: leases.Handoff | None, duties: list[str | None], holders: list[str | None] | None,
+               results: list[Result] | None) -> None:
+    """Start the duty on every row the statement leased to it, and free the other slots:
+    all of them when the statement failed (it committed nothing; should a commit whose
+    answer was lost have leased a row after all, that lease lapses and the row is claimed)."""
+    if handoff is None or holders is None:
+        return
+    for n, (duty, holder) in enumerate(zip(duties, holders, strict=True)):
+        if duty is None or holder is None:
+            continue
+        adopted = results[n].adopted if results is not None else None
+        if adopted is not None:
+            handoff.adopt(duty, adopted)
+        else:
+            handoff.give_back(duty)
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

@@ -51,7 +51,9 @@ RETURNING id;
 -- text), $9 target status (NULL: none), $10 statuses the target may be reached from
 -- (comma-separated), $11 target is terminal, $12 error, $13 delivery id, $14 callback
 -- event type, $15 source ("webhook"/"reconcile"), $16 delay before the target is due,
--- $17 the webhook.received detail (JSON text); $18 terminal statuses (a plain array).
+-- $17 the webhook.received detail (JSON text); $18 terminal statuses (a plain array);
+-- $19 (array) the holder of this process's duty that takes the item's work at once (NULL:
+-- none): the storer's for a move to storing, the deliverer's for an end; $20 its lease (s).
 --
 -- Why each part is safe:
 -- - job: every job of the batch is locked, in id order (the order every multi-job lock
@@ -71,12 +73,20 @@ RETURNING id;
 -- - events: ordered per item: webhook.received, then task adoption/mismatch, then the
 -- status change. ended: a terminal move queues its callback in this transaction
 -- (QUEUE_DELIVERIES), so a crash cannot lose it.
+-- - handoff: a move to storing with a holder leases the job to that storer in the same
+-- UPDATE (locked_by, locked_until, attempts 1: what its claim would have written), and an
+-- end with a holder inserts its delivery leased to that deliverer; the process works the
+-- row without a claim statement, and if it dies the lease lapses and any worker claims it.
+-- Without a holder the moved job is left unleased, as before. ``adopted`` answers the row
+-- the holder got (the job, or the delivery; NULL: none, and the caller gives its reserved
+-- slot back).
 WITH n AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
                          $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::text[],
-                         $13::text[], $14::text[], $15::text[], $16::float8[], $17::text[])
+                         $13::text[], $14::text[], $15::text[], $16::float8[], $17::text[], $19::text[])
         WITH ORDINALITY AS n(job_id, webhook_id, task_id, body, pstatus, inference_ms, nsfw, outputs, target,
-                             allowed, terminal, error, delivery_id, event_type, source, delay, detail, ord)
+                             allowed, terminal, error, delivery_id, event_type, source, delay, detail, holder,
+                             ord)
 ), job AS (
     SELECT id, status, provider_task_id, provider_status, callback_url, deleted_at, traceparent
     FROM jobs WHERE id = ANY($1::text[])
@@ -124,12 +134,14 @@ WITH n AS (
         has_nsfw_contents = coalesce(c.nsfw::jsonb, j.has_nsfw_contents),
         submitted_at = coalesce(j.submitted_at, now()),
         status = CASE WHEN c.could_move THEN c.target ELSE j.status END,
-        locked_until = CASE WHEN c.could_move THEN NULL ELSE j.locked_until END,
-        locked_by = CASE WHEN c.could_move THEN NULL ELSE j.locked_by END,
+        locked_until = CASE WHEN NOT c.could_move THEN j.locked_until
+                            WHEN c.holder IS NOT NULL AND NOT c.terminal THEN now() + make_interval(secs => $20) END,
+        locked_by = CASE WHEN NOT c.could_move THEN j.locked_by WHEN NOT c.terminal THEN c.holder END,
         run_after = CASE WHEN NOT c.could_move THEN j.run_after WHEN c.terminal THEN NULL
                          ELSE now() + make_interval(secs => c.delay) END,
         completed_at = CASE WHEN c.could_move AND c.terminal THEN now() ELSE j.completed_at END,
-        attempts = CASE WHEN c.could_move AND NOT c.terminal THEN 0 ELSE j.attempts END,
+        attempts = CASE WHEN c.could_move AND NOT c.terminal THEN (CASE WHEN c.holder IS NULL THEN 0 ELSE 1 END)
+                        ELSE j.attempts END,
         error = CASE WHEN c.could_move AND c.error IS NOT NULL THEN c.error ELSE j.error END,
         callback_status = CASE WHEN c.could_move AND c.terminal THEN {fragment:CALLBACK_STATUS_ENDED}
                                ELSE j.callback_status END,
@@ -166,11 +178,14 @@ WITH n AS (
         FROM c WHERE c.verdict = 'apply' AND c.could_move
     ) AS e ORDER BY e.ord, e.step
 ), ended AS (
-    SELECT c.job_id, c.delivery_id, c.event_type, c.callback_url AS url
+    SELECT c.job_id, c.delivery_id, c.event_type, c.callback_url AS url, c.holder, $20::float8 AS lease
     FROM c WHERE c.verdict = 'apply' AND c.could_move AND c.terminal
 ), {fragment:QUEUE_DELIVERIES}
 SELECT c.ord, c.verdict, c.verdict = 'apply' AND c.could_move AS moved,
-       c.callback_url IS NOT NULL AS has_callback, c.traceparent
+       c.callback_url IS NOT NULL AS has_callback, c.traceparent,
+       CASE WHEN c.verdict = 'apply' AND c.could_move AND c.holder IS NOT NULL
+                 AND (NOT c.terminal OR c.callback_url IS NOT NULL)
+            THEN CASE WHEN c.terminal THEN c.delivery_id ELSE c.job_id END END AS adopted
 FROM c ORDER BY c.ord;
 
 -- name: NOTIFY_MANY (asyncpg)
@@ -202,10 +217,13 @@ CASE WHEN j.callback_url IS NULL THEN j.callback_attempts ELSE 0 END
 
 -- fragment: QUEUE_DELIVERIES
 -- The deliveries of ``ended``, a CTE the statement defines before it: (job_id,
--- delivery_id, event_type, url), the jobs it ended, url their callback URL or NULL.
+-- delivery_id, event_type, url, holder, lease), the jobs it ended, url their callback URL
+-- or NULL; holder (NULL: none) the deliverer of this process that takes the new row at
+-- once, leased for ``lease`` seconds as its claim would (handoff, service/work/runner.py).
 queued_deliveries AS (
-    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at)
-    SELECT e.delivery_id, e.job_id, e.event_type, e.url, '', {delivery:pending}, now()
+    INSERT INTO deliveries (id, job_id, event_type, url, body, status, next_attempt_at, locked_by, locked_until)
+    SELECT e.delivery_id, e.job_id, e.event_type, e.url, '', {delivery:pending}, now(), e.holder,
+           CASE WHEN e.holder IS NOT NULL THEN now() + make_interval(secs => e.lease) END
     FROM ended AS e WHERE e.url IS NOT NULL
     RETURNING job_id)
 
@@ -219,7 +237,8 @@ WITH mirrored AS (
     WHERE j.id = :job_id
 ), ended AS (
     SELECT CAST(:job_id AS text) AS job_id, CAST(:delivery_id AS text) AS delivery_id,
-           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url
+           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url,
+           CAST(NULL AS text) AS holder, CAST(NULL AS float8) AS lease
 ), {fragment:QUEUE_DELIVERIES}
 SELECT pg_notify(:channel, 'deliver');
 
@@ -235,7 +254,8 @@ WITH event AS (
     INSERT INTO job_events (job_id, type, detail) VALUES (:job_id, 'status.changed', CAST(:detail AS jsonb))
 ), ended AS (
     SELECT CAST(:job_id AS text) AS job_id, CAST(:delivery_id AS text) AS delivery_id,
-           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url
+           CAST(:event_type AS text) AS event_type, CAST(:url AS text) AS url,
+           CAST(NULL AS text) AS holder, CAST(NULL AS float8) AS lease
 ), {fragment:QUEUE_DELIVERIES}
 SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(c, p);
 
@@ -278,7 +298,8 @@ SELECT EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS wo
 -- $12 the statuses ``completed`` may be reached from, $13 the status.changed detail (JSON),
 -- $14 the delivery id (the webhook-id, used when the job has a callback URL), $15 its
 -- event type, $16 the output.ignored detail (JSON; NULL: none), $17 the work channel,
--- $18 the done channel.
+-- $18 the done channel, $19 the holder of this process's deliverer that takes the delivery
+-- at once (NULL: none; it is claimed as usual), $20 its lease in seconds.
 -- - job: the job's row is locked first (the lock order), as the UPDATE that completes it
 -- would (NO KEY UPDATE), so a deletion cannot commit between the look at deleted_at and
 -- our commit (service/work/eraser.py relies on it: no object is recorded once a deletion
@@ -287,8 +308,9 @@ SELECT EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS wo
 -- - moved: the guarded, lease-fenced move to completed, as ``jobs.transition`` writes it
 -- (the trigger jobs_ledger spends the reservation in this same UPDATE).
 -- - events: output.stored, then status.changed, then output.ignored, in that order.
--- - ended: the terminal move queues its callback (the rule above); wakes: the deliverer
--- (when there is a callback) and the job's waiters.
+-- - ended: the terminal move queues its callback (the rule above), leased to $19 when set
+-- (a new row: nobody else can hold it); wakes: the deliverer (when there is a callback
+-- nobody holds yet) and the job's waiters.
 WITH job AS (
     SELECT id, deleted_at IS NOT NULL AS deleted FROM jobs WHERE id = $1 FOR NO KEY UPDATE
 ), live AS (
@@ -313,16 +335,18 @@ WITH job AS (
         SELECT 3, 'output.ignored', $16::jsonb FROM moved WHERE $16::text IS NOT NULL
     ) AS e ORDER BY e.step
 ), ended AS (
-    SELECT moved.id AS job_id, $14::text AS delivery_id, $15::text AS event_type, moved.callback_url AS url
+    SELECT moved.id AS job_id, $14::text AS delivery_id, $15::text AS event_type, moved.callback_url AS url,
+           $19::text AS holder, $20::float8 AS lease
     FROM moved
 ), {fragment:QUEUE_DELIVERIES}, wakes AS (
     SELECT pg_notify(w.c, w.p) FROM moved, LATERAL (
-        SELECT $17::text, 'deliver' WHERE moved.callback_url IS NOT NULL
+        SELECT $17::text, 'deliver' WHERE moved.callback_url IS NOT NULL AND $19::text IS NULL
         UNION ALL
         SELECT $18::text, moved.id) AS w(c, p)
 )
 SELECT coalesce((SELECT deleted FROM job), true) AND $3::integer IS NOT NULL AS deleted,
-       EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS woken;
+       EXISTS (SELECT 1 FROM moved) AS moved, (SELECT count(*) FROM wakes) AS woken,
+       EXISTS (SELECT 1 FROM moved WHERE moved.callback_url IS NOT NULL) AS queued_delivery;
 
 -- === Transitions of many jobs at once (service/db/jobs.py: bulk cancel and delete)
 
@@ -358,7 +382,8 @@ events AS (
     FROM numbered),
 ended AS (
     SELECT id AS job_id, :delivery_head || substr(:delivery_tails, CAST(n AS integer) * 16 - 15, 16) AS delivery_id,
-           CAST(:event AS text) AS event_type, callback_url AS url
+           CAST(:event AS text) AS event_type, callback_url AS url,
+           CAST(NULL AS text) AS holder, CAST(NULL AS float8) AS lease
     FROM numbered),
 {fragment:QUEUE_DELIVERIES},
 told AS (

@@ -4,6 +4,13 @@ Each duty is a small service with a ``claim`` and a ``run``: the runner claims d
 up to the duty's concurrency, runs each in its own task, renews the leases of what it
 holds, and sleeps until a NOTIFY or the poll interval. On stop it claims nothing more,
 gives running work a grace period, then hands back whatever it still holds.
+
+A statement of this process that makes work for one of its duties (the receiver's batch
+moving a job to storing, the storer's completion queuing a callback) may also lease the
+new row to that duty (``Handoff``, service/db/leases.py): it reserves a free slot first
+(``reserve``), and the row then runs in it like a claimed one (``adopt``), without a claim
+statement or a wake-up; a row it did not get frees the slot (``give_back``). A reserved
+slot counts as taken, so claims and hand-overs together never exceed the concurrency.
 """
 
 from __future__ import annotations
@@ -69,8 +76,43 @@ class Runner:
         self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in duties}
         # (row id, holder) of every row a duty is working on, by table.
         self._held: dict[str, set[tuple[str, str]]] = {table: set() for table in leases.LEASED_TABLES}
+        self._by_name: dict[str, Duty] = {d.name: d for d in duties}
+        # Slots held for statements in flight that may hand a row over (Handoff).
+        self._reserved: dict[str, int] = {d.name: 0 for d in duties}
+        self.lease = res.settings.lease_seconds
+
+    def reserve(self, duty: str) -> str | None:
+        """A free slot of ``duty`` for a row a statement is about to lease to it; None
+        when this process has no such duty, it is full, or stopping. Synchronous: two
+        callers cannot both take the last slot."""
+        d = self._by_name.get(duty)
+        if d is None or self._stopping.is_set():
+            return None
+        if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
+            return None
+        self._reserved[duty] += 1
+        return d.holder
+
+    def give_back(self, duty: str) -> None:
+        self._reserved[duty] -= 1
+
+    def adopt(self, duty: str, row_id: str) -> None:
+        """Run ``duty`` on ``row_id``, which a statement has just leased to its holder, in
+        the slot reserved for it. Once stopping, nothing starts (stop() waits only for
+        tasks that exist): the row goes back with the release, or its lease lapses."""
+        self._reserved[duty] -= 1
+        if self._stopping.is_set():
+            return
+        self._start(self._by_name[duty], row_id)
+
+    def _start(self, duty: Duty, row_id: str) -> None:
+        running = self._running[duty.name]
+        task = asyncio.create_task(self._run_one(duty, row_id), name=f"{duty.name}:{row_id}")
+        running.add(task)
+        task.add_done_callback(running.discard)
 
     async def start(self) -> None:
+        self.res.handoff = self
         for duty in self.duties:
             self._loops.append(asyncio.create_task(self._loop(duty), name=f"duty:{duty.name}"))
         self._loops.append(asyncio.create_task(self._renew_leases(), name="leases"))
@@ -86,6 +128,7 @@ class Runner:
         while it still runs.
         """
         self._stopping.set()
+        self.res.handoff = None
         self.res.pacer.stop()  # resting duties end their rests now (their work is done)
         self.res.notifications.kick()
         running = [t for tasks in self._running.values() for t in tasks]
@@ -127,7 +170,7 @@ class Runner:
         running = self._running[duty.name]
         poll = self.res.settings.poll_interval_seconds
         while not self._stopping.is_set():
-            free = duty.concurrency - len(running)
+            free = duty.concurrency - len(running) - self._reserved[duty.name]
             claimed: list[str] = []
             if free > 0:
                 try:
@@ -141,9 +184,7 @@ class Runner:
                 # that exist, so start nothing; the rows go back with _release_all.
                 return
             for row_id in claimed:
-                task = asyncio.create_task(self._run_one(duty, row_id), name=f"{duty.name}:{row_id}")
-                running.add(task)
-                task.add_done_callback(running.discard)
+                self._start(duty, row_id)
             if running and len(running) >= duty.concurrency:
                 # Full: wait for a slot rather than for news. The concurrency is read
                 # again after the claim: a duty whose limit follows its backlog (the

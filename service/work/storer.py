@@ -169,15 +169,31 @@ class Storer:
         stored = self._stored_output(job, pending[-1], *last, copy_seconds) if last is not None else None
         price = res.settings.price_usd(job.model)
         ignored = {"indexes": extra[:20], "count": len(extra), "asked": asked} if extra else None
-        async with raw_statement(res.engine) as raw:
-            done = await completion.complete_stored(raw, job, worker, output=stored, ignored=ignored,
-                                                    cost=jobs.cost_for(price, len(outputs) or asked))
+        # This process's deliverer takes the callback at once when it has a free slot: the
+        # completing statement leases the new delivery to it (no claim, no wake-up).
+        handoff = res.handoff if job.callback_url else None
+        deliverer = handoff.reserve("deliver") if handoff is not None else None
+        done: completion.Completed | None = None
+        try:
+            async with raw_statement(res.engine) as raw:
+                done = await completion.complete_stored(
+                    raw, job, worker, output=stored, ignored=ignored, cost=jobs.cost_for(price, len(outputs) or asked),
+                    deliverer=deliverer, lease=res.settings.lease_seconds)
+        finally:
+            if handoff is not None and deliverer is not None:
+                if done is not None and done.adopted is not None:
+                    handoff.adopt("deliver", done.adopted)
+                else:
+                    handoff.give_back("deliver")
         if done.deleted and last is not None:
             # The job was deleted meanwhile: nothing was recorded, so what we uploaded goes again.
             await res.storage.delete_keys([k for k in (last[0].key, last[1]) if k])
             return
         if stored is not None:
             metrics.observe_output(job.model, stored.size_bytes)
+        if done.queued_delivery and done.adopted is None:
+            # This process's deliverer looks now, not once the NOTIFY has come back.
+            res.notifications.kick("deliver")
         if done.moved:
             metrics.observe_stored_job(job.model, job.last_news_at)
             log.info("job.completed", job_id=job_id, task_id=job.provider_task_id, outputs=len(outputs))
