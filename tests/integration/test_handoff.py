@@ -25,7 +25,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 
-from service.db import completion, jobs, news
+from service.db import completion, jobs, leases, news
 from service.db.engine import asyncpg_dsn, create_engine
 from service.db.listen import Notifications
 from service.db.news_writer import NewsWriter
@@ -312,3 +312,59 @@ async def test_the_completion_leases_its_callback_to_the_local_deliverer_and_wak
         leases = {r[0]: r[1:] for r in sql.execute("SELECT job_id, locked_by, locked_until > now() FROM deliveries")}
     assert leases == {taken: ("proc:1:x/deliver", True), left: (None, None)}
     assert rows(quiet_database, [taken])[taken][0] == "completed"
+
+
+class DeliverDuty:
+    """The deliverer's claim with a run that records the row's lease."""
+
+    name = "deliver"
+    table = "deliveries"
+    concurrency = 4
+
+    def __init__(self, res: Any) -> None:
+        self.res = res
+        self.holder = holder_for(res, self.name)
+        self.claimed: list[str] = []
+        self.runs: dict[str, tuple[Any, ...]] = {}
+
+    async def claim(self, limit: int) -> list[str]:
+        ids = await leases.claim_deliveries(self.res.engine, limit, holder=self.holder, lease=30)
+        self.claimed.extend(ids)
+        return ids
+
+    async def run(self, delivery_id: str) -> None:
+        async with self.res.engine.connect() as conn:
+            row = (await conn.execute(text(
+                "SELECT job_id, locked_by, locked_until > now() FROM deliveries WHERE id = :id"),
+                {"id": delivery_id})).one()
+        self.runs[delivery_id] = tuple(row)
+
+
+async def test_a_webhook_that_ends_a_job_leases_its_callback_to_the_local_deliverer(quiet_database: str) -> None:
+    """The provider's failure ends the job: its delivery is made leased to this process's
+    deliverer, which runs it without a claim; a job without a callback URL gives the
+    reserved slot back."""
+    ended, quiet = seed(quiet_database, 2)
+    with psycopg.connect(quiet_database, autocommit=True) as sql:
+        sql.execute("UPDATE jobs SET callback_url = NULL WHERE id = %s", (quiet,))
+    proc = Process(quiet_database)
+    duty = DeliverDuty(proc.res)
+
+    def failure(job_id: str) -> news.News:
+        prediction = {"id": f"task_{job_id}", "model": DEV, "status": "failed", "outputs": [], "error": "boom"}
+        return news.plan(job_id, prediction, source="webhook", reconcile_after=120,
+                         webhook_id=f"wh_{job_id}", body=json.dumps(prediction))
+
+    try:
+        await proc.start([duty])
+        assert proc.writer is not None and proc.runner is not None
+        results = await asyncio.gather(*(proc.writer.write(failure(j)) for j in (ended, quiet)))
+        await until(lambda: len(duty.runs) == 1)
+        reserved = dict(proc.runner._reserved)
+    finally:
+        await proc.stop()
+    adopted = results[0].adopted
+    assert adopted is not None and results[1].adopted is None
+    assert all(c != CHANNEL_WORK for r in results for c, _ in r.wake)
+    assert duty.runs == {adopted: (ended, duty.holder, True)}
+    assert duty.claimed == [] and reserved == {"deliver": 0}
