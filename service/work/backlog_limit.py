@@ -29,6 +29,11 @@ class BacklogLimit:
         else:
             self.value = min(self.high, max(self.low, self.active + got + 1))
 
+    def waiting(self) -> None:
+        """A row was handed to the duty with every slot taken (service/work/runner.py
+        ``reserve``): more is waiting, as after a claim that filled every free slot."""
+        self.value = min(self.high, self.value * 2)
+
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         self.active += 1

@@ -79,6 +79,11 @@ class Runner:
         self._by_name: dict[str, Duty] = {d.name: d for d in duties}
         # Slots held for statements in flight that may hand a row over (Handoff).
         self._reserved: dict[str, int] = {d.name: 0 for d in duties}
+        # Duties that left a row to the claims because every slot was taken: nothing is
+        # handed to them until a claim comes back short (that backlog is drained), or a
+        # row that came later would take the next free slot before rows that wait
+        # (claims take the oldest first). In a burst it did: p99 7 s against 3 s.
+        self._backlog: set[str] = set()
         self.lease = res.settings.lease_seconds
 
     def reserve(self, duty: str) -> str | None:
@@ -86,10 +91,17 @@ class Runner:
         when this process has no such duty, it is full, or stopping. Synchronous: two
         callers cannot both take the last slot."""
         d = self._by_name.get(duty)
-        if d is None or self._stopping.is_set():
+        if d is None or self._stopping.is_set() or duty in self._backlog:
             return None
         if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
-            return None
+            # A row waits for a slot: a duty whose limit follows its backlog (the
+            # storer's) raises it, as after a claim that filled every free slot.
+            more_waiting = getattr(d, "more_waiting", None)
+            if more_waiting is not None:
+                more_waiting()
+            if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
+                self._backlog.add(duty)
+                return None
         self._reserved[duty] += 1
         return d.holder
 
@@ -183,6 +195,8 @@ class Runner:
                 # stop() began while this claim was in flight: it waits only for tasks
                 # that exist, so start nothing; the rows go back with _release_all.
                 return
+            if free > 0 and len(claimed) < free:
+                self._backlog.discard(duty.name)  # drained: rows may be handed over again
             for row_id in claimed:
                 self._start(duty, row_id)
             if running and len(running) >= duty.concurrency:

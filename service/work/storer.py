@@ -120,6 +120,10 @@ class Storer:
     def concurrency(self) -> int:
         return self.limit.value
 
+    def more_waiting(self) -> None:
+        """A job moved to storing here found every slot taken (service/work/runner.py)."""
+        self.limit.waiting()
+
     async def claim(self, limit: int) -> list[str]:
         claimed = await claim_jobs(self.res, [JobStatus.STORING.value], limit, holder=self.holder)
         self.limit.claimed(limit, len(claimed))
