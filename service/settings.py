@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(15.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)
     submit_concurrency: int = Field(8, ge=1)
+    submit_downstream_limit: int = Field(16, ge=0, le=1024)
     store_concurrency: int = Field(4, ge=1, le=256)
     store_concurrency_max: int = Field(16, ge=1, le=256)
     download_timeout_seconds: float = Field(60.0, gt=0)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
@@ -27,6 +28,7 @@ import structlog
 
 from service.db import leases
 from service.resources import Resources
+from service.work.backpressure import Backpressure
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +69,11 @@ class Duty(Protocol):
     async def run(self, row_id: str) -> None: ...
 
 
+# Optional on a duty (the submitter): ``downstream``, the names of the duties that finish
+# what it starts, and ``downstream_limit``: it then takes fewer rows while they are busy
+# (service/work/backpressure.py).
+
+
 class Runner:
     def __init__(self, res: Resources, duties: Sequence[Duty]) -> None:
         self.res = res
@@ -85,6 +92,13 @@ class Runner:
         # (claims take the oldest first). In a burst it did: p99 7 s against 3 s.
         self._backlog: set[str] = set()
         self.lease = res.settings.lease_seconds
+        # Duties held back by others (by name), and which of them each downstream duty concerns.
+        self._pressure = {d.name: Backpressure(tuple(d.downstream), d.downstream_limit)  # type: ignore[attr-defined]
+                          for d in duties if getattr(d, "downstream", ())}
+        self._watching: dict[str, list[tuple[str, Backpressure]]] = {}
+        for name, pressure in self._pressure.items():
+            for below in pressure.downstream:
+                self._watching.setdefault(below, []).append((name, pressure))
 
     def reserve(self, duty: str) -> str | None:
         """A free slot of ``duty`` for a row a statement is about to lease to it; None
@@ -181,8 +195,12 @@ class Runner:
     async def _loop(self, duty: Duty) -> None:
         running = self._running[duty.name]
         poll = self.res.settings.poll_interval_seconds
+        pressure = self._pressure.get(duty.name)
+        watching = self._watching.get(duty.name, [])
         while not self._stopping.is_set():
             free = duty.concurrency - len(running) - self._reserved[duty.name]
+            if pressure is not None and free > 0:
+                free = pressure.room(free, time.monotonic())
             claimed: list[str] = []
             if free > 0:
                 try:
@@ -191,6 +209,10 @@ class Runner:
                     log.warning("duty.claim_failed", duty=duty.name, error=type(exc).__name__)
                     await asyncio.sleep(min(poll * 2, 2.0))
                     continue
+            if pressure is not None:
+                pressure.took(len(claimed), time.monotonic())
+            for _, above in watching:
+                above.claimed(duty.name, free, len(claimed), time.monotonic())
             if self._stopping.is_set():
                 # stop() began while this claim was in flight: it waits only for tasks
                 # that exist, so start nothing; the rows go back with _release_all.
@@ -208,7 +230,9 @@ class Runner:
                 # the one free slot each time, and the next job waited for a copy).
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
             elif not claimed:
-                await self.res.notifications.wait_for_work(duty.name, poll)
+                # Held back, it looks again soon: its window moves on by itself.
+                await self.res.notifications.wait_for_work(
+                    duty.name, min(poll, 0.1) if pressure is not None and pressure.holding else poll)
 
     async def _run_one(self, duty: Duty, row_id: str) -> None:
         # This runs in a task of its own: every line logged while the row is worked on names it.
@@ -217,6 +241,9 @@ class Runner:
         # Duties on other tables (erasures, the retention sweep) hold no renewable lease.
         held, claim = self._held.setdefault(duty.table, set()), (row_id, duty.holder)
         held.add(claim)  # before any await: stop() and renewals must see it
+        watching = self._watching.get(duty.name, [])
+        for _, above in watching:
+            above.began(duty.name, row_id, time.monotonic())
         try:
             await duty.run(row_id)
         except asyncio.CancelledError:
@@ -227,6 +254,10 @@ class Runner:
             log.exception("duty.crashed", duty=duty.name, row_id=row_id, error=type(exc).__name__)
         finally:
             held.discard(claim)
+            for name, above in watching:
+                above.ended(duty.name, row_id, time.monotonic())
+                if above.holding:  # room downstream: the held duty looks again now
+                    self.res.notifications.kick(name)
 
     async def _renew_leases(self) -> None:
         """Renew every lease this process holds: one statement per table, each its own

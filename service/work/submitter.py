@@ -41,6 +41,11 @@ THROTTLE_RECHECK_SECONDS = 1.0  # a job waiting for the provider's limits looks 
 class Submitter:
     name = "submit"
     table = "jobs"
+    # The duties that finish what a submit starts: while their work in this process is
+    # past SUBMIT_DOWNSTREAM_LIMIT the runner gives the submitter fewer slots
+    # (service/work/backpressure.py), so a job whose webhook came is not kept waiting
+    # behind new submits.
+    downstream = ("store", "deliver")
 
     def __init__(self, res: Resources, *, holder: str | None = None) -> None:
         """``holder``: the claim the caller holds, when another duty sends a job it
@@ -48,6 +53,7 @@ class Submitter:
         self.res = res
         self.holder = holder or holder_for(res, self.name)
         self.concurrency = res.settings.submit_concurrency
+        self.downstream_limit = res.settings.submit_downstream_limit
         self._capacity_ready = False
         # Jobs this process's claim marked as being sent: to be POSTed now. A marked job
         # not in here was marked by a worker that died, and is recovered instead.
