@@ -113,6 +113,7 @@ class Backpressure:
         self._began[duty].pop(row_id, None)
         if duty == self.downstream[0]:
             self._finished.append(now)
+            _recent(self._finished, now)  # kept short even while the held duty claims nothing
 
     def claimed(self, duty: str, asked: int, got: int, now: float) -> None:
         """A downstream duty's claim."""
