@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, queries
 from service.db.models import Delivery, Job
+from service.domain.records import JobRecord, OutputRecord
 from service.domain.states import DeliveryStatus, JobStatus
 
 deliveries_t = jobs.deliveries_t
@@ -60,10 +61,28 @@ class AttemptRow:
     previous_expires_at: dt.datetime | None
 
 
-async def for_attempt(conn: asyncpg.Connection, delivery_id: str) -> AttemptRow | None:
-    """The delivery, its job's bits and its owner's secrets, in one round trip."""
-    row = await conn.fetchrow(queries.DELIVERY_FOR_ATTEMPT, delivery_id)
-    return AttemptRow(**dict(row.items())) if row is not None else None
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(AttemptRow))
+
+
+@dataclass(frozen=True)
+class AttemptRead:
+    """What DELIVERY_FOR_ATTEMPT reads: the delivery, its job, and the job's stored outputs
+    (read only while no body is frozen; an empty list once one is)."""
+
+    row: AttemptRow
+    job: JobRecord
+    outputs: list[OutputRecord]
+
+
+async def for_attempt(conn: asyncpg.Connection, delivery_id: str) -> AttemptRead | None:
+    """The delivery, its job's bits, its owner's secrets and, before a body is frozen, the
+    job and its outputs the body is built from: one round trip."""
+    rows = await conn.fetch(queries.DELIVERY_FOR_ATTEMPT, delivery_id)
+    if not rows:
+        return None
+    row = AttemptRow(*[rows[0]["d_" + name] for name in _ATTEMPT_FIELDS])
+    job, outputs = jobs.job_and_outputs(rows, row.job_id)
+    return AttemptRead(row, job, outputs)
 
 
 async def defer_first_attempt(conn: AsyncConnection, delivery_id: str, worker: str, delay: float) -> bool:

@@ -142,7 +142,7 @@ async def get_job_with_outputs(conn: asyncpg.Connection, job_id: str, owner: str
     The owner is required: this is the API's read, never an operator's."""
     if impossible_id(job_id):
         raise NotFound("no job with that id")
-    return _job_and_outputs(await conn.fetch(queries.JOB_WITH_OUTPUTS, job_id, owner), job_id)
+    return job_and_outputs(await conn.fetch(queries.JOB_WITH_OUTPUTS, job_id, owner), job_id)
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
@@ -155,10 +155,10 @@ async def lock_job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
 async def held_job_with_outputs(conn: asyncpg.Connection, job_id: str) -> tuple[JobRecord, list[OutputRecord]]:
     """A job the caller's worker holds and all its outputs (queries.HELD_JOB_WITH_OUTPUTS),
     on the raw connection of ``engine.raw_statement``: one round trip."""
-    return _job_and_outputs(await conn.fetch(queries.HELD_JOB_WITH_OUTPUTS, job_id), job_id)
+    return job_and_outputs(await conn.fetch(queries.HELD_JOB_WITH_OUTPUTS, job_id), job_id)
 
 
-def _job_and_outputs(rows: Sequence[asyncpg.Record], job_id: str) -> tuple[JobRecord, list[OutputRecord]]:
+def job_and_outputs(rows: Sequence[asyncpg.Record], job_id: str) -> tuple[JobRecord, list[OutputRecord]]:
     """The job and its outputs from the rows of a job joined to its outputs (the job's
     columns, then the output's prefixed ``output_``: one row per output in index order,
     or one row with NULL output columns); none: no such job."""

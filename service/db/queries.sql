@@ -553,16 +553,29 @@ GROUP BY 1 ORDER BY 1;
 -- Why one statement: everything an attempt needs before it is sent, in one round trip
 -- (the deliverer's hot path): the delivery, its job's task id (log lines), owner, trace and
 -- whether it is deleted, and the owner's callback secrets (has_secrets false: the owner
--- has no row yet, one is made through callback_secrets.current). Nothing is locked: the
--- delivery is ours by its lease, and every write after this is fenced on it.
-SELECT d.id, d.job_id, d.event_type, d.url, d.body, d.status, d.attempts, d.locked_by, d.created_at,
-       j.provider_task_id AS task_id, j.owner, j.traceparent,
-       s.owner IS NOT NULL AS has_secrets, s.secret, s.previous_secret,
-       coalesce(s.previous_expires_at > now(), false) AS previous_live, s.previous_expires_at
+-- has no row yet, one is made through callback_secrets.current), all prefixed ``d_``; then
+-- the job's own columns and, while no body is frozen (a series' first attempt), its stored
+-- outputs prefixed ``output_`` (one row per output in index order, or one row with NULL
+-- output columns), so the body is built without a read of its own (JOB_WITH_OUTPUTS'
+-- columns; the job is the delivery's, whose owner the body goes to, so no owner filter).
+-- Nothing is locked: the delivery is ours by its lease, and every write after this is
+-- fenced on it.
+SELECT d.id AS d_id, d.job_id AS d_job_id, d.event_type AS d_event_type, d.url AS d_url, d.body AS d_body,
+       d.status AS d_status, d.attempts AS d_attempts, d.locked_by AS d_locked_by, d.created_at AS d_created_at,
+       j.provider_task_id AS d_task_id, j.owner AS d_owner, j.traceparent AS d_traceparent,
+       s.owner IS NOT NULL AS d_has_secrets, s.secret AS d_secret, s.previous_secret AS d_previous_secret,
+       coalesce(s.previous_expires_at > now(), false) AS d_previous_live,
+       s.previous_expires_at AS d_previous_expires_at,
+       j.*, o.job_id AS output_job_id, o.index AS output_index, o.source_url AS output_source_url,
+       o.key AS output_key, o.content_type AS output_content_type, o.size_bytes AS output_size_bytes,
+       o.sha256 AS output_sha256, o.thumbnail_key AS output_thumbnail_key, o.stored_at AS output_stored_at,
+       o.content_credentials AS output_content_credentials
 FROM deliveries d
 JOIN jobs j ON j.id = d.job_id
 LEFT JOIN callback_secrets s ON s.owner = j.owner
-WHERE d.id = $1;
+LEFT JOIN job_outputs o ON o.job_id = j.id AND d.body = ''
+WHERE d.id = $1
+ORDER BY o.index;
 
 -- name: FREEZE_BODY (asyncpg)
 -- Why: the body every attempt of a series sends is stored once, before the first attempt;

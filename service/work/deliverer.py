@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,8 +35,9 @@ from service.clients import callbacks
 from service.clients.callbacks import Attempt
 from service.db import callback_secrets, deliveries, jobs, leases
 from service.db.callback_secrets import OwnerSecrets
-from service.db.deliveries import AttemptRow
+from service.db.deliveries import AttemptRead, AttemptRow
 from service.db.engine import raw_statement
+from service.domain.records import JobRecord, OutputRecord
 from service.domain.serialize import iso, job_dict
 from service.domain.states import DeliveryStatus
 from service.observability import logs, metrics
@@ -124,22 +125,26 @@ class Deliverer:
     async def _prepare(self, delivery_id: str) -> tuple[AttemptRow, str, OwnerSecrets] | None:
         """The delivery, its body (frozen now on a first attempt) and the secrets that sign
         it; None when there is nothing to send now. Statements that each commit by
-        themselves: one round trip for the row and secrets, two more on a first attempt."""
+        themselves: one round trip for the row, the secrets and (before a body is frozen)
+        the job the body is built from; one more on a first attempt, to freeze it."""
         res, worker, delays = self.res, self.holder, self.res.settings.retry_delays
         async with raw_statement(res.engine) as raw:
-            row = await deliveries.for_attempt(raw, delivery_id)
-            if row is None or row.status != DeliveryStatus.PENDING or row.locked_by != worker:
+            read = await deliveries.for_attempt(raw, delivery_id)
+            if read is None:
+                return None
+            row = read.row
+            if row.status != DeliveryStatus.PENDING or row.locked_by != worker:
                 return None
             logs.bind_job(row.job_id, row.task_id)
             deferring = row.attempts == 0 and delays[0] > 0
-            body = row.body or (None if deferring else await self._freeze(raw, row))
+            body = row.body or (None if deferring else await self._freeze(raw, read))
         if deferring:  # a schedule whose first entry waits (a transaction of its own)
             async with res.engine.begin() as conn:
                 if await deliveries.defer_first_attempt(conn, row.id, worker, delays[0]):
                     return None
             if not body:
                 async with raw_statement(res.engine) as raw:
-                    body = await self._freeze(raw, row)
+                    body = await self._freeze(raw, read)
         if body is None:
             return None  # our lease was taken over while we built the body
         # Signed with the job owner's own secret (and, during a rotation's overlap, the
@@ -152,17 +157,16 @@ class Deliverer:
                 secrets = await callback_secrets.current(conn, row.owner, res.sealer, res.callback_secret)
         return row, body, secrets
 
-    async def _freeze(self, conn: asyncpg.Connection, row: AttemptRow) -> str | None:
-        """Build the event body from the job as it is now and store it (committed before
-        the first attempt), so every retry of this series sends the same bytes."""
-        res = self.res
+    async def _freeze(self, conn: asyncpg.Connection, read: AttemptRead) -> str | None:
+        """Build the event body from the job as the delivery's read saw it (the job as it
+        ended, or later) and store it (committed before the first attempt), so every retry
+        of this series sends the same bytes."""
+        res, row = self.res, read.row
 
         def presign(key: str) -> str:
             return res.storage.presign(key, CALLBACK_URL_SECONDS)
 
-        job, outputs = await jobs.get_job_with_outputs(conn, row.job_id, row.owner)
-        event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        body = event_body(row, read.job, read.outputs, presign)
         return body if await deliveries.freeze_body(conn, row.id, self.holder, body) else None
 
     async def _attempt(self, row: AttemptRow, body: bytes, signing: list[str]) -> Attempt:
@@ -230,6 +234,12 @@ class Deliverer:
             if closing is not None:
                 await jobs.add_event(conn, row.job_id, *closing)
         return True
+
+
+def event_body(row: AttemptRow, job: JobRecord, outputs: list[OutputRecord], presign: Callable[[str], str]) -> str:
+    """The callback's body: the delivery's event with the job as the API shows it."""
+    event = {"type": row.event_type, "timestamp": iso(row.created_at), "data": job_dict(job, outputs, presign)}
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 def _closing_event(row: AttemptRow, status: DeliveryStatus, number: int, failure: str | None,
