@@ -25,7 +25,7 @@ class BacklogLimit:
     def claimed(self, asked: int, got: int) -> None:
         """Adjust after a claim that asked for ``asked`` rows and got ``got``."""
         if asked > 0 and got >= asked:
-            self.value = min(self.high, self.value * 2)
+            self.waiting()
         else:
             self.value = min(self.high, max(self.low, self.active + got + 1))
 
