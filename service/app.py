@@ -34,6 +34,7 @@ from service.api import (
 from service.api.plumbing import error_responses
 from service.api.plumbing.header_guard import HeaderGuard
 from service.api.stream_gate import StreamGate, live_check
+from service.clients.connection_pool import lean_transport
 from service.clients.egress import Egress, Resolver
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
@@ -126,6 +127,16 @@ async def open_resources(
             yield res
 
 
+def provider_http_client() -> httpx.AsyncClient:
+    """The client for the service's own peers, WaveSpeed and S3 (requests on someone
+    else's behalf go through the egress layer instead)."""
+    return httpx.AsyncClient(
+        transport=lean_transport(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+        headers={"User-Agent": "wavespeed-jobs/0.1"},
+    )
+
+
 @contextlib.asynccontextmanager
 async def _open_resources(
     settings: Settings, resolver: Resolver | None, network: httpcore.AsyncNetworkBackend | None, tracing: Tracing,
@@ -137,11 +148,7 @@ async def _open_resources(
     signer = content_signer(settings)  # first: a certificate C2PA would reject stops the start here
     engine = db.create_engine(settings.database_url, settings.db_pool_size,
                               transaction_pooling=settings.transaction_pooling)
-    http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        follow_redirects=False,
-        headers={"User-Agent": "wavespeed-jobs/0.1"},
-    )
+    http = provider_http_client()
     storage = open_storage(settings, settings.s3_bucket, http)
     notifications = Notifications(db.asyncpg_dsn(settings.session_database_url or settings.database_url))
     sealer = Sealer(_secret(settings.secrets_encryption_key))

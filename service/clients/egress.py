@@ -29,6 +29,7 @@ import certifi
 import httpcore
 import httpx
 
+from service.clients.connection_pool import lean_transport
 from service.domain.errors import EgressRefused
 
 USER_AGENT = "wavespeed-jobs/0.1"
@@ -166,16 +167,13 @@ class Egress:
     ) -> None:
         self.allow_private = allow_private
         self.resolver: Resolver = resolver or SystemResolver()
-        transport = httpx.AsyncHTTPTransport(retries=0)
-        # httpx offers no way to pass a network backend, so the pool is built here with
-        # the same TLS defaults (certifi's roots) and ours. The transport keeps httpx's
-        # mapping of httpcore errors to httpx errors.
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
+        # httpx offers no way to pass a network backend, so the transport's pool is built
+        # by lean_transport, with the same TLS defaults (certifi's roots) and ours.
+        transport = lean_transport(
             max_connections=max_connections,
             max_keepalive_connections=max(1, max_connections // 4),
-            keepalive_expiry=5.0,
             network_backend=PinnedBackend(self, network),
+            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
         )
         # trust_env=False: an HTTP(S)_PROXY from the environment would connect to the
         # proxy and let it resolve the name, which undoes the pinning.
