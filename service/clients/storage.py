@@ -1,17 +1,17 @@
-"""S3 through boto3. boto3 is synchronous, so every network call runs in a bounded
-thread pool and the event loop never blocks on S3.
+"""S3: PutObject of a body that fits in one part, DeleteObjects and presigned GETs are
+written and signed here (service/clients/sigv4.py) with the credentials boto3 resolved,
+and sent on the event loop over the lifespan's httpx client; the rest (multipart
+uploads, reads, listings, the bucket check) goes through boto3 in a bounded thread pool,
+so the event loop never blocks on S3.
 
-Why still boto3 for the calls: a SigV4 client on httpx (tests/benchmarks/s3_httpx.py)
-was measured beside it and cost more CPU per PUT, not less (tests/benchmarks/
-bench_s3client.py: 1.6× boto3's on this machine); httpx's own per-request work weighs
-as much as botocore's. Turning botocore's CRC32 checksums off made no measurable
-difference either. What did pay: presigned URLs signed here (service/clients/sigv4.py;
-~8× cheaper than botocore's generate_presigned_url, bench_s3client) with the credentials
-boto3 resolved, and DeleteObjects written, signed and sent here (httpx, on the event
-loop): botocore spends 16-20 ms of Python per 1,000-key call, in a thread that competes
-with the event loop for the GIL; this takes 2-3 ms (bench_s3client's delete rounds).
-(Retention's effect on the receiver's p99 did not move measurably with it: bench_lifecycle
-retention; the CPU did.)
+Why by hand where it is: botocore's per-call pipeline (parameter checks, event hooks,
+endpoint rules, serialising, a thread per call) costs more CPU than the request itself.
+A PutObject signed here costs 0.59× Storage's boto3 call for a 30 KiB output and 0.74×
+for 500 KiB (tests/benchmarks/bench_s3client.py, docs/benchmarks.md); before the
+connection pool was mended (service/clients/connection_pool.py) httpx's own pool
+bookkeeping made it cost more, not less. Presigning here is ~8× cheaper than botocore's
+generate_presigned_url. DeleteObjects: botocore spends 16-20 ms of Python per 1,000-key
+call in a thread that competes with the event loop for the GIL; this takes 2-3 ms.
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.
@@ -45,20 +45,15 @@ from service.observability import metrics
 
 PRESIGN_CACHE_SIZE = 50_000
 DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
+# A PUT of the same key and bytes is idempotent: retried once on these, as boto3's
+# standard mode would (S3 asks for a retry with 503 SlowDown).
+RETRIED_PUT_STATUSES = frozenset({500, 502, 503, 504})
+PUT_TIMEOUT = httpx.Timeout(30, connect=5)
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
 class StorageError(ServiceError):
     """S3 could not be reached or refused the request."""
-
-
-class _S3CallFailed(Exception):
-    """An S3 call failed inside a thread that also ran other code: tells S3's failure
-    apart from that code's own exceptions."""
-
-    def __init__(self, call: str, cause: Exception) -> None:
-        super().__init__(call)
-        self.call, self.cause = call, cause
 
 
 @dataclass(frozen=True)
@@ -194,9 +189,7 @@ class Storage:
                     parts.append({"ETag": answer["ETag"], "PartNumber": number})
                     del body
             if upload_id is None:
-                await self._run(
-                    self._client.put_object, Bucket=self.bucket, Key=key, Body=bytes(buffer), ContentType=content_type
-                )
+                await self._put_object(key, bytes(buffer), digest.hexdigest(), content_type)
             else:
                 if buffer:
                     number = len(parts) + 1
@@ -225,29 +218,42 @@ class Storage:
         return await self.put_stream(key, one(), content_type)
 
     async def put_made(self, key: str, make: Callable[[], bytes | None], content_type: str) -> bool:
-        """Make an object's bytes with ``make`` and upload them (one PUT), both in one of
-        the pool's threads: one hop to a thread and back where making them in a thread and
-        then calling ``put_bytes`` takes two, and each return waits its turn on a busy
-        event loop. False, and nothing uploaded, when ``make`` returns None. ``make``'s
-        own exceptions propagate as they are; S3's become StorageError."""
+        """Make an object's bytes with ``make`` in one of the pool's threads (with their
+        sha256, which the signature needs) and upload them in one PUT. False, and nothing
+        uploaded, when ``make`` returns None. ``make``'s own exceptions propagate as they
+        are; S3's become StorageError."""
         loop = asyncio.get_running_loop()
 
-        def made_and_put() -> bool:
+        def made() -> tuple[bytes, str] | None:
             body = make()
-            if body is None:
-                return False
-            try:
-                self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
-            except Exception as exc:  # botocore raises many unrelated types
-                raise _S3CallFailed("put_object", exc) from exc
-            return True
+            return None if body is None else (body, hashlib.sha256(body).hexdigest())
 
-        try:
-            return await loop.run_in_executor(self._pool, contextvars.copy_context().run, made_and_put)
-        except _S3CallFailed as failed:
-            metrics.s3_error(failed.call)
-            cause = failed.cause
-            raise StorageError(f"S3 {failed.call} failed: {type(cause).__name__}: {cause}") from cause
+        result = await loop.run_in_executor(self._pool, contextvars.copy_context().run, made)
+        if result is None:
+            return False
+        await self._put_object(key, result[0], result[1], content_type)
+        return True
+
+    async def _put_object(self, key: str, body: bytes, sha256: str, content_type: str) -> None:
+        """One PutObject, signed here and sent on the event loop."""
+        path = f"{self._base_path}/{uri_encode(self.bucket)}/{uri_encode(key, keep_slash=True)}"
+        for attempt in (1, 2):
+            signed = self._signer.sign_headers(self._creds(), "PUT", self._host, path,
+                                               headers={"content-type": content_type}, payload_sha256=sha256)
+            try:
+                answer = await self._http.put(f"{self._origin}{path}", content=body, headers=signed,
+                                              timeout=PUT_TIMEOUT)
+            except httpx.HTTPError as exc:
+                if attempt == 1:
+                    continue
+                metrics.s3_error("put_object")
+                raise StorageError(f"S3 PutObject failed: {type(exc).__name__}: {exc}") from exc
+            if answer.status_code == 200:
+                return
+            if attempt == 1 and answer.status_code in RETRIED_PUT_STATUSES:
+                continue
+            metrics.s3_error("put_object")
+            raise StorageError(f"S3 PutObject answered {answer.status_code} {s3_error_code(answer.content)}")
 
     async def get_bytes(self, key: str) -> bytes:
         answer = await self._run(self._client.get_object, Bucket=self.bucket, Key=key)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from service.clients.connection_pool import lean_transport
 from service.clients.sigv4 import EMPTY_SHA256, Credentials, Signer, uri_encode
 from service.clients.storage import StorageError, StoredObject
 
@@ -95,7 +96,7 @@ class HttpxStorage:
         # behalf, so it does not go through the egress checks; redirects are not followed.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=lean_transport(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
         )
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}

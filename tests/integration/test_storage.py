@@ -6,6 +6,8 @@ and tests/unit/test_presign_cache.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -140,6 +142,99 @@ async def test_delete_keys_unreachable_is_a_storage_error() -> None:
     try:
         with pytest.raises(StorageError) as raised:
             await store.delete_keys(["outputs/job_x/0.jpeg"])
+        assert "ConnectError" in str(raised.value)
+    finally:
+        await store.aclose()
+
+
+async def test_a_put_into_a_missing_bucket_is_a_storage_error_naming_the_code(s3_endpoint: str) -> None:
+    store = _storage(s3_endpoint, f"wsj-missing-{uuid.uuid4().hex[:8]}", access_key_id="AKIAEXAMPLE",
+                     secret_access_key="not-the-secret-0123")
+    try:
+        with pytest.raises(StorageError) as raised:
+            await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
+        assert "404" in str(raised.value) and "NoSuchBucket" in str(raised.value)
+        assert "not-the-secret-0123" not in str(raised.value) and "Signature=" not in str(raised.value)
+    finally:
+        await store.aclose()
+
+
+class _SlowDownFirst:
+    """An S3 stand-in on 127.0.0.1 that answers the first ``refusals`` requests
+    ``503 SlowDown`` (S3's "retry later") and the rest 200, recording each request."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                line, *fields = head.split("\r\n")
+                headers = {k.lower(): v.strip() for k, v in (f.split(":", 1) for f in fields if ":" in f)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests.append((line, headers, body))
+                if len(self.requests) <= self.refusals:
+                    error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(error), error))
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            server.close()
+
+
+async def test_a_put_answered_slow_down_once_is_sent_again_signed_with_the_bodys_sha256() -> None:
+    fake = _SlowDownFirst(refusals=1)
+    async with fake.running() as endpoint:
+        store = Storage(bucket="wsj-b", endpoint_url=endpoint, region="us-east-1",
+                        access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
+        try:
+            stored = await store.put_bytes("outputs/job_x/0 é.jpeg", b"jpeg bytes", "image/jpeg")
+        finally:
+            await store.aclose()
+    assert stored.sha256 == hashlib.sha256(b"jpeg bytes").hexdigest()
+    assert len(fake.requests) == 2
+    for line, headers, body in fake.requests:
+        assert line == "PUT /wsj-b/outputs/job_x/0%20%C3%A9.jpeg HTTP/1.1"
+        assert body == b"jpeg bytes"
+        assert headers["x-amz-content-sha256"] == stored.sha256
+        assert headers["content-type"] == "image/jpeg"
+        assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/")
+        assert "content-type;host;x-amz-content-sha256;x-amz-date" in headers["authorization"]
+
+
+async def test_a_put_answered_slow_down_twice_is_a_storage_error_after_two_attempts() -> None:
+    fake = _SlowDownFirst(refusals=5)
+    async with fake.running() as endpoint:
+        store = Storage(bucket="wsj-b", endpoint_url=endpoint, region="us-east-1",
+                        access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
+        try:
+            with pytest.raises(StorageError) as raised:
+                await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
+        finally:
+            await store.aclose()
+    assert len(fake.requests) == 2
+    assert "503" in str(raised.value) and "SlowDown" in str(raised.value)
+    assert "not-the-secret-0123" not in str(raised.value) and "Signature=" not in str(raised.value)
+
+
+async def test_a_put_to_an_unreachable_s3_is_a_storage_error() -> None:
+    store = Storage(bucket="b", endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                    access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
+    try:
+        with pytest.raises(StorageError) as raised:
+            await store.put_bytes("outputs/job_x/0.jpeg", b"x", "image/jpeg")
         assert "ConnectError" in str(raised.value)
     finally:
         await store.aclose()

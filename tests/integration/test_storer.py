@@ -5,11 +5,11 @@ thumbnail is made and uploaded while the output's own PUT is in flight."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from starlette.applications import Starlette
@@ -154,15 +154,16 @@ def image_host() -> Iterator[ServerThread]:
         yield server
 
 
-def _on_put_object(res: Resources, hook: Callable[[str], None]) -> None:
-    """Call ``hook(key)`` in the S3 thread before each PutObject goes out."""
-    real = res.storage._client.put_object
+def _on_put_object(res: Resources, hook: Callable[[str], Awaitable[None]]) -> None:
+    """Await ``hook(url)`` before each PutObject goes out (the object's key ends the URL);
+    what it raises is what the HTTP client would have raised."""
+    real = res.storage._http.put
 
-    def put_object(**kwargs: Any) -> Any:
-        hook(kwargs["Key"])
-        return real(**kwargs)
+    async def put(url: str, **kwargs: Any) -> Any:
+        await hook(url)
+        return await real(url, **kwargs)
 
-    res.storage._client.put_object = put_object
+    res.storage._http.put = put  # type: ignore[method-assign]
 
 
 async def _store_one_output(res: Resources, own_db: str, source: str) -> tuple[str, Any, Any, list[str]]:
@@ -192,14 +193,18 @@ async def test_the_thumbnail_is_made_and_uploaded_while_the_outputs_put_is_in_fl
     """The output's PUT is held until the thumbnail's PUT has begun: one after the other,
     it would never begin (the hold gives up after 5 s and says so)."""
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
-    thumbnail_put_began = threading.Event()
+    thumbnail_put_began = asyncio.Event()
     output_put_saw_it: list[bool] = []
 
-    def hold(key: str) -> None:
+    async def hold(key: str) -> None:
         if key.endswith(".thumb.webp"):
             thumbnail_put_began.set()
         else:
-            output_put_saw_it.append(thumbnail_put_began.wait(5))
+            try:
+                await asyncio.wait_for(thumbnail_put_began.wait(), 5)
+                output_put_saw_it.append(True)
+            except TimeoutError:
+                output_put_saw_it.append(False)
 
     url = image_host.url + "/good.jpeg" if source == "download" else _jpeg_data_url()
     async with open_resources(settings) as res:
@@ -233,9 +238,9 @@ async def test_a_thumbnail_whose_put_fails_is_s3s_failure_and_the_job_waits_to_t
     keys) copies both again."""
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
 
-    def refuse_thumbnails(key: str) -> None:
+    async def refuse_thumbnails(key: str) -> None:
         if key.endswith(".thumb.webp"):
-            raise ConnectionError("S3 went away")
+            raise httpx.ConnectError("S3 went away")
 
     async with open_resources(settings) as res:
         _on_put_object(res, refuse_thumbnails)
@@ -252,15 +257,15 @@ async def test_a_failed_copy_is_handled_only_once_its_thumbnails_put_has_ended(
     recorded (and the job rescheduled) only after that PUT ended, so nothing of the job's
     is still being uploaded when a deletion or a retry comes next."""
     settings = make_settings(own_db, s3_endpoint, simulator.url, 9)
-    thumbnail_put_ended = threading.Event()
+    thumbnail_put_ended = asyncio.Event()
     ended_before_the_failure_was_handled: list[bool] = []
 
-    def slow_thumbnail_failing_output(key: str) -> None:
+    async def slow_thumbnail_failing_output(key: str) -> None:
         if key.endswith(".thumb.webp"):
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
             thumbnail_put_ended.set()
         else:
-            raise ConnectionError("S3 went away")
+            raise httpx.ConnectError("S3 went away")
 
     async with open_resources(settings) as res:
         _on_put_object(res, slow_thumbnail_failing_output)
