@@ -5,7 +5,7 @@ threads) on the same simulator and the same S3, sides alternating in one run.
     .venv/bin/python -m tests.benchmarks.bench_pipeline [--jobs 400] [--rate 20] [--reps 3]
 
 Every part is a real process on 127.0.0.1, started here and stopped at the end: moto's
-S3 server, the WaveSpeed simulator (`wavespeed-jobs simulator`), the service (fresh for
+S3 under uvicorn (tests/benchmarks/s3server.py: keep-alive, as S3), the WaveSpeed simulator (`wavespeed-jobs simulator`), the service (fresh for
 each run), the script; the parent submits, catches the callbacks and measures.
 
 Per run it measures, from outside:
@@ -642,8 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"   service logs (kept): {logs}", flush=True)
     with (
         database.fresh_database("wsj_bench_pipeline") as db_url,
-        procs.running([procs.PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                      ready_url=s3_url) as s3,
+        # moto under uvicorn: connections kept alive, as S3, MinIO and R2 keep them
+        # (moto's own server closes each one), for the service and the script alike.
+        procs.running([procs.PYTHON, "-m", "tests.benchmarks.s3server", str(s3_port)], ready_url=s3_url) as s3,
         procs.running([procs.PYTHON, "-m", "service", "simulator", "--port", str(sim_port),
                        "--completion-delay", str(args.completion_delay), "--processing-delay", "0.1",
                        "--max-tasks", "100000"], env=sim_env, ready_url=sim_url + "/_sim/stats") as sim,
