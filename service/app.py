@@ -34,8 +34,8 @@ from service.api import (
 from service.api.plumbing import error_responses
 from service.api.plumbing.header_guard import HeaderGuard
 from service.api.stream_gate import StreamGate, live_check
-from service.clients.connection_pool import lean_transport
 from service.clients.egress import Egress, Resolver
+from service.clients.http_client import http_client, lean_transport
 from service.clients.storage import Storage
 from service.clients.wavespeed import WaveSpeedClient
 from service.db import callback_secrets, news_writer, page_sessions
@@ -130,8 +130,8 @@ async def open_resources(
 def provider_http_client() -> httpx.AsyncClient:
     """The client for the service's own peers, WaveSpeed and S3 (requests on someone
     else's behalf go through the egress layer instead)."""
-    return httpx.AsyncClient(
-        transport=lean_transport(max_connections=200, max_keepalive_connections=50),
+    return http_client(
+        lean_transport(max_connections=200, max_keepalive_connections=50),
         follow_redirects=False,
         headers={"User-Agent": "wavespeed-jobs/0.1"},
     )

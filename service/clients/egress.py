@@ -29,7 +29,7 @@ import certifi
 import httpcore
 import httpx
 
-from service.clients.connection_pool import lean_transport
+from service.clients.http_client import http_client, lean_transport
 from service.domain.errors import EgressRefused
 
 USER_AGENT = "wavespeed-jobs/0.1"
@@ -177,9 +177,8 @@ class Egress:
         )
         # trust_env=False: an HTTP(S)_PROXY from the environment would connect to the
         # proxy and let it resolve the name, which undoes the pinning.
-        self.http = httpx.AsyncClient(
-            transport=transport, follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT}
-        )
+        self.http = http_client(transport, follow_redirects=False, trust_env=False,
+                                headers={"User-Agent": USER_AGENT})
 
     async def aclose(self) -> None:
         await self.http.aclose()

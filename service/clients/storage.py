@@ -8,7 +8,7 @@ Why by hand where it is: botocore's per-call pipeline (parameter checks, event h
 endpoint rules, serialising, a thread per call) costs more CPU than the request itself.
 A PutObject signed here costs 0.59× Storage's boto3 call for a 30 KiB output and 0.74×
 for 500 KiB (tests/benchmarks/bench_s3client.py, docs/benchmarks.md); before the
-connection pool was mended (service/clients/connection_pool.py) httpx's own pool
+connection pool was mended (service/clients/http_client.py) httpx's own pool
 bookkeeping made it cost more, not less. Presigning here is ~8× cheaper than botocore's
 generate_presigned_url. DeleteObjects: botocore spends 16-20 ms of Python per 1,000-key
 call in a thread that competes with the event loop for the GIL; this takes 2-3 ms.

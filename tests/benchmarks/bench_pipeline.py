@@ -5,8 +5,9 @@ threads) on the same simulator and the same S3, sides alternating in one run.
     .venv/bin/python -m tests.benchmarks.bench_pipeline [--jobs 400] [--rate 20] [--reps 3]
 
 Every part is a real process on 127.0.0.1, started here and stopped at the end: moto's
-S3 under uvicorn (tests/benchmarks/s3server.py: keep-alive, as S3), the WaveSpeed simulator (`wavespeed-jobs simulator`), the service (fresh for
-each run), the script; the parent submits, catches the callbacks and measures.
+S3 under uvicorn (tests/benchmarks/s3server.py: keep-alive, as S3), the WaveSpeed
+simulator (`wavespeed-jobs simulator`), the service (fresh for each run), the script;
+the parent submits, catches the callbacks and measures.
 
 Per run it measures, from outside:
 - CPU per job: the service's processes (psutil, from after start-up to the last

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.clients.connection_pool import lean_transport
+from service.clients.http_client import lean_transport
 from service.clients.sigv4 import EMPTY_SHA256, Credentials, Signer, uri_encode
 from service.clients.storage import StorageError, StoredObject
 

@@ -1,6 +1,6 @@
-"""The connection pool under the process's HTTP clients keeps httpcore's rules (reuse,
-expiry, the keep-alive and connection limits) while checking idle connections less
-often: proved against a real HTTP/1.1 server on 127.0.0.1 that counts its connections."""
+"""The process's HTTP clients keep no cookies, and their connection pool keeps httpcore's
+rules (reuse, expiry, the keep-alive and connection limits) while checking idle
+connections less often: proved against real HTTP/1.1 servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpcore
 import httpx
 import pytest
 
-from service.clients.connection_pool import LeanConnectionPool, lean_transport
+from service.clients.http_client import LeanConnectionPool, _NoCookies, http_client, lean_transport
 
 REQUEST_TIMEOUT = httpx.Timeout(5.0)
 
@@ -22,9 +22,11 @@ class CountingServer:
     unless ``hang_up`` (then it closes it after answering, without saying so, as a server
     whose idle timeout ran out would)."""
 
-    def __init__(self, *, hold: float = 0.0, hang_up: bool = False) -> None:
+    def __init__(self, *, hold: float = 0.0, hang_up: bool = False, answer_headers: bytes = b"") -> None:
         self.hold = hold
         self.hang_up = hang_up
+        self.answer_headers = answer_headers
+        self.heads: list[str] = []
         self.accepted = 0
         self.open = 0
         self.most_open = 0
@@ -39,8 +41,9 @@ class CountingServer:
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head:
                     break
+                self.heads.append(head.decode().lower())
                 await asyncio.sleep(self.hold)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                writer.write(b"HTTP/1.1 200 OK\r\n" + self.answer_headers + b"Content-Length: 2\r\n\r\nok")
                 await writer.drain()
                 if self.hang_up:
                     break
@@ -68,7 +71,7 @@ def _client(**limits: float) -> tuple[httpx.AsyncClient, LeanConnectionPool]:
     )
     pool = transport._pool
     assert isinstance(pool, LeanConnectionPool)
-    return httpx.AsyncClient(transport=transport, timeout=REQUEST_TIMEOUT), pool
+    return http_client(transport, timeout=REQUEST_TIMEOUT), pool
 
 
 async def test_sequential_requests_reuse_one_keep_alive_connection() -> None:
@@ -110,7 +113,7 @@ async def test_the_sweep_closes_expired_idle_connections_of_other_origins() -> N
             await client.get(first.url)
             await asyncio.sleep(0.25)
             await client.get(second.url)
-            origins = {c._origin.port for c in pool.connections}
+            origins = {c._origin.port for c in pool.connections}  # type: ignore[attr-defined]
             assert origins == {int(second.url.rsplit(":", 1)[1].rstrip("/"))}
             await asyncio.sleep(0.05)
             assert first.open == 0  # closed, not only forgotten
@@ -157,13 +160,14 @@ def test_the_overridden_method_is_still_httpcores_to_override() -> None:
 
 
 @pytest.mark.parametrize("which", ["egress", "app"])
-async def test_both_of_the_process_clients_use_the_lean_pool(which: str) -> None:
+async def test_both_of_the_process_clients_use_the_lean_pool_and_keep_no_cookies(which: str) -> None:
     from service.clients.egress import Egress
 
     if which == "egress":
         egress = Egress(allow_private=True)
         try:
             assert isinstance(egress.http._transport._pool, LeanConnectionPool)  # type: ignore[attr-defined]
+            assert isinstance(egress.http.cookies, _NoCookies)
         finally:
             await egress.aclose()
     else:
@@ -171,3 +175,21 @@ async def test_both_of_the_process_clients_use_the_lean_pool(which: str) -> None
 
         async with provider_http_client() as http:
             assert isinstance(http._transport._pool, LeanConnectionPool)  # type: ignore[attr-defined]
+            assert isinstance(http.cookies, _NoCookies)
+
+
+async def test_a_cookie_one_backend_sets_never_goes_out_again() -> None:
+    """One owner's backend must not hand a cookie to the requests made to another's on
+    the same host."""
+    setting = CountingServer(answer_headers=b"Set-Cookie: session=owner-a-secret; Path=/\r\n")
+    async with setting.running() as server:
+        client, _ = _client()
+        async with client:
+            first = await client.get(server.url)
+            assert first.headers["set-cookie"].startswith("session=")  # the answer itself is untouched
+            await client.get(server.url + "other-owner/callback")
+            assert len(client.cookies) == 0
+            with pytest.raises(TypeError):
+                client.cookies.set("session", "x")
+    assert all("cookie" not in head for head in server.heads)
+    assert len(server.heads) == 2

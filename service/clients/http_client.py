@@ -1,6 +1,14 @@
-"""The HTTP connection pool under both of the process's httpx clients.
+"""The process's two httpx clients (the egress layer's, and the one for WaveSpeed and S3)
+are built here: ``http_client`` gives a client that keeps no cookies, on a
+``LeanConnectionPool``.
 
-Why not httpcore's own as it is: it re-plans the whole pool twice per request (when the
+No cookies: the egress client calls every owner's backends, so a cookie one backend set
+would go out with the requests to another's on the same host; and extracting cookies
+from each answer (urllib's Request and CookieJar machinery) cost ~2 % of ``serve``'s CPU
+in a burst. httpx has no switch for it, so ``_CookielessClient`` answers an empty,
+inert cookie store.
+
+The pool, and why not httpcore's own as it is: it re-plans the whole pool twice per request (when the
 request arrives and when its response closes), and each time asks every idle
 connection ``has_expired()``, which for an idle HTTP/1.1 connection is a readability
 poll of its socket through anyio's typed attributes (a dict of callables built per
@@ -18,14 +26,14 @@ whenever the pool held more connections in all than ``max_keepalive_connections`
 
 It overrides one method of httpcore's pool (``_assign_requests_to_connections``);
 pyproject pins httpcore to the 1.0 series, whose pool it was written against, and
-tests/integration/test_connection_pool.py proves the rules against a real server.
+tests/integration/test_http_client.py proves the rules against a real server.
 """
 
 from __future__ import annotations
 
 import ssl
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import httpcore
 import httpx
@@ -111,3 +119,32 @@ def lean_transport(
         network_backend=network_backend,
     )
     return transport
+
+
+class _NoCookies(httpx.Cookies):
+    """Always empty: nothing an answer sets is kept, so nothing is ever sent."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> NoReturn:
+        raise TypeError("this client keeps no cookies")
+
+
+class _CookielessClient(httpx.AsyncClient):
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise TypeError("this client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
+
+
+def http_client(transport: httpx.AsyncHTTPTransport, **options: Any) -> httpx.AsyncClient:
+    """An httpx client on ``transport`` that keeps no cookies; ``options`` as httpx's."""
+    return _CookielessClient(transport=transport, **options)
