@@ -39,7 +39,11 @@ import httpcore
 import httpx
 
 SWEEP_SECONDS = 1.0
-KEEPALIVE_EXPIRY_SECONDS = 5.0
+# Below the 5 s after which uvicorn, Node.js and many other servers close an idle
+# connection: at equal timeouts a request can go out on a connection in the moment the
+# server closes it (later still on a busy server), and a submit whose answer is lost
+# that way waits for the reconciler.
+KEEPALIVE_EXPIRY_SECONDS = 4.0
 
 
 class LeanConnectionPool(httpcore.AsyncConnectionPool):
