@@ -193,3 +193,13 @@ async def test_a_cookie_one_backend_sets_never_goes_out_again() -> None:
                 client.cookies.set("session", "x")
     assert all("cookie" not in head for head in server.heads)
     assert len(server.heads) == 2
+
+
+def test_an_idle_connection_is_given_up_before_a_uvicorn_server_would_close_it() -> None:
+    """At equal keep-alive timeouts a request can go out on a connection in the moment the
+    server closes it: a submit whose answer is lost that way waits for the reconciler."""
+    import uvicorn
+
+    pool = lean_transport(max_connections=1, max_keepalive_connections=1)._pool
+    assert pool._keepalive_expiry is not None
+    assert pool._keepalive_expiry < uvicorn.Config(app="service.app:unused").timeout_keep_alive
