@@ -91,9 +91,10 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
             StartTimeouts(res), HeldReservations(res)]
 
 
-def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient) -> Storage:
+def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient, tracing: Tracing | None = None) -> Storage:
     return Storage(bucket=bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                   part_size=settings.s3_part_size_bytes, max_threads=settings.s3_max_threads, http=http)
+                   part_size=settings.s3_part_size_bytes, max_threads=settings.s3_max_threads, http=http,
+                   tracing=tracing)
 
 
 @contextlib.contextmanager
@@ -149,7 +150,7 @@ async def _open_resources(
     engine = db.create_engine(settings.database_url, settings.db_pool_size,
                               transaction_pooling=settings.transaction_pooling)
     http = provider_http_client()
-    storage = open_storage(settings, settings.s3_bucket, http)
+    storage = open_storage(settings, settings.s3_bucket, http, tracing)
     notifications = Notifications(db.asyncpg_dsn(settings.session_database_url or settings.database_url))
     sealer = Sealer(_secret(settings.secrets_encryption_key))
     egress = Egress(allow_private=settings.allow_private_networks, resolver=resolver, network=network)
