@@ -8,7 +8,9 @@ run one table per transaction, in the lock order (service/db/queries.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import TextClause
@@ -42,6 +44,43 @@ class Handoff(Protocol):
     def give_back(self, duty: str) -> None:
         """Free a slot reserved for a row that was not leased to the duty."""
         ...
+
+
+@dataclass
+class Slots:
+    """The slots ``handing_over`` reserved: per row of the statement, the holder to lease
+    it to (None: no duty of this process takes it, or none had a free slot); ``holders``
+    is None without a handoff. The caller sets ``adopted``, per row, what the statement
+    leased to that holder (None: nothing) once the statement has answered."""
+
+    holders: list[str | None] | None
+    adopted: Sequence[str | None] | None = None
+
+
+@contextlib.contextmanager
+def handing_over(handoff: Handoff | None, duties: Sequence[str | None]) -> Iterator[Slots]:
+    """The bracket around a statement that may lease new rows to this process's duties:
+    a slot of each row's duty (``duties``, per row; None: no duty) is reserved before the
+    statement, and after it each row leased to its slot is adopted and every other slot
+    given back. All of them go back when the statement failed (it committed nothing;
+    should a commit whose answer was lost have leased a row after all, that lease lapses
+    and the row is claimed)."""
+    if handoff is None:
+        yield Slots(None)
+        return
+    slots = Slots([handoff.reserve(d) if d is not None else None for d in duties])
+    try:
+        yield slots
+    finally:
+        assert slots.holders is not None
+        for n, (duty, holder) in enumerate(zip(duties, slots.holders, strict=True)):
+            if duty is None or holder is None:
+                continue
+            adopted = slots.adopted[n] if slots.adopted is not None else None
+            if adopted is not None:
+                handoff.adopt(duty, adopted)
+            else:
+                handoff.give_back(duty)
 
 
 async def _claim(engine: AsyncEngine, statement: TextClause, limit: int, holder: str, lease: float,

@@ -183,16 +183,13 @@ class NewsWriter:
 
     async def _write(self, items: list[News]) -> list[Result]:
         handoff = self.handoff
-        duties, holders = _reserve(handoff, items)
-        results: list[Result] | None = None
-        try:
+        duties = [news.handoff_duty(item) for item in items] if handoff is not None else []
+        with leases.handing_over(handoff, duties) as slots:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 # One statement: its own transaction.
-                results = await news.apply(conn, items, holders=holders,
+                results = await news.apply(conn, items, holders=slots.holders,
                                            lease=handoff.lease if handoff is not None else 0.0)
-        finally:
-            _hand_over(handoff, duties, holders, results)
-        assert results is not None
+            slots.adopted = [r.adopted for r in results]
         wakes = [w for r in results for w in r.wake]
         if self.wake_local is not None:
             for payload in {p for c, p in wakes if c == CHANNEL_WORK}:
@@ -216,32 +213,6 @@ class NewsWriter:
             except DB_ERRORS as exc:
                 # Only a hint: pollers and waiters' re-checks pick the change up anyway.
                 log.warning("notify.failed", error=type(exc).__name__, count=len(wakes))
-
-
-def _reserve(handoff: leases.Handoff | None, items: list[News]) -> tuple[list[str | None], list[str | None] | None]:
-    """Per item, the local duty that would work on what it makes, and the holder of a
-    slot reserved in it for the statement (None: none free, or no such duty here)."""
-    if handoff is None:
-        return [], None
-    duties = [news.handoff_duty(item) for item in items]
-    return duties, [handoff.reserve(d) if d is not None else None for d in duties]
-
-
-def _hand_over(handoff: leases.Handoff | None, duties: list[str | None], holders: list[str | None] | None,
-               results: list[Result] | None) -> None:
-    """Start the duty on every row the statement leased to it, and free the other slots:
-    all of them when the statement failed (it committed nothing; should a commit whose
-    answer was lost have leased a row after all, that lease lapses and the row is claimed)."""
-    if handoff is None or holders is None:
-        return
-    for n, (duty, holder) in enumerate(zip(duties, holders, strict=True)):
-        if duty is None or holder is None:
-            continue
-        adopted = results[n].adopted if results is not None else None
-        if adopted is not None:
-            handoff.adopt(duty, adopted)
-        else:
-            handoff.give_back(duty)
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

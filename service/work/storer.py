@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clients.storage import StorageError, StoredObject
-from service.db import completion, jobs
+from service.db import completion, jobs, leases
 from service.db.engine import raw_statement
 from service.domain.content_credentials import Provenance, SigningFailed
 from service.domain.errors import EgressRefused, Retry, ServiceError
@@ -175,20 +175,12 @@ class Storer:
         ignored = {"indexes": extra[:20], "count": len(extra), "asked": asked} if extra else None
         # This process's deliverer takes the callback at once when it has a free slot: the
         # completing statement leases the new delivery to it (no claim, no wake-up).
-        handoff = res.handoff if job.callback_url else None
-        deliverer = handoff.reserve("deliver") if handoff is not None else None
-        done: completion.Completed | None = None
-        try:
+        with leases.handing_over(res.handoff, ["deliver"] if job.callback_url else []) as slots:
             async with raw_statement(res.engine) as raw:
                 done = await completion.complete_stored(
                     raw, job, worker, output=stored, ignored=ignored, cost=jobs.cost_for(price, len(outputs) or asked),
-                    deliverer=deliverer, lease=res.settings.lease_seconds)
-        finally:
-            if handoff is not None and deliverer is not None:
-                if done is not None and done.adopted is not None:
-                    handoff.adopt("deliver", done.adopted)
-                else:
-                    handoff.give_back("deliver")
+                    deliverer=slots.holders[0] if slots.holders else None, lease=res.settings.lease_seconds)
+            slots.adopted = [done.adopted]
         if done.deleted and last is not None:
             # The job was deleted meanwhile: nothing was recorded, so what we uploaded goes again.
             await res.storage.delete_keys([k for k in (last[0].key, last[1]) if k])
