@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -69,9 +69,32 @@ class Duty(Protocol):
     async def run(self, row_id: str) -> None: ...
 
 
-# Optional on a duty (the submitter): ``downstream``, the names of the duties that finish
-# what it starts, and ``downstream_limit``: it then takes fewer rows while they are busy
-# (service/work/backpressure.py).
+# What a duty may also be; the runner looks each up once, when it is made.
+
+
+@runtime_checkable
+class Paced(Protocol):
+    """A duty that takes fewer rows while the duties that finish what it starts
+    (``downstream``, by name) are busy (the submitter; service/work/backpressure.py)."""
+
+    downstream: tuple[str, ...]
+    downstream_limit: int
+
+
+@runtime_checkable
+class FollowsBacklog(Protocol):
+    """A duty whose concurrency follows its backlog (the storer): told when a row
+    waits for a slot, as after a claim that filled every free slot."""
+
+    def more_waiting(self) -> None: ...
+
+
+@runtime_checkable
+class UndoesUnsent(Protocol):
+    """A duty whose claim already changed its rows (the submitter marks them as being
+    sent): at a stop it undoes that for the rows it never started working on."""
+
+    async def release_unsent(self) -> None: ...
 
 
 class Runner:
@@ -93,8 +116,9 @@ class Runner:
         self._backlog: set[str] = set()
         self.lease = res.settings.lease_seconds
         # Duties held back by others (by name), and which of them each downstream duty concerns.
-        self._pressure = {d.name: Backpressure(tuple(d.downstream), d.downstream_limit)  # type: ignore[attr-defined]
-                          for d in duties if getattr(d, "downstream", ())}
+        self._pressure = {d.name: Backpressure(tuple(d.downstream), d.downstream_limit)
+                          for d in duties if isinstance(d, Paced) and d.downstream}
+        self._follows_backlog = {d.name: d for d in duties if isinstance(d, FollowsBacklog)}
         self._watching: dict[str, list[tuple[str, Backpressure]]] = {}
         for name, pressure in self._pressure.items():
             for below in pressure.downstream:
@@ -110,9 +134,9 @@ class Runner:
         if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
             # A row waits for a slot: a duty whose limit follows its backlog (the
             # storer's) raises it, as after a claim that filled every free slot.
-            more_waiting = getattr(d, "more_waiting", None)
-            if more_waiting is not None:
-                more_waiting()
+            follows = self._follows_backlog.get(duty)
+            if follows is not None:
+                follows.more_waiting()
             if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
                 self._backlog.add(duty)
                 return None
@@ -184,9 +208,8 @@ class Runner:
             for duty in self.duties:
                 # A duty whose claim already changed its rows (the submitter marks them
                 # as being sent) undoes that for rows it never started working on.
-                unsent = getattr(duty, "release_unsent", None)
-                if unsent is not None:
-                    await unsent()
+                if isinstance(duty, UndoesUnsent):
+                    await duty.release_unsent()
             for table, holders, keep in self.release_plan():  # one table per transaction
                 await leases.release(self.res.engine, table, holders, keep)
         except Exception as exc:  # noqa: BLE001  the database may be gone; leases lapse on their own

@@ -139,3 +139,15 @@ def test_a_hand_over_with_every_slot_taken_doubles_the_backlog_limit_up_to_high(
     for _ in range(3):
         limit.waiting()
     assert limit.value == 16
+
+
+def test_the_duties_are_what_the_runner_looks_for() -> None:
+    """The runner finds a duty's optional parts by their protocols: a renamed method
+    would quietly leave the storer's backlog or the submitter's stop unattended."""
+    from service.work.runner import FollowsBacklog, UndoesUnsent
+    from service.work.storer import Storer
+    from service.work.submitter import Submitter
+
+    assert issubclass(Storer, FollowsBacklog)
+    assert issubclass(Submitter, UndoesUnsent)
+    assert Submitter.downstream == ("store", "deliver")  # with downstream_limit: Paced
