@@ -196,6 +196,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     # the --db-delay-ms side); the benchmark's own readings always go straight to it.
     env = _service_env(args, env_base.get("service_db", env_base["db"]), env_base["s3"], env_base["sim"], port)
     side = env_base.get("side") or (("serve" if processes == 1 else "serve+worker") if cwd is None else "baseline")
+    if side == "baseline":
+        env.update(dict(setting.split("=", 1) for setting in args.baseline_env))
     if traced is not None:
         env.update(otlp_sink.traced_env(traced))
         side = "traced"
@@ -269,6 +271,11 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     first, last_in = env_base["meter"].execute("SELECT min(created_at), max(created_at) FROM jobs WHERE id = ANY(%s)",
                                                (ids,)).fetchone()
     admitted = (last_in - first).total_seconds() if first and last_in else float("nan")
+    # Admitted → accepted by the provider (its task id recorded): what the submitter's
+    # pace, and any backpressure on it, cost a job before the provider starts on it.
+    accepted = sorted(float(r[0]) for r in env_base["meter"].execute(
+        "SELECT extract(epoch FROM submitted_at - created_at) FROM jobs WHERE id = ANY(%s) "
+        "AND submitted_at IS NOT NULL", (ids,)))
     done = [i for i in ids if i in events and i in callbacks]
     # Not measured: never called back, or called back without the webhook's event (the
     # reconciler fetched the result, so there is no webhook → completed latency).
@@ -287,6 +294,7 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
         latencies={
             "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
+            "admitted→accepted": accepted,
         },
         errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
         phase=phase, notes=[f"     submitters' start-up (provider slots and tokens) done {ready_after:.1f} s after the "
@@ -516,7 +524,7 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
         print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms "
               f"({_median(service, lambda r: r.xacts):.1f} transactions/job); script {c_cpu:.1f} ms "
               f"→ service/script {s_cpu / c_cpu:.2f}× ({(s_cpu + s_pg) / c_cpu:.2f}× with postgres)")
-        for name in ("webhook→completed", "webhook→callback"):
+        for name in ("webhook→completed", "webhook→callback", "admitted→accepted"):
             p99 = _median(service, lambda r, n=name: percentile(r.latencies[n], 99) * 1000)
             p50 = _median(service, lambda r, n=name: percentile(r.latencies[n], 50) * 1000)
             print(f"  service {name}: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
@@ -548,6 +556,10 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
                   f"{_median(service, lambda r: r.sessions):.0f} vs {_median(base, lambda r: r.sessions):.0f}; "
                   f"per rep cpu/job {_paired(service, base, lambda r: r.cpu_ms)}, jobs/s "
                   f"{_paired(service, base, lambda r: r.jobs_per_s)}")
+            for name in ("webhook→callback", "admitted→accepted"):
+                print(f"  baseline {name}: p50 "
+                      f"{_median(base, lambda r, n=name: percentile(r.latencies[n], 50) * 1000):.0f} ms, p99 "
+                      f"{_median(base, lambda r, n=name: percentile(r.latencies[n], 99) * 1000):.0f} ms")
         delayed = of("serve+delay", scenario)
         if delayed:
             d_rate, s_rate = _median(delayed, lambda r: r.jobs_per_s), _median(service, lambda r: r.jobs_per_s)
@@ -621,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "alternating with this one, on the same database schema: before/after a change")
     parser.add_argument("--baseline-schema", action="store_true",
                         help="the baseline side on a database of its own, migrated by the baseline checkout")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the baseline side's service only (repeatable): with --baseline . the same "
+                             "code under two settings, e.g. SUBMIT_DOWNSTREAM_LIMIT=0")
     parser.add_argument("--sides", default="serve,script,serve+worker", help="which sides to run")
     parser.add_argument("--traced", action="store_true",
                         help="also run `serve` exporting every trace to a loopback OTLP collector, alternating")
