@@ -276,6 +276,8 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
     accepted = sorted(float(r[0]) for r in env_base["meter"].execute(
         "SELECT extract(epoch FROM submitted_at - created_at) FROM jobs WHERE id = ANY(%s) "
         "AND submitted_at IS NOT NULL", (ids,)))
+    created = dict(env_base["meter"].execute(
+        "SELECT id, extract(epoch FROM created_at)::float8 FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
     done = [i for i in ids if i in events and i in callbacks]
     # Not measured: never called back, or called back without the webhook's event (the
     # reconciler fetched the result, so there is no webhook → completed latency).
@@ -295,6 +297,7 @@ def run_service(args: argparse.Namespace, env_base: dict[str, Any], scenario: st
             "webhook→completed": sorted(events[i][1] - events[i][0] for i in done),
             "webhook→callback": sorted(callbacks[i] - events[i][0] for i in done),
             "admitted→accepted": accepted,
+            "admitted→callback": sorted(callbacks[i] - created[i] for i in done),
         },
         errors=len(ids) - len(done) + len(caught) - len(callbacks),  # unmeasured, and duplicates
         phase=phase, notes=[f"     submitters' start-up (provider slots and tokens) done {ready_after:.1f} s after the "
@@ -524,7 +527,7 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
         print(f"{scenario}: service cpu/job {s_cpu:.1f} ms + postgres {s_pg:.1f} ms "
               f"({_median(service, lambda r: r.xacts):.1f} transactions/job); script {c_cpu:.1f} ms "
               f"→ service/script {s_cpu / c_cpu:.2f}× ({(s_cpu + s_pg) / c_cpu:.2f}× with postgres)")
-        for name in ("webhook→completed", "webhook→callback", "admitted→accepted"):
+        for name in ("webhook→completed", "webhook→callback", "admitted→accepted", "admitted→callback"):
             p99 = _median(service, lambda r, n=name: percentile(r.latencies[n], 99) * 1000)
             p50 = _median(service, lambda r, n=name: percentile(r.latencies[n], 50) * 1000)
             print(f"  service {name}: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
@@ -556,7 +559,7 @@ def summary(runs: list[Run], args_delay_ms: float = 0.0) -> None:
                   f"{_median(service, lambda r: r.sessions):.0f} vs {_median(base, lambda r: r.sessions):.0f}; "
                   f"per rep cpu/job {_paired(service, base, lambda r: r.cpu_ms)}, jobs/s "
                   f"{_paired(service, base, lambda r: r.jobs_per_s)}")
-            for name in ("webhook→callback", "admitted→accepted"):
+            for name in ("webhook→callback", "admitted→accepted", "admitted→callback"):
                 print(f"  baseline {name}: p50 "
                       f"{_median(base, lambda r, n=name: percentile(r.latencies[n], 50) * 1000):.0f} ms, p99 "
                       f"{_median(base, lambda r, n=name: percentile(r.latencies[n], 99) * 1000):.0f} ms")
