@@ -39,6 +39,7 @@ import httpx
 from botocore.config import Config
 from opentelemetry.trace import SpanKind
 
+from service.clients.http_client import http_client, lean_transport
 from service.clients.sigv4 import Credentials, Signer, uri_encode
 from service.domain.errors import ServiceError
 from service.domain.image_types import content_type_of_key
@@ -119,7 +120,8 @@ class Storage:
         # Made now, not at the first erasure: building a client (its SSL context) holds
         # the event loop for 20-40 ms, a stall every request in flight would wait out.
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self._http = http or http_client(lean_transport(max_connections=100, max_keepalive_connections=20),
+                                         follow_redirects=False)
 
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
