@@ -23,6 +23,7 @@ from collections import Counter
 _DB = ("sqlalchemy", "asyncpg", "service/db/")
 _HTTP_OUT = ("_download", "egress.py", "httpx", "httpcore", "anyio")
 _S3 = ("botocore", "boto3", "urllib3", "s3transfer", "storage.py")
+_S3_CALLS = ("Storage._put_object", "botocore", "boto3", "urllib3", "s3transfer")
 _WORK = (("store", "Storer."), ("callback", "Deliverer."), ("submit", "Submitter."))
 _OUTGOING = {"store": "download from the provider", "callback": "body, signature, POST",
              "submit": "POST to the provider"}
@@ -34,6 +35,9 @@ def _has(stack: str, keys: tuple[str, ...]) -> bool:
 
 def stage(stack: str) -> str:
     """The stage one sampled stack (py-spy's raw line without its count) belongs to."""
+    # A PUT first: the thumbnail's is sent from thumbnails.py's frames, and it is S3's work.
+    if _has(stack, _S3_CALLS):
+        return "store: S3 PUTs (output + thumbnail)"
     if _has(stack, ("PIL/", "thumbnails.py")):
         return "store: thumbnail (decode, resize, WebP)"
     if _has(stack, _S3):
