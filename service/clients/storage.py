@@ -6,12 +6,12 @@ so the event loop never blocks on S3.
 
 Why by hand where it is: botocore's per-call pipeline (parameter checks, event hooks,
 endpoint rules, serialising, a thread per call) costs more CPU than the request itself.
-A PutObject signed here costs 0.59× Storage's boto3 call for a 30 KiB output and 0.74×
-for 500 KiB (tests/benchmarks/bench_s3client.py, docs/benchmarks.md); before the
-connection pool was mended (service/clients/http_client.py) httpx's own pool
-bookkeeping made it cost more, not less. Presigning here is ~8× cheaper than botocore's
-generate_presigned_url. DeleteObjects: botocore spends 16-20 ms of Python per 1,000-key
-call in a thread that competes with the event loop for the GIL; this takes 2-3 ms.
+A PutObject signed here costs 0.56× the CPU of boto3's put_object for a 30 KiB object
+and 0.71× for 500 KiB (tests/benchmarks/bench_s3client.py, docs/benchmarks.md); until
+the connection pool was mended (service/clients/http_client.py), httpx's own pool
+bookkeeping made it cost more, not less. Presigning here is 4-6× cheaper than botocore's
+generate_presigned_url. DeleteObjects: botocore spends 14-16 ms of Python per 1,000-key
+call in a thread that competes with the event loop for the GIL; this takes 2-4 ms.
 
 Large objects stream: bytes arrive from an async iterator and go up as multipart parts
 of ``part_size`` bytes, so memory holds at most about one part whatever the object size.

@@ -1,7 +1,7 @@
 """S3 client cost per PUT (and per DeleteObjects), three sides on the same objects and S3 server, alternating:
-the service's ``Storage`` (boto3 in a thread pool), plain boto3 in threads (the floor:
-no wrapper, no asyncio hop), and requests signed by hand over httpx
-(tests/benchmarks/s3_httpx.py, measured and not shipped).
+the service's ``Storage`` (a PutObject signed by hand, on its httpx client), plain boto3 in
+threads (what it replaced: no wrapper, no asyncio hop), and every call signed by hand over
+httpx (tests/benchmarks/s3_httpx.py: multipart too, not shipped).
 
     .venv/bin/python -m tests.benchmarks.bench_s3client [--objects 300] [--kib 200] [--rounds 3]
 

@@ -1,13 +1,13 @@
-"""The S3 client measured against boto3 and NOT shipped: SigV4-signed requests
-(service/clients/sigv4.py) on one ``httpx.AsyncClient``, path-style, multipart for large
-bodies. Kept as the alternative side of tests/benchmarks/bench_s3client.py.
+"""An S3 client of requests signed by hand on one ``httpx.AsyncClient`` for every call
+(service/clients/sigv4.py; path-style, multipart for large bodies): the alternative side
+of tests/benchmarks/bench_s3client.py, not shipped.
 
-The idea: boto3 takes a thread per call and botocore's per-call pipeline is heavy, so
-requests signed by hand over httpx should cost less. Measured on the development machine
-it did not (docs/benchmarks.md): httpx's own per-request work (anyio, h11, its connection
-pool) cost as much CPU per PUT as botocore's, or more (bench_s3client prints the figures).
-It works against moto (the benchmark checks nothing else), and stays here so the claim
-can be re-checked when httpx or the machine changes.
+The service signs its single-part PutObject and DeleteObjects by hand (service/clients/
+storage.py) and leaves multipart uploads, reads and listings to boto3. Measured before
+the process's connection pool was mended (service/clients/http_client.py), an all-httpx
+client cost more CPU per PUT than boto3, not less: httpcore's pool bookkeeping polled
+every idle connection twice per request. It works against moto (the benchmark checks
+nothing else), and stays here so the comparison can be re-checked.
 """
 
 from __future__ import annotations
