@@ -186,23 +186,22 @@ class _SlowDownFirst:
             writer.close()
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[str]:
+    async def storage(self) -> AsyncIterator[Storage]:
+        """A Storage whose S3 is this stand-in, with a secret no answer may show."""
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        store = Storage(bucket="wsj-b", endpoint_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                        region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
         try:
-            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            yield store
         finally:
+            await store.aclose()
             server.close()
 
 
 async def test_a_put_answered_slow_down_once_is_sent_again_signed_with_the_bodys_sha256() -> None:
     fake = _SlowDownFirst(refusals=1)
-    async with fake.running() as endpoint:
-        store = Storage(bucket="wsj-b", endpoint_url=endpoint, region="us-east-1",
-                        access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
-        try:
-            stored = await store.put_bytes("outputs/job_x/0 é.jpeg", b"jpeg bytes", "image/jpeg")
-        finally:
-            await store.aclose()
+    async with fake.storage() as store:
+        stored = await store.put_bytes("outputs/job_x/0 é.jpeg", b"jpeg bytes", "image/jpeg")
     assert stored.sha256 == hashlib.sha256(b"jpeg bytes").hexdigest()
     assert len(fake.requests) == 2
     for line, headers, body in fake.requests:
@@ -216,14 +215,9 @@ async def test_a_put_answered_slow_down_once_is_sent_again_signed_with_the_bodys
 
 async def test_a_put_answered_slow_down_twice_is_a_storage_error_after_two_attempts() -> None:
     fake = _SlowDownFirst(refusals=5)
-    async with fake.running() as endpoint:
-        store = Storage(bucket="wsj-b", endpoint_url=endpoint, region="us-east-1",
-                        access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
-        try:
-            with pytest.raises(StorageError) as raised:
-                await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
-        finally:
-            await store.aclose()
+    async with fake.storage() as store:
+        with pytest.raises(StorageError) as raised:
+            await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
     assert len(fake.requests) == 2
     assert "503" in str(raised.value) and "SlowDown" in str(raised.value)
     assert "not-the-secret-0123" not in str(raised.value) and "Signature=" not in str(raised.value)
