@@ -257,11 +257,12 @@ def joined_wakes(wakes: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return work
 
 
-async def apply_one(conn: AsyncConnection, item: News) -> str:
+async def apply_one(conn: AsyncConnection, item: News) -> Result:
     """Apply one piece of news inside ``conn``'s transaction (the reconciler's fetched
-    result, under the job's row lock), send its wake-ups, and return its outcome."""
+    result, under the job's row lock) and queue its wake-ups (NOTIFY, sent at the
+    commit); the caller wakes its own process's duties from ``wake`` once committed."""
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
     (result,) = await apply(raw, [item])
     await notify(raw, result.wake)
-    return result.outcome
+    return result

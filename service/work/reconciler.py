@@ -23,6 +23,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, news
+from service.db.queries import CHANNEL_WORK
 from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -220,13 +221,32 @@ class Reconciler:
                     await jobs.reschedule(conn, job_id, worker, backoff(job.attempts, base=5.0, cap=300.0))
                 return
 
+        applied: list[news.Result] = []
+        try:
+            await self._settle(job_id, prediction, deadline, now, applied)
+        finally:
+            # After the commit: this process's storer or deliverer starts on the job now,
+            # not once the NOTIFY has come back through Postgres (a wake-up after a
+            # rollback only costs an empty claim).
+            for result in applied:
+                for channel, payload in result.wake:
+                    if channel == CHANNEL_WORK:
+                        res.notifications.kick_for(payload)
+
+    async def _settle(self, job_id: str, prediction: dict[str, Any] | None, deadline: dt.datetime,
+                      now: dt.datetime, applied: list[news.Result]) -> None:
+        """Apply what the provider said (``applied`` gets the result), or time the job
+        out past its deadline, or look again later: one transaction, under the job's lock."""
+        res, worker = self.res, self.holder
         async with res.engine.begin() as conn:
             locked = await jobs.lock_job(conn, job_id)
             if locked is None or locked.locked_by != worker:
                 return
             outcome = "unchanged"
             if prediction is not None:
-                outcome = await self._apply(conn, job_id, prediction)
+                result = await self._apply(conn, job_id, prediction)
+                applied.append(result)
+                outcome = result.outcome
                 await jobs.add_event(conn, job_id, "reconcile.checked",
                                      {"provider_status": prediction.get("status"), "outcome": outcome})
                 trace.get_current_span().set_attribute("reconcile.outcome", outcome)
@@ -240,7 +260,7 @@ class Reconciler:
             await jobs.reschedule(conn, job_id, worker,
                                   next_check(res.settings.reconcile_after_seconds, locked.attempts))
 
-    async def _apply(self, conn: AsyncConnection, job_id: str, prediction: dict[str, Any]) -> str:
+    async def _apply(self, conn: AsyncConnection, job_id: str, prediction: dict[str, Any]) -> news.Result:
         """The result goes through the one path for provider news, exactly as a webhook
         does, inside this transaction (which holds the job's row lock already)."""
         item = news.plan(job_id, prediction, source="reconcile",

@@ -32,6 +32,7 @@ from service.db.news_writer import NewsWriter
 from service.db.queries import CHANNEL_WORK
 from service.domain.pacing import Pacer
 from service.settings import Settings
+from service.work.reconciler import Reconciler
 from service.work.runner import Runner, claim_jobs, holder_for, new_worker_id
 from tests.conftest import fresh_database
 
@@ -166,6 +167,38 @@ async def test_a_batch_that_moves_a_job_to_storing_wakes_the_local_storer_withou
     finally:
         await proc.stop()
     assert duty.claimed == [job_id]  # the claim path, woken at the commit
+
+
+async def test_a_result_the_reconciler_fetched_wakes_the_local_storer_at_its_commit(quiet_database: str) -> None:
+    """A dropped webhook's result, found by the reconciler: no listener, a minute's poll,
+    so only the reconciler's own wake-up after its commit makes the storer claim the job
+    within seconds. The provider's answer is a stand-in (the reconciler's call to it is
+    tests/integration/test_lost_submit.py's)."""
+    (job_id,) = seed(quiet_database, 1)
+    proc = Process(quiet_database)
+    duty = StoreDuty(proc.res)
+    prediction = {"id": f"task_{job_id}", "model": DEV, "status": "completed",
+                  "outputs": [f"https://cdn.example/{job_id}/0.png"], "error": ""}
+
+    class Provider:
+        async def result(self, task_id: str) -> dict[str, Any]:
+            assert task_id == f"task_{job_id}"
+            return prediction
+
+    proc.res.wavespeed = Provider()
+    reconciler = Reconciler(proc.res)  # type: ignore[arg-type]
+    try:
+        await proc.start([duty], handoff=False, wake=False)
+        with psycopg.connect(quiet_database, autocommit=True) as sql:
+            sql.execute("UPDATE jobs SET locked_by = %s, locked_until = now() + interval '1 minute' WHERE id = %s",
+                        (reconciler.holder, job_id))
+        async with proc.engine.connect() as conn:
+            job = await jobs.get_job(conn, job_id)
+        await reconciler._reconcile(job)
+        await until(lambda: duty.done == [job_id])
+    finally:
+        await proc.stop()
+    assert duty.claimed == [job_id]
 
 
 async def test_a_job_moved_to_storing_is_leased_to_the_local_storer_and_worked_without_a_claim(
