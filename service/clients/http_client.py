@@ -8,9 +8,9 @@ from each answer (urllib's Request and CookieJar machinery) cost ~2 % of ``serve
 in a burst. httpx has no switch for it, so ``_CookielessClient`` answers an empty,
 inert cookie store.
 
-The pool, and why not httpcore's own as it is: it re-plans the whole pool twice per request (when the
-request arrives and when its response closes), and each time asks every idle
-connection ``has_expired()``, which for an idle HTTP/1.1 connection is a readability
+The pool, and why not httpcore's own as it is: it re-plans the whole pool twice per
+request (when the request arrives and when its response closes), and each time asks
+every idle connection ``has_expired()``, which for an idle HTTP/1.1 connection is a readability
 poll of its socket through anyio's typed attributes (a dict of callables built per
 call). With the tens of keep-alive connections a busy storer and deliverer hold, that
 was 7.8 % of ``serve``'s CPU in a 400-job burst (docs/benchmarks.md, a job's CPU by

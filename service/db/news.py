@@ -257,6 +257,12 @@ def joined_wakes(wakes: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return work
 
 
+def work_wakes(result: Result) -> list[str]:
+    """The work wake-ups of ``result`` (their payloads): what its commit asks this
+    process's own duties to look at (``Notifications.kick_for``)."""
+    return [payload for channel, payload in result.wake if channel == queries.CHANNEL_WORK]
+
+
 async def apply_one(conn: AsyncConnection, item: News) -> Result:
     """Apply one piece of news inside ``conn``'s transaction (the reconciler's fetched
     result, under the job's row lock) and queue its wake-ups (NOTIFY, sent at the

@@ -23,7 +23,6 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import jobs, news
-from service.db.queries import CHANNEL_WORK
 from service.domain.errors import ProviderError
 from service.domain.records import JobRecord
 from service.domain.schemas import upstream_body
@@ -229,9 +228,8 @@ class Reconciler:
             # not once the NOTIFY has come back through Postgres (a wake-up after a
             # rollback only costs an empty claim).
             for result in applied:
-                for channel, payload in result.wake:
-                    if channel == CHANNEL_WORK:
-                        res.notifications.kick_for(payload)
+                for payload in news.work_wakes(result):
+                    res.notifications.kick_for(payload)
 
     async def _settle(self, job_id: str, prediction: dict[str, Any] | None, deadline: dt.datetime,
                       now: dt.datetime, applied: list[news.Result]) -> None:
