@@ -33,7 +33,6 @@ import structlog
 from service.db import engine as db
 from service.db import leases, news
 from service.db.news import News, Result
-from service.db.queries import CHANNEL_WORK
 from service.domain.errors import BadRequest, Unavailable
 from service.settings import Settings
 
@@ -192,7 +191,7 @@ class NewsWriter:
             slots.adopted = [r.adopted for r in results]
         wakes = [w for r in results for w in r.wake]
         if self.wake_local is not None:
-            for payload in {p for c, p in wakes if c == CHANNEL_WORK}:
+            for payload in {p for r in results for p in news.work_wakes(r)}:
                 self.wake_local(payload)
         self._wake(wakes)
         return results

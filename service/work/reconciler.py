@@ -220,43 +220,40 @@ class Reconciler:
                     await jobs.reschedule(conn, job_id, worker, backoff(job.attempts, base=5.0, cap=300.0))
                 return
 
-        applied: list[news.Result] = []
-        try:
-            await self._settle(job_id, prediction, deadline, now, applied)
-        finally:
+        applied = await self._settle(job_id, prediction, deadline, now)
+        if applied is not None:
             # After the commit: this process's storer or deliverer starts on the job now,
-            # not once the NOTIFY has come back through Postgres (a wake-up after a
-            # rollback only costs an empty claim).
-            for result in applied:
-                for payload in news.work_wakes(result):
-                    res.notifications.kick_for(payload)
+            # not once the NOTIFY has come back through Postgres.
+            for payload in news.work_wakes(applied):
+                res.notifications.kick_for(payload)
 
     async def _settle(self, job_id: str, prediction: dict[str, Any] | None, deadline: dt.datetime,
-                      now: dt.datetime, applied: list[news.Result]) -> None:
-        """Apply what the provider said (``applied`` gets the result), or time the job
-        out past its deadline, or look again later: one transaction, under the job's lock."""
+                      now: dt.datetime) -> news.Result | None:
+        """Apply what the provider said, or time the job out past its deadline, or look
+        again later: one transaction, under the job's lock. Returns what was applied."""
         res, worker = self.res, self.holder
         async with res.engine.begin() as conn:
             locked = await jobs.lock_job(conn, job_id)
             if locked is None or locked.locked_by != worker:
-                return
+                return None
+            applied: news.Result | None = None
             outcome = "unchanged"
             if prediction is not None:
-                result = await self._apply(conn, job_id, prediction)
-                applied.append(result)
-                outcome = result.outcome
+                applied = await self._apply(conn, job_id, prediction)
+                outcome = applied.outcome
                 await jobs.add_event(conn, job_id, "reconcile.checked",
                                      {"provider_status": prediction.get("status"), "outcome": outcome})
                 trace.get_current_span().set_attribute("reconcile.outcome", outcome)
             if outcome == "advanced":
-                return
+                return applied
             if now >= deadline:
                 await jobs.transition(conn, locked, JobStatus.TIMED_OUT, reason="deadline", worker=worker,
                                       values={"error": "the provider did not finish the job before its deadline"})
                 log.warning("job.timed_out", job_id=job_id, task_id=locked.provider_task_id)
-                return
+                return applied
             await jobs.reschedule(conn, job_id, worker,
                                   next_check(res.settings.reconcile_after_seconds, locked.attempts))
+            return applied
 
     async def _apply(self, conn: AsyncConnection, job_id: str, prediction: dict[str, Any]) -> news.Result:
         """The result goes through the one path for provider news, exactly as a webhook

@@ -131,17 +131,21 @@ class Runner:
         d = self._by_name.get(duty)
         if d is None or self._stopping.is_set() or duty in self._backlog:
             return None
-        if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
+        if self._free(d) <= 0:
             # A row waits for a slot: a duty whose limit follows its backlog (the
             # storer's) raises it, as after a claim that filled every free slot.
             follows = self._follows_backlog.get(duty)
             if follows is not None:
                 follows.more_waiting()
-            if len(self._running[duty]) + self._reserved[duty] >= d.concurrency:
+            if self._free(d) <= 0:
                 self._backlog.add(duty)
                 return None
         self._reserved[duty] += 1
         return d.holder
+
+    def _free(self, duty: Duty) -> int:
+        """Slots of ``duty`` neither running nor reserved (its concurrency may follow its backlog)."""
+        return duty.concurrency - len(self._running[duty.name]) - self._reserved[duty.name]
 
     def give_back(self, duty: str) -> None:
         self._reserved[duty] -= 1
@@ -221,7 +225,7 @@ class Runner:
         pressure = self._pressure.get(duty.name)
         watching = self._watching.get(duty.name, [])
         while not self._stopping.is_set():
-            free = duty.concurrency - len(running) - self._reserved[duty.name]
+            free = self._free(duty)
             if pressure is not None and free > 0:
                 free = pressure.room(free, time.monotonic())
             claimed: list[str] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
+from collections.abc import AsyncIterator
 from typing import Any
 
 from service.domain.pacing import Pacer
@@ -161,14 +162,24 @@ async def until(check: Any, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_the_submitter_takes_nothing_while_downstream_is_past_the_bound_and_resumes_at_once() -> None:
-    res = resources(poll=30.0)  # no poll within the test: what resumes it is room downstream
+@contextlib.asynccontextmanager
+async def six_stores_running(res: Any) -> AsyncIterator[tuple[Store, Submit]]:
+    """A submitter limited to 4 beside a storer running 6 jobs that end when released."""
     store, submit = Store(res), Submit(res, limit=4)
     store.queue = [f"stored_{i}" for i in range(6)]
     runner = LocalRunner(res, [submit, store])
     await runner.start()
     try:
         await until(lambda: len(store.running) == 6)
+        yield store, submit
+    finally:
+        store.release.set()
+        await runner.stop(grace=1.0)
+
+
+async def test_the_submitter_takes_nothing_while_downstream_is_past_the_bound_and_resumes_at_once() -> None:
+    res = resources(poll=30.0)  # no poll within the test: what resumes it is room downstream
+    async with six_stores_running(res) as (store, submit):
         before = len(submit.asked)
         res.notifications.kick("submit")  # news of new jobs: still nothing to take
         await asyncio.sleep(0.2)
@@ -176,9 +187,6 @@ async def test_the_submitter_takes_nothing_while_downstream_is_past_the_bound_an
         store.release.set()  # downstream drains: the submitter claims again, without its poll
         await until(lambda: len(submit.asked) > before)
         assert submit.asked[before] > 0
-    finally:
-        store.release.set()
-        await runner.stop(grace=1.0)
 
 
 async def test_downstream_work_stalled_on_the_outside_stops_holding_the_submitter(monkeypatch: Any) -> None:
@@ -186,16 +194,8 @@ async def test_downstream_work_stalled_on_the_outside_stops_holding_the_submitte
 
     monkeypatch.setattr(backpressure, "STALLED_SECONDS", 0.3)
     res = resources(poll=0.05)
-    store, submit = Store(res), Submit(res, limit=4)
-    store.queue = [f"stored_{i}" for i in range(6)]
-    runner = LocalRunner(res, [submit, store])
-    await runner.start()
-    try:
-        await until(lambda: len(store.running) == 6)
+    async with six_stores_running(res) as (store, submit):
         before = len(submit.asked)
         # The stores never end (S3 hangs): after STALLED_SECONDS submits go out again.
         await until(lambda: len(submit.asked) > before, timeout=3.0)
         assert len(store.running) == 6
-    finally:
-        store.release.set()
-        await runner.stop(grace=1.0)

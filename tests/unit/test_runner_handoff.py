@@ -7,26 +7,11 @@ tests/integration/test_handoff.py runs the statements themselves."""
 from __future__ import annotations
 
 import asyncio
-import types
 from typing import Any
 
-from service.domain.pacing import Pacer
 from service.work.backlog_limit import BacklogLimit
 from service.work.runner import Runner, holder_for
-
-
-class NoNews:
-    def kick(self, *_duties: str) -> None:
-        pass
-
-    async def wait_for_work(self, _duty: str, timeout: float) -> None:
-        await asyncio.sleep(timeout)
-
-
-def resources() -> Any:
-    settings = types.SimpleNamespace(poll_interval_seconds=0.05, lease_seconds=3600.0)
-    return types.SimpleNamespace(settings=settings, worker_id="host:1:abcd", notifications=NoNews(),
-                                 pacer=Pacer(30.0), handoff=None)
+from tests.unit.runner_fakes import resources
 
 
 class Duty:

@@ -8,31 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import types
 from typing import Any
 
 import pytest
 
 from service.db import leases
-from service.domain.pacing import Pacer
 from service.work import runner as runner_module
 from service.work.runner import Runner, holder_for
-
-
-class NoNews:
-    """The runner's wake-up source reduced to a poll timer."""
-
-    def kick(self) -> None:
-        pass
-
-    async def wait_for_work(self, _duty: str, timeout: float) -> None:
-        await asyncio.sleep(timeout)
-
-
-def resources() -> Any:
-    settings = types.SimpleNamespace(poll_interval_seconds=0.05, lease_seconds=3600.0)
-    return types.SimpleNamespace(settings=settings, worker_id="host:1:abcd", notifications=NoNews(),
-                                 pacer=Pacer(30.0))
+from tests.unit.runner_fakes import resources
 
 
 class Duty:
