@@ -261,15 +261,32 @@ CREATE OR REPLACE FUNCTION provider_free_token(p_max integer) RETURNS integer LA
     FOR UPDATE SKIP LOCKED
 $$;
 
--- A free slot: one whose last job is no longer in flight, found by a walk of
+-- A free slot, locked: one whose last job is no longer in flight, found by a walk of
 -- provider_slots with one probe of jobs_pkey per busy slot (a scalar subquery cannot be
--- planned as a hashed scan of every job ever sent). claim_submits and take_provider_slot
--- run the same statement inline.
-CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
-    SELECT s.slot FROM provider_slots s
-    WHERE s.slot < p_max AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
-    ORDER BY s.slot LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED
+-- planned as a hashed scan of every job ever sent). The walk judges a slot with the
+-- snapshot its statement began with; when another claimer fills the slot and commits
+-- after that, the lock waits for nothing and re-reads the slot's newest row, but the
+-- probe of jobs in that re-check still sees the old snapshot, where the new job is not
+-- yet sent: the slot would be taken twice. So a locked slot is judged again in a
+-- statement of its own (a fresh snapshot, after that commit) and passed over if busy.
+-- claim_submits and take_provider_slot take their slot here.
+CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_slot integer;
+    v_passed integer[] := '{}';
+BEGIN
+    LOOP
+        v_slot := NULL;
+        SELECT s.slot FROM provider_slots s
+        WHERE s.slot < p_max AND s.slot <> ALL (v_passed) AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
+        ORDER BY s.slot LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED INTO v_slot;
+        IF v_slot IS NULL OR NOT (SELECT coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false) FROM provider_slots s WHERE s.slot = v_slot) THEN
+            RETURN v_slot;
+        END IF;
+        v_passed := v_passed || v_slot;  -- filled meanwhile; our lock keeps SKIP LOCKED from passing it
+    END LOOP;
+END
 $$;
 
 -- An owner's tasks in flight, for its max_in_flight (the same probe per slot).
@@ -299,8 +316,9 @@ $$;
 
 -- The fair submit claim (service/db/submits.py): up to p_limit jobs, each with a free
 -- slot and a rate token, in priority then weighted-turn order across owners, each owner
--- within its max_in_flight. Every decision is a statement of this PL/pgSQL body (its plans
--- cached for the session), none a call of the SQL functions above (planned on every call).
+-- within its max_in_flight. Every decision is a statement of this PL/pgSQL body or of
+-- provider_free_slot's (their plans cached for the session), none a call of the SQL
+-- functions above (planned on every call).
 -- Owner caps are counted under a tried per-owner lock (0x77736A03: "wsj" owner cap).
 CREATE OR REPLACE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
                                          p_max_in_flight integer, p_max_per_minute integer)
@@ -312,11 +330,7 @@ DECLARE
     v_taken integer := 0;
 BEGIN
     WHILE v_taken < p_limit LOOP
-        v_slot := NULL;
-        SELECT s.slot FROM provider_slots s
-        WHERE s.slot < p_max_in_flight AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
-        ORDER BY s.slot LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED INTO v_slot;
+        v_slot := provider_free_slot(p_max_in_flight);
         EXIT WHEN v_slot IS NULL;
         v_token := NULL;
         SELECT t.token FROM provider_rate_tokens t
@@ -344,9 +358,14 @@ BEGIN
             EXIT WHEN NOT FOUND;
             IF v_cap IS NOT NULL THEN
                 -- Claimers in other processes may be filling this owner's cap right
-                -- now: count under a per-owner lock that is only tried.
-                IF NOT pg_try_advisory_xact_lock(2004052483, hashtext(v_owner))
-                   OR (SELECT count(*)::integer FROM provider_slots s WHERE s.owner = v_owner AND s.slot < p_max_in_flight AND coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)) >= v_cap THEN
+                -- now: count under a per-owner lock that is only tried. The count is a
+                -- statement after the lock's: its snapshot then holds what the lock's
+                -- last holder committed (in one statement the snapshot came first).
+                IF NOT pg_try_advisory_xact_lock(2004052483, hashtext(v_owner)) THEN
+                    v_skip := v_skip || v_owner;
+                    CONTINUE;
+                END IF;
+                IF (SELECT count(*)::integer FROM provider_slots s WHERE s.owner = v_owner AND s.slot < p_max_in_flight AND coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)) >= v_cap THEN
                     v_skip := v_skip || v_owner;
                     CONTINUE;
                 END IF;
@@ -388,10 +407,7 @@ RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_slot integer; v_token integer; v_owner text;
 BEGIN
-    SELECT s.slot FROM provider_slots s
-    WHERE s.slot < p_max_in_flight AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
-    ORDER BY s.slot LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED INTO v_slot;
+    v_slot := provider_free_slot(p_max_in_flight);
     IF v_slot IS NULL THEN RETURN 'throttled'; END IF;
     SELECT t.token FROM provider_rate_tokens t
     WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute

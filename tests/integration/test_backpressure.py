@@ -47,6 +47,22 @@ class HeldStorer(Storer):
         await super().run(job_id)
 
 
+class WatchedSubmitter(Submitter):
+    """Counts its claims in flight: the runner decides a claim's room before calling it,
+    so once none is in flight every later claim sees the stores that are running."""
+
+    def __init__(self, res: Any) -> None:
+        super().__init__(res)
+        self.claiming = 0
+
+    async def claim(self, limit: int) -> list[str]:
+        self.claiming += 1
+        try:
+            return await super().claim(limit)
+        finally:
+            self.claiming -= 1
+
+
 async def _queued_job(res: Any, prompt: str) -> str:
     job, _ = await admission.create_job(
         res.engine, owner="pressure", model=MODEL, input_=validate_input(MODEL, {"prompt": prompt}),
@@ -78,10 +94,13 @@ async def test_new_jobs_wait_while_stores_past_the_limit_run_and_go_out_once_the
                 sql.execute("INSERT INTO job_outputs (job_id, index, source_url) VALUES (%s, 0, %s)",
                             (job_id, _jpeg_data_url()))
         storer = HeldStorer(res)
-        runner = Runner(res, [Submitter(res), storer])  # type: ignore[list-item]  # concurrency: a property
+        submitter = WatchedSubmitter(res)
+        runner = Runner(res, [submitter, storer])  # type: ignore[list-item]  # concurrency: a property
         await runner.start()
         try:
-            await _until(lambda: storer.holding == 6)
+            # A claim the submitter began before the stores ran had room then, and its
+            # statements, each with a fresh snapshot, would see jobs queued meanwhile.
+            await _until(lambda: storer.holding == 6 and submitter.claiming == 0)
             fresh = [await _queued_job(res, f"fresh {n}") for n in range(5)]  # each wakes the submitter
             await asyncio.sleep(2 * backpressure.WINDOW_SECONDS)
             with psycopg.connect(own_db, autocommit=True) as sql:

@@ -9,6 +9,8 @@ submitter calls, so the order is observed exactly, round by round."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -192,6 +194,76 @@ def test_concurrent_claimers_never_wait_share_a_slot_or_break_a_cap(fair: tuple[
         a_sent = conn.execute("SELECT count(*) FROM jobs WHERE owner = %s AND submit_sent_at IS NOT NULL",
                               (a,)).fetchone()
     assert a_sent == (1,)
+
+
+@contextlib.contextmanager
+def claimer_paused_at(db: str, job_id: str) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:
+    """A connection whose reads of ``job_id``'s row wait while the other connection given
+    holds advisory lock 7: a claim statement on it stops in the middle, after its snapshot
+    was taken. (A row-level security policy, which applies to a role without superuser
+    rights, calls a function that waits on the lock.)"""
+    role = f"paused_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role}")
+        admin.execute(f"GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute("""
+            CREATE FUNCTION claim_pause(p_id text) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                IF p_id = current_setting('test.pause_at', true) THEN
+                    PERFORM pg_advisory_lock_shared(7);
+                    PERFORM pg_advisory_unlock_shared(7);
+                END IF;
+                RETURN true;
+            END $$""")
+        admin.execute("ALTER TABLE jobs ENABLE ROW LEVEL SECURITY")
+        admin.execute(f"CREATE POLICY pause ON jobs TO {role} USING (claim_pause(id)) WITH CHECK (true)")
+        gate = psycopg.connect(db, autocommit=True)
+        paused = psycopg.connect(db, autocommit=True)
+        try:
+            paused.execute(f"SET ROLE {role}")
+            paused.execute("SELECT set_config('test.pause_at', %s, false)", (job_id,))
+            gate.execute("SELECT pg_advisory_lock(7)")
+            yield paused, gate
+        finally:
+            paused.close()
+            gate.close()
+            admin.execute("DROP POLICY pause ON jobs")
+            admin.execute("ALTER TABLE jobs DISABLE ROW LEVEL SECURITY")
+            admin.execute("DROP FUNCTION claim_pause(text)")
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_slot_filled_by_another_claim_while_a_claim_walks_the_slots_is_not_taken_twice(
+        fair: tuple[Service, str]) -> None:
+    """The second claim's snapshot is older than the first claim's commit, and it reaches
+    the slot that commit filled after it: the slot is busy, not free. (Without the second
+    look at a locked slot, provider_free_slot in revision 0018, the claim took it: three
+    jobs in flight on two slots.)"""
+    svc, db = fair
+    _, client = owner(svc, db)
+    with client:
+        enqueue(client, 3)
+    [(_, first)] = claim(db, 1, slots=2)  # slot 0 busy; slot 1 free
+    with claimer_paused_at(db, first) as (paused, gate):
+        got: list[str] = []
+        walker = threading.Thread(target=lambda: got.extend(
+            r[0] for r in paused.execute("SELECT claim_submits('w2', 30, 1, 2, 1000)").fetchall()))
+        walker.start()
+        try:
+            # The walk has passed slot 0's probe and waits on the lock; slot 1 is still free.
+            eventually(lambda: gate.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted",
+                                            (paused.info.backend_pid,)).fetchone() == (1,), timeout=10)
+            taken = claim(db, 1, slots=2)
+            assert len(taken) == 1  # slot 1, committed
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(7)")
+            walker.join(10)
+    assert not walker.is_alive()
+    assert got == [], "the claim took a slot another claim had just filled"
+    with psycopg.connect(db) as conn:
+        in_flight = conn.execute("SELECT count(*) FROM jobs WHERE submit_sent_at IS NOT NULL").fetchone()
+    assert in_flight == (2,)
 
 
 def test_jobs_already_in_flight_without_a_slot_take_one_before_anything_is_sent(fair: tuple[Service, str]) -> None:
