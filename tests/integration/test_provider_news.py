@@ -421,6 +421,7 @@ def test_under_load_a_free_flush_waits_for_company_instead_of_committing_one_web
                     assert result.outcome == "advanced"
 
             await asyncio.gather(*(client(jobs) for jobs in clients))
+            await writer.drain()  # its wake-ups, before the pool closes
         finally:
             await pool.close()
 
@@ -429,4 +430,6 @@ def test_under_load_a_free_flush_waits_for_company_instead_of_committing_one_web
     sizes = [n for (n,) in quiet_sql.execute(
         "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND status = 'storing' GROUP BY xmin::text", (ids,))]
     assert sum(sizes) == len(ids)
-    assert sizes.count(1) <= len(sizes) // 4, sorted(sizes, reverse=True)
+    # Started for any arrival, half the batches held one webhook. Gathered, two or three
+    # of about 25 do on a quiet machine; the bound leaves room for a loaded one.
+    assert sizes.count(1) <= len(sizes) // 3, sorted(sizes, reverse=True)
