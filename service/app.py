@@ -94,7 +94,7 @@ def build_duties(res: Resources) -> list:  # type: ignore[type-arg]
 def open_storage(settings: Settings, bucket: str, http: httpx.AsyncClient, tracing: Tracing | None = None) -> Storage:
     return Storage(bucket=bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
                    part_size=settings.s3_part_size_bytes, max_threads=settings.s3_max_threads, http=http,
-                   tracing=tracing)
+                   tracing=tracing, ca_bundle=settings.aws_ca_bundle)
 
 
 @contextlib.contextmanager

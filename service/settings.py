@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
     s3_max_threads: int = Field(8, ge=1, le=64)
     s3_create_bucket: bool = False
+    # The CA certificates (a PEM file) an S3 endpoint's certificate is checked against,
+    # for one behind a private CA (self-hosted MinIO): boto3's variable, applied to every
+    # S3 call, boto3's and those the service signs itself. Unset: the public roots.
+    aws_ca_bundle: str | None = None
 
     # --- provider ---
     wavespeed_base_url: str = "https://api.wavespeed.ai"
@@ -197,6 +201,19 @@ class Settings(BaseSettings):
     def session_database_url(self) -> str | None:
         """The URL for what needs a session of its own (LISTEN/NOTIFY, migrations)."""
         return self.database_direct_url or self.database_url
+
+    @field_validator("aws_ca_bundle")
+    @classmethod
+    def _ca_bundle_readable(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            with open(value, "rb") as pem:
+                if b"-----BEGIN CERTIFICATE-----" not in pem.read(1024 * 1024):
+                    raise ValueError("must be a PEM file of CA certificates")
+        except OSError as exc:
+            raise ValueError(f"must be a readable file ({exc.strerror})") from None
+        return value
 
     @field_validator("s3_prefix")
     @classmethod

@@ -24,6 +24,7 @@ import base64
 import contextlib
 import contextvars
 import hashlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,9 +85,13 @@ class Storage:
         secret_access_key: str | None = None,
         http: httpx.AsyncClient | None = None,
         tracing: Tracing | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         """``http``: the process's HTTP client for the calls made here by hand (the
         lifespan's; without one, Storage makes its own, closed by ``aclose``).
+        ``ca_bundle``: a PEM file of the CAs the endpoint's certificate is checked against
+        (AWS_CA_BUNDLE), for boto3's calls and those made here; with it Storage makes its
+        own HTTP client, as the process's checks against the public roots.
         ``tracing``: the process's tracer, for a span per call made by hand, named and
         described as botocore's instrumentation names its calls."""
         self._tracing = tracing or Tracing.off()
@@ -98,6 +103,7 @@ class Storage:
         self._client: Any = session.client(
             "s3",
             endpoint_url=endpoint_url,
+            verify=ca_bundle,  # None: botocore's default (its own AWS_CA_BUNDLE lookup, then certifi)
             config=Config(
                 signature_version="s3v4",
                 retries={"max_attempts": 2, "mode": "standard"},
@@ -119,9 +125,13 @@ class Storage:
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
         # Made now, not at the first erasure: building a client (its SSL context) holds
         # the event loop for 20-40 ms, a stall every request in flight would wait out.
+        if ca_bundle is not None:
+            http = None
         self._owns_http = http is None
-        self._http = http or http_client(lean_transport(max_connections=100, max_keepalive_connections=20),
-                                         follow_redirects=False)
+        self._http = http or http_client(
+            lean_transport(max_connections=100, max_keepalive_connections=20,
+                           ssl_context=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None),
+            follow_redirects=False)
 
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
+import ipaddress
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from service.clients.storage import Storage, StorageError
 from tests.conftest import BUCKET
@@ -186,11 +194,15 @@ class _SlowDownFirst:
             writer.close()
 
     @contextlib.asynccontextmanager
-    async def storage(self) -> AsyncIterator[Storage]:
-        """A Storage whose S3 is this stand-in, with a secret no answer may show."""
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        store = Storage(bucket="wsj-b", endpoint_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
-                        region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123")
+    async def storage(self, *, tls: ssl.SSLContext | None = None, ca_bundle: str | None = None
+                      ) -> AsyncIterator[Storage]:
+        """A Storage whose S3 is this stand-in (over HTTPS with ``tls``, the server's side),
+        with a secret no answer may show."""
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        scheme = "https" if tls else "http"
+        store = Storage(bucket="wsj-b", endpoint_url=f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                        region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123",
+                        ca_bundle=ca_bundle)
         try:
             yield store
         finally:
@@ -232,3 +244,62 @@ async def test_a_put_to_an_unreachable_s3_is_a_storage_error() -> None:
         assert "ConnectError" in str(raised.value)
     finally:
         await store.aclose()
+
+
+def _private_ca(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+    """A CA of our own (its PEM file, what AWS_CA_BUNDLE names) and the server side of a
+    certificate it signed for 127.0.0.1: an S3 endpoint behind a private CA."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+             *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("wsj test CA", ca_key, "wsj test CA", ca_key, ca=True)
+    leaf = cert("127.0.0.1", leaf_key, "wsj test CA", ca_key, ca=False)
+    ca_pem, leaf_pem, key_pem = tmp_path / "ca.pem", tmp_path / "leaf.pem", tmp_path / "leaf.key"
+    ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    leaf_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(leaf_pem, key_pem)
+    return str(ca_pem), server
+
+
+async def test_an_s3_behind_a_private_ca_is_reached_with_aws_ca_bundle_by_boto3_and_by_the_signed_put(
+        tmp_path: Path) -> None:
+    ca_bundle, tls = _private_ca(tmp_path)
+    fake = _SlowDownFirst(refusals=0)
+    async with fake.storage(tls=tls, ca_bundle=ca_bundle) as store:
+        await store.ensure_bucket()  # boto3's HeadBucket
+        stored = await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")  # signed here
+    assert stored.sha256 == hashlib.sha256(b"jpeg bytes").hexdigest()
+    assert [line for line, _, _ in fake.requests] == ["HEAD /wsj-b HTTP/1.1",
+                                                      "PUT /wsj-b/outputs/job_x/0.jpeg HTTP/1.1"]
+
+
+async def test_without_its_ca_an_s3_with_a_private_certificate_is_refused_and_sent_nothing(tmp_path: Path) -> None:
+    _, tls = _private_ca(tmp_path)
+    fake = _SlowDownFirst(refusals=0)
+    async with fake.storage(tls=tls) as store:
+        with pytest.raises(StorageError) as raised:
+            await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value) or "certificate verify failed" in str(raised.value)
+    assert fake.requests == []
