@@ -51,7 +51,20 @@ END
 $$
 """
 
-NEW_CLAIM_SUBMITS = """
+# Revision 0012's, restored by the downgrade.
+OLD_PROVIDER_FREE_SLOT = """
+CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
+    SELECT s.slot FROM provider_slots s
+    WHERE s.slot < p_max AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
+        AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
+    ORDER BY s.slot LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+$$
+"""
+
+# claim_submits and take_provider_slot as this revision leaves them but for the parts
+# below (@SLOT@: the slot taken; @CAP@: an owner's cap checked), this revision's and 0012's.
+CLAIM_SUBMITS = """
 CREATE OR REPLACE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
                                          p_max_in_flight integer, p_max_per_minute integer)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
@@ -62,9 +75,7 @@ DECLARE
     v_taken integer := 0;
 BEGIN
     WHILE v_taken < p_limit LOOP
-        v_slot := provider_free_slot(p_max_in_flight);
-        EXIT WHEN v_slot IS NULL;
-        v_token := NULL;
+@SLOT@        v_token := NULL;
         SELECT t.token FROM provider_rate_tokens t
         WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute
         ORDER BY t.used_at LIMIT 1
@@ -91,6 +102,78 @@ BEGIN
             ORDER BY h.priority, h.vtag, h.id
             LIMIT 1;
             EXIT WHEN NOT FOUND;
+@CAP@            -- The chosen owner's first claimable job, marked as being sent in the same
+            -- statement (queries.MARK_SUBMIT_SENT's meaning): the slot counts it as in
+            -- flight from this commit on.
+            UPDATE jobs SET submit_sent_at = now(), updated_at = now(), attempts = attempts + 1,
+                            locked_until = now() + make_interval(secs => p_lease), locked_by = p_worker
+            WHERE id = (
+                SELECT j.id FROM jobs j
+                WHERE j.owner = v_owner AND j.priority = v_priority AND j.status = 'queued'
+                  AND j.submit_sent_at IS NULL AND j.run_after <= now()
+                  AND (j.locked_until IS NULL OR j.locked_until < now())
+                  AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
+                ORDER BY j.vtag, j.id LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id INTO v_job;
+            IF v_job IS NULL THEN
+                v_skip := v_skip || v_owner;  -- every head is being taken by others
+            END IF;
+        END LOOP;
+        EXIT WHEN v_job IS NULL;
+        UPDATE provider_slots SET job_id = v_job, owner = v_owner WHERE slot = v_slot;
+        UPDATE provider_rate_tokens SET used_at = now(), job_id = v_job, owner = v_owner
+        WHERE token = v_token;
+        v_taken := v_taken + 1;
+        RETURN NEXT v_job;
+    END LOOP;
+    RETURN;
+END
+$$
+"""
+
+TAKE_PROVIDER_SLOT = """
+CREATE OR REPLACE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
+                                              p_max_per_minute integer)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_slot integer; v_token integer; v_owner text;
+BEGIN
+@SLOT@    IF v_slot IS NULL THEN RETURN 'throttled'; END IF;
+    SELECT t.token FROM provider_rate_tokens t
+    WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute
+    ORDER BY t.used_at LIMIT 1
+    FOR UPDATE OF t SKIP LOCKED INTO v_token;
+    IF v_token IS NULL THEN RETURN 'throttled'; END IF;
+    UPDATE jobs SET submit_sent_at = now(), updated_at = now()
+    WHERE id = p_job_id AND locked_by = p_worker AND submit_sent_at IS NULL
+      AND (status = 'queued' OR (status = 'submitted' AND provider_task_id IS NULL))
+    RETURNING owner INTO v_owner;
+    IF v_owner IS NULL THEN RETURN 'gone'; END IF;
+    UPDATE provider_slots SET job_id = p_job_id, owner = v_owner WHERE slot = v_slot;
+    UPDATE provider_rate_tokens SET used_at = now(), job_id = p_job_id, owner = v_owner
+    WHERE token = v_token;
+    RETURN 'marked';
+END
+$$
+"""
+
+CLAIM_SLOT = """
+        v_slot := provider_free_slot(p_max_in_flight);
+        EXIT WHEN v_slot IS NULL;
+"""
+
+CLAIM_SLOT_0012 = """
+        v_slot := NULL;
+        SELECT s.slot FROM provider_slots s
+        WHERE s.slot < p_max_in_flight AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
+            AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
+        ORDER BY s.slot LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED INTO v_slot;
+        EXIT WHEN v_slot IS NULL;
+"""
+
+CLAIM_CAP = """
             IF v_cap IS NOT NULL THEN
                 -- Claimers in other processes may be filling this owner's cap right
                 -- now: count under a per-owner lock that is only tried. The count is a
@@ -108,118 +191,9 @@ BEGIN
                     CONTINUE;
                 END IF;
             END IF;
-            -- The chosen owner's first claimable job, marked as being sent in the same
-            -- statement (queries.MARK_SUBMIT_SENT's meaning): the slot counts it as in
-            -- flight from this commit on.
-            UPDATE jobs SET submit_sent_at = now(), updated_at = now(), attempts = attempts + 1,
-                            locked_until = now() + make_interval(secs => p_lease), locked_by = p_worker
-            WHERE id = (
-                SELECT j.id FROM jobs j
-                WHERE j.owner = v_owner AND j.priority = v_priority AND j.status = 'queued'
-                  AND j.submit_sent_at IS NULL AND j.run_after <= now()
-                  AND (j.locked_until IS NULL OR j.locked_until < now())
-                  AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
-                ORDER BY j.vtag, j.id LIMIT 1
-                FOR UPDATE SKIP LOCKED)
-            RETURNING id INTO v_job;
-            IF v_job IS NULL THEN
-                v_skip := v_skip || v_owner;  -- every head is being taken by others
-            END IF;
-        END LOOP;
-        EXIT WHEN v_job IS NULL;
-        UPDATE provider_slots SET job_id = v_job, owner = v_owner WHERE slot = v_slot;
-        UPDATE provider_rate_tokens SET used_at = now(), job_id = v_job, owner = v_owner
-        WHERE token = v_token;
-        v_taken := v_taken + 1;
-        RETURN NEXT v_job;
-    END LOOP;
-    RETURN;
-END
-$$
 """
 
-NEW_TAKE_PROVIDER_SLOT = """
-CREATE OR REPLACE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
-                                              p_max_per_minute integer)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    v_slot integer; v_token integer; v_owner text;
-BEGIN
-    v_slot := provider_free_slot(p_max_in_flight);
-    IF v_slot IS NULL THEN RETURN 'throttled'; END IF;
-    SELECT t.token FROM provider_rate_tokens t
-    WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute
-    ORDER BY t.used_at LIMIT 1
-    FOR UPDATE OF t SKIP LOCKED INTO v_token;
-    IF v_token IS NULL THEN RETURN 'throttled'; END IF;
-    UPDATE jobs SET submit_sent_at = now(), updated_at = now()
-    WHERE id = p_job_id AND locked_by = p_worker AND submit_sent_at IS NULL
-      AND (status = 'queued' OR (status = 'submitted' AND provider_task_id IS NULL))
-    RETURNING owner INTO v_owner;
-    IF v_owner IS NULL THEN RETURN 'gone'; END IF;
-    UPDATE provider_slots SET job_id = p_job_id, owner = v_owner WHERE slot = v_slot;
-    UPDATE provider_rate_tokens SET used_at = now(), job_id = p_job_id, owner = v_owner
-    WHERE token = v_token;
-    RETURN 'marked';
-END
-$$
-"""
-
-OLD_PROVIDER_FREE_SLOT = """
-CREATE OR REPLACE FUNCTION provider_free_slot(p_max integer) RETURNS integer LANGUAGE sql AS $$
-    SELECT s.slot FROM provider_slots s
-    WHERE s.slot < p_max AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
-        AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
-    ORDER BY s.slot LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED
-$$
-"""
-
-OLD_CLAIM_SUBMITS = """
-CREATE OR REPLACE FUNCTION claim_submits(p_worker text, p_lease double precision, p_limit integer,
-                                         p_max_in_flight integer, p_max_per_minute integer)
-RETURNS SETOF text LANGUAGE plpgsql AS $$
-DECLARE
-    v_slot integer; v_token integer; v_job text;
-    v_owner text; v_priority smallint; v_cap integer;
-    v_skip text[] := '{}';
-    v_taken integer := 0;
-BEGIN
-    WHILE v_taken < p_limit LOOP
-        v_slot := NULL;
-        SELECT s.slot FROM provider_slots s
-        WHERE s.slot < p_max_in_flight AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
-            AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
-        ORDER BY s.slot LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED INTO v_slot;
-        EXIT WHEN v_slot IS NULL;
-        v_token := NULL;
-        SELECT t.token FROM provider_rate_tokens t
-        WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute
-        ORDER BY t.used_at LIMIT 1
-        FOR UPDATE OF t SKIP LOCKED INTO v_token;
-        EXIT WHEN v_token IS NULL;
-        v_job := NULL;
-        WHILE v_job IS NULL LOOP
-            -- The best head among owners that may send: most urgent priority, then
-            -- weighted turn; one LIMIT 1 probe of jobs_fair_queue per owner.
-            SELECT o.name, h.priority, o.max_in_flight INTO v_owner, v_priority, v_cap
-            FROM owners o
-            CROSS JOIN LATERAL (
-                SELECT j.id, j.priority, j.vtag FROM jobs j
-                WHERE j.owner = o.name AND j.status = 'queued' AND j.submit_sent_at IS NULL
-                  AND j.run_after <= now() AND (j.locked_until IS NULL OR j.locked_until < now())
-                  AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
-                ORDER BY j.priority, j.vtag, j.id
-                LIMIT 1) AS h
-            WHERE NOT o.paused AND o.name <> ALL (v_skip)
-              AND (o.max_in_flight IS NULL OR (SELECT count(*)::integer FROM provider_slots s WHERE s.owner = o.name
-                  AND s.slot < p_max_in_flight AND coalesce((SELECT j.submit_sent_at IS NOT NULL
-                      AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j
-                          WHERE j.id = s.job_id), false)) < o.max_in_flight)
-            ORDER BY h.priority, h.vtag, h.id
-            LIMIT 1;
-            EXIT WHEN NOT FOUND;
+CLAIM_CAP_0012 = """
             IF v_cap IS NOT NULL THEN
                 -- Claimers in other processes may be filling this owner's cap right
                 -- now: count under a per-owner lock that is only tried.
@@ -232,76 +206,35 @@ BEGIN
                     CONTINUE;
                 END IF;
             END IF;
-            -- The chosen owner's first claimable job, marked as being sent in the same
-            -- statement (queries.MARK_SUBMIT_SENT's meaning): the slot counts it as in
-            -- flight from this commit on.
-            UPDATE jobs SET submit_sent_at = now(), updated_at = now(), attempts = attempts + 1,
-                            locked_until = now() + make_interval(secs => p_lease), locked_by = p_worker
-            WHERE id = (
-                SELECT j.id FROM jobs j
-                WHERE j.owner = v_owner AND j.priority = v_priority AND j.status = 'queued'
-                  AND j.submit_sent_at IS NULL AND j.run_after <= now()
-                  AND (j.locked_until IS NULL OR j.locked_until < now())
-                  AND (j.start_deadline_at IS NULL OR j.start_deadline_at > now())
-                ORDER BY j.vtag, j.id LIMIT 1
-                FOR UPDATE SKIP LOCKED)
-            RETURNING id INTO v_job;
-            IF v_job IS NULL THEN
-                v_skip := v_skip || v_owner;  -- every head is being taken by others
-            END IF;
-        END LOOP;
-        EXIT WHEN v_job IS NULL;
-        UPDATE provider_slots SET job_id = v_job, owner = v_owner WHERE slot = v_slot;
-        UPDATE provider_rate_tokens SET used_at = now(), job_id = v_job, owner = v_owner
-        WHERE token = v_token;
-        v_taken := v_taken + 1;
-        RETURN NEXT v_job;
-    END LOOP;
-    RETURN;
-END
-$$
 """
 
-OLD_TAKE_PROVIDER_SLOT = """
-CREATE OR REPLACE FUNCTION take_provider_slot(p_job_id text, p_worker text, p_max_in_flight integer,
-                                              p_max_per_minute integer)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    v_slot integer; v_token integer; v_owner text;
-BEGIN
+TAKE_SLOT = """
+    v_slot := provider_free_slot(p_max_in_flight);
+"""
+
+TAKE_SLOT_0012 = """
     SELECT s.slot FROM provider_slots s
     WHERE s.slot < p_max_in_flight AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
         AND j.status IN ('queued', 'submitted', 'processing') FROM jobs j WHERE j.id = s.job_id), false)
     ORDER BY s.slot LIMIT 1
     FOR UPDATE OF s SKIP LOCKED INTO v_slot;
-    IF v_slot IS NULL THEN RETURN 'throttled'; END IF;
-    SELECT t.token FROM provider_rate_tokens t
-    WHERE t.used_at <= now() - interval '60 seconds' AND t.token < p_max_per_minute
-    ORDER BY t.used_at LIMIT 1
-    FOR UPDATE OF t SKIP LOCKED INTO v_token;
-    IF v_token IS NULL THEN RETURN 'throttled'; END IF;
-    UPDATE jobs SET submit_sent_at = now(), updated_at = now()
-    WHERE id = p_job_id AND locked_by = p_worker AND submit_sent_at IS NULL
-      AND (status = 'queued' OR (status = 'submitted' AND provider_task_id IS NULL))
-    RETURNING owner INTO v_owner;
-    IF v_owner IS NULL THEN RETURN 'gone'; END IF;
-    UPDATE provider_slots SET job_id = p_job_id, owner = v_owner WHERE slot = v_slot;
-    UPDATE provider_rate_tokens SET used_at = now(), job_id = p_job_id, owner = v_owner
-    WHERE token = v_token;
-    RETURN 'marked';
-END
-$$
 """
+
+
+def _functions(free_slot: str, claim_slot: str, claim_cap: str, take_slot: str) -> list[str]:
+    claim = CLAIM_SUBMITS.replace("@SLOT@", claim_slot).replace("@CAP@", claim_cap)
+    return [free_slot, claim, TAKE_PROVIDER_SLOT.replace("@SLOT@", take_slot)]
 
 
 def upgrade() -> None:
     # The slot function first: the claim and the re-send call it.
-    for statement in (NEW_PROVIDER_FREE_SLOT, NEW_CLAIM_SUBMITS, NEW_TAKE_PROVIDER_SLOT):
+    for statement in _functions(NEW_PROVIDER_FREE_SLOT, CLAIM_SLOT, CLAIM_CAP, TAKE_SLOT):
         op.execute(statement)
 
 
 def downgrade() -> None:
-    # Revision 0012's bodies, which run the walk inline; then the slot function, which
+    # Revision 0012's bodies, which walk the slots inline, before the slot function
     # returns to SQL (CREATE OR REPLACE may change a function's language).
-    for statement in (OLD_CLAIM_SUBMITS, OLD_TAKE_PROVIDER_SLOT, OLD_PROVIDER_FREE_SLOT):
+    free, claim, take = _functions(OLD_PROVIDER_FREE_SLOT, CLAIM_SLOT_0012, CLAIM_CAP_0012, TAKE_SLOT_0012)
+    for statement in (claim, take, free):
         op.execute(statement)
