@@ -95,6 +95,7 @@ class Storage:
         ``tracing``: the process's tracer, for a span per call made by hand, named and
         described as botocore's instrumentation names its calls."""
         self._tracing = tracing or Tracing.off()
+        ca_bundle = ca_bundle or None
         self.bucket = bucket
         self.part_size = part_size
         session = boto3.session.Session(
@@ -103,7 +104,10 @@ class Storage:
         self._client: Any = session.client(
             "s3",
             endpoint_url=endpoint_url,
-            verify=ca_bundle,  # None: botocore's default (its own AWS_CA_BUNDLE lookup, then certifi)
+            # The bundle, or the public roots: never botocore's own lookup of AWS_CA_BUNDLE
+            # (Settings reads it; an empty one there turned verification off in older
+            # botocore), so boto3's calls and those signed here trust the same CAs.
+            verify=ca_bundle or True,
             config=Config(
                 signature_version="s3v4",
                 retries={"max_attempts": 2, "mode": "standard"},

@@ -412,33 +412,31 @@ ON CONFLICT DO NOTHING;
 -- the end of the transaction, taken only when a process starts claiming.
 SELECT pg_advisory_xact_lock(2004052484);
 
--- name: ADOPT_IN_FLIGHT
+-- name: ORPHANS_IN_FLIGHT
 -- Why: a job sent before the provider slots existed (revision 0006 applied under a
 -- running service) or by a process without them holds no slot, yet the provider counts
--- it: each takes a free slot, oldest send first, so the claim never has more than
--- PROVIDER_MAX_IN_FLIGHT upstream from the first claim on. Run once per process, under
--- ADOPT_LOCK, so two processes starting together cannot bind one job to two slots;
--- the free slots are locked SKIP LOCKED like the claim's. Jobs beyond the free slots
--- stay unbound (the provider is over the limit already; they end on their own).
-WITH orphan AS (
-    SELECT j.id, j.owner, row_number() OVER (ORDER BY j.submit_sent_at, j.id) AS n
-    FROM jobs j
-    WHERE j.status IN ({status:queued}, {status:submitted}, {status:processing}) AND j.submit_sent_at IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM provider_slots s WHERE s.job_id = j.id)
-), free AS (
-    SELECT f.slot, row_number() OVER (ORDER BY f.slot) AS n
-    FROM (SELECT s.slot FROM provider_slots s
-          WHERE s.slot < :n
-            AND NOT coalesce((SELECT j.submit_sent_at IS NOT NULL
-                                     AND j.status IN ({status:queued}, {status:submitted}, {status:processing})
-                              FROM jobs j WHERE j.id = s.job_id), false)
-          ORDER BY s.slot
-          FOR UPDATE OF s SKIP LOCKED) AS f
-)
-UPDATE provider_slots s SET job_id = o.id, owner = o.owner
-FROM orphan o JOIN free f ON f.n = o.n
-WHERE s.slot = f.slot
-RETURNING s.slot;
+-- it: each takes a free slot (ADOPT_FREE_SLOT, BIND_SLOT), oldest send first, so the
+-- claim never has more than PROVIDER_MAX_IN_FLIGHT upstream from the first claim on.
+-- Read once per process, under ADOPT_LOCK, so two processes starting together cannot
+-- bind one job to two slots; at most :n (no more slots exist). Jobs beyond the free
+-- slots stay unbound (the provider is over the limit already; they end on their own).
+SELECT j.id, j.owner
+FROM jobs j
+WHERE j.status IN ({status:queued}, {status:submitted}, {status:processing}) AND j.submit_sent_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM provider_slots s WHERE s.job_id = j.id)
+ORDER BY j.submit_sent_at, j.id
+LIMIT :n;
+
+-- name: ADOPT_FREE_SLOT
+-- Why: a free slot, locked, taken the way the claim takes one (provider_free_slot in
+-- schema.sql judges the slot it locked again with a fresh snapshot: a walk in one
+-- statement could take a slot a claimer in another process had just filled); NULL when
+-- none is free.
+SELECT provider_free_slot(:n) AS slot;
+
+-- name: BIND_SLOT
+-- Why: the orphan holds the slot ADOPT_FREE_SLOT locked in this transaction.
+UPDATE provider_slots SET job_id = :id, owner = :owner WHERE slot = :slot;
 
 -- name: ENSURE_TOKENS
 -- Why: as ENSURE_SLOTS, for the rate tokens (one row per submit a minute: a million rows

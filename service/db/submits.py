@@ -33,12 +33,21 @@ from service.domain.states import JobStatus, allowed_from
 
 async def ensure_capacity(conn: AsyncConnection, *, max_in_flight: int, max_per_minute: int) -> int:
     """The slot and token rows the limits need, and a slot for every job already in
-    flight without one (queries.ADOPT_IN_FLIGHT); returns how many were adopted. The
-    submitter runs this in its first claim, before it sends anything."""
+    flight without one (queries.ORPHANS_IN_FLIGHT), each bound to a free slot taken as the
+    claim takes one; returns how many were adopted. The submitter runs this in its first
+    claim, before it sends anything. (Orphans exist only after an upgrade: a statement or
+    two each, once per process, is no cost worth a function of its own.)"""
     await conn.execute(queries.ENSURE_SLOTS, {"n": max_in_flight})
     await conn.execute(queries.ENSURE_TOKENS, {"n": max_per_minute})
     await conn.execute(queries.ADOPT_LOCK)
-    return len((await conn.execute(queries.ADOPT_IN_FLIGHT, {"n": max_in_flight})).all())
+    adopted = 0
+    for orphan in (await conn.execute(queries.ORPHANS_IN_FLIGHT, {"n": max_in_flight})).all():
+        slot = (await conn.execute(queries.ADOPT_FREE_SLOT, {"n": max_in_flight})).scalar_one()
+        if slot is None:
+            break
+        await conn.execute(queries.BIND_SLOT, {"id": orphan.id, "owner": orphan.owner, "slot": slot})
+        adopted += 1
+    return adopted
 
 
 async def claim_submits(

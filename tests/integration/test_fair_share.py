@@ -201,10 +201,13 @@ def claimer_paused_at(db: str, job_id: str) -> Iterator[tuple[psycopg.Connection
     """A connection whose reads of ``job_id``'s row wait while the other connection given
     holds advisory lock 7: a claim statement on it stops in the middle, after its snapshot
     was taken. (A row-level security policy, which applies to a role without superuser
-    rights, calls a function that waits on the lock.)"""
+    rights, calls a function that waits on the lock.) Each object is undone as soon as it
+    exists, whatever fails after it; the role is the cluster's, not the database's."""
     role = f"paused_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(db, autocommit=True) as admin:
+    with psycopg.connect(db, autocommit=True) as admin, contextlib.ExitStack() as undo:
         admin.execute(f"CREATE ROLE {role}")
+        undo.callback(admin.execute, f"DROP ROLE IF EXISTS {role}")
+        undo.callback(admin.execute, f"DROP OWNED BY {role}")
         admin.execute(f"GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}")
         admin.execute("""
             CREATE FUNCTION claim_pause(p_id text) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -215,23 +218,19 @@ def claimer_paused_at(db: str, job_id: str) -> Iterator[tuple[psycopg.Connection
                 END IF;
                 RETURN true;
             END $$""")
+        undo.callback(admin.execute, "DROP FUNCTION IF EXISTS claim_pause(text)")
         admin.execute("ALTER TABLE jobs ENABLE ROW LEVEL SECURITY")
+        undo.callback(admin.execute, "ALTER TABLE jobs DISABLE ROW LEVEL SECURITY")
         admin.execute(f"CREATE POLICY pause ON jobs TO {role} USING (claim_pause(id)) WITH CHECK (true)")
-        gate = psycopg.connect(db, autocommit=True)
-        paused = psycopg.connect(db, autocommit=True)
-        try:
-            paused.execute(f"SET ROLE {role}")
-            paused.execute("SELECT set_config('test.pause_at', %s, false)", (job_id,))
-            gate.execute("SELECT pg_advisory_lock(7)")
-            yield paused, gate
-        finally:
-            paused.close()
-            gate.close()
-            admin.execute("DROP POLICY pause ON jobs")
-            admin.execute("ALTER TABLE jobs DISABLE ROW LEVEL SECURITY")
-            admin.execute("DROP FUNCTION claim_pause(text)")
-            admin.execute(f"DROP OWNED BY {role}")
-            admin.execute(f"DROP ROLE {role}")
+        undo.callback(admin.execute, "DROP POLICY IF EXISTS pause ON jobs")
+        # A paused statement still running when the test ends is ended by the server.
+        paused = undo.enter_context(psycopg.connect(db, autocommit=True))
+        undo.callback(admin.execute, "SELECT pg_terminate_backend(%s)", (paused.info.backend_pid,))
+        gate = undo.enter_context(psycopg.connect(db, autocommit=True))
+        paused.execute(f"SET ROLE {role}")
+        paused.execute("SELECT set_config('test.pause_at', %s, false)", (job_id,))
+        gate.execute("SELECT pg_advisory_lock(7)")
+        yield paused, gate
 
 
 def test_a_slot_filled_by_another_claim_while_a_claim_walks_the_slots_is_not_taken_twice(
@@ -247,8 +246,15 @@ def test_a_slot_filled_by_another_claim_while_a_claim_walks_the_slots_is_not_tak
     [(_, first)] = claim(db, 1, slots=2)  # slot 0 busy; slot 1 free
     with claimer_paused_at(db, first) as (paused, gate):
         got: list[str] = []
-        walker = threading.Thread(target=lambda: got.extend(
-            r[0] for r in paused.execute("SELECT claim_submits('w2', 30, 1, 2, 1000)").fetchall()))
+        failed: list[BaseException] = []
+
+        def walk() -> None:
+            try:
+                got.extend(r[0] for r in paused.execute("SELECT claim_submits('w2', 30, 1, 2, 1000)").fetchall())
+            except BaseException as exc:  # noqa: BLE001  raised again in the test's thread
+                failed.append(exc)
+
+        walker = threading.Thread(target=walk)
         walker.start()
         try:
             # The walk has passed slot 0's probe and waits on the lock; slot 1 is still free.
@@ -259,7 +265,9 @@ def test_a_slot_filled_by_another_claim_while_a_claim_walks_the_slots_is_not_tak
         finally:
             gate.execute("SELECT pg_advisory_unlock(7)")
             walker.join(10)
-    assert not walker.is_alive()
+        assert not walker.is_alive(), "the paused claim never finished"
+    if failed:
+        raise failed[0]
     assert got == [], "the claim took a slot another claim had just filled"
     with psycopg.connect(db) as conn:
         in_flight = conn.execute("SELECT count(*) FROM jobs WHERE submit_sent_at IS NOT NULL").fetchone()

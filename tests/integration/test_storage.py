@@ -194,15 +194,15 @@ class _SlowDownFirst:
             writer.close()
 
     @contextlib.asynccontextmanager
-    async def storage(self, *, tls: ssl.SSLContext | None = None, ca_bundle: str | None = None
-                      ) -> AsyncIterator[Storage]:
+    async def storage(self, *, tls: ssl.SSLContext | None = None, ca_bundle: str | None = None,
+                      http: httpx.AsyncClient | None = None) -> AsyncIterator[Storage]:
         """A Storage whose S3 is this stand-in (over HTTPS with ``tls``, the server's side),
         with a secret no answer may show."""
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
         scheme = "https" if tls else "http"
         store = Storage(bucket="wsj-b", endpoint_url=f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}",
                         region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key="not-the-secret-0123",
-                        ca_bundle=ca_bundle)
+                        ca_bundle=ca_bundle, http=http)
         try:
             yield store
         finally:
@@ -246,7 +246,7 @@ async def test_a_put_to_an_unreachable_s3_is_a_storage_error() -> None:
         await store.aclose()
 
 
-def _private_ca(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+def _private_ca(tmp_path: Path, name: str = "ca") -> tuple[str, ssl.SSLContext]:
     """A CA of our own (its PEM file, what AWS_CA_BUNDLE names) and the server side of a
     certificate it signed for 127.0.0.1: an S3 endpoint behind a private CA."""
     now = datetime.datetime.now(datetime.UTC)
@@ -273,7 +273,7 @@ def _private_ca(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
     ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_cert = cert("wsj test CA", ca_key, "wsj test CA", ca_key, ca=True)
     leaf = cert("127.0.0.1", leaf_key, "wsj test CA", ca_key, ca=False)
-    ca_pem, leaf_pem, key_pem = tmp_path / "ca.pem", tmp_path / "leaf.pem", tmp_path / "leaf.key"
+    ca_pem, leaf_pem, key_pem = tmp_path / f"{name}.pem", tmp_path / f"{name}-leaf.pem", tmp_path / f"{name}-leaf.key"
     ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     leaf_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     key_pem.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -283,11 +283,15 @@ def _private_ca(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
     return str(ca_pem), server
 
 
+@pytest.mark.parametrize("process_client", [False, True], ids=["own client", "process client given"])
 async def test_an_s3_behind_a_private_ca_is_reached_with_aws_ca_bundle_by_boto3_and_by_the_signed_put(
-        tmp_path: Path) -> None:
+        tmp_path: Path, process_client: bool) -> None:
+    # The process's client (the lifespan's) checks against the public roots: with a
+    # bundle, Storage uses its own.
     ca_bundle, tls = _private_ca(tmp_path)
     fake = _SlowDownFirst(refusals=0)
-    async with fake.storage(tls=tls, ca_bundle=ca_bundle) as store:
+    async with (httpx.AsyncClient() as http,
+                fake.storage(tls=tls, ca_bundle=ca_bundle, http=http if process_client else None) as store):
         await store.ensure_bucket()  # boto3's HeadBucket
         stored = await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")  # signed here
     assert stored.sha256 == hashlib.sha256(b"jpeg bytes").hexdigest()
@@ -302,4 +306,18 @@ async def test_without_its_ca_an_s3_with_a_private_certificate_is_refused_and_se
         with pytest.raises(StorageError) as raised:
             await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
     assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value) or "certificate verify failed" in str(raised.value)
+    assert fake.requests == []
+
+
+async def test_with_another_cas_bundle_boto3_and_the_signed_put_both_refuse_the_endpoint(tmp_path: Path) -> None:
+    other_bundle, _ = _private_ca(tmp_path, "other")
+    _, tls = _private_ca(tmp_path, "endpoint")
+    fake = _SlowDownFirst(refusals=0)
+    async with fake.storage(tls=tls, ca_bundle=other_bundle) as store:
+        with pytest.raises(StorageError) as by_put:
+            await store.put_bytes("outputs/job_x/0.jpeg", b"jpeg bytes", "image/jpeg")
+        with pytest.raises(StorageError) as by_boto3:
+            await store.ping()  # boto3's HeadBucket
+    for raised in (by_put, by_boto3):
+        assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value) or "certificate verify failed" in str(raised.value)
     assert fake.requests == []

@@ -43,3 +43,15 @@ def test_a_bundle_that_is_not_a_readable_pem_of_certificates_is_refused_naming_i
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="must be a readable file"):
         Settings(aws_ca_bundle=str(tmp_path))
+
+
+def test_the_environment_variable_is_read_and_an_empty_one_means_the_public_roots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(PEM)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    assert Settings().aws_ca_bundle == str(bundle)
+    # Storage then checks against the public roots, never against "" (botocore's own
+    # lookup of an empty AWS_CA_BUNDLE turned verification off in older releases).
+    monkeypatch.setenv("AWS_CA_BUNDLE", "")
+    assert Settings().aws_ca_bundle is None
