@@ -56,6 +56,13 @@ PUT_TIMEOUT = httpx.Timeout(30, connect=5)
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
+def _own_http(ca_bundle: str | None) -> httpx.AsyncClient:
+    """Storage's own HTTP client: checking the endpoint against ``ca_bundle``, else the public roots."""
+    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+    return http_client(lean_transport(max_connections=100, max_keepalive_connections=20, ssl_context=context),
+                       follow_redirects=False)
+
+
 class StorageError(ServiceError):
     """S3 could not be reached or refused the request."""
 
@@ -95,7 +102,7 @@ class Storage:
         ``tracing``: the process's tracer, for a span per call made by hand, named and
         described as botocore's instrumentation names its calls."""
         self._tracing = tracing or Tracing.off()
-        ca_bundle = ca_bundle or None
+        ca_bundle = ca_bundle or None  # "" is no bundle: the public roots
         self.bucket = bucket
         self.part_size = part_size
         session = boto3.session.Session(
@@ -129,13 +136,8 @@ class Storage:
         self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
         # Made now, not at the first erasure: building a client (its SSL context) holds
         # the event loop for 20-40 ms, a stall every request in flight would wait out.
-        if ca_bundle is not None:
-            http = None
-        self._owns_http = http is None
-        self._http = http or http_client(
-            lean_transport(max_connections=100, max_keepalive_connections=20,
-                           ssl_context=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None),
-            follow_redirects=False)
+        self._http: httpx.AsyncClient = http if http is not None and ca_bundle is None else _own_http(ca_bundle)
+        self._owns_http = self._http is not http
 
     async def _run(self, fn: Any, /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -148,7 +148,11 @@ async def send_all(database_url: str, batches: list[list[news.News]], *, max_flu
     pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=0, max_size=4)
     try:
         writer = NewsWriter(pool, max_flushes=max_flushes)
-        return [list(await asyncio.gather(*(writer.write(i) for i in batch))) for batch in batches]
+        results = [list(await asyncio.gather(*(writer.write(i) for i in batch))) for batch in batches]
+        # The wake-ups go out after each commit, from a task of their own: sent before the
+        # pool closes, as at the service's shutdown (a test reading them lost the last ones).
+        await writer.drain()
+        return results
     finally:
         await pool.close()
 
