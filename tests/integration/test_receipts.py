@@ -157,17 +157,23 @@ def test_another_owners_receipt_and_an_unknown_job_are_404(svc: Service) -> None
 
 def test_a_job_that_is_not_completed_has_no_receipt_409(svc: Service, receipt_db: str, s3_endpoint: str,
                                                         simulator: ServerThread) -> None:
-    # No workers: the job stays queued, whatever the simulator's pace. The module's service
-    # starts first and this one shares its sealing key: a service without one, started first
-    # on this database, would make the receipt key unsealed.
+    # The module's service works this database too: the job's owner is paused, so the job
+    # stays queued whoever's workers look. That service starts first and this one shares
+    # its sealing key: a service without one, started first on this database, would make
+    # the receipt key unsealed.
     sealing = svc.settings.secrets_encryption_key
     assert sealing is not None
     with run_service(receipt_db, s3_endpoint, simulator.url, run_workers=False,
-                     secrets_encryption_key=sealing.get_secret_value()) as idle, idle.client() as client:
-        job = client.post("/v1/jobs", json={"model": MODEL, "input": {"prompt": "waiting"}}).json()
-        answer = client.get(f"/v1/jobs/{job['id']}/receipt")
-        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
-        canceled = client.get(f"/v1/jobs/{job['id']}/receipt")
+                     secrets_encryption_key=sealing.get_secret_value()) as idle:
+        key = idle.new_key()
+        with psycopg.connect(receipt_db, autocommit=True) as conn:
+            assert conn.execute("UPDATE owners SET paused = true WHERE name = %s",
+                                (idle.keys[key],)).rowcount == 1
+        with idle.client(key) as client:
+            job = client.post("/v1/jobs", json={"model": MODEL, "input": {"prompt": "waiting"}}).json()
+            answer = client.get(f"/v1/jobs/{job['id']}/receipt")
+            assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+            canceled = client.get(f"/v1/jobs/{job['id']}/receipt")
     assert answer.status_code == 409 and answer.json()["error"]["type"] == "conflict"
     assert "queued" in answer.json()["error"]["message"]
     assert canceled.status_code == 409 and "canceled" in canceled.json()["error"]["message"]
